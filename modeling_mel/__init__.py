@@ -1,1 +1,65 @@
-"""modeling-mel."""
+"""modeling-mel: multimodal entity linking (PFMEL and ZEMEL) as transformers models.
+
+Importing the package registers the model families with the ``Auto*`` classes (no remote code
+needed) and for Hub-style saving (``save_pretrained`` writes ``auto_map`` and the code files).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
+from .configuration_multimodal_nsp import MultimodalNSPConfig
+from .modeling_multimodal_nsp import BertForMultimodalNSP, MultimodalNSPOutput
+from .processing_multimodal_nsp import (
+    MultimodalNSPProcessor,
+    entity_context,
+    entity_prompt,
+    generic_entity_prompt,
+    mention_prompt,
+    recent_tweets,
+)
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def _register(config_cls, model_cls, processor_cls=None) -> None:
+    """Register a family with the Auto classes and for Hub-style saving; safe to call twice."""
+    try:
+        AutoConfig.register(config_cls.model_type, config_cls)
+    except ValueError:
+        pass  # already registered
+    try:
+        AutoModel.register(config_cls, model_cls)
+    except ValueError:
+        pass
+    if processor_cls is not None:
+        try:
+            AutoProcessor.register(config_cls, processor_cls)
+        except ValueError:
+            pass
+        processor_cls.register_for_auto_class("AutoProcessor")
+    config_cls.register_for_auto_class()
+    model_cls.register_for_auto_class("AutoModel")
+
+
+_register(MultimodalNSPConfig, BertForMultimodalNSP, MultimodalNSPProcessor)
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "resolve_backbone",
+    "load_tokenizer",
+    "MultimodalNSPConfig",
+    "BertForMultimodalNSP",
+    "MultimodalNSPOutput",
+    "MultimodalNSPProcessor",
+    "entity_context",
+    "mention_prompt",
+    "entity_prompt",
+    "generic_entity_prompt",
+    "recent_tweets",
+]

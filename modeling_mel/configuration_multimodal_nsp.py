@@ -19,7 +19,7 @@ class MultimodalNSPConfig(BertConfig):
             shared by mention and entity images.
         image_token (`str`, *optional*, defaults to ``"[IMG]"``):
             Placeholder token whose word embedding is replaced by a projected image feature.
-        image_token_id (`int`, *optional*):
+        image_placeholder_id (`int`, *optional*):
             Vocabulary id of ``image_token``. Set by :class:`MultimodalNSPProcessor` when it registers the
             token; ``None`` means the model has no image token yet (text-only use).
         kwargs: passed to :class:`~transformers.BertConfig`.
@@ -31,7 +31,7 @@ class MultimodalNSPConfig(BertConfig):
         self,
         image_feature_dim: int = 2048,
         image_token: str = DEFAULT_IMAGE_TOKEN,
-        image_token_id: int | None = None,
+        image_placeholder_id: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -39,7 +39,7 @@ class MultimodalNSPConfig(BertConfig):
             raise ValueError(f"image_feature_dim must be >= 1, got {image_feature_dim!r}")
         self.image_feature_dim = int(image_feature_dim)
         self.image_token = image_token
-        self.image_token_id = image_token_id
+        self.image_placeholder_id = image_placeholder_id
 
 
 __all__ = ["MultimodalNSPConfig", "DEFAULT_IMAGE_TOKEN"]

@@ -1,0 +1,329 @@
+"""ResNet-50 image features (pooled, 2048-d) through transformers' ``ResNetModel``, with a cache.
+
+Both papers feed pooled ResNet-50 features: PFMEL one vector per tweet image (an entity's vector is
+the mean over its timeline images), ZEMEL one vector per region (box crops plus the whole image).
+torchvision is not needed: the network is transformers' ``ResNetModel``. ``microsoft/resnet-50`` is
+loaded when the hub or a local directory has it; otherwise a randomly initialised ResNet-50 is used
+with a loud warning (its features still separate colours and shapes, but they are not ImageNet
+features). Pass a directory holding the real weights to reproduce the papers.
+
+Features are cached by content hash (SHA-1 of the file bytes or of the decoded pixels, plus the
+model's identity), in memory and optionally on disk, so each image is encoded once across epochs and
+runs. A missing or corrupt image gives a zero vector and is counted in :attr:`ImageFeatureExtractor.stats`
+with a warning, or raises in ``strict`` mode.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import logging
+import os
+import warnings
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[str, os.PathLike, "PIL.Image.Image", None]  # noqa: F821
+
+DEFAULT_IMAGE_MODEL = "microsoft/resnet-50"
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, empty or not decodable."""
+
+
+def spatial_features(boxes: Sequence[Sequence[float]], width: float, height: float) -> np.ndarray:
+    """ZEMEL's 5-d spatial vector per box: ``(x1/W, y1/H, x2/W, y2/H, area/(W*H))``.
+
+    Raises ``ValueError`` naming the box for a box outside the image or with ``x2 <= x1`` / ``y2 <= y1``.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got width={width!r}, height={height!r}")
+    out = np.zeros((len(boxes), 5), dtype=np.float32)
+    for i, box in enumerate(boxes):
+        if len(box) != 4:
+            raise ValueError(f"box {i} is {list(box)!r}; expected [x1, y1, x2, y2]")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"box {i} {list(box)!r} is empty: expected x2 > x1 and y2 > y1")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise ValueError(
+                f"box {i} {list(box)!r} lies outside the image of size {width}x{height}; clip it to the image"
+            )
+        out[i] = (x1 / width, y1 / height, x2 / width, y2 / height, (x2 - x1) * (y2 - y1) / (width * height))
+    return out
+
+
+def open_image(image: ImageInput):
+    """Open ``image`` (path or PIL image) as an RGB PIL image; ``ImageReadError`` if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if image is None:
+        raise ImageReadError("no image given (None)")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+        raise ImageReadError(f"image file {path!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageReadError(f"image file {path!r} is corrupt or not an image: {err}") from err
+
+
+def _content_key(image: ImageInput, model_key: str) -> str | None:
+    """Hash of the image content plus the model identity; ``None`` when the image cannot be read."""
+    from PIL import Image
+
+    h = hashlib.sha1(model_key.encode())
+    if isinstance(image, Image.Image):
+        im = image.convert("RGB")
+        h.update(f"{im.size}".encode())
+        h.update(im.tobytes())
+        return h.hexdigest()
+    path = os.fspath(image)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class ImageFeatureExtractor:
+    """Pooled ResNet features for images and image regions, batched and cached.
+
+    Args:
+        model_name_or_path: hub id or local dir of a transformers ResNet checkpoint
+            (default ``microsoft/resnet-50``). When it cannot be loaded (offline), a randomly
+            initialised ResNet-50 is used and a warning says so.
+        cache_dir: directory of the on-disk feature cache (one ``.npy`` per image content hash);
+            ``None`` keeps the cache in memory only.
+        batch_size: images per forward pass.
+        strict: raise :class:`ImageReadError` for a missing or corrupt image instead of returning zeros.
+        device: torch device; default CPU.
+        config: a ``ResNetConfig`` to build a randomly initialised network from (tiny configs in tests);
+            when given, ``model_name_or_path`` is not loaded.
+        image_size: side of the square network input (224 as in the papers; smaller is faster).
+        seed: seed of the random initialisation used when no pre-trained weights are available, so
+            features are reproducible across runs and processes.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = DEFAULT_IMAGE_MODEL,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 16,
+        strict: bool = False,
+        device: str | torch.device | None = None,
+        config=None,
+        image_size: int = 224,
+        seed: int = 0,
+    ) -> None:
+        from transformers import ResNetConfig, ResNetModel
+
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.strict = strict
+        self.device = torch.device(device or "cpu")
+        self.image_size = int(image_size)
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        self.stats: collections.Counter = collections.Counter()
+        self._memory: dict[str, np.ndarray] = {}
+        self.pretrained = False
+        model = None
+        if config is None and model_name_or_path:
+            try:
+                model = ResNetModel.from_pretrained(model_name_or_path)
+                self.pretrained = True
+                self.model_key = f"{model_name_or_path}"
+            except (OSError, ValueError) as err:
+                msg = (
+                    f"could not load image model {model_name_or_path!r} ({type(err).__name__}); using a RANDOMLY "
+                    "INITIALISED ResNet-50. Image features will not be ImageNet features: pass "
+                    "--image_model <dir with microsoft/resnet-50> to reproduce the papers."
+                )
+                logger.warning(msg)
+                warnings.warn(msg, stacklevel=2)
+        if model is None:
+            config = config if config is not None else ResNetConfig()
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = ResNetModel(config)
+            self.model_key = f"random-resnet:{seed}:{hashlib.sha1(config.to_json_string().encode()).hexdigest()[:12]}"
+        self.model = model.eval().to(self.device)
+        self.feature_dim = int(self.model.config.hidden_sizes[-1])
+        self.model_key += f":{self.image_size}"
+        # ImageNet normalisation as in microsoft/resnet-50's preprocessor.
+        self._mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self._std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    # -- preprocessing -----------------------------------------------------------------------
+    def _to_tensor(self, image) -> torch.Tensor:
+        """Resize the shorter side to ``image_size / 0.875``, centre-crop, normalise: (3, S, S)."""
+        from PIL import Image
+
+        s = self.image_size
+        short = int(round(s / 0.875))
+        w, h = image.size
+        scale = short / min(w, h)
+        image = image.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
+        w, h = image.size
+        left, top = (w - s) // 2, (h - s) // 2
+        image = image.crop((left, top, left + s, top + s))
+        arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+        return arr
+
+    @torch.inference_mode()
+    def _forward(self, pil_images: list) -> np.ndarray:
+        out = []
+        for start in range(0, len(pil_images), self.batch_size):
+            batch = torch.stack([self._to_tensor(im) for im in pil_images[start : start + self.batch_size]])
+            batch = ((batch - self._mean) / self._std).to(self.device)  # (B, 3, S, S)
+            pooled = self.model(pixel_values=batch).pooler_output.flatten(1)  # (B, D)
+            out.append(pooled.float().cpu().numpy())
+        return np.concatenate(out, 0) if out else np.zeros((0, self.feature_dim), np.float32)
+
+    # -- cache -------------------------------------------------------------------------------
+    def _cache_path(self, key: str) -> str | None:
+        if self.cache_dir is None:
+            return None
+        return os.path.join(self.cache_dir, key[:2], key + ".npy")
+
+    def _lookup(self, key: str) -> np.ndarray | None:
+        if key in self._memory:
+            return self._memory[key]
+        path = self._cache_path(key)
+        if path and os.path.isfile(path):
+            try:
+                feat = np.load(path)
+            except (OSError, ValueError):
+                return None
+            if feat.shape == (self.feature_dim,):
+                self._memory[key] = feat
+                return feat
+        return None
+
+    def _store(self, key: str, feat: np.ndarray) -> None:
+        self._memory[key] = feat
+        path = self._cache_path(key)
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp.npy"
+            np.save(tmp, feat)
+            os.replace(tmp, path)
+
+    def _bad_image(self, image: ImageInput, err: Exception, reason: str) -> np.ndarray:
+        if self.strict:
+            raise err if isinstance(err, ImageReadError) else ImageReadError(str(err))
+        self.stats[reason] += 1
+        n = self.stats[reason]
+        if n <= 5 or n % 100 == 0:
+            logger.warning("%s image: %s; using a zero feature vector (%d so far)", reason, err, n)
+        return np.zeros(self.feature_dim, dtype=np.float32)
+
+    # -- public API --------------------------------------------------------------------------
+    def encode(self, images: Sequence[ImageInput], progress: bool = False) -> np.ndarray:
+        """Features of ``images`` (paths, PIL images or ``None``): ``(N, feature_dim)`` float32.
+
+        Cached images are not re-encoded. ``None``, a missing or a corrupt image gives zeros
+        (counted in :attr:`stats` as ``missing``/``corrupt``) or raises in strict mode.
+        """
+        from PIL import Image
+
+        feats = np.zeros((len(images), self.feature_dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}
+        pending: list[tuple[str, object]] = []
+        for i, image in enumerate(images):
+            if image is None:
+                feats[i] = self._bad_image(image, ImageReadError("no image given (None)"), "missing")
+                continue
+            if not isinstance(image, Image.Image) and not os.path.isfile(os.fspath(image)):
+                feats[i] = self._bad_image(image, ImageReadError(f"image file {os.fspath(image)!r} does not exist"), "missing")
+                continue
+            key = _content_key(image, self.model_key)
+            if key is None:
+                feats[i] = self._bad_image(image, ImageReadError(f"cannot read {image!r}"), "corrupt")
+                continue
+            cached = self._lookup(key)
+            if cached is not None:
+                self.stats["cache_hit"] += 1
+                feats[i] = cached
+                continue
+            if key in todo:
+                todo[key].append(i)
+                continue
+            todo[key] = [i]
+            pending.append((key, image))
+        if pending:
+            decoded: list[tuple[str, object]] = []
+            for key, image in pending:
+                try:
+                    decoded.append((key, open_image(image)))
+                except ImageReadError as err:
+                    zero = self._bad_image(image, err, "corrupt")
+                    for i in todo[key]:
+                        feats[i] = zero
+            iterator: Iterable = range(0, len(decoded), self.batch_size)
+            if progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(iterator, desc="image features", unit="batch")
+            for start in iterator:
+                chunk = decoded[start : start + self.batch_size]
+                out = self._forward([im for _, im in chunk])
+                for (key, _), feat in zip(chunk, out):
+                    self._store(key, feat)
+                    self.stats["encoded"] += 1
+                    for i in todo[key]:
+                        feats[i] = feat
+        return feats
+
+    def encode_regions(self, image: ImageInput, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """Features of the crops ``boxes`` (``[x1, y1, x2, y2]`` in pixels) of one image: ``(len(boxes), D)``."""
+        pil = open_image(image)
+        spatial_features(boxes, *pil.size)  # validates every box
+        crops = [pil.crop(tuple(int(round(v)) for v in box)) for box in boxes]
+        return self.encode(crops)
+
+    def entity_feature(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Mean feature over the readable ``images`` (PFMEL's entity image); zeros when none is readable."""
+        if len(images) == 0:
+            return np.zeros(self.feature_dim, dtype=np.float32)
+        feats = self.encode(list(images))
+        ok = np.abs(feats).sum(1) > 0
+        if not ok.any():
+            return np.zeros(self.feature_dim, dtype=np.float32)
+        return feats[ok].mean(0).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFeatureExtractor(model={self.model_key!r}, pretrained={self.pretrained}, "
+            f"feature_dim={self.feature_dim}, cache_dir={self.cache_dir!r})"
+        )
+
+
+def tiny_resnet_config(feature_dim: int = 2048):
+    """A small ResNet config with the same 2048-d output, for tests and quick runs."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(embedding_size=8, hidden_sizes=[16, 32, 64, feature_dim], depths=[1, 1, 1, 1], layer_type="basic")
+
+
+__all__ = [
+    "ImageFeatureExtractor",
+    "ImageReadError",
+    "open_image",
+    "spatial_features",
+    "tiny_resnet_config",
+    "DEFAULT_IMAGE_MODEL",
+]

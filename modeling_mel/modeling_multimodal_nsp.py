@@ -1,0 +1,187 @@
+"""BERT next-sentence prediction over sentences that hold image tokens (PFMEL, Li et al. 2022).
+
+The model is BERT plus ONE ``Linear(image_feature_dim, hidden_size)`` (the paper's ``W, b``): the
+projected image feature replaces the word embedding of an image placeholder token inside its
+sentence, and BERT's embedding layer then adds the token-type (segment) and position embeddings as
+for any text token. Mention images and entity images share the projection. With no image token the
+model computes exactly what ``BertForNextSentencePrediction`` computes with the same weights.
+
+NSP labels follow BERT: ``0`` = sentence B follows sentence A (the entity belongs to the mention),
+``1`` = B is random.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+from transformers.models.bert.modeling_bert import BertOnlyNSPHead
+from transformers.utils import ModelOutput
+
+from .configuration_multimodal_nsp import MultimodalNSPConfig
+
+
+@dataclass
+class MultimodalNSPOutput(ModelOutput):
+    """Output of :class:`BertForMultimodalNSP`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            NSP cross-entropy averaged over the batch.
+        logits (`torch.FloatTensor` of shape `(batch_size, 2)`):
+            NSP scores before softmax: column 0 = "B follows A" (is next), column 1 = "B is random".
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Per-layer hidden states `(batch_size, sequence_length, hidden_size)` when requested.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Per-layer attention weights `(batch_size, num_heads, sequence_length, sequence_length)` when requested.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class BertForMultimodalNSP(BertPreTrainedModel):
+    """BERT with an image projection and the NSP head: PFMEL's pre-training and linking model.
+
+    Submodule names are BERT's (``bert``, ``cls.seq_relationship``), so ``from_pretrained`` of a BERT
+    checkpoint (``BertModel``, ``BertForPreTraining`` or ``BertForNextSentencePrediction``) fills every
+    BERT weight, the NSP head included when present; only ``image_projection`` is new.
+    """
+
+    config_class = MultimodalNSPConfig
+    # `forward` takes no **kwargs: Trainer must not pass `num_items_in_batch` (multi-process loss bug).
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: MultimodalNSPConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.image_projection = nn.Linear(config.image_feature_dim, config.hidden_size)  # the paper's W, b
+        self.cls = BertOnlyNSPHead(config)
+        self.post_init()
+
+    def _check_images(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """Validate image tokens against features; returns the (B, T) boolean mask of image tokens."""
+        token_id = self.config.image_placeholder_id
+        if token_id is None:
+            mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        else:
+            mask = input_ids == token_id  # (B, T)
+        n_tokens = mask.sum(1)  # (B,)
+        if image_features is None:
+            if bool(n_tokens.any()):
+                raise ValueError(
+                    f"input_ids hold {int(n_tokens.sum())} image token(s) ({self.config.image_token!r}, id {token_id}) "
+                    "but no image_features were given; pass image_features of shape (batch, n_images, "
+                    f"{self.config.image_feature_dim})"
+                )
+            return mask
+        if image_features.dim() == 2:
+            image_features = image_features.unsqueeze(1)
+        if image_features.dim() != 3 or image_features.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"image_features has shape {tuple(image_features.shape)}; expected (batch={input_ids.shape[0]}, "
+                f"n_images, {self.config.image_feature_dim})"
+            )
+        if image_features.shape[-1] != self.config.image_feature_dim:
+            raise ValueError(
+                f"image feature size {image_features.shape[-1]} does not match config.image_feature_dim="
+                f"{self.config.image_feature_dim}; extract features with the same image model or change the config"
+            )
+        if not bool(n_tokens.any()) and image_features.shape[1] > 0 and bool(image_features.ne(0).any()):
+            raise ValueError(
+                "image_features were given but input_ids hold no image token "
+                f"({self.config.image_token!r}, id {token_id}); build inputs with MultimodalNSPProcessor, "
+                "or drop image_features for text-only input"
+            )
+        too_many = n_tokens > image_features.shape[1]
+        if bool(too_many.any()):
+            row = int(too_many.nonzero()[0, 0])
+            raise ValueError(
+                f"example {row} has {int(n_tokens[row])} image tokens but image_features hold only "
+                f"{image_features.shape[1]} image(s) per example"
+            )
+        return mask
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Word embeddings with image tokens replaced by projected features: (B, T, H), or ``None`` if text-only."""
+        mask = self._check_images(input_ids, image_features)
+        if not bool(mask.any()):
+            return None
+        if image_features.dim() == 2:
+            image_features = image_features.unsqueeze(1)
+        # Image tokens never index the embedding matrix (the processor's added token may lie past it).
+        embeds = self.bert.embeddings.word_embeddings(input_ids.masked_fill(mask, 0))  # (B, T, H)
+        # The k-th image token of a row takes the k-th image of that row.
+        slot = (mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
+        rows, cols = mask.nonzero(as_tuple=True)
+        feats = image_features[rows, slot[rows, cols]]  # (n_img_tokens, D)
+        projected = self.image_projection(feats.to(self.image_projection.weight.dtype))  # (n_img_tokens, H)
+        embeds = embeds.clone()
+        embeds[rows, cols] = projected.to(embeds.dtype)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MultimodalNSPOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Token ids of `[CLS] A [SEP] B [SEP]`, image placeholders (`config.image_placeholder_id`) inside A and B.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 for real tokens, 0 for padding.
+            token_type_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                0 for sentence A (image tokens included), 1 for sentence B.
+            image_features (`torch.FloatTensor` of shape `(batch_size, n_images, image_feature_dim)`, *optional*):
+                Image features; the k-th image token of a row takes `image_features[row, k]`. Rows with fewer
+                image tokens than `n_images` ignore the extra (padding) slots.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                NSP labels as in BERT: 0 = B follows A, 1 = B is random.
+        """
+        if input_ids is None:
+            raise ValueError("input_ids are required")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs_embeds = self.embed(input_ids, image_features)
+        extra = {}
+        if output_hidden_states:
+            extra["output_hidden_states"] = True
+        if output_attentions:
+            extra["output_attentions"] = True
+        outputs = self.bert(
+            input_ids=None if inputs_embeds is not None else input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            return_dict=True,
+            **extra,
+        )
+        logits = self.cls(outputs.pooler_output)  # (B, 2)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.view(-1, 2).float(), labels.view(-1))
+        if not return_dict:
+            out = (logits, outputs.hidden_states, outputs.attentions)
+            return ((loss,) + out) if loss is not None else out
+        return MultimodalNSPOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def link_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Linking score of each pair: log-probability that B follows A (`log_softmax(logits)[:, 0]`), shape (B,)."""
+        return torch.log_softmax(logits.float(), dim=-1)[:, 0]
+
+
+__all__ = ["BertForMultimodalNSP", "MultimodalNSPOutput"]
