@@ -268,6 +268,8 @@ def config_hash(config: ZemelConfig) -> str:
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
+ZemelConfig.register_for_auto_class()
+
 __all__ = [
     "ZemelConfig",
     "config_hash",

@@ -1,0 +1,773 @@
+"""ZEMEL: co-attentional two-stream encoders with a poly-encoder head (zero-shot multimodal entity linking).
+
+Each of the two encoders (context, candidate; separate weights) is
+
+* a BERT text stream (`embeddings`, `encoder.layer.N`, `pooler`: the submodule names of `BertModel`, so a BERT
+  checkpoint fills it by name),
+* a visual stream over region features: `Linear(v_feature_dim, v_hidden) + Linear(v_spatial_dim, v_hidden)`,
+  summed, LayerNorm, dropout, then visual self-attention layers,
+* ViLBERT-style co-attention blocks (`co_layer.N`): text queries attend to the visual keys/values and visual queries
+  attend to the text keys/values, with one module per direction, followed by a feed-forward per stream,
+* a fusion of both streams: pooled text and visual vectors concatenated and projected ("we contact the output"),
+  and per-token outputs `h_1..h_N` = text tokens followed by the projected visual regions.
+
+The poly head (eq. 1-5 of the paper) attends `m` learned codes over the context outputs; the candidate vector attends
+over the codes; the score is a dot product. Candidate vectors are cacheable (`encode_candidates` + `score`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from .configuration_zemel import ZemelConfig, config_hash
+
+try:  # transformers >= 5: init functions that respect already-loaded weights
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    init = None
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ZemelContextOutput(ModelOutput):
+    r"""Encoded mention contexts (what :meth:`ZemelPolyEncoder.score` needs).
+
+    Args:
+        sequence_output (`torch.FloatTensor` of shape `(batch_size, num_tokens + num_regions, hidden_size)`):
+            Fused per-token outputs `h_1..h_N`: text tokens, then visual regions projected to the text hidden size.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_tokens + num_regions)`):
+            1 for real tokens/regions, 0 for padding.
+        poly_codes (`torch.FloatTensor` of shape `(batch_size, poly_m, hidden_size)`, *optional*):
+            The `m` global context codes `y_ctx^1..y_ctx^m` (eq. 1-2); set when `config.scoring == "poly"`.
+        pooled_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Fused pooled vector (the bi-encoder context vector).
+    """
+
+    sequence_output: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    poly_codes: torch.FloatTensor | None = None
+    pooled_output: torch.FloatTensor | None = None
+
+
+@dataclass
+class ZemelOutput(ModelOutput):
+    r"""Output of :class:`ZemelPolyEncoder`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Cross-entropy over the candidates; returned with `labels`, or with in-batch negatives.
+        scores (`torch.FloatTensor` of shape `(batch_size, num_candidates)`):
+            `s(ctx, cand_k)`; `num_candidates` is `K` for per-example candidate lists `(B, K, ...)` and `C` for a
+            shared candidate set `(C, ...)` (in-batch: `C == B`).
+        context_embeddings (`torch.FloatTensor`):
+            `(batch_size, poly_m, hidden_size)` poly codes, or `(batch_size, hidden_size)` in bi mode.
+        candidate_embeddings (`torch.FloatTensor`):
+            `(batch_size, K, hidden_size)` or `(C, hidden_size)` candidate vectors.
+    """
+
+    loss: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    context_embeddings: torch.FloatTensor | None = None
+    candidate_embeddings: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Blocks (BERT submodule names: attention.self.{query,key,value}, attention.output.{dense,LayerNorm}, intermediate,
+# output)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, S) 1/0 mask -> (B, 1, 1, S) additive mask: 0 to keep, the dtype's minimum to drop (finite: no NaN)."""
+    mask = mask.to(dtype)[:, None, None, :]
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+class ZemelTextEmbeddings(nn.Module):
+    """BERT embeddings (word + position + token type, LayerNorm, dropout); names as in `BertEmbeddings`."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False
+        )
+
+    def forward(self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor | None = None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_position_embeddings {self.position_embeddings.num_embeddings}"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        position_ids = self.position_ids[:, :seq_len]
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids)
+        )  # (B, T, H)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class ZemelVisualEmbeddings(nn.Module):
+    """Region features and their spatial vectors, each projected to the visual hidden size, summed (ViLBERT)."""
+
+    def __init__(self, config: ZemelConfig):
+        super().__init__()
+        self.image_embeddings = nn.Linear(config.v_feature_dim, config.v_hidden_size)
+        self.image_location_embeddings = nn.Linear(config.v_spatial_dim, config.v_hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.v_hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.v_hidden_dropout_prob)
+
+    def forward(self, visual_features: torch.Tensor, visual_spatial: torch.Tensor) -> torch.Tensor:
+        embeddings = self.image_embeddings(visual_features) + self.image_location_embeddings(visual_spatial)  # (B, R, V)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class ZemelSelfAttention(nn.Module):
+    """Multi-head attention; queries from `hidden_states`, keys/values from `context_states` (itself by default).
+
+    `hidden_size` is the query side, `context_size` the key/value side, `all_head_size` the inner size.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        attention_probs_dropout_prob: float,
+        context_size: int | None = None,
+        all_head_size: int | None = None,
+    ):
+        super().__init__()
+        all_head_size = all_head_size or hidden_size
+        if all_head_size % num_attention_heads != 0:
+            raise ValueError(f"attention size {all_head_size} is not a multiple of the heads {num_attention_heads}")
+        self.num_attention_heads = num_attention_heads
+        self.attention_head_size = all_head_size // num_attention_heads
+        self.all_head_size = all_head_size
+        self.query = nn.Linear(hidden_size, all_head_size)
+        self.key = nn.Linear(context_size or hidden_size, all_head_size)
+        self.value = nn.Linear(context_size or hidden_size, all_head_size)
+        self.dropout = nn.Dropout(attention_probs_dropout_prob)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size).transpose(1, 2)  # (B, h, S, d)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        context_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        context_states = hidden_states if context_states is None else context_states
+        query = self._heads(self.query(hidden_states))  # (B, h, Tq, d)
+        key = self._heads(self.key(context_states))  # (B, h, Tk, d)
+        value = self._heads(self.value(context_states))  # (B, h, Tk, d)
+        context = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,  # (B, 1, 1, Tk) additive
+            dropout_p=self.dropout.p if self.training else 0.0,
+        )  # (B, h, Tq, d)
+        return context.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)  # (B, Tq, A)
+
+
+class ZemelSelfOutput(nn.Module):
+    """Projection of the attention output, dropout, residual LayerNorm (`BertSelfOutput`)."""
+
+    def __init__(self, in_size: int, hidden_size: int, dropout: float, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(in_size, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class ZemelAttention(nn.Module):
+    """Attention + output (`BertAttention` names: `self`, `output`)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        attention_dropout: float,
+        hidden_dropout: float,
+        eps: float,
+        context_size: int | None = None,
+        all_head_size: int | None = None,
+    ):
+        super().__init__()
+        self.self = ZemelSelfAttention(hidden_size, num_attention_heads, attention_dropout, context_size, all_head_size)
+        self.output = ZemelSelfOutput(self.self.all_head_size, hidden_size, hidden_dropout, eps)
+
+    def forward(self, hidden_states, attention_mask=None, context_states=None) -> torch.Tensor:
+        return self.output(self.self(hidden_states, attention_mask, context_states), hidden_states)
+
+
+class ZemelIntermediate(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, intermediate_size)
+        self.intermediate_act_fn = ACT2FN[act] if isinstance(act, str) else act
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class ZemelLayer(nn.Module):
+    """Transformer layer (self-attention, feed-forward) with `BertLayer` submodule names."""
+
+    def __init__(self, hidden_size, num_heads, intermediate_size, act, attention_dropout, hidden_dropout, eps):
+        super().__init__()
+        self.attention = ZemelAttention(hidden_size, num_heads, attention_dropout, hidden_dropout, eps)
+        self.intermediate = ZemelIntermediate(hidden_size, intermediate_size, act)
+        self.output = ZemelSelfOutput(intermediate_size, hidden_size, hidden_dropout, eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, attention_mask)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class ZemelLayerStack(nn.Module):
+    """`layer.N` container (named like `BertEncoder` so `encoder.layer.N...` keys match)."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+
+class ZemelCoAttentionLayer(nn.Module):
+    """ViLBERT co-attention block.
+
+    Two separate attention modules, one per direction (no weights shared between directions):
+    `text_attention` (text queries, visual keys/values: language-conditioned on the image) and `visual_attention`
+    (visual queries, text keys/values). Both read the block's inputs; each stream then has its own feed-forward.
+    An example with no valid key on the other side (e.g. text-only input: every region masked) passes through the
+    block unchanged for that stream, so no attention over an empty set is ever used (no NaN, no garbage).
+    """
+
+    def __init__(self, config: ZemelConfig):
+        super().__init__()
+        tc = config.text_config
+        eps = config.layer_norm_eps
+        self.text_attention = ZemelAttention(
+            tc.hidden_size,
+            config.bi_num_attention_heads,
+            config.v_attention_probs_dropout_prob,
+            config.v_hidden_dropout_prob,
+            eps,
+            context_size=config.v_hidden_size,
+            all_head_size=config.bi_hidden_size,
+        )
+        self.visual_attention = ZemelAttention(
+            config.v_hidden_size,
+            config.bi_num_attention_heads,
+            config.v_attention_probs_dropout_prob,
+            config.v_hidden_dropout_prob,
+            eps,
+            context_size=tc.hidden_size,
+            all_head_size=config.bi_hidden_size,
+        )
+        self.text_intermediate = ZemelIntermediate(tc.hidden_size, tc.intermediate_size, tc.hidden_act)
+        self.text_output = ZemelSelfOutput(tc.intermediate_size, tc.hidden_size, tc.hidden_dropout_prob, eps)
+        self.visual_intermediate = ZemelIntermediate(config.v_hidden_size, config.v_intermediate_size, config.v_hidden_act)
+        self.visual_output = ZemelSelfOutput(
+            config.v_intermediate_size, config.v_hidden_size, config.v_hidden_dropout_prob, eps
+        )
+
+    def forward(
+        self,
+        text_states: torch.Tensor,  # (B, T, H)
+        text_mask: torch.Tensor,  # (B, T) 0/1
+        visual_states: torch.Tensor,  # (B, R, V)
+        visual_mask: torch.Tensor,  # (B, R) 0/1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = text_states.dtype
+        text_ctx = self.text_attention(text_states, _additive_mask(visual_mask, dtype), visual_states)  # (B, T, H)
+        visual_ctx = self.visual_attention(visual_states, _additive_mask(text_mask, dtype), text_states)  # (B, R, V)
+        text_out = self.text_output(self.text_intermediate(text_ctx), text_ctx)
+        visual_out = self.visual_output(self.visual_intermediate(visual_ctx), visual_ctx)
+        has_visual = (visual_mask.sum(-1) > 0)[:, None, None]  # (B, 1, 1)
+        has_text = (text_mask.sum(-1) > 0)[:, None, None]
+        text_out = torch.where(has_visual, text_out, text_states)
+        visual_out = torch.where(has_text, visual_out, visual_states)
+        return text_out, visual_out
+
+
+class ZemelPooler(nn.Module):
+    """First position -> dense -> tanh (`BertPooler`)."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.dense = nn.Linear(in_size, out_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class ZemelFusion(nn.Module):
+    """Fuses the two streams: pooled vectors into one vector, visual tokens into the text hidden size.
+
+    `concat`: `dense([t_pool ; v_pool])`; `sum`: `t_pool + visual_dense(v_pool)`. `visual_projection` maps each visual
+    output token to the text hidden size so the context outputs `h_1..h_N` are the text tokens then the regions.
+    """
+
+    def __init__(self, config: ZemelConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.mode = config.fusion
+        in_size = hidden + config.v_hidden_size if self.mode == "concat" else config.v_hidden_size
+        self.dense = nn.Linear(in_size, hidden)
+        self.visual_projection = nn.Linear(config.v_hidden_size, hidden)
+        self.dropout = nn.Dropout(config.v_hidden_dropout_prob)
+
+    def forward(self, text_pooled, visual_pooled, visual_states):
+        if self.mode == "concat":
+            pooled = self.dense(torch.cat([text_pooled, visual_pooled], dim=-1))  # (B, H)
+        else:
+            pooled = text_pooled + self.dense(visual_pooled)  # (B, H)
+        visual_tokens = self.visual_projection(visual_states) if visual_states is not None else None  # (B, R, H)
+        return self.dropout(pooled), visual_tokens
+
+
+class ZemelTwoStreamEncoder(nn.Module):
+    """One ZEMEL encoder: BERT text stream + visual stream + co-attention + fusion.
+
+    Text-stream names (`embeddings`, `encoder.layer.N`, `pooler`) are those of `BertModel`.
+    """
+
+    def __init__(self, config: ZemelConfig):
+        super().__init__()
+        tc = config.text_config
+        self.config = config
+        self.embeddings = ZemelTextEmbeddings(tc)
+        self.encoder = ZemelLayerStack(
+            [
+                ZemelLayer(
+                    tc.hidden_size,
+                    tc.num_attention_heads,
+                    tc.intermediate_size,
+                    tc.hidden_act,
+                    tc.attention_probs_dropout_prob,
+                    tc.hidden_dropout_prob,
+                    tc.layer_norm_eps,
+                )
+                for _ in range(tc.num_hidden_layers)
+            ]
+        )
+        self.pooler = ZemelPooler(tc.hidden_size, tc.hidden_size)
+        self.v_embeddings = ZemelVisualEmbeddings(config)
+        self.v_encoder = ZemelLayerStack(
+            [
+                ZemelLayer(
+                    config.v_hidden_size,
+                    config.v_num_attention_heads,
+                    config.v_intermediate_size,
+                    config.v_hidden_act,
+                    config.v_attention_probs_dropout_prob,
+                    config.v_hidden_dropout_prob,
+                    config.layer_norm_eps,
+                )
+                for _ in range(config.v_num_hidden_layers)
+            ]
+        )
+        self.co_layer = nn.ModuleList([ZemelCoAttentionLayer(config) for _ in config.co_attention_layers])
+        self.v_pooler = ZemelPooler(config.v_hidden_size, config.v_hidden_size)
+        self.fusion = ZemelFusion(config)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.LongTensor | None = None,  # (B, T)
+        visual_features: torch.Tensor | None = None,  # (B, R, Dv)
+        visual_spatial: torch.Tensor | None = None,  # (B, R, 5)
+        visual_attention_mask: torch.Tensor | None = None,  # (B, R)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (pooled (B, H), sequence outputs h_1..h_N (B, T+R, H), their mask (B, T+R))."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        text_add_mask = _additive_mask(attention_mask, text.dtype)
+        has_regions = visual_features is not None and visual_features.shape[1] > 0
+        if has_regions:
+            batch, num_regions = visual_features.shape[:2]
+            if visual_spatial is None:
+                raise ValueError("visual_spatial is required with visual_features")
+            if visual_attention_mask is None:
+                visual_attention_mask = torch.ones(batch, num_regions, dtype=attention_mask.dtype, device=text.device)
+            visual_features = visual_features.to(text.dtype)
+            visual = self.v_embeddings(visual_features, visual_spatial.to(text.dtype))  # (B, R, V)
+            visual_add_mask = _additive_mask(visual_attention_mask, text.dtype)
+        else:
+            visual = None
+
+        t_layers, v_layers = self.encoder.layer, self.v_encoder.layer
+        t_next = v_next = 0
+        for block, t_stop, v_stop in zip(self.co_layer, self.config.co_attention_layers, self.config.v_co_attention_layers):
+            while t_next <= t_stop:
+                text = t_layers[t_next](text, text_add_mask)
+                t_next += 1
+            if visual is not None:
+                while v_next <= v_stop:
+                    visual = v_layers[v_next](visual, visual_add_mask)
+                    v_next += 1
+                text, visual = block(text, attention_mask, visual, visual_attention_mask)
+        for layer in t_layers[t_next:]:
+            text = layer(text, text_add_mask)
+        if visual is not None:
+            for layer in v_layers[v_next:]:
+                visual = layer(visual, visual_add_mask)
+
+        text_pooled = self.pooler(text)  # (B, H)
+        if visual is not None:
+            has_visual = (visual_attention_mask[:, :1] > 0).to(text.dtype)  # (B, 1): first region = whole image
+            visual_pooled = self.v_pooler(visual) * has_visual  # (B, V)
+        else:
+            visual_pooled = text.new_zeros(text.shape[0], self.config.v_hidden_size)
+        pooled, visual_tokens = self.fusion(text_pooled, visual_pooled, visual)
+        if visual_tokens is not None:
+            sequence = torch.cat([text, visual_tokens], dim=1)  # (B, T+R, H)
+            mask = torch.cat([attention_mask, visual_attention_mask.to(attention_mask.dtype)], dim=1)  # (B, T+R)
+        else:
+            sequence, mask = text, attention_mask
+        return pooled, sequence, mask
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-trained model + poly encoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class ZemelPreTrainedModel(PreTrainedModel):
+    """Weight init and loading glue for ZEMEL models."""
+
+    config_class = ZemelConfig
+    base_model_prefix = "zemel"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["ZemelLayer", "ZemelCoAttentionLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if init is not None:
+            normal_, zeros_, ones_, copy_ = init.normal_, init.zeros_, init.ones_, init.copy_
+        else:  # pragma: no cover
+            normal_, zeros_, ones_ = nn.init.normal_, nn.init.zeros_, nn.init.ones_
+            copy_ = lambda t, v: t.copy_(v)  # noqa: E731
+        if isinstance(module, nn.Linear):
+            normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            ones_(module.weight)
+            zeros_(module.bias)
+        elif isinstance(module, ZemelTextEmbeddings):
+            copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, ZemelPolyEncoder):
+            normal_(module.poly_codes, mean=0.0, std=std)
+
+
+class ZemelPolyEncoder(ZemelPreTrainedModel):
+    r"""ZEMEL: context encoder + candidate encoder (separate weights) + poly-linking head.
+
+    Inputs of `forward` (context side; candidate side has the same names prefixed with `candidate_`):
+
+    - `input_ids`, `attention_mask`, `token_type_ids`: `(B, T)`; text `[CLS] ctx_l [M] mention [/M] ctx_r [SEP]`.
+    - `visual_features` `(B, R, v_feature_dim)`, `visual_spatial` `(B, R, 5)`, `visual_attention_mask` `(B, R)`:
+      regions (whole image first, then boxes); omit them or mask all regions for text-only input.
+    - `candidate_input_ids`: `(B, K, Tc)` per-example candidate lists (gold at `labels`), or `(C, Tc)` one shared set
+      (in-batch negatives: `C == B`, the candidate of example `i` is its gold). Candidate visual tensors follow the
+      same leading dims: `(B, K, Rc, Dv)` or `(C, Rc, Dv)`.
+    - `candidate_embeddings`: a precomputed cache `(C, H)` or `(B, K, H)` instead of candidate inputs.
+    - `labels`: `(B,)` index of the gold candidate (`-100` ignores an example).
+    """
+
+    accepts_loss_kwargs = False
+    _tied_weights_keys = None
+
+    def __init__(self, config: ZemelConfig):
+        super().__init__(config)
+        self.context_encoder = ZemelTwoStreamEncoder(config)
+        self.candidate_encoder = ZemelTwoStreamEncoder(config)
+        # The m learned codes p_1..p_m of eq. 1-2 (only used in poly mode; kept in bi mode so both load alike).
+        self.poly_codes = nn.Parameter(torch.empty(config.poly_m, config.text_config.hidden_size))
+        self.post_init()
+
+    # -- embeddings ------------------------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.context_encoder.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.context_encoder.embeddings.word_embeddings = value
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
+        """Resize the word embeddings of BOTH encoders to `new_num_tokens`; new rows get the mean old embedding."""
+        if new_num_tokens is None:
+            return self.get_input_embeddings()
+        for encoder in (self.context_encoder, self.candidate_encoder):
+            old = encoder.embeddings.word_embeddings
+            if old.num_embeddings == new_num_tokens:
+                continue
+            new = nn.Embedding(
+                new_num_tokens, old.embedding_dim, padding_idx=old.padding_idx, device=old.weight.device, dtype=old.weight.dtype
+            )
+            n = min(old.num_embeddings, new_num_tokens)
+            with torch.no_grad():
+                new.weight[:n] = old.weight[:n]
+                if new_num_tokens > n:
+                    new.weight[n:] = old.weight.mean(dim=0, keepdim=True)
+            new.weight._is_hf_initialized = True
+            encoder.embeddings.word_embeddings = new
+        self.config.text_config.vocab_size = new_num_tokens
+        return self.get_input_embeddings()
+
+    def resize_for_processor(self, processor) -> None:
+        """Make the vocabulary match `processor.tokenizer` (with `[M]`, `[/M]`, `[ENT]`) and record the token ids."""
+        tokenizer = getattr(processor, "tokenizer", processor)
+        self.resize_token_embeddings(len(tokenizer))
+        for attr in ("mention_start_token", "mention_end_token", "entity_token"):
+            token = getattr(self.config, attr)
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"special token {token!r} is not in the tokenizer; build it with ZemelProcessor")
+            setattr(self.config, f"{attr}_id", int(token_id))
+
+    # -- encoding --------------------------------------------------------------------------------------------------
+    def _poly_attend(self, sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 1-2: y_ctx^i = sum_j softmax_j(p_i . h_j) h_j over unmasked positions. Returns (B, m, H)."""
+        logits = torch.einsum("mh,bnh->bmn", self.poly_codes.to(sequence.dtype), sequence)  # (B, m, N)
+        logits = logits.masked_fill(~mask.bool()[:, None, :], torch.finfo(logits.dtype).min)
+        weights = logits.softmax(dim=-1)  # (B, m, N)
+        return torch.bmm(weights, sequence)  # (B, m, H)
+
+    def encode_context(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_spatial: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+    ) -> ZemelContextOutput:
+        """Encode mention contexts `(B, T)` (+ regions `(B, R, ...)`); poly codes are computed in poly mode."""
+        pooled, sequence, mask = self.context_encoder(
+            input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask
+        )
+        codes = self._poly_attend(sequence, mask) if self.config.scoring == "poly" else None
+        return ZemelContextOutput(sequence_output=sequence, attention_mask=mask, poly_codes=codes, pooled_output=pooled)
+
+    def encode_candidates(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_spatial: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode candidates `(K, Tc)` -> cache `(K, H)`; `(B, K, Tc)` -> `(B, K, H)` (leading dims kept)."""
+        lead = input_ids.shape[:-1]
+
+        def flat(x, trailing):
+            return None if x is None else x.reshape(-1, *x.shape[len(lead) :]) if x.dim() == len(lead) + trailing else x
+
+        pooled, _, _ = self.candidate_encoder(
+            input_ids.reshape(-1, input_ids.shape[-1]),
+            flat(attention_mask, 1),
+            flat(token_type_ids, 1),
+            flat(visual_features, 2),
+            flat(visual_spatial, 2),
+            flat(visual_attention_mask, 1),
+        )
+        return pooled.reshape(*lead, pooled.shape[-1])  # (K, H) or (B, K, H)
+
+    def check_candidate_cache(self, candidate_cache: torch.Tensor, cache_config_hash: str | None = None) -> None:
+        """Raise ValueError when a cache does not fit this model (hidden size, or config hash if given)."""
+        hidden = self.config.text_config.hidden_size
+        if candidate_cache.dim() not in (2, 3) or candidate_cache.shape[-1] != hidden:
+            raise ValueError(
+                f"candidate cache has hidden size {candidate_cache.shape[-1] if candidate_cache.dim() else None} "
+                f"(shape {tuple(candidate_cache.shape)}) but this model's hidden size is {hidden}; "
+                "re-encode the candidates with this model"
+            )
+        if cache_config_hash is not None and cache_config_hash != config_hash(self.config):
+            raise ValueError(
+                f"candidate cache was built by a model with config hash {cache_config_hash}, "
+                f"this model has {config_hash(self.config)}"
+            )
+
+    def score(self, context_outputs: ZemelContextOutput, candidate_cache: torch.Tensor) -> torch.Tensor:
+        """Scores of contexts against candidates.
+
+        `candidate_cache` `(C, H)` (shared by all contexts) gives `(B, C)`; `(B, K, H)` (per example) gives `(B, K)`.
+        Poly mode follows eq. 3-5; bi mode is the dot product of the pooled context vector and the candidate.
+        """
+        self.check_candidate_cache(candidate_cache)
+        if self.config.scoring == "bi":
+            ctx = context_outputs.pooled_output  # (B, H)
+            cand = candidate_cache.to(ctx.dtype)
+            if cand.dim() == 2:
+                return ctx @ cand.T  # (B, C)
+            return torch.einsum("bh,bkh->bk", ctx, cand)  # (B, K)
+        codes = context_outputs.poly_codes
+        if codes is None:
+            codes = self._poly_attend(context_outputs.sequence_output, context_outputs.attention_mask)
+        cand = candidate_cache.to(codes.dtype)
+        if cand.dim() == 2:
+            cand = cand.unsqueeze(0).expand(codes.shape[0], -1, -1)  # (B, C, H)
+        elif cand.shape[0] != codes.shape[0]:
+            raise ValueError(f"per-example candidate cache has batch {cand.shape[0]}, contexts have {codes.shape[0]}")
+        attn = torch.bmm(cand, codes.transpose(1, 2)).softmax(dim=-1)  # (B, K, m): eq. 4
+        ctx = torch.bmm(attn, codes)  # (B, K, H): eq. 3
+        return (ctx * cand).sum(dim=-1)  # (B, K): eq. 5
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_spatial: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        candidate_input_ids: torch.LongTensor | None = None,
+        candidate_attention_mask: torch.Tensor | None = None,
+        candidate_token_type_ids: torch.LongTensor | None = None,
+        candidate_visual_features: torch.Tensor | None = None,
+        candidate_visual_spatial: torch.Tensor | None = None,
+        candidate_visual_attention_mask: torch.Tensor | None = None,
+        candidate_embeddings: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> ZemelOutput | tuple:
+        r"""Score contexts against candidates; cross-entropy loss with `labels` (or in-batch negatives).
+
+        Returns a :class:`ZemelOutput`: `loss` `()`, `scores` `(B, K)` or `(B, C)`, `context_embeddings`
+        `(B, m, H)` / `(B, H)`, `candidate_embeddings` `(B, K, H)` / `(C, H)`.
+        """
+        if input_ids is None:
+            raise ValueError("input_ids (the mention contexts) are required")
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        context = self.encode_context(
+            input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask
+        )
+        if candidate_embeddings is None:
+            if candidate_input_ids is None:
+                raise ValueError("give candidate_input_ids (candidate inputs) or candidate_embeddings (a cache)")
+            candidate_embeddings = self.encode_candidates(
+                candidate_input_ids,
+                candidate_attention_mask,
+                candidate_token_type_ids,
+                candidate_visual_features,
+                candidate_visual_spatial,
+                candidate_visual_attention_mask,
+            )
+        scores = self.score(context, candidate_embeddings)  # (B, K) or (B, C)
+
+        loss = None
+        if labels is None and self.config.in_batch_negatives and candidate_embeddings.dim() == 2:
+            if candidate_embeddings.shape[0] == scores.shape[0]:
+                labels = torch.arange(scores.shape[0], device=scores.device)  # in-batch negatives
+        if labels is not None:
+            loss = F.cross_entropy(scores.float(), labels.to(scores.device).long(), ignore_index=-100)
+
+        context_embeddings = context.poly_codes if self.config.scoring == "poly" else context.pooled_output
+        if not return_dict:
+            out = (scores, context_embeddings, candidate_embeddings)
+            return ((loss,) + out) if loss is not None else out
+        return ZemelOutput(
+            loss=loss, scores=scores, context_embeddings=context_embeddings, candidate_embeddings=candidate_embeddings
+        )
+
+    # -- construction from a BERT checkpoint -----------------------------------------------------------------------
+    @classmethod
+    def from_text_backbone(
+        cls, backbone: str = "minilm", output_loading_info: bool = False, **config_overrides
+    ) -> "ZemelPolyEncoder":
+        """Build a ZEMEL model whose two text streams start from a BERT checkpoint (loaded by name into both).
+
+        `backbone` is `"minilm"` (embedded), an alias / hub id, or a local BERT directory (resolved by
+        `modeling_mel.backbones` when available, else used as a path). `config_overrides` go to :class:`ZemelConfig`.
+        Raises ValueError when no text weight could be loaded.
+        """
+        from transformers import AutoConfig, BertModel
+
+        try:
+            from modeling_mel.backbones import resolve_backbone  # package install; absent in a Hub code folder
+        except ImportError:  # pragma: no cover
+            resolve_backbone = lambda name: name  # noqa: E731
+
+        path = resolve_backbone(backbone)
+        text_config = AutoConfig.from_pretrained(path)
+        config = ZemelConfig(text_config=text_config.to_dict(), **config_overrides)
+        model = cls(config)
+        bert = BertModel.from_pretrained(path)
+        state = {k[len("bert.") :] if k.startswith("bert.") else k: v for k, v in bert.state_dict().items()}
+        info = {}
+        for name in ("context_encoder", "candidate_encoder"):
+            encoder = getattr(model, name)
+            own = encoder.state_dict()
+            text_keys = {k for k in own if k.split(".")[0] in ("embeddings", "encoder", "pooler")}
+            loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            encoder.load_state_dict(loadable, strict=False)
+            missing = sorted(k for k in text_keys if k not in loadable and not k.endswith("position_ids"))
+            unexpected = sorted(k for k in state if k not in loadable and not k.endswith("position_ids"))
+            if not loadable:
+                raise ValueError(f"no weight of backbone {backbone!r} ({path}) matched the text stream of {name}")
+            info[name] = {"loaded": sorted(loadable), "missing_keys": missing, "unexpected_keys": unexpected}
+            logger.info(
+                "%s: loaded %d text-stream tensors from %s; missing %s; unexpected %s",
+                name, len(loadable), backbone, missing or "none", unexpected or "none",
+            )
+            if missing or unexpected:
+                logger.warning("%s: backbone %r missing keys %s, unexpected keys %s", name, backbone, missing, unexpected)
+        config.name_or_path = str(path)
+        return (model, info) if output_loading_info else model
+
+
+def register_zemel() -> None:
+    """Register ZEMEL with AutoConfig/AutoModel so `AutoModel.from_pretrained(dir)` works without remote code."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        AutoConfig.register(ZemelConfig.model_type, ZemelConfig)
+    except ValueError:  # already registered
+        pass
+    try:
+        AutoModel.register(ZemelConfig, ZemelPolyEncoder)
+    except ValueError:
+        pass
+
+
+ZemelPolyEncoder.register_for_auto_class("AutoModel")
+
+__all__ = ["ZemelPreTrainedModel", "ZemelPolyEncoder", "ZemelOutput", "ZemelContextOutput", "register_zemel"]

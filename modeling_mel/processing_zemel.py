@@ -1,0 +1,286 @@
+"""Processor of :class:`ZemelPolyEncoder`: context / candidate templates and visual region inputs.
+
+* Context: ``[CLS] ctx_l [M] mention [/M] ctx_r [SEP]`` with a token window centred on the mention (left and right
+  context truncated evenly; a side shorter than its half gives the rest to the other side).
+* Candidate: ``[CLS] name [ENT] description [SEP]`` (the description is truncated first).
+* Regions: the whole image is the FIRST region (spatial ``[0, 0, 1, 1, 1]``), then the boxes with their spatial vector
+  ``(x1/W, y1/H, x2/W, y2/H, area/(W*H))``; candidate images are each a whole-image region. Padded to ``max_regions``
+  with ``visual_attention_mask`` 0.
+
+This file ships with saved models: it imports only torch, transformers and the other ZEMEL files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from transformers import AddedToken, BatchFeature, ProcessorMixin
+
+from .configuration_zemel import DEFAULT_ENTITY_TOKEN, DEFAULT_MENTION_END_TOKEN, DEFAULT_MENTION_START_TOKEN
+
+logger = logging.getLogger(__name__)
+
+WHOLE_IMAGE_SPATIAL = (0.0, 0.0, 1.0, 1.0, 1.0)
+
+
+def box_spatial(boxes: Sequence[Sequence[float]], width: float, height: float) -> list[list[float]]:
+    """5-d spatial vectors of pixel boxes ``[x1, y1, x2, y2]`` in a ``width`` x ``height`` image.
+
+    Raises ValueError naming the box for a box outside the image or with ``x2 <= x1`` / ``y2 <= y1``.
+    (Same definition as ``modeling_mel.image_features.spatial_features``, kept here so this file ships alone.)
+    """
+    width, height = float(width), float(height)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    out = []
+    for box in boxes:
+        if len(box) != 4:
+            raise ValueError(f"box {list(box)!r} must have 4 numbers [x1, y1, x2, y2]")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"box {list(box)!r} has x2<=x1 or y2<=y1")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise ValueError(f"box {list(box)!r} lies outside the {width:g}x{height:g} image")
+        out.append([x1 / width, y1 / height, x2 / width, y2 / height, (x2 - x1) * (y2 - y1) / (width * height)])
+    return out
+
+
+def _as_2d(features: Any, where: str) -> torch.Tensor:
+    t = torch.as_tensor(getattr(features, "numpy", lambda: features)() if isinstance(features, torch.Tensor) else features, dtype=torch.float32)
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2:
+        raise ValueError(f"{where}: features of shape {tuple(t.shape)}; expected (n, feature_dim)")
+    return t
+
+
+def make_regions(
+    image_feature: Any,
+    box_features: Any = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    image_size: tuple[float, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Visual inputs of one image: the whole image first, then its boxes.
+
+    `image_feature` `(D,)`; `box_features` `(n, D)` for `boxes` (pixel `[x1, y1, x2, y2]`) in an image of
+    `image_size` `(W, H)`. Returns ``{"features": (1+n, D), "spatial": (1+n, 5)}``.
+    """
+    feats = [_as_2d(image_feature, "image_feature")]
+    spatial = [list(WHOLE_IMAGE_SPATIAL)]
+    if boxes is not None and len(boxes):
+        if image_size is None:
+            raise ValueError("image_size (W, H) is required with boxes")
+        bf = _as_2d(box_features, "box_features")
+        if bf.shape[0] != len(boxes):
+            raise ValueError(f"{bf.shape[0]} box features for {len(boxes)} boxes")
+        feats.append(bf)
+        spatial += box_spatial(boxes, *image_size)
+    return {"features": torch.cat(feats), "spatial": torch.tensor(spatial, dtype=torch.float32)}
+
+
+def regions_from_image(image: Any, boxes: Sequence[Sequence[float]], extractor: Any) -> dict[str, torch.Tensor]:
+    """Region inputs of a PIL image / path with an ``ImageFeatureExtractor`` (``modeling_mel.image_features``):
+    whole-image feature first (``extractor.encode``), then one crop feature per box (``extractor.encode_regions``)."""
+    from PIL import Image
+
+    pil = image if hasattr(image, "size") and not isinstance(image, str) else Image.open(image)
+    pil = pil.convert("RGB")
+    whole = extractor.encode([pil])[0]
+    box_feats = extractor.encode_regions(pil, boxes) if len(boxes) else None
+    return make_regions(whole, box_feats, boxes, pil.size)
+
+
+class ZemelProcessor(ProcessorMixin):
+    """Tokenizer and input builders for :class:`ZemelPolyEncoder`.
+
+    Args:
+        tokenizer: a BERT tokenizer; `[M]`, `[/M]`, `[ENT]` are registered on it as special tokens (resize the model
+            with `model.resize_for_processor(processor)`).
+        (No image processor attribute: transformers 5 processors cannot hold an optional ``None`` sub-processor.
+        Region features come from ``modeling_mel.image_features.ImageFeatureExtractor``; see
+        :func:`regions_from_image`.)
+        max_regions (`int`, defaults to 10): regions per input after padding / truncation.
+        feature_dim (`int`, defaults to 2048): size of one region feature.
+        mention_start_token, mention_end_token, entity_token: the special tokens.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        max_regions: int = 10,
+        feature_dim: int = 2048,
+        mention_start_token: str = DEFAULT_MENTION_START_TOKEN,
+        mention_end_token: str = DEFAULT_MENTION_END_TOKEN,
+        entity_token: str = DEFAULT_ENTITY_TOKEN,
+        **kwargs,
+    ):
+        self.max_regions = int(max_regions)
+        self.feature_dim = int(feature_dim)
+        self.mention_start_token = mention_start_token
+        self.mention_end_token = mention_end_token
+        self.entity_token = entity_token
+        if self.max_regions < 1:
+            raise ValueError(f"max_regions must be >= 1, got {max_regions!r}")
+        super().__init__(tokenizer, **kwargs)
+        specials = [mention_start_token, mention_end_token, entity_token]
+        missing = [t for t in specials if self.tokenizer.convert_tokens_to_ids(t) in (None, self.tokenizer.unk_token_id)]
+        if missing:
+            self.tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+        self.mention_start_id, self.mention_end_id, self.entity_id = (
+            int(self.tokenizer.convert_tokens_to_ids(t)) for t in specials
+        )
+
+    @classmethod
+    def from_backbone(cls, backbone: str | None = None, **kwargs) -> "ZemelProcessor":
+        """A processor over the tokenizer of `backbone` (``"minilm"`` by default, see ``modeling_mel.backbones``)."""
+        from modeling_mel.backbones import load_tokenizer
+
+        return cls(load_tokenizer(backbone), **kwargs)
+
+    # -- text ------------------------------------------------------------------------------------------------------
+    def _tok(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    @staticmethod
+    def _find_mention(text: str, span: Any) -> tuple[int, int]:
+        if isinstance(span, str):
+            start = text.find(span)
+            if not span or start < 0:
+                raise ValueError(f"mention {span!r} not found in caption {text!r}")
+            return start, start + len(span)
+        if isinstance(span, dict):
+            mention = span.get("mention")
+            start = span.get("mention_start")
+            if start is None:
+                return ZemelProcessor._find_mention(text, mention)
+            end = span.get("mention_end", int(start) + len(mention or ""))
+            span = (int(start), int(end))
+            if mention is not None and text[span[0] : span[1]] != mention:
+                raise ValueError(f"mention {mention!r} not found at {span} in caption {text!r}")
+        start, end = int(span[0]), int(span[1])
+        if not (0 <= start < end <= len(text)):
+            raise ValueError(f"mention span {(start, end)!r} not inside caption {text!r}")
+        return start, end
+
+    def _context_ids(self, text: str, span: Any, max_length: int) -> list[int]:
+        start, end = self._find_mention(text, span)
+        left, mention, right = self._tok(text[:start]), self._tok(text[start:end]), self._tok(text[end:])
+        budget = max_length - 4  # [CLS] [M] [/M] [SEP]
+        if budget < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for the mention")
+        mention = mention[:budget]
+        room = budget - len(mention)
+        n_left = min(len(left), room // 2)
+        n_right = min(len(right), room - n_left)
+        n_left = min(len(left), room - n_right)  # give unused right room back to the left
+        left = left[len(left) - n_left :]
+        right = right[:n_right]
+        tok = self.tokenizer
+        return [tok.cls_token_id, *left, self.mention_start_id, *mention, self.mention_end_id, *right, tok.sep_token_id]
+
+    def _candidate_ids(self, name: str, description: str | None, max_length: int) -> list[int]:
+        name_ids, desc_ids = self._tok(name or ""), self._tok(description or "")
+        budget = max_length - 3  # [CLS] [ENT] [SEP]
+        name_ids = name_ids[: max(budget, 0)]
+        desc_ids = desc_ids[: max(budget - len(name_ids), 0)]
+        tok = self.tokenizer
+        return [tok.cls_token_id, *name_ids, self.entity_id, *desc_ids, tok.sep_token_id]
+
+    def _pad_text(self, sequences: list[list[int]], padding: str, max_length: int) -> dict[str, torch.Tensor]:
+        length = max_length if padding == "max_length" else max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, : len(seq)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+    # -- visual ----------------------------------------------------------------------------------------------------
+    def pad_regions(self, regions: Sequence[dict | None]) -> dict[str, torch.Tensor]:
+        """Stack per-example ``{"features": (R, D), "spatial": (R, 5)}`` (or None: text only) into
+        ``visual_features`` (B, max_regions, D), ``visual_spatial`` (B, max_regions, 5), ``visual_attention_mask``
+        (B, max_regions). Extra regions beyond `max_regions` are dropped (the whole image, first, is kept)."""
+        n, r = len(regions), self.max_regions
+        feats = torch.zeros(n, r, self.feature_dim)
+        spatial = torch.zeros(n, r, 5)
+        mask = torch.zeros(n, r, dtype=torch.long)
+        for i, reg in enumerate(regions):
+            if reg is None:
+                continue
+            f = _as_2d(reg["features"], f"regions[{i}]")
+            s = _as_2d(reg["spatial"], f"regions[{i}] spatial")
+            if f.shape[1] != self.feature_dim:
+                raise ValueError(f"regions[{i}] features have size {f.shape[1]}, the processor expects {self.feature_dim}")
+            if s.shape != (f.shape[0], 5):
+                raise ValueError(f"regions[{i}] spatial has shape {tuple(s.shape)}, expected ({f.shape[0]}, 5)")
+            k = min(r, f.shape[0])
+            if f.shape[0] > r:
+                logger.debug("regions[%d]: %d regions cut to max_regions=%d", i, f.shape[0], r)
+            feats[i, :k], spatial[i, :k], mask[i, :k] = f[:k], s[:k], 1
+        return {"visual_features": feats, "visual_spatial": spatial, "visual_attention_mask": mask}
+
+    # -- public builders -------------------------------------------------------------------------------------------
+    def encode_contexts(
+        self,
+        texts: Sequence[str],
+        mention_spans: Sequence[Any],
+        regions: Sequence[dict | None] | None = None,
+        max_length: int = 64,
+        padding: str = "longest",
+        prefix: str = "",
+    ) -> BatchFeature:
+        """Context inputs ``[CLS] ctx_l [M] mention [/M] ctx_r [SEP]`` (window centred on the mention).
+
+        `mention_spans[i]` is the mention string (first occurrence), a ``(start, end)`` character span, or a dict
+        with ``mention`` and optional ``mention_start``/``mention_end``. `regions[i]` is None (text only) or
+        ``{"features": (R, D), "spatial": (R, 5)}`` (see :func:`make_regions`). Keys: ``input_ids``,
+        ``attention_mask``, ``token_type_ids`` (B, T) and, with regions, ``visual_*``; each prefixed with `prefix`.
+        """
+        if len(texts) != len(mention_spans):
+            raise ValueError(f"{len(texts)} texts but {len(mention_spans)} mention spans")
+        data = self._pad_text([self._context_ids(t, s, max_length) for t, s in zip(texts, mention_spans)], padding, max_length)
+        if regions is not None:
+            if len(regions) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(regions)} region entries")
+            data.update(self.pad_regions(regions))
+        return BatchFeature({prefix + k: v for k, v in data.items()})
+
+    def encode_candidates(
+        self,
+        names: Sequence[str],
+        descriptions: Sequence[str | None] | None = None,
+        images_features: Sequence[Any] | None = None,
+        max_length: int = 64,
+        padding: str = "longest",
+        prefix: str = "",
+    ) -> BatchFeature:
+        """Candidate inputs ``[CLS] name [ENT] description [SEP]``; `images_features[i]` is None or the features
+        `(N, D)` of the entity's 1..N images, each a whole-image region (spatial ``[0, 0, 1, 1, 1]``)."""
+        descriptions = list(descriptions) if descriptions is not None else [None] * len(names)
+        if len(descriptions) != len(names):
+            raise ValueError(f"{len(names)} names but {len(descriptions)} descriptions")
+        data = self._pad_text([self._candidate_ids(n, d, max_length) for n, d in zip(names, descriptions)], padding, max_length)
+        if images_features is not None:
+            if len(images_features) != len(names):
+                raise ValueError(f"{len(names)} names but {len(images_features)} image feature entries")
+            regions = []
+            for f in images_features:
+                if f is None or len(f) == 0:
+                    regions.append(None)
+                    continue
+                f = _as_2d(f, "images_features")
+                regions.append({"features": f, "spatial": torch.tensor([WHOLE_IMAGE_SPATIAL] * f.shape[0])})
+            data.update(self.pad_regions(regions))
+        return BatchFeature({prefix + k: v for k, v in data.items()})
+
+    def configure_model(self, model) -> None:
+        """Resize `model`'s embeddings for the special tokens and record their ids in its config."""
+        model.resize_for_processor(self)
+
+
+ZemelProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["ZemelProcessor", "make_regions", "regions_from_image", "box_spatial", "WHOLE_IMAGE_SPATIAL"]
