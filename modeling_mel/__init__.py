@@ -11,8 +11,11 @@ import logging
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
+from .candidates import Bm25RuleCandidates
 from .configuration_multimodal_nsp import MultimodalNSPConfig
+from .configuration_zemel import ZemelConfig
 from .modeling_multimodal_nsp import BertForMultimodalNSP, MultimodalNSPOutput
+from .modeling_zemel import ZemelContextOutput, ZemelOutput, ZemelPolyEncoder
 from .processing_multimodal_nsp import (
     MultimodalNSPProcessor,
     entity_context,
@@ -21,6 +24,7 @@ from .processing_multimodal_nsp import (
     mention_prompt,
     recent_tweets,
 )
+from .processing_zemel import ZemelProcessor
 
 __version__ = "0.1.0"
 
@@ -48,6 +52,7 @@ def _register(config_cls, model_cls, processor_cls=None) -> None:
 
 
 _register(MultimodalNSPConfig, BertForMultimodalNSP, MultimodalNSPProcessor)
+_register(ZemelConfig, ZemelPolyEncoder, ZemelProcessor)
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -62,4 +67,10 @@ __all__ = [
     "entity_prompt",
     "generic_entity_prompt",
     "recent_tweets",
+    "ZemelConfig",
+    "ZemelPolyEncoder",
+    "ZemelOutput",
+    "ZemelContextOutput",
+    "ZemelProcessor",
+    "Bm25RuleCandidates",
 ]
