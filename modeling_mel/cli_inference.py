@@ -1,0 +1,426 @@
+"""Inference subcommands of ``mel``: ``index``, ``link``, ``model-card``; plus lazy wiring of scripts that live beside
+the package (``train-zemel``, ``build-dataset``, ``export-dataset``).
+
+Each function takes ``argv`` (its own arguments, so ``mel <name> --help`` shows them) and returns an exit code.
+
+    mel index --model M --kb kb.jsonl --out kb_index
+    mel link --model M --index kb_index --input mentions.jsonl --output links.jsonl
+    mel model-card --model M --results eval_results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+Command = Callable[[list[str]], "int | None"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Lazy wiring of scripts outside the package
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def script_command(relative_path: str, function: str, description: str) -> Command:
+    """A subcommand that runs ``<repo>/<relative_path>``'s ``function(argv)``, imported by path when called.
+
+    When the script (or the function) is missing, ``--help`` still exits 0 with a note and a real run exits 2 with a
+    message naming the file.
+    """
+
+    def run(argv: list[str]) -> int | None:
+        path = Path(__file__).resolve().parents[1] / relative_path
+        target = None
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(f"modeling_mel_script_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            target = getattr(module, function, None)
+        if target is None:
+            where = f"{path}:{function}()" if path.is_file() else str(path)
+            note = f"{description}\n\nProvided by {where}, which is not available in this install " \
+                   "(the subcommand needs a source checkout of modeling-mel: pip install -e .)."
+            if any(a in ("-h", "--help") for a in argv):
+                print(note)
+                return 0
+            print(f"mel: {where} not found; {description.splitlines()[0]} needs a source checkout", file=sys.stderr)
+            return 2
+        code = target(argv)
+        return int(code or 0) if isinstance(code, (int, type(None))) else 0
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shared loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_model_and_processor(path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A saved linking model (PFMEL or ZEMEL) and its processor, on CPU, in eval mode."""
+    import modeling_mel  # noqa: F401 - registers the Auto classes
+    from transformers import AutoModel, AutoProcessor
+
+    if not os.path.isdir(path) and not trust_remote_code and "/" not in path:
+        raise SystemExit(f"mel: model {path!r} is not a directory; pass a saved model folder or a hub id")
+    model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001
+        raise SystemExit(f"mel: no processor could be loaded from {path!r} ({err}); save the processor with the model") from err
+    return model, processor
+
+
+def build_image_extractor(args: argparse.Namespace, model: Any) -> Any:
+    """The image feature extractor asked for on the command line, or ``None`` (text only / pipeline default)."""
+    if getattr(args, "no_images", False):
+        return None
+    from .image_features import ImageFeatureExtractor
+
+    kwargs = {"cache_dir": args.image_cache} if getattr(args, "image_cache", None) else {}
+    if getattr(args, "image_model", None):
+        return ImageFeatureExtractor(args.image_model, strict=getattr(args, "strict_images", False), **kwargs)
+    expected = int(getattr(model.config, "image_feature_dim", getattr(model.config, "v_feature_dim", 2048)))
+    if expected != 2048:
+        raise SystemExit(
+            f"mel: the model expects {expected}-d image features; pass --image_model DIR (a ResNet giving "
+            f"{expected}-d features) or --no_images"
+        )
+    return ImageFeatureExtractor(strict=getattr(args, "strict_images", False), **kwargs)
+
+
+def _add_image_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image_model", default=None, help="ResNet checkpoint dir or hub id (default microsoft/resnet-50)")
+    parser.add_argument("--image_cache", default=None, help="directory of the on-disk image feature cache")
+    parser.add_argument("--no_images", action="store_true", help="ignore images (text-only linking)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# mel index
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def index_main(argv: list[str]) -> int:
+    """``mel index``: encode a KB once with a ZEMEL model's candidate encoder and save a FAISS entity index."""
+    parser = argparse.ArgumentParser(
+        prog="mel index",
+        description="Encode a KB once with a ZEMEL model and save an entity index (vectors, FAISS index, metadata). "
+        "With a PFMEL model or --bm25_only, save a metadata-only index (name rule / BM25 candidates).",
+    )
+    parser.add_argument("--model", default=None, help="saved ZEMEL model folder (or PFMEL: metadata-only index)")
+    parser.add_argument("--kb", required=True, help="kb.jsonl (mel_jsonl layout) or a dataset saved with save_to_disk")
+    parser.add_argument("--out", required=True, help="output directory of the index")
+    parser.add_argument("--batch_size", type=int, default=64, help="entities per forward pass")
+    parser.add_argument("--max_length", type=int, default=64, help="token limit of an entity (name + description)")
+    parser.add_argument("--index_type", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
+                        help="flat = exact inner product; auto = flat below --hnsw_threshold entities, HNSW above")
+    parser.add_argument("--hnsw_threshold", type=int, default=100_000, help="KB size from which 'auto' uses HNSW")
+    parser.add_argument("--ef_search", type=int, default=512, help="HNSW search depth (recall vs speed)")
+    parser.add_argument("--bm25_only", action="store_true", help="metadata-only index, no model needed")
+    parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_image_args(parser)
+    args = parser.parse_args(argv)
+
+    from .entity_index import EntityIndex
+    from .pipeline_entity_linking import model_family
+
+    kb = _load_kb_arg(args.kb)
+    model = processor = extractor = None
+    if not args.bm25_only:
+        if not args.model:
+            parser.error("--model is required (or --bm25_only for a metadata-only index)")
+        model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+        if model_family(model) != "zemel":
+            logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
+            model = processor = None
+        else:
+            extractor = build_image_extractor(args, model)
+    start = time.perf_counter()
+    try:
+        index = EntityIndex.build(
+            model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
+            hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
+            ef_search=args.ef_search,
+        )
+    except ValueError as err:
+        print(f"mel index: {err}", file=sys.stderr)
+        return 2
+    index.save(args.out)
+    logger.info("indexed %d entities in %.1f s -> %s (%r)", len(index), time.perf_counter() - start, args.out, index)
+    return 0
+
+
+def _load_kb_arg(kb: str) -> Any:
+    """A ``--kb`` argument: a jsonl path as is; a ``save_to_disk`` dataset folder loaded with datasets."""
+    if os.path.isdir(kb) and os.path.isfile(os.path.join(kb, "dataset_info.json")):
+        import datasets
+
+        return datasets.load_from_disk(kb)
+    return kb
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# mel link
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_image(row: dict, base_dir: str) -> dict:
+    image = row.get("image")
+    if isinstance(image, str) and image and not os.path.isabs(image):
+        row = dict(row, image=os.path.join(base_dir, image))
+    return row
+
+
+def link_file(pipe: Any, input_path: str, output_path: str, batch_size: int = 8, **call_kwargs: Any) -> dict[str, int]:
+    """Link every line of a mentions.jsonl; write one output line per input line (``error`` on a bad line).
+
+    Output lines: ``{"line", "id", "mention", "predictions": [{"entity_id", "name", "score"}], "gold"?}`` or
+    ``{"line", "id", "error": "..."}``. Returns counts (``lines``, ``linked``, ``errors``, ``correct@1``).
+    """
+    base_dir = os.path.dirname(os.path.abspath(input_path))
+    with open(input_path, encoding="utf-8") as f:
+        raw_lines = f.read().splitlines()
+    records: list[dict] = []
+    pending: list[tuple[int, dict]] = []  # (record index, pipeline input)
+    for n, line in enumerate(raw_lines, 1):
+        record: dict[str, Any] = {"line": n}
+        records.append(record)
+        if not line.strip():
+            record["error"] = "empty line"
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            record["error"] = f"not valid JSON: {err}"
+            continue
+        if not isinstance(row, dict):
+            record["error"] = f"a JSON {type(row).__name__}, expected an object with text and mention"
+            continue
+        record["id"] = row.get("id")
+        if row.get("entity_id") is not None:
+            record["gold"] = str(row["entity_id"])
+        try:
+            item = _resolve_image(row, base_dir)
+            pipe._check_input(item)
+        except ValueError as err:
+            record["error"] = str(err)
+            continue
+        record["mention"] = item.get("mention") if item.get("mention") is not None else \
+            item["text"][int(item["mention_start"]) : int(item["mention_end"])]
+        pending.append((len(records) - 1, {k: item.get(k) for k in ("text", "mention", "mention_start", "mention_end", "image", "boxes") if item.get(k) is not None}))
+
+    def run_one(idx: int, item: dict) -> None:
+        try:
+            records[idx]["predictions"] = pipe(item, **call_kwargs)
+        except Exception as err:  # noqa: BLE001 - one bad line must not stop the run
+            records[idx]["error"] = f"{type(err).__name__}: {err}"
+
+    from transformers.utils.logging import tqdm
+
+    chunk = max(1, int(batch_size)) * 8
+    for start in tqdm(range(0, len(pending), chunk), desc="linking", unit="chunk", disable=len(pending) <= chunk):
+        part = pending[start : start + chunk]
+        try:
+            outputs = pipe([item for _, item in part], batch_size=batch_size, **call_kwargs)
+        except Exception as err:  # noqa: BLE001 - find the bad line(s) one by one
+            logger.warning("a batch failed (%s); retrying its %d lines one by one", err, len(part))
+            for idx, item in part:
+                run_one(idx, item)
+            continue
+        for (idx, _), out in zip(part, outputs):
+            records[idx]["predictions"] = out
+    counts = {"lines": len(records), "linked": 0, "errors": 0, "correct@1": 0, "with_gold": 0}
+    with open(output_path, "w", encoding="utf-8") as f:
+        for record in records:
+            if "error" in record:
+                counts["errors"] += 1
+                record.pop("predictions", None)
+            else:
+                counts["linked"] += 1
+                if "gold" in record:
+                    counts["with_gold"] += 1
+                    preds = record["predictions"]
+                    counts["correct@1"] += int(bool(preds) and preds[0]["entity_id"] == record["gold"])
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return counts
+
+
+def link_main(argv: list[str]) -> int:
+    """``mel link``: link the mentions of a JSONL file against a KB or an entity index."""
+    parser = argparse.ArgumentParser(
+        prog="mel link",
+        description="Link mentions ({text, mention | mention_start/mention_end, image?} per line) to a KB. Writes one "
+        "output line per input line; a bad line gets an 'error' field instead of stopping the run.",
+    )
+    parser.add_argument("--model", required=True, help="saved PFMEL or ZEMEL model folder")
+    kb_group = parser.add_mutually_exclusive_group(required=True)
+    kb_group.add_argument("--index", help="entity index directory (mel index)")
+    kb_group.add_argument("--kb", help="kb.jsonl (ZEMEL models encode it at start-up)")
+    parser.add_argument("--input", required=True, help="mentions.jsonl")
+    parser.add_argument("--output", required=True, help="output JSONL (one line per input line)")
+    parser.add_argument("--top_k", type=int, default=5, help="predictions per mention")
+    parser.add_argument("--batch_size", type=int, default=8, help="mentions per batch")
+    parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
+                        help="ZEMEL candidate source (default auto: BM25+rules and dense)")
+    parser.add_argument("--num_candidates", type=int, default=None, help="candidates per source before reranking")
+    parser.add_argument("--retriever", choices=("bm25",), default=None, help="PFMEL: add BM25 candidates to the name rule")
+    parser.add_argument("--strict_images", action="store_true", help="fail a line with an unreadable image")
+    parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_image_args(parser)
+    args = parser.parse_args(argv)
+
+    for path, what in ((args.input, "--input"),):
+        if not os.path.isfile(path):
+            print(f"mel link: {what} file {path!r} does not exist", file=sys.stderr)
+            return 2
+    from transformers import pipeline
+
+    from .pipeline_entity_linking import MultimodalEntityLinkingPipeline, register_pipeline
+
+    register_pipeline()
+    model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+    extractor = build_image_extractor(args, model)
+    init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}
+    if extractor is not None:
+        init["image_extractor"] = extractor
+    if args.retriever:
+        init["retriever"] = args.retriever
+    try:
+        pipe = pipeline(
+            "multimodal-entity-linking", model=model, processor=processor, kb=args.index or _load_kb_arg(args.kb),
+            pipeline_class=MultimodalEntityLinkingPipeline, **init,
+        )
+    except ValueError as err:
+        print(f"mel link: {err}", file=sys.stderr)
+        return 2
+    call: dict[str, Any] = {"top_k": args.top_k}
+    if args.candidates:
+        call["candidates"] = args.candidates
+    if args.num_candidates:
+        call["num_candidates"] = args.num_candidates
+    start = time.perf_counter()
+    counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, **call)
+    elapsed = time.perf_counter() - start
+    summary = dict(counts, seconds=round(elapsed, 2))
+    if counts["with_gold"]:
+        summary["accuracy@1"] = round(counts["correct@1"] / counts["with_gold"], 4)
+    logger.info("mel link: %s -> %s", json.dumps(summary), args.output)
+    print(json.dumps(summary))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# mel model-card
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def model_card_main(argv: list[str]) -> int:
+    """``mel model-card``: render the model card template into a saved model folder's README.md."""
+    parser = argparse.ArgumentParser(
+        prog="mel model-card",
+        description="Render model_card.md (the template) into MODEL/README.md with the evaluation figures of a "
+        "results JSON in the model-index metadata.",
+    )
+    parser.add_argument("--model", required=True, help="saved model folder")
+    parser.add_argument("--results", default=None, help="eval_results.json (flat metrics, {metrics, dataset}, or splits)")
+    parser.add_argument("--template", default=None, help="card template (default: model_card.md of the checkout)")
+    parser.add_argument("--output", default=None, help="output path (default MODEL/README.md)")
+    parser.add_argument("--model_name", default=None, help="name / hub id shown in the card (default: folder name)")
+    parser.add_argument("--dataset_type", default=None, help="dataset id in model-index (default by model family)")
+    parser.add_argument("--dataset_name", default=None, help="dataset display name")
+    parser.add_argument("--split", default=None, help="evaluation split (default test)")
+    parser.add_argument("--base_model", default=None, help="text backbone the model started from (shown in the card)")
+    parser.add_argument("--add_code", action="store_true", help="also copy the pipeline code into the folder")
+    args = parser.parse_args(argv)
+    from .hub import add_pipeline_code, render_model_card
+
+    dataset = {k: v for k, v in (("type", args.dataset_type), ("name", args.dataset_name), ("split", args.split)) if v}
+    try:
+        if args.add_code:
+            add_pipeline_code(args.model)
+        path = render_model_card(
+            args.model, results=args.results, model_name=args.model_name, template=args.template,
+            output=args.output, dataset=dataset or None, base_model=args.base_model,
+        )
+    except ValueError as err:
+        print(f"mel model-card: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# mel build-dataset / export-dataset (the corpus code lives in corpus.py / hub_dataset.py)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_dataset_main(argv: list[str]) -> int:
+    """``mel build-dataset``: build the ``mentions`` and ``kb`` configs of a corpus and save them with save_to_disk."""
+    from . import hub_dataset
+
+    if hasattr(hub_dataset, "build_main"):  # the corpus owner's implementation, when it exists
+        return int(hub_dataset.build_main(argv, prog="mel build-dataset") or 0)
+    parser = argparse.ArgumentParser(
+        prog="mel build-dataset",
+        description="Build a corpus with its datasets builder (mentions + kb configs) and save both with "
+        "save_to_disk: OUT/mentions (a DatasetDict of splits) and OUT/kb (a Dataset).",
+    )
+    parser.add_argument("--dataset", required=True, help="builder name: twitter_mel, zemeld, mel_jsonl")
+    parser.add_argument("--data_dir", required=True, help="folder with the corpus files in the builder's raw layout")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--cache_dir", default=None, help="Arrow cache folder of the builder")
+    args = parser.parse_args(argv)
+    from .corpus import load_mel_corpus
+
+    try:
+        for config in ("mentions", "kb"):
+            ds = load_mel_corpus(args.dataset, args.data_dir, config=config, cache_dir=args.cache_dir)
+            ds.save_to_disk(os.path.join(args.out, config))
+            logger.info("%s/%s: %s -> %s", args.dataset, config, ds, os.path.join(args.out, config))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mel build-dataset: {err}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
+def export_dataset_main(argv: list[str]) -> int:
+    """``mel export-dataset``: :func:`modeling_mel.hub_dataset.export_main`."""
+    from .hub_dataset import export_main
+
+    return int(export_main(argv, prog="mel export-dataset") or 0)
+
+
+#: The lines cli.py adds to its COMMANDS table.
+INFERENCE_COMMANDS: dict[str, tuple[str, Command]] = {
+    "index": ("encode a KB with a ZEMEL model into a FAISS entity index", index_main),
+    "link": ("link the mentions of a JSONL file to a KB or an entity index", link_main),
+    "model-card": ("render the model card (README.md) of a saved model with its evaluation results", model_card_main),
+    "train-zemel": (
+        "ZEMEL training (train/train_zemel.py)",
+        script_command("train/train_zemel.py", "main", "mel train-zemel: ZEMEL training (train/train_zemel.py)"),
+    ),
+    "build-dataset": ("build a corpus (twitter_mel, zemeld, mel_jsonl) into datasets saved on disk", build_dataset_main),
+    "export-dataset": ("export a corpus as a code-free Hub dataset (Parquet + card)", export_dataset_main),
+}
+
+__all__ = [
+    "index_main",
+    "link_main",
+    "model_card_main",
+    "build_dataset_main",
+    "export_dataset_main",
+    "link_file",
+    "script_command",
+    "INFERENCE_COMMANDS",
+]

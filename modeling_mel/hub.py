@@ -1,0 +1,410 @@
+"""Hub publishing: a self-contained model folder (model + processor + code + pipeline + card) and its upload.
+
+A folder written by :func:`save_for_hub` loads anywhere with only transformers installed::
+
+    from transformers import AutoModel, AutoProcessor, pipeline
+    model = AutoModel.from_pretrained("user/mel-model", trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained("user/mel-model", trust_remote_code=True)
+    linker = pipeline("multimodal-entity-linking", model="user/mel-model", trust_remote_code=True, kb="kb.jsonl")
+
+It holds ``config.json`` (``auto_map`` for AutoConfig/AutoModel; ``custom_pipelines`` for the linking pipeline),
+``model.safetensors``, the processor files (``processor_config.json`` with an AutoProcessor ``auto_map``, tokenizer
+files), the code files (``configuration_*``, ``modeling_*``, ``processing_*``, ``pipeline_entity_linking.py``,
+``image_features.py``) and a ``README.md`` model card rendered from the template ``model_card.md``.
+
+With the package installed and NO remote code, a folder that declares ``custom_pipelines`` needs either
+``trust_remote_code=True`` or ``pipeline_class=modeling_mel.MultimodalEntityLinkingPipeline`` (transformers refuses to
+pick the registered class on its own for such a folder).
+
+:func:`push_model_to_hub` uploads a folder with ``huggingface_hub`` (private by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any, Mapping
+
+import yaml
+
+from .pipeline_entity_linking import TASK, MultimodalEntityLinkingPipeline, model_family
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE_NAME = "model_card.md"
+PIPELINE_TAG = "text-ranking"  # the closest Hub task; the transformers task name is in `tags`
+_SKIP_METRICS = {"epoch", "runtime", "samples_per_second", "steps_per_second", "n", "num_examples", "num_mentions", "seed"}
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+
+FAMILY_INFO = {
+    "nsp": {
+        "architecture": "BertForMultimodalNSP",
+        "family": "PFMEL (BERT next-sentence prediction over text and image tokens)",
+        "dataset_id": "twitter_mel",
+        "dataset_name": "Twitter MEL (Adjali et al. 2020)",
+        "paper": "pfmel",
+    },
+    "zemel": {
+        "architecture": "ZemelPolyEncoder",
+        "family": "ZEMEL (co-attentional two-stream encoders with a poly-encoder head)",
+        "dataset_id": "zemeld",
+        "dataset_name": "ZEMELD",
+        "paper": "zemel",
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def add_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
+    """Copy the pipeline code into a saved model folder and declare it in ``config.json`` (``custom_pipelines``).
+
+    The in-memory model config is not changed (a config with ``custom_pipelines`` makes transformers ask for
+    ``trust_remote_code``), only the saved ``config.json``.
+    """
+    from transformers.dynamic_module_utils import custom_object_save
+
+    save_directory = os.fspath(save_directory)
+    config_path = os.path.join(save_directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{save_directory!r} holds no config.json; save the model there first")
+    files = [str(p) for p in custom_object_save(MultimodalEntityLinkingPipeline, save_directory) or []]
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["custom_pipelines"] = {
+        TASK: {
+            "impl": f"{MultimodalEntityLinkingPipeline.__module__.split('.')[-1]}.{MultimodalEntityLinkingPipeline.__name__}",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return files
+
+
+def save_for_hub(
+    model: Any,
+    processor: Any,
+    save_directory: str | os.PathLike,
+    results: Mapping[str, Any] | str | os.PathLike | None = None,
+    model_name: str | None = None,
+    card_template: str | os.PathLike | None = None,
+    **card_fields: Any,
+) -> str:
+    """Write a self-contained model folder (model, processor, code, pipeline, README card); returns its path."""
+    save_directory = os.fspath(save_directory)
+    model_family(model)  # ValueError for a model of another kind
+    if getattr(type(model), "_auto_class", None) is None:
+        type(model).register_for_auto_class("AutoModel")
+    if getattr(type(model.config), "_auto_class", None) is None:
+        type(model.config).register_for_auto_class()
+    if getattr(type(processor), "_auto_class", None) is None:
+        type(processor).register_for_auto_class("AutoProcessor")
+    model.save_pretrained(save_directory)
+    processor.save_pretrained(save_directory)
+    add_pipeline_code(save_directory)
+    render_model_card(
+        save_directory, results=results, model_name=model_name, template=card_template, **card_fields
+    )
+    return save_directory
+
+
+def push_model_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = True,
+    commit_message: str = "Upload multimodal entity linking model",
+) -> str:
+    """Create ``repo_id`` (private by default) and upload a saved model folder; returns the commit URL.
+
+    Checks the folder first (config.json with auto_map, model.safetensors, README.md) so a half-saved folder is
+    never published.
+    """
+    from huggingface_hub import create_repo, upload_folder
+
+    problems = check_model_folder(model_dir)
+    if problems:
+        raise ValueError(f"{os.fspath(model_dir)!r} is not ready to publish: " + "; ".join(problems))
+    create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
+    info = upload_folder(
+        repo_id=repo_id, folder_path=os.fspath(model_dir), token=token, commit_message=commit_message, repo_type="model"
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+def check_model_folder(model_dir: str | os.PathLike) -> list[str]:
+    """Problems that keep a saved folder from loading with remote code (empty list: ready)."""
+    model_dir = os.fspath(model_dir)
+    problems = []
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        return [f"no config.json in {model_dir!r}"]
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    auto_map = config.get("auto_map", {})
+    for key in ("AutoConfig", "AutoModel"):
+        if key not in auto_map:
+            problems.append(f"config.json auto_map has no {key}")
+    for ref in auto_map.values():
+        module = (ref[0] if isinstance(ref, (list, tuple)) else ref).split(".")[0]
+        if not os.path.isfile(os.path.join(model_dir, module + ".py")):
+            problems.append(f"code file {module}.py is missing")
+    if not os.path.isfile(os.path.join(model_dir, "model.safetensors")):
+        problems.append("model.safetensors is missing")
+    if not os.path.isfile(os.path.join(model_dir, "README.md")):
+        problems.append("README.md (model card) is missing; run `mel model-card`")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def find_card_template(template: str | os.PathLike | None = None) -> str:
+    """Path of the card template: ``template``, else ``model_card.md`` at the top of the source checkout."""
+    if template is not None:
+        path = os.fspath(template)
+        if not os.path.isfile(path):
+            raise ValueError(f"model card template {path!r} does not exist")
+        return path
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(os.path.dirname(here), CARD_TEMPLATE_NAME), os.path.join(here, CARD_TEMPLATE_NAME)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise ValueError(f"no {CARD_TEMPLATE_NAME} template found next to the package; pass --template PATH")
+
+
+def split_front_matter(text: str) -> tuple[dict, str]:
+    """``(metadata dict, body)`` of a Markdown file with YAML front matter between ``---`` lines."""
+    match = re.match(r"^---\s*\n(.*?)\n---\s*\n?(.*)$", text, flags=re.DOTALL)
+    if not match:
+        raise ValueError("the card has no YAML front matter (a block between two '---' lines at the top)")
+    data = yaml.safe_load(match.group(1)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"the card's front matter is a {type(data).__name__}, expected a mapping")
+    return data, match.group(2)
+
+
+def _metrics_of(values: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in values.items():
+        name = re.sub(r"^(eval|test|predict)_", "", str(key))
+        if name in _SKIP_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[name] = float(value)
+    return out
+
+
+def parse_results(results: Mapping[str, Any] | str | os.PathLike | None, default_dataset: Mapping[str, Any]) -> list[dict]:
+    """Evaluation entries ``[{"dataset": {...}, "metrics": {name: value}}]`` from an ``eval_results.json``.
+
+    Accepted shapes: flat ``{"accuracy": 0.8, ...}`` (``eval_``/``test_`` prefixes dropped); ``{"metrics": {...},
+    "dataset": {...}}``; ``{"results": [such entries]}``; or splits ``{"test": {...}, "dev": {...}}``.
+    """
+    if results is None:
+        return []
+    if isinstance(results, (str, os.PathLike)):
+        path = os.fspath(results)
+        if not os.path.isfile(path):
+            raise ValueError(f"results file {path!r} does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                results = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"results file {path!r} is not valid JSON: {err}") from err
+    if not isinstance(results, Mapping):
+        raise ValueError(f"results must be a JSON object, got {type(results).__name__}")
+
+    def entry(metrics: Mapping[str, Any], dataset: Mapping[str, Any] | None, split: str | None = None) -> dict:
+        ds = dict(default_dataset)
+        ds.update(dataset or {})
+        if split and "split" not in (dataset or {}):
+            ds["split"] = split
+        return {"dataset": ds, "metrics": _metrics_of(metrics)}
+
+    if "results" in results and isinstance(results["results"], list):
+        entries = [entry(r.get("metrics", r), r.get("dataset")) for r in results["results"]]
+    elif "metrics" in results and isinstance(results["metrics"], Mapping):
+        entries = [entry(results["metrics"], results.get("dataset"), results.get("split"))]
+    else:
+        flat = _metrics_of(results)
+        entries = [entry(results, results.get("dataset") if isinstance(results.get("dataset"), Mapping) else None)] if flat else []
+        for key, value in results.items():
+            if isinstance(value, Mapping) and key not in ("dataset",) and _metrics_of(value):
+                entries.append(entry(value, None, split=str(key)))
+    entries = [e for e in entries if e["metrics"]]
+    if not entries:
+        raise ValueError("no numeric metric found in the results; expected e.g. {\"accuracy\": 0.81}")
+    return entries
+
+
+def _model_index(model_name: str, entries: list[dict], task_name: str) -> list[dict]:
+    results = []
+    for e in entries:
+        ds = e["dataset"]
+        dataset = {"type": str(ds.get("type", "custom")), "name": str(ds.get("name", ds.get("type", "custom")))}
+        for key in ("split", "config"):
+            if ds.get(key):
+                dataset[key] = str(ds[key])
+        results.append(
+            {
+                "task": {"type": "entity-linking", "name": task_name},
+                "dataset": dataset,
+                "metrics": [
+                    {"type": name, "value": round(value, 6), "name": name.replace("_", " ")}
+                    for name, value in e["metrics"].items()
+                ],
+            }
+        )
+    return [{"name": model_name, "results": results}]
+
+
+def _results_table(entries: list[dict]) -> str:
+    if not entries:
+        return "No evaluation results were given when this card was rendered (`mel model-card --results ...`)."
+    lines = ["| Dataset | Split | Metric | Value |", "|---|---|---|---|"]
+    for e in entries:
+        ds = e["dataset"]
+        for name, value in e["metrics"].items():
+            lines.append(f"| {ds.get('name', ds.get('type'))} | {ds.get('split', '-')} | {name} | {value:.4f} |")
+    return "\n".join(lines)
+
+
+def render_card_text(
+    template_text: str,
+    model_name: str,
+    family: str,
+    entries: list[dict],
+    fields: Mapping[str, Any] | None = None,
+) -> str:
+    """Fill a card template: YAML metadata rebuilt (valid YAML by construction), ``{{ name }}`` placeholders replaced.
+
+    Raises ``ValueError`` naming a placeholder left without a value.
+    """
+    if family not in FAMILY_INFO:
+        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_INFO)}")
+    info = FAMILY_INFO[family]
+    metadata, body = split_front_matter(template_text)
+    values = {
+        "model_name": model_name,
+        "repo_id": model_name,
+        "architecture": info["architecture"],
+        "model_family": info["family"],
+        "dataset_name": info["dataset_name"],
+        "results_table": _results_table(entries),
+        "task": TASK,
+    }
+    values.update({k: str(v) for k, v in (fields or {}).items() if v is not None})
+
+    def fill(text: str) -> str:
+        def sub(match: re.Match) -> str:
+            key = match.group(1)
+            if key not in values:
+                raise ValueError(f"model card template placeholder {{{{ {key} }}}} has no value; pass it as a field")
+            return values[key]
+
+        return _PLACEHOLDER.sub(sub, text)
+
+    def fill_yaml(node: Any) -> Any:
+        if isinstance(node, str):
+            return fill(node)
+        if isinstance(node, list):
+            return [fill_yaml(v) for v in node]
+        if isinstance(node, dict):
+            return {k: fill_yaml(v) for k, v in node.items()}
+        return node
+
+    metadata = fill_yaml(metadata)
+    metadata["pipeline_tag"] = metadata.get("pipeline_tag") or PIPELINE_TAG
+    tags = list(metadata.get("tags") or [])
+    for tag in (TASK, "entity-linking", "multimodal", info["paper"]):
+        if tag not in tags:
+            tags.append(tag)
+    metadata["tags"] = tags
+    datasets = [d for d in (metadata.get("datasets") or []) if d]
+    for e in entries:
+        ds_type = e["dataset"].get("type")
+        if ds_type and ds_type not in datasets:
+            datasets.append(ds_type)
+    if not datasets:
+        datasets = [info["dataset_id"]]
+    metadata["datasets"] = datasets
+    metrics = list(metadata.get("metrics") or [])
+    for e in entries:
+        for name in e["metrics"]:
+            if name not in metrics:
+                metrics.append(name)
+    metadata["metrics"] = metrics
+    if entries:
+        metadata["model-index"] = _model_index(model_name, entries, "Multimodal Entity Linking")
+    else:
+        metadata.pop("model-index", None)
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return f"---\n{front}---\n\n{fill(body).lstrip()}"
+
+
+def render_model_card(
+    model_dir: str | os.PathLike,
+    results: Mapping[str, Any] | str | os.PathLike | None = None,
+    model_name: str | None = None,
+    template: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> str:
+    """Render the card for a saved model folder into ``README.md`` (or ``output``); returns the written path.
+
+    The model family (PFMEL / ZEMEL) is read from ``config.json``; ``results`` (a dict or an ``eval_results.json``
+    path) fills ``model-index`` and the results table; ``dataset`` (``{"type", "name", "split", "config"}``)
+    overrides the family's default dataset.
+    """
+    model_dir = os.fspath(model_dir)
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{model_dir!r} holds no config.json; pass the directory of a saved model")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    model_type = config.get("model_type")
+    family = "zemel" if model_type == "zemel" else "nsp" if model_type == "multimodal_nsp_bert" else None
+    if family is None:
+        raise ValueError(f"{model_dir!r} holds a {model_type!r} model; expected multimodal_nsp_bert or zemel")
+    info = FAMILY_INFO[family]
+    default_dataset = {"type": info["dataset_id"], "name": info["dataset_name"], "split": "test"}
+    default_dataset.update(dataset or {})
+    entries = parse_results(results, default_dataset)
+    model_name = model_name or os.path.basename(os.path.normpath(model_dir))
+    with open(find_card_template(template), encoding="utf-8") as f:
+        template_text = f.read()
+    fields = {k: v for k, v in fields.items() if v is not None}
+    name_or_path = str(config.get("_name_or_path") or "")
+    if not name_or_path or os.path.exists(name_or_path) or name_or_path.startswith(("/", ".")):
+        name_or_path = "not recorded (the package default is all-MiniLM-L6-v2)"
+    fields.setdefault("base_model", name_or_path)
+    text = render_card_text(template_text, model_name, family, entries, fields)
+    split_front_matter(text)  # the result must parse
+    output = os.fspath(output) if output is not None else os.path.join(model_dir, "README.md")
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(text)
+    logger.info("wrote model card %s", output)
+    return output
+
+
+__all__ = [
+    "save_for_hub",
+    "add_pipeline_code",
+    "push_model_to_hub",
+    "check_model_folder",
+    "render_model_card",
+    "render_card_text",
+    "parse_results",
+    "split_front_matter",
+]

@@ -1,0 +1,841 @@
+"""``pipeline("multimodal-entity-linking")``: link mentions in (text, image) posts to a knowledge base.
+
+Works with both model families of modeling-mel:
+
+* :class:`BertForMultimodalNSP` (PFMEL, a cross-encoder): candidates are the entities whose name contains the mention
+  (the PFMEL rule), optionally merged with a retrieval stage (``retriever="bm25"`` or an entity index with a ZEMEL model
+  attached); each (mention, candidate) pair is scored by NSP, in batches of ``pair_batch_size`` pairs.
+* :class:`ZemelPolyEncoder` (ZEMEL, a poly-encoder): candidate vectors come from the cache (an entity index, or encoded
+  once when the pipeline is built); candidates are BM25 + rules, dense retrieval, or both (``candidates=``); the final
+  ranking is the poly score (eq. 3-5 of the paper) of each candidate.
+
+Inputs: a dict ``{"text", "mention" | "mention_start"/"mention_end", "image"?: PIL image | path | None, "boxes"?}`` or
+a list of such dicts. Output per input: a list of up to ``top_k`` dicts ``{"entity_id", "name", "score"}``, best first
+(fewer when fewer candidates exist; ``top_k`` larger than the KB returns every candidate, no error).
+
+Images: an unreadable input image (missing file, corrupt bytes) is treated as "no image" with a logged warning, or
+raises ``ValueError`` naming the file with ``strict_images=True``. ``use_images=False`` ignores all images.
+
+This file ships with saved models (``custom_pipelines`` in ``config.json``): it imports only torch, transformers and,
+lazily, the other modeling-mel files (``image_features`` for the default image encoder; the ``modeling_mel`` package,
+when installed, for BM25 candidates and FAISS indexes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from transformers import Pipeline
+
+logger = logging.getLogger(__name__)
+
+TASK = "multimodal-entity-linking"
+INDEX_CONFIG_NAME = "index_config.json"
+ENTITIES_NAME = "entities.jsonl"
+VECTORS_NAME = "vectors.safetensors"
+CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
+WHOLE_IMAGE_SPATIAL = [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Knowledge base records
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON-lines file; ``ValueError`` naming the file and line for a bad line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{os.fspath(path)} line {n} is not valid JSON: {err}") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{os.fspath(path)} line {n} is a {type(row).__name__}, expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _resolve_path(value: Any, base_dir: str | None) -> Any:
+    if isinstance(value, str) and base_dir and value and not os.path.isabs(value):
+        return os.path.join(base_dir, value)
+    return value
+
+
+def normalize_entity(row: Mapping[str, Any], position: int, base_dir: str | None = None) -> dict:
+    """One KB row as ``{"entity_id", "name", "description", "screen_name", "location", "images", "timeline", ...}``.
+
+    ``entity_id`` and ``name`` are required (``ValueError`` naming the row otherwise); relative image paths are
+    resolved against ``base_dir`` (the folder of ``kb.jsonl``).
+    """
+    if not isinstance(row, Mapping):
+        raise ValueError(f"KB row {position} is a {type(row).__name__}, expected a mapping with entity_id and name")
+    entity = dict(row)
+    if entity.get("entity_id") in (None, ""):
+        raise ValueError(f"KB row {position} has no entity_id: {str(dict(row))[:120]}")
+    entity["entity_id"] = str(entity["entity_id"])
+    name = entity.get("name")
+    if name is None or not str(name).strip():
+        name = entity.get("screen_name") or entity["entity_id"]
+    entity["name"] = str(name)
+    images = entity.get("images") or []
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    entity["images"] = [_resolve_path(im, base_dir) for im in images if im is not None]
+    timeline = entity.get("timeline") or []
+    entity["timeline"] = [
+        dict(t, image=_resolve_path(t.get("image"), base_dir)) if isinstance(t, Mapping) else {"text": str(t)}
+        for t in timeline
+    ]
+    return entity
+
+
+def kb_records(kb: Any) -> list[dict]:
+    """Entity records of a KB given as a ``kb.jsonl`` path, a ``datasets.Dataset``, or an iterable of mappings."""
+    if isinstance(kb, (str, os.PathLike)):
+        path = os.fspath(kb)
+        if os.path.isdir(path):
+            if os.path.isfile(os.path.join(path, ENTITIES_NAME)):
+                return [normalize_entity(r, i, path) for i, r in enumerate(read_jsonl(os.path.join(path, ENTITIES_NAME)))]
+            if os.path.isfile(os.path.join(path, "kb.jsonl")):
+                path = os.path.join(path, "kb.jsonl")
+            else:
+                raise ValueError(f"KB directory {path!r} holds neither {ENTITIES_NAME} (an entity index) nor kb.jsonl")
+        if not os.path.isfile(path):
+            raise ValueError(f"KB file {path!r} does not exist; pass a kb.jsonl path, a datasets.Dataset or an index dir")
+        base = os.path.dirname(os.path.abspath(path))
+        return [normalize_entity(r, i, base) for i, r in enumerate(read_jsonl(path))]
+    if isinstance(kb, Mapping):
+        raise ValueError("kb is a single mapping; pass a list of entity rows, a datasets.Dataset or a kb.jsonl path")
+    if not isinstance(kb, Iterable):
+        raise ValueError(f"kb of type {type(kb).__name__} is not supported; pass a kb.jsonl path, a datasets.Dataset, "
+                         "a list of entity rows or an entity index directory")
+    return [normalize_entity(r, i) for i, r in enumerate(kb)]
+
+
+def entity_images(entity: Mapping[str, Any]) -> list:
+    """Images of an entity: its ``images``, or else the images of its timeline."""
+    images = list(entity.get("images") or [])
+    if not images:
+        images = [t.get("image") for t in entity.get("timeline") or [] if isinstance(t, Mapping) and t.get("image")]
+    return images
+
+
+def model_family(model: Any) -> str:
+    """``"zemel"`` (poly/bi encoder with a candidate cache) or ``"nsp"`` (PFMEL cross-encoder)."""
+    if hasattr(model, "encode_candidates") and hasattr(model, "encode_context") and hasattr(model, "score"):
+        return "zemel"
+    if hasattr(model, "link_scores"):
+        return "nsp"
+    raise ValueError(
+        f"model {type(model).__name__} is not a modeling-mel linking model; expected BertForMultimodalNSP or "
+        "ZemelPolyEncoder"
+    )
+
+
+def model_config_hash(model: Any) -> str | None:
+    """The architecture hash of a ZEMEL model's config (``config.config_hash()``), ``None`` for other models."""
+    fn = getattr(model.config, "config_hash", None)
+    return fn() if callable(fn) else None
+
+
+def model_fingerprint(model: Any) -> str:
+    """SHA-1 over the weights of the model's candidate encoder (the whole model when it has none).
+
+    Two models of the same architecture but different weights (e.g. before / after training) get different
+    fingerprints, so a stale entity index is detected.
+    """
+    module = getattr(model, "candidate_encoder", model)
+    h = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_index_compatible(index_config: Mapping[str, Any], model: Any, where: str = "entity index") -> None:
+    """``ValueError`` naming both hashes when an index was built by another model than ``model``."""
+    built_hash = index_config.get("config_hash")
+    if built_hash is None:
+        return  # a BM25 / metadata-only index holds no vectors
+    own_hash = model_config_hash(model)
+    if own_hash != built_hash:
+        raise ValueError(
+            f"{where} was built by a model with config hash {built_hash}, but this model has config hash "
+            f"{own_hash}; rebuild it with `mel index --model <this model>` (or EntityIndex.build)"
+        )
+    built_fp = index_config.get("weights_fingerprint")
+    if built_fp is not None:
+        own_fp = model_fingerprint(model)
+        if own_fp != built_fp:
+            raise ValueError(
+                f"{where} was built by another model: same config hash {own_hash}, but weights fingerprint "
+                f"{built_fp} (index) vs {own_fp} (this model); rebuild it with `mel index --model <this model>`"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Candidate encoding (ZEMEL) -- shared by the pipeline and EntityIndex.build
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _image_features_of(extractor: Any, images: Sequence[Any], limit: int | None) -> torch.Tensor | None:
+    """(n, D) features of the readable images (unreadable ones give zero rows from the extractor and are dropped)."""
+    if extractor is None or not images:
+        return None
+    images = list(images)[: limit or None]
+    feats = torch.as_tensor(extractor.encode(images), dtype=torch.float32)
+    feats = feats[feats.abs().sum(1) > 0]
+    return feats if len(feats) else None
+
+
+@torch.inference_mode()
+def encode_entities(
+    model: Any,
+    processor: Any,
+    entities: Sequence[Mapping[str, Any]],
+    batch_size: int = 64,
+    image_extractor: Any = None,
+    max_length: int = 64,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Candidate vectors ``(N, H)`` (float32, CPU) of KB entities with a ZEMEL model's candidate encoder.
+
+    Entities are encoded in length-sorted batches (least padding) under ``torch.inference_mode``; the result is in KB
+    order. With ``image_extractor`` each entity image is a whole-image region; without one the encoding is text-only.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    n = len(entities)
+    hidden = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.text_config.hidden_size)
+    out = torch.zeros(n, hidden, dtype=torch.float32)
+    if n == 0:
+        return out
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(n), key=lambda i: -(len(entities[i]["name"]) + len(str(entities[i].get("description") or ""))))
+    max_regions = int(getattr(processor, "max_regions", 10))
+    starts = range(0, n, int(batch_size))
+    if progress:
+        from transformers.utils.logging import tqdm
+
+        starts = tqdm(starts, desc="encoding entities", unit="batch")
+    for start in starts:
+        idx = order[start : start + int(batch_size)]
+        names = [entities[i]["name"] for i in idx]
+        descriptions = [entities[i].get("description") for i in idx]
+        feats = None
+        if image_extractor is not None:
+            feats = [_image_features_of(image_extractor, entity_images(entities[i]), max_regions) for i in idx]
+            if all(f is None for f in feats):
+                feats = None
+        enc = processor.encode_candidates(names, descriptions, images_features=feats, max_length=max_length)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        vectors = model.encode_candidates(**enc)  # (b, H)
+        out[torch.tensor(idx)] = vectors.float().cpu()
+    model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The KB as the pipeline sees it
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class LinkingKB:
+    """Entities plus the look-ups the pipeline needs: name rule, BM25 (lazy), dense search over cached vectors.
+
+    Args:
+        entities: normalised entity records (see :func:`normalize_entity`).
+        vectors: optional ``(N, H)`` candidate cache (ZEMEL).
+        searcher: optional object with ``search(query_vectors (Q, H) numpy/tensor, k) -> (scores, indices)``
+            (an ``EntityIndex``); exact torch search over ``vectors`` otherwise.
+    """
+
+    def __init__(self, entities: list[dict], vectors: torch.Tensor | None = None, searcher: Any = None):
+        if len(entities) == 0:
+            raise ValueError(
+                "the knowledge base is empty (0 entities); pass a kb.jsonl / Dataset / index with at least one entity"
+            )
+        self.entities = entities
+        self.position = {}
+        for i, e in enumerate(entities):
+            if e["entity_id"] in self.position:
+                raise ValueError(f"entity_id {e['entity_id']!r} occurs twice in the KB (rows {self.position[e['entity_id']]} and {i})")
+            self.position[e["entity_id"]] = i
+        self._lower_names = [e["name"].lower() for e in entities]
+        self.vectors = vectors
+        self.searcher = searcher
+        self._bm25 = None
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+    def name_rule(self, mention: str, k: int | None = None) -> list[int]:
+        """PFMEL's rule: positions of entities whose name contains the mention (case-insensitive).
+
+        Ordered by closeness: exact name first, then shorter names, then KB order; the first ``k`` are returned.
+        """
+        m = " ".join(str(mention).lower().split())
+        if not m:
+            return []
+        hits = [i for i, name in enumerate(self._lower_names) if m in name]
+        hits.sort(key=lambda i: (self._lower_names[i] != m, len(self._lower_names[i]), i))
+        return hits[:k] if k else hits
+
+    def bm25(self, mention: str, k: int) -> list[int]:
+        """ZEMEL's BM25 + rules candidates (``modeling_mel.candidates.Bm25RuleCandidates``; needs the package)."""
+        if self._bm25 is None:
+            try:
+                from modeling_mel.candidates import Bm25RuleCandidates
+            except ImportError as err:  # remote code without the package
+                raise ValueError(
+                    "candidates='bm25' needs the modeling-mel package (pip install modeling-mel); "
+                    "with the model's code only, use candidates='dense' or 'rule'"
+                ) from err
+            self._bm25 = Bm25RuleCandidates([e["entity_id"] for e in self.entities], [e["name"] for e in self.entities])
+        return [self.position[e] for e in self._bm25(mention, k)]
+
+    def dense_search(self, queries: torch.Tensor, k: int) -> list[list[int]]:
+        """Top-``k`` positions by inner product for each query vector ``(Q, H)``."""
+        k = min(int(k), len(self))
+        if self.searcher is not None:
+            _, idx = self.searcher.search(queries.detach().float().cpu().numpy(), k)
+            return [[int(i) for i in row if i >= 0] for row in idx]
+        if self.vectors is None:
+            raise ValueError("dense retrieval needs candidate vectors: pass a ZEMEL model or an entity index as kb")
+        scores = queries.float().to(self.vectors.device) @ self.vectors.T  # (Q, N)
+        return scores.topk(k, dim=1).indices.tolist()
+
+
+def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | None, Any, dict]:
+    """Entities, vectors, searcher and config of a saved entity index (FAISS when modeling_mel is installed)."""
+    with open(os.path.join(path, INDEX_CONFIG_NAME), encoding="utf-8") as f:
+        config = json.load(f)
+    try:
+        from modeling_mel.entity_index import EntityIndex
+    except ImportError:
+        EntityIndex = None
+    if EntityIndex is not None:
+        index = EntityIndex.load(path, model=model)
+        vectors = torch.from_numpy(index.vectors) if index.vectors is not None else None
+        return index.entities, vectors, (index if index.has_vectors else None), config
+    # Model code only: exact search over the saved vectors, no FAISS.
+    check_index_compatible(config, model, where=f"entity index {path!r}")
+    entities = kb_records(path)
+    vectors = None
+    if os.path.isfile(os.path.join(path, VECTORS_NAME)):
+        from safetensors.torch import load_file
+
+        vectors = load_file(os.path.join(path, VECTORS_NAME))["vectors"].float()
+    return entities, vectors, None, config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MultimodalEntityLinkingPipeline(Pipeline):
+    """Multimodal entity linking: ``{"text", "mention", "image"}`` -> ranked ``{"entity_id", "name", "score"}``.
+
+    Args (at construction; ``pipeline("multimodal-entity-linking", model=..., kb=..., ...)``):
+        kb: the knowledge base: a ``kb.jsonl`` path, a ``datasets.Dataset`` / list of entity rows, a saved entity
+            index directory (``mel index``), or an ``EntityIndex`` object. Required; an empty KB raises ``ValueError``.
+        retriever: PFMEL only: ``"bm25"`` or an object with ``retrieve(texts, mentions, k) -> list[list[entity_id]]``
+            (an ``EntityIndex`` loaded with a ZEMEL model and processor); its top ``num_candidates`` are merged with
+            the name-rule candidates and reranked by the NSP model.
+        image_extractor: an ``ImageFeatureExtractor`` (or any object with ``encode(images) -> (N, D)`` and
+            ``feature_dim``); by default a ResNet-50 extractor is built on first use when the model expects
+            2048-d features.
+        use_images: set ``False`` for text-only linking.
+        strict_images: raise ``ValueError`` for an unreadable input image instead of warning and ignoring it (the
+            default extractor is then strict too, so an unreadable KB image fails the inputs that rank its entity;
+            without strict mode unreadable KB images are skipped with a warning).
+        index_batch_size: batch size used to encode the KB when no index is given (ZEMEL).
+        exact_threshold: ZEMEL: KBs up to this size are poly-scored exhaustively for dense candidates; larger ones
+            with an entity index search it with each poly code, then rerank the union (default 50000).
+    Call-time parameters (also accepted at construction as defaults):
+        top_k (`int`, default 5): results per input.
+        candidates (`str`, default ``"auto"``): ZEMEL candidate source, ``"bm25"`` (BM25 + rules), ``"dense"``
+            (the cache), ``"all"`` (both), ``"rule"`` (name contains the mention); ``"auto"`` is ``"all"`` when
+            the modeling_mel package is importable, else ``"dense"``. PFMEL always uses the name rule (+ retriever).
+        num_candidates (`int`, default 100): candidates per source before reranking.
+        pair_batch_size (`int`, default 64): PFMEL pairs per forward pass.
+        max_length (`int`, optional): token limit (default: the processor's).
+    ``batch_size`` (pipeline argument) batches inputs; results equal one-by-one results.
+    """
+
+    _load_processor = None
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(
+        self,
+        model: Any,
+        *args: Any,
+        kb: Any = None,
+        retriever: Any = None,
+        image_extractor: Any = None,
+        use_images: bool = True,
+        strict_images: bool = False,
+        index_batch_size: int = 64,
+        exact_threshold: int = 50000,
+        **kwargs: Any,
+    ):
+        processor = kwargs.get("processor")
+        if processor is None:
+            kwargs["processor"] = self._default_processor(model, kwargs.get("trust_remote_code"))
+        kwargs.pop("trust_remote_code", None)
+        super().__init__(model, *args, **kwargs)
+        self.model.eval()
+        self.family = model_family(self.model)
+        self.use_images = bool(use_images)
+        self.exact_threshold = int(exact_threshold)
+        self.strict_images = bool(strict_images)
+        self.image_extractor = image_extractor
+        self._entity_feature_cache: dict[int, torch.Tensor | None] = {}
+        if kb is None:
+            raise ValueError(
+                "no knowledge base: pass kb= (a kb.jsonl path, a datasets.Dataset, or an entity index directory) "
+                "when building the pipeline"
+            )
+        self.kb = self._build_kb(kb, int(index_batch_size))
+        if retriever is not None and self.family != "nsp":
+            raise ValueError("retriever= is for BertForMultimodalNSP models; ZEMEL models retrieve with candidates=")
+        if isinstance(retriever, str) and retriever != "bm25":
+            raise ValueError(f"unknown retriever {retriever!r}; use 'bm25' or an EntityIndex with a ZEMEL model")
+        if retriever is not None and not isinstance(retriever, str) and not hasattr(retriever, "retrieve"):
+            raise ValueError(f"retriever {type(retriever).__name__} has no retrieve(texts, mentions, k) method")
+        self.retriever = retriever
+
+    # -- construction helpers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _default_processor(model: Any, trust_remote_code: bool | None) -> Any:
+        name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+        if name and os.path.isdir(str(name)):
+            from transformers import AutoProcessor
+
+            try:
+                return AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+            except Exception as err:  # noqa: BLE001 - fall through to a clear error
+                logger.debug("AutoProcessor.from_pretrained(%s) failed: %s", name, err)
+                try:
+                    from modeling_mel.processing_multimodal_nsp import MultimodalNSPProcessor
+                    from modeling_mel.processing_zemel import ZemelProcessor
+
+                    cls = ZemelProcessor if model_family(model) == "zemel" else MultimodalNSPProcessor
+                    return cls.from_pretrained(name)
+                except ImportError:
+                    pass
+        raise ValueError(
+            f"no processor for model {type(model).__name__} (name_or_path={name!r}); pass processor= "
+            "(MultimodalNSPProcessor or ZemelProcessor), or save the processor in the model directory"
+        )
+
+    def _build_kb(self, kb: Any, index_batch_size: int) -> LinkingKB:
+        if hasattr(kb, "entities") and hasattr(kb, "has_vectors") and not isinstance(kb, (str, os.PathLike)):
+            # An EntityIndex object.
+            if self.family == "zemel" and getattr(kb, "has_vectors", False):
+                kb.check_model(self.model)
+                return LinkingKB(list(kb.entities), torch.from_numpy(kb.vectors), kb)
+            entities = list(kb.entities)
+            vectors = None
+        elif isinstance(kb, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(kb), INDEX_CONFIG_NAME)):
+            entities, vectors, searcher, config = _load_index_dir(os.fspath(kb), self.model if self.family == "zemel" else None)
+            built_with = config.get("image_model")
+            used = getattr(self.image_extractor, "model_key", None)
+            if built_with and used and built_with != used:
+                logger.warning(
+                    "entity index %s was built with image model %s but this pipeline uses %s; entity vectors and "
+                    "mention features come from different image encoders", kb, built_with, used,
+                )
+            if self.family == "zemel" and vectors is not None:
+                return LinkingKB(entities, vectors, searcher)
+        else:
+            entities = kb_records(kb)
+            vectors = None
+        if len(entities) == 0:
+            raise ValueError(f"the knowledge base {kb!r:.80} is empty (0 entities); give a KB with at least one entity")
+        if self.family == "zemel":
+            if len(entities) > 10000:
+                logger.warning(
+                    "encoding %d KB entities now; build an index once with `mel index` and pass its directory as kb",
+                    len(entities),
+                )
+            extractor = self._extractor() if self.use_images and any(entity_images(e) for e in entities) else None
+            vectors = encode_entities(
+                self.model, self.processor, entities, batch_size=index_batch_size, image_extractor=extractor,
+                progress=len(entities) > 1000,
+            ).to(self.device)
+        return LinkingKB(entities, vectors)
+
+    def _extractor(self) -> Any:
+        """The image feature extractor (built on first use); ``ValueError`` when the default cannot serve the model."""
+        expected = int(getattr(self.model.config, "image_feature_dim", getattr(self.model.config, "v_feature_dim", 2048)))
+        if self.image_extractor is None:
+            if expected != 2048:
+                raise ValueError(
+                    f"the model expects {expected}-d image features but the default extractor (ResNet-50) gives 2048-d; "
+                    "pass image_extractor= (e.g. ImageFeatureExtractor(config=tiny_resnet_config("
+                    f"{expected}))) or use_images=False"
+                )
+            from .image_features import ImageFeatureExtractor
+
+            self.image_extractor = ImageFeatureExtractor(strict=self.strict_images)
+        dim = int(getattr(self.image_extractor, "feature_dim", expected))
+        if dim != expected:
+            raise ValueError(
+                f"image_extractor gives {dim}-d features but the model expects {expected}-d; pass a matching extractor"
+            )
+        return self.image_extractor
+
+    # -- input checking ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_input(item: Any, position: int | None = None) -> dict:
+        where = "input" if position is None else f"input {position}"
+        if isinstance(item, str):
+            raise ValueError(
+                f"{where} is a string ({item[:60]!r}); every input must be a dict "
+                "{'text': ..., 'mention': ... (or 'mention_start'/'mention_end'), 'image': ...}"
+            )
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{where} is a {type(item).__name__}; expected a dict with 'text' and 'mention'")
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}: 'text' must be a non-empty string, got {text!r:.80}")
+        mention = item.get("mention")
+        start, end = item.get("mention_start"), item.get("mention_end")
+        if start is not None or end is not None:
+            try:
+                start = int(start)
+                end = int(end) if end is not None else start + len(mention or "")
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: mention_start/mention_end must be integers, got {start!r}/{end!r}") from None
+            if not (0 <= start < end <= len(text)):
+                raise ValueError(f"{where}: mention span ({start}, {end}) is not inside the text {text[:80]!r}")
+            if mention is not None and text[start:end] != mention:
+                raise ValueError(
+                    f"{where}: mention {mention!r} is not at ({start}, {end}) of the text {text[:80]!r} "
+                    f"(found {text[start:end]!r})"
+                )
+            mention = text[start:end]
+        else:
+            if not isinstance(mention, str) or not mention.strip():
+                raise ValueError(f"{where}: give 'mention' (a string) or 'mention_start'/'mention_end', got {mention!r}")
+            start = text.find(mention)
+            if start < 0:
+                lower = text.lower().find(mention.lower())
+                if lower < 0:
+                    raise ValueError(f"{where}: mention {mention!r} not found in the text {text[:80]!r}")
+                start = lower
+                mention = text[start : start + len(mention)]
+            end = start + len(mention)
+        out = {"text": text, "mention": mention, "mention_start": start, "mention_end": end, "image": item.get("image")}
+        if item.get("boxes") is not None:
+            out["boxes"] = [list(map(float, b)) for b in item["boxes"]]
+        return out
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """Link one input dict (returns a list of dicts) or a list of inputs (returns a list of lists)."""
+        if isinstance(inputs, (list, tuple)):
+            for i, item in enumerate(inputs):
+                self._check_input(item, i)
+            if len(inputs) == 0:
+                return []
+            inputs = list(inputs)
+        elif isinstance(inputs, (str, Mapping)):
+            self._check_input(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None = None,
+        candidates: str | None = None,
+        num_candidates: int | None = None,
+        pair_batch_size: int | None = None,
+        max_length: int | None = None,
+        **unknown: Any,
+    ):
+        if unknown:
+            fixed = {"kb", "retriever", "image_extractor", "use_images", "strict_images", "index_batch_size", "exact_threshold"}
+            names = sorted(unknown)
+            if set(names) & fixed:
+                raise ValueError(f"{names} can only be set when the pipeline is built, not per call")
+            raise ValueError(
+                f"unknown pipeline parameter(s) {names}; known: top_k, candidates, num_candidates, pair_batch_size, "
+                "max_length, batch_size"
+            )
+        pre, fwd, post = {}, {}, {}
+        if top_k is not None:
+            if int(top_k) < 1:
+                raise ValueError(f"top_k must be >= 1, got {top_k!r}")
+            post["top_k"] = int(top_k)
+        if candidates is not None:
+            if candidates not in CANDIDATE_MODES:
+                raise ValueError(f"unknown candidates {candidates!r}; expected one of {CANDIDATE_MODES}")
+            fwd["candidates"] = candidates
+        if num_candidates is not None:
+            if int(num_candidates) < 1:
+                raise ValueError(f"num_candidates must be >= 1, got {num_candidates!r}")
+            fwd["num_candidates"] = int(num_candidates)
+        if pair_batch_size is not None:
+            if int(pair_batch_size) < 1:
+                raise ValueError(f"pair_batch_size must be >= 1, got {pair_batch_size!r}")
+            fwd["pair_batch_size"] = int(pair_batch_size)
+        if max_length is not None:
+            fwd["max_length"] = int(max_length)
+        return pre, fwd, post
+
+    # -- images --------------------------------------------------------------------------------------------------
+    def _open_image(self, image: Any, where: str) -> Any:
+        """A PIL image, or ``None`` for no / unreadable image (``ValueError`` in strict mode)."""
+        if image is None or not self.use_images:
+            return None
+        from transformers.image_utils import load_image
+
+        try:
+            if isinstance(image, (str, os.PathLike)):
+                path = os.fspath(image)
+                if not os.path.isfile(path):
+                    raise OSError(f"image file {path!r} does not exist")
+                return load_image(path).convert("RGB")
+            if hasattr(image, "convert"):
+                return image.convert("RGB")
+            raise OSError(f"unsupported image value of type {type(image).__name__}")
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
+            msg = f"{where}: unreadable image {image!r:.120} ({err})"
+            if self.strict_images:
+                raise ValueError(msg + "; fix the file or build the pipeline with strict_images=False") from err
+            logger.warning("%s; linking without it", msg)
+            return None
+
+    def _mention_features(self, pil: Any, boxes: list | None) -> dict | None:
+        """Mention image features: ``{"feature": (D,), "regions": (R, D), "spatial": (R, 5)}`` or ``None``."""
+        if pil is None:
+            return None
+        extractor = self._extractor()
+        feature = torch.as_tensor(extractor.encode([pil])[0], dtype=torch.float32)
+        regions, spatial = [feature], [WHOLE_IMAGE_SPATIAL]
+        if boxes:
+            width, height = pil.size
+            for box in boxes:
+                x1, y1, x2, y2 = box
+                if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+                    raise ValueError(f"box {box!r} is empty or lies outside the {width}x{height} image")
+                spatial.append([x1 / width, y1 / height, x2 / width, y2 / height, (x2 - x1) * (y2 - y1) / (width * height)])
+            crops = [pil.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+            regions += list(torch.as_tensor(extractor.encode(crops), dtype=torch.float32))
+        return {"feature": feature, "regions": torch.stack(regions), "spatial": torch.tensor(spatial)}
+
+    def _entity_feature(self, position: int) -> torch.Tensor | None:
+        """PFMEL's entity image: the mean feature of the entity's readable images (cached); ``None`` without images."""
+        if not self.use_images:
+            return None
+        if position not in self._entity_feature_cache:
+            images = entity_images(self.kb.entities[position])
+            feats = _image_features_of(self._extractor(), images, None) if images else None
+            self._entity_feature_cache[position] = feats.mean(0) if feats is not None else None
+        return self._entity_feature_cache[position]
+
+    # -- pipeline steps ------------------------------------------------------------------------------------------
+    def preprocess(self, inputs: Any) -> dict:
+        example = self._check_input(inputs)
+        pil = self._open_image(example.pop("image"), f"image of mention {example['mention']!r}")
+        example["image_features"] = self._mention_features(pil, example.pop("boxes", None))
+        return {"example": example}
+
+    def _forward(
+        self,
+        model_inputs: dict,
+        candidates: str = "auto",
+        num_candidates: int = 100,
+        pair_batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> dict:
+        batch = model_inputs["example"]
+        single = isinstance(batch, Mapping)
+        examples = [batch] if single else list(batch)
+        if self.family == "zemel":
+            ranked = self._forward_zemel(examples, candidates, num_candidates, max_length)
+        else:
+            ranked = self._forward_nsp(examples, num_candidates, pair_batch_size, max_length)
+        return {"ranked": ranked[0] if single else ranked}
+
+    def postprocess(self, model_outputs: dict, top_k: int = 5) -> list[dict]:
+        ranked = model_outputs["ranked"]
+        out = []
+        for position, score in ranked[:top_k]:
+            entity = self.kb.entities[position]
+            out.append({"entity_id": entity["entity_id"], "name": entity["name"], "score": float(score)})
+        return out
+
+    @staticmethod
+    def _rank(positions: Sequence[int], scores: torch.Tensor) -> list[tuple[int, float]]:
+        """(position, score) sorted by score (descending), ties by KB position."""
+        pairs = [(int(p), float(s)) for p, s in zip(positions, scores.tolist())]
+        return sorted(pairs, key=lambda ps: (-ps[1], ps[0]))
+
+    # -- PFMEL ---------------------------------------------------------------------------------------------------
+    def _templates(self) -> Any:
+        import sys
+
+        module = sys.modules[type(self.processor).__module__]
+        needed = ("mention_prompt", "entity_prompt", "entity_context", "generic_entity_prompt")
+        if not all(hasattr(module, n) for n in needed):
+            raise ValueError(f"processor {type(self.processor).__name__} is not a MultimodalNSPProcessor (no PFMEL templates)")
+        return module
+
+    def _entity_side(self, position: int) -> str:
+        templates = self._templates()
+        entity = self.kb.entities[position]
+        if entity.get("screen_name"):
+            return templates.entity_prompt(entity["screen_name"], templates.entity_context(entity, entity.get("timeline")))
+        return templates.generic_entity_prompt(entity["name"], entity.get("description"))
+
+    def _nsp_candidates(self, examples: list[dict], num_candidates: int) -> list[list[int]]:
+        cands = [self.kb.name_rule(ex["mention"], num_candidates) for ex in examples]
+        if self.retriever is None:
+            return cands
+        if self.retriever == "bm25":
+            extra = [self.kb.bm25(ex["mention"], num_candidates) for ex in examples]
+        else:
+            ids = self.retriever.retrieve(
+                [ex["text"] for ex in examples],
+                [{"mention": ex["mention"], "mention_start": ex["mention_start"], "mention_end": ex["mention_end"]} for ex in examples],
+                num_candidates,
+            )
+            extra = [[self.kb.position[e] for e in row if e in self.kb.position] for row in ids]
+        return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)]
+
+    def _forward_nsp(self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None) -> list:
+        templates = self._templates()
+        cands = self._nsp_candidates(examples, num_candidates)
+        pairs = []  # (example index, position)
+        for i, row in enumerate(cands):
+            pairs += [(i, p) for p in row]
+        scores = torch.empty(len(pairs))
+        mention_sides = [templates.mention_prompt(ex["text"], ex["mention"]) for ex in examples]
+        entity_sides: dict[int, str] = {}
+        for start in range(0, len(pairs), pair_batch_size):
+            chunk = pairs[start : start + pair_batch_size]
+            text_a = [mention_sides[i] for i, _ in chunk]
+            text_b = []
+            for _, p in chunk:
+                if p not in entity_sides:
+                    entity_sides[p] = self._entity_side(p)
+                text_b.append(entity_sides[p])
+            images_a, images_b = [], []
+            for i, p in chunk:
+                feats = examples[i]["image_features"]
+                images_a.append(feats["feature"].numpy() if feats is not None else None)
+                ent = self._entity_feature(p)
+                images_b.append(ent.numpy() if ent is not None else None)
+            enc = self.processor(text_a, text_b, images=images_a, images_pair=images_b, max_length=max_length)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            logits = self.model(**enc).logits
+            scores[start : start + len(chunk)] = self.model.link_scores(logits).float().cpu()
+        ranked, offset = [], 0
+        for row in cands:
+            ranked.append(self._rank(row, scores[offset : offset + len(row)]))
+            offset += len(row)
+        return ranked
+
+    # -- ZEMEL ---------------------------------------------------------------------------------------------------
+    def _zemel_candidates(self, examples: list[dict], context: Any, mode: str, k: int) -> list[list[int]]:
+        if mode == "auto":
+            import importlib.util
+
+            mode = "all" if importlib.util.find_spec("modeling_mel") is not None else "dense"
+        n = len(self.kb)
+        rows: list[list[int]] = [[] for _ in examples]
+        if mode in ("bm25", "all"):
+            for i, ex in enumerate(examples):
+                rows[i] += self.kb.bm25(ex["mention"], k)
+        if mode == "rule":
+            for i, ex in enumerate(examples):
+                rows[i] += self.kb.name_rule(ex["mention"], k)
+        if mode in ("dense", "all"):
+            if self.kb.searcher is None or n <= self.exact_threshold:
+                # Exact: poly-score the whole cache, keep the best k.
+                scores = self.model.score(context, self.kb.vectors.to(self.device))  # (B, N)
+                top = scores.topk(min(k, n), dim=1).indices.tolist()
+            elif self.model.config.scoring == "poly":
+                # Each poly code searches the index; the poly score is a convex combination of the codes' dot
+                # products, so it never exceeds the best code's: the union over codes holds the strong candidates.
+                codes = context.poly_codes  # (B, m, H)
+                hits = self.kb.dense_search(codes.reshape(-1, codes.shape[-1]), k)
+                m = codes.shape[1]
+                top = [list(dict.fromkeys(p for row in hits[b * m : (b + 1) * m] for p in row)) for b in range(len(examples))]
+            else:
+                top = self.kb.dense_search(context.pooled_output, k)
+            for i in range(len(examples)):
+                rows[i] += top[i]
+        return [list(dict.fromkeys(r)) for r in rows]
+
+    def _forward_zemel(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
+        regions = None
+        feature_dim = int(getattr(self.processor, "feature_dim", 0))
+        if any(ex["image_features"] is not None for ex in examples):
+            regions = [
+                None if ex["image_features"] is None
+                else {"features": ex["image_features"]["regions"], "spatial": ex["image_features"]["spatial"]}
+                for ex in examples
+            ]
+            if feature_dim and regions[0] is not None and regions[0]["features"].shape[1] != feature_dim:
+                raise ValueError(f"image features are {regions[0]['features'].shape[1]}-d, the processor expects {feature_dim}")
+        spans = [(ex["mention_start"], ex["mention_end"]) for ex in examples]
+        extra = {"max_length": max_length} if max_length else {}
+        enc = self.processor.encode_contexts([ex["text"] for ex in examples], spans, regions=regions, **extra)
+        context = self.model.encode_context(**{k2: v.to(self.device) for k2, v in enc.items()})
+        rows = self._zemel_candidates(examples, context, mode, k)
+        kmax = max((len(r) for r in rows), default=0)
+        if kmax == 0:
+            return [[] for _ in examples]
+        vectors = self.kb.vectors.to(self.device)
+        index = torch.zeros(len(examples), kmax, dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            if r:
+                index[i, : len(r)] = torch.tensor(r, device=self.device)
+        scores = self.model.score(context, vectors[index]).float().cpu()  # (B, Kmax); padding columns ignored
+        return [self._rank(r, scores[i, : len(r)]) for i, r in enumerate(rows)]
+
+
+def register_pipeline() -> None:
+    """Register ``"multimodal-entity-linking"`` with transformers' ``PIPELINE_REGISTRY`` (idempotent)."""
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if current is not None and current.get("impl") is MultimodalEntityLinkingPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK, pipeline_class=MultimodalEntityLinkingPipeline, pt_model=AutoModel, type="multimodal"
+    )
+
+
+__all__ = [
+    "MultimodalEntityLinkingPipeline",
+    "LinkingKB",
+    "register_pipeline",
+    "encode_entities",
+    "kb_records",
+    "normalize_entity",
+    "model_fingerprint",
+    "model_config_hash",
+    "check_index_compatible",
+    "TASK",
+]

@@ -1,0 +1,124 @@
+"""Model card template, `mel model-card` rendering (valid YAML with the evaluation figures), Hub folder contents."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from inference_fixtures import register_all, tiny_nsp, tiny_zemel
+from modeling_mel.cli import main
+from modeling_mel.hub import (
+    check_model_folder,
+    find_card_template,
+    parse_results,
+    push_model_to_hub,
+    render_model_card,
+    save_for_hub,
+    split_front_matter,
+)
+
+register_all()
+
+
+@pytest.fixture(scope="module")
+def hub_dirs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("hub")
+    out = {}
+    for name, (model, processor) in (("nsp", tiny_nsp()), ("zemel", tiny_zemel())):
+        out[name] = save_for_hub(model, processor, root / name)
+    return out
+
+
+def test_template_has_metadata_sections_and_citations():
+    with open(find_card_template(), encoding="utf-8") as f:
+        text = f.read()
+    meta, body = split_front_matter(text)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"]
+    for key in ("tags", "datasets", "metrics", "model-index"):
+        assert key in meta
+    for section in ("## Model description", "## Intended uses and limits", "## How to use", "## Training data and procedure",
+                    "## Evaluation", "## Bias, risks and limitations", "## Citations"):
+        assert section in body
+    assert "from_pretrained" in body and "pipeline(" in body
+    assert "Pre-Training and Fine-Tuning with Next Sentence Prediction for Multimodal Entity Linking" in body
+    assert "Electronics" in body and "2134" in body
+    assert "Faster Zero-shot Multi-modal Entity Linking via Visual-Linguistic Representation" in body
+    assert "Data Intelligence" in body and "Zheng, Qiushuo" in body
+
+
+def test_mel_model_card_renders_valid_yaml_with_results(hub_dirs, tmp_path, capsys):
+    results = {"eval_accuracy": 0.8125, "eval_loss": 0.41, "epoch": 4.0, "micro_f1@5": 0.7}
+    path = tmp_path / "eval_results.json"
+    path.write_text(json.dumps(results))
+    code = main(["model-card", "--model", hub_dirs["nsp"], "--results", str(path), "--model_name", "user/pfmel: tiny #1"])
+    assert code == 0
+    readme = os.path.join(hub_dirs["nsp"], "README.md")
+    assert capsys.readouterr().out.strip() == readme
+    text = open(readme, encoding="utf-8").read()
+    meta, body = split_front_matter(text)
+    assert yaml.safe_load(text.split("---\n")[1]) == meta
+    assert meta["library_name"] == "transformers"
+    assert "multimodal-entity-linking" in meta["tags"] and "twitter_mel" in meta["datasets"]
+    index = meta["model-index"][0]
+    assert index["name"] == "user/pfmel: tiny #1"
+    metrics = {m["type"]: m["value"] for m in index["results"][0]["metrics"]}
+    assert metrics == {"accuracy": 0.8125, "loss": 0.41, "micro_f1@5": 0.7}  # epoch is not a metric
+    assert index["results"][0]["dataset"] == {"type": "twitter_mel", "name": "Twitter MEL (Adjali et al. 2020)", "split": "test"}
+    assert "| accuracy | 0.8125 |" in body and "{{" not in text
+    assert 'from_pretrained("user/pfmel: tiny #1", trust_remote_code=True)' in body
+    # the Hub's own parser accepts the metadata
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text)
+    assert card.data.eval_results[0].metric_value == 0.8125
+
+
+def test_card_with_splits_and_dataset_override(hub_dirs, tmp_path):
+    results = {"dev": {"accuracy": 0.9, "micro_f1@100": 0.88}, "test": {"accuracy": 0.85, "micro_f1@100": 0.83}}
+    out = render_model_card(hub_dirs["zemel"], results=results, dataset={"type": "my_kb", "name": "My KB"},
+                            output=tmp_path / "card.md")
+    meta, _ = split_front_matter(open(out, encoding="utf-8").read())
+    entries = meta["model-index"][0]["results"]
+    assert [(e["dataset"]["split"], e["dataset"]["type"]) for e in entries] == [("dev", "my_kb"), ("test", "my_kb")]
+    assert entries[1]["metrics"][0] == {"type": "accuracy", "value": 0.85, "name": "accuracy"}
+    assert "zemel" in meta["tags"] and meta["datasets"] == ["my_kb"]
+
+
+def test_card_bad_results(hub_dirs, tmp_path):
+    with pytest.raises(ValueError, match="no numeric metric"):
+        parse_results({"note": "nothing"}, {"type": "x"})
+    with pytest.raises(ValueError, match="does not exist"):
+        render_model_card(hub_dirs["nsp"], results=tmp_path / "missing.json", output=tmp_path / "c.md")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        render_model_card(hub_dirs["nsp"], results=tmp_path / "bad.json", output=tmp_path / "c.md")
+    with pytest.raises(ValueError, match="holds no config.json"):
+        render_model_card(tmp_path, results={"accuracy": 1.0})
+
+
+@pytest.mark.parametrize("family", ["nsp", "zemel"])
+def test_hub_folder_is_complete(hub_dirs, family):
+    directory = hub_dirs[family]
+    files = set(os.listdir(directory))
+    config = json.load(open(os.path.join(directory, "config.json")))
+    prefix = "multimodal_nsp" if family == "nsp" else "zemel"
+    assert config["auto_map"]["AutoConfig"] == f"configuration_{prefix}." + ("MultimodalNSPConfig" if family == "nsp" else "ZemelConfig")
+    assert config["auto_map"]["AutoModel"].startswith(f"modeling_{prefix}.")
+    assert config["custom_pipelines"]["multimodal-entity-linking"]["impl"] == "pipeline_entity_linking.MultimodalEntityLinkingPipeline"
+    processor_config = json.load(open(os.path.join(directory, "processor_config.json")))
+    assert processor_config["auto_map"]["AutoProcessor"].startswith(f"processing_{prefix}.")
+    assert {f"configuration_{prefix}.py", f"modeling_{prefix}.py", f"processing_{prefix}.py", "pipeline_entity_linking.py",
+            "image_features.py", "model.safetensors", "README.md", "tokenizer.json"} <= files
+    assert check_model_folder(directory) == []
+    meta, _ = split_front_matter(open(os.path.join(directory, "README.md"), encoding="utf-8").read())
+    assert meta["library_name"] == "transformers"
+
+
+def test_push_refuses_an_incomplete_folder(tmp_path):
+    model, _ = tiny_nsp()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="README.md"):
+        push_model_to_hub(tmp_path, "user/repo")  # fails before any network call
