@@ -285,9 +285,11 @@ class LinkingKB:
     def name_rule(self, mention: str, k: int | None = None) -> list[int]:
         """PFMEL's rule: positions of entities whose name contains the mention (case-insensitive).
 
-        Ordered by closeness: exact name first, then shorter names, then KB order; the first ``k`` are returned.
+        The same set as ``modeling_mel.candidates.NameRuleCandidates`` (kept here so that the model's code runs
+        without the package), ordered by closeness: exact name first, then shorter names, then KB order; the first
+        ``k`` are returned (PFMEL scores every candidate, so only very common mentions are cut).
         """
-        m = " ".join(str(mention).lower().split())
+        m = str(mention or "").strip().lower()  # as modeling_mel.candidates.NameRuleCandidates
         if not m:
             return []
         hits = [i for i, name in enumerate(self._lower_names) if m in name]

@@ -314,3 +314,14 @@ def test_not_a_linking_model(kb_dir):
     with pytest.raises(ValueError, match="BertModel is not a modeling-mel linking model"):
         pipeline(TASK, model=model, processor=MultimodalNSPProcessor(load_tokenizer("minilm")), kb=os.path.join(kb_dir, "kb.jsonl"))
     torch.manual_seed(0)
+
+
+def test_inline_name_rule_equals_candidates_module(kb_dir):
+    """The pipeline keeps its own copy of the PFMEL rule (shipped code); it must select the same entities."""
+    from modeling_mel.candidates import NameRuleCandidates
+    from modeling_mel.pipeline_entity_linking import LinkingKB, kb_records
+
+    entities = kb_records(os.path.join(kb_dir, "kb.jsonl"))
+    kb, rule = LinkingKB(entities), NameRuleCandidates(entities)
+    for mention in ("taylor", "Justin", " swift ", "NASA", "new york", "ng", "x", "Taylor Swift"):
+        assert sorted(kb.name_rule(mention)) == rule.indices(mention), mention
