@@ -1,0 +1,738 @@
+"""PFMEL data: NSP pre-training pairs and NSP linking (fine-tuning / evaluation) examples.
+
+Pre-training (paper, section 3.3). Each linked mention gives a *sentence*
+``{text, image, entity_context, entity_image}``: the tweet text and image, and the context and image of its
+gold entity (``entity_context(profile, timeline)``; the entity image is the mean ResNet feature over the
+entity's timeline images). Every sentence ``s`` draws a next sentence ``n``: with probability 0.5 a random
+*other* sentence (label ``1`` = random; by default one whose gold entity differs, so that a "random" pair never
+shows the right entity), otherwise itself (label ``0`` = is next, BERT's convention). The tasks then make pairs
+``(A | B)``:
+
+* ``mixed`` (two pairs a sentence): ``(s.text | n.entity_image)`` and ``(s.entity_context | n.image)``;
+* ``text``: ``(s.text | n.entity_context)``;
+* ``multi``: ``(s.text + s.image | n.entity_context + n.entity_image)``.
+
+Role swapping (``swap_roles=True``) adds, for every ``(s, n)``, the same task pairs built from ``(n, s)``: the
+original next sentence takes the role of the sentence and vice versa, with the same label, e.g.
+``(n.text | s.entity_image)``. A sentence that drew itself (label 0) gives an identical swapped pair; it is
+kept, so swapping exactly doubles the data (``mixed``: ``2n -> 4n``, ``text`` and ``multi``: ``n -> 2n``).
+
+Linking (section 3.4). Sentence A is ``mention_prompt(text, mention)`` (``"<text>. <mention> is"``) plus the
+tweet image, sentence B ``entity_prompt(screen_name, entity_context)`` (``"@screen. <entity context>"``) plus
+the entity image. For a KB whose entities are not Twitter users (empty ``screen_name`` and no timeline),
+sentence B is ``generic_entity_prompt(name, description)`` plus the mean of the entity's ``images``. The
+candidates of a mention are the entities whose ``name`` contains the mention (case-insensitive; the paper's
+"userName contains the mention" rule, for both kinds of KB). Training: the gold entity (label 0) plus up to
+``num_negatives`` other candidates (label 1). Evaluation: every candidate is scored; a mention whose gold entity
+is not a candidate (or that has none) counts as wrong.
+
+Image features are computed once per image (content-hash cache of :class:`~modeling_mel.ImageFeatureExtractor`)
+and kept in one :class:`FeatureTable`; encoded examples carry row numbers into it and the collator gathers the
+vectors per batch. Each distinct text is tokenised once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .processing_multimodal_nsp import entity_context, entity_prompt, generic_entity_prompt, mention_prompt
+
+logger = logging.getLogger(__name__)
+
+#: Pre-training tasks, their ids (``task_ids`` of an example) and their loss names (``loss_mix`` ...).
+TASKS: tuple[str, ...] = ("mixed", "text", "multi")
+TASK_ALIASES: dict[str, str] = {"mixed": "mixed", "mix": "mixed", "text": "text", "multi": "multi", "multimodal": "multi"}
+TASK_IDS: dict[str, int] = {"mixed": 0, "text": 1, "multi": 2, "link": 3}
+TASK_LOSS_NAMES: dict[int, str] = {0: "mix", 1: "text", 2: "multi", 3: "link"}
+IMAGE_FEATURE_MODES = ("resnet50", "precomputed", "none")
+FEATURE_NORMS = ("center_l2", "l2", "none")
+DEFAULT_MAX_CANDIDATES = 32
+
+
+def check_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
+    """Normalise a task list (``"mixed,text"`` or ``["mixed", "text"]``); ``ValueError`` names an unknown task."""
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.replace(",", " ").split() if t]
+    out: list[str] = []
+    for t in tasks:
+        key = str(t).strip().lower()
+        if key not in TASK_ALIASES:
+            raise ValueError(f"unknown pre-training task {t!r}; valid tasks are {list(TASKS)} (aliases: mix, multimodal)")
+        if TASK_ALIASES[key] not in out:
+            out.append(TASK_ALIASES[key])
+    if not out:
+        raise ValueError(f"no pre-training task given; choose from {list(TASKS)}")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Image features
+# ---------------------------------------------------------------------------------------------------------------------
+class FeatureTable:
+    """Image feature vectors by key (``mention:<id>``, ``entity:<id>``); row 0 is the zero vector (no image).
+
+    Rows are stored raw. :meth:`gather` (what the model receives) applies the feature normalisation: subtract
+    ``center`` when set, then divide by the L2 norm when ``l2``; a zero row (no image) stays zero.
+    """
+
+    def __init__(self, dim: int = 2048, l2: bool = False, center: np.ndarray | None = None) -> None:
+        self.dim = int(dim)
+        self.l2 = bool(l2)
+        self.center = None if center is None else np.asarray(center, np.float32).reshape(self.dim)
+        self.index: dict[str, int] = {}
+        self._rows: list[np.ndarray] = [np.zeros(self.dim, np.float32)]
+        self._array: np.ndarray | None = None
+
+    def add(self, key: str, vector: np.ndarray) -> int:
+        """Store ``vector`` under ``key`` (an existing key keeps its row); returns its row."""
+        if key in self.index:
+            return self.index[key]
+        vector = np.asarray(vector, np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise ValueError(f"feature of {key!r} has size {vector.shape[0]}; this table holds {self.dim}-d features")
+        self.index[key] = len(self._rows)
+        self._rows.append(vector)
+        self._array = None
+        return self.index[key]
+
+    def row(self, key: str) -> int:
+        """Row of ``key``; 0 (zeros) when absent."""
+        return self.index.get(key, 0)
+
+    @property
+    def array(self) -> np.ndarray:
+        """All raw rows as one ``(n_rows, dim)`` float32 array."""
+        if self._array is None or len(self._array) != len(self._rows):
+            self._array = np.stack(self._rows).astype(np.float32)
+        return self._array
+
+    def nonzero_mean(self) -> np.ndarray:
+        """Mean of the non-zero rows (the centre used by ``feature_norm="center_l2"``)."""
+        arr = self.array
+        ok = np.abs(arr).sum(1) > 0
+        return arr[ok].mean(0) if ok.any() else np.zeros(self.dim, np.float32)
+
+    def normalized(self, rows: Sequence[int]) -> np.ndarray:
+        """Rows as the model receives them: ``(len(rows), dim)``."""
+        out = self.array[list(rows)].copy()
+        present = np.abs(out).sum(1) > 0
+        if self.center is not None:
+            out[present] -= self.center
+        if self.l2:
+            norm = np.linalg.norm(out, axis=1, keepdims=True)
+            out = np.where(norm > 0, out / np.maximum(norm, 1e-12), out)
+        return out.astype(np.float32)
+
+    def gather(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Normalised features of per-example row lists, zero padded: ``(B, n_max, dim)``."""
+        n = max((len(r) for r in rows), default=0)
+        out = np.zeros((len(rows), n, self.dim), np.float32)
+        for i, r in enumerate(rows):
+            if len(r):
+                out[i, : len(r)] = self.normalized(r)
+        return torch.from_numpy(out)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def save_precomputed_features(path: str | os.PathLike, mentions: Mapping[str, Any], entities: Mapping[str, Any]) -> None:
+    """Write a precomputed feature map for ``--image_features precomputed --features_path path``.
+
+    Format: a ``.safetensors`` or ``.npz`` file of float32 vectors (all the same size, 2048 for ResNet-50)
+    named ``mention:<mention id>`` (the tweet image of a mention row) and ``entity:<entity_id>`` (the entity
+    image, i.e. the mean over its timeline images). Missing keys read as zeros (no image).
+    """
+    tensors = {f"mention:{k}": np.asarray(v, np.float32).reshape(-1) for k, v in mentions.items()}
+    tensors.update({f"entity:{k}": np.asarray(v, np.float32).reshape(-1) for k, v in entities.items()})
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(tensors, path)
+    elif path.endswith(".npz"):
+        np.savez(path, **tensors)
+    else:
+        raise ValueError(f"features path {path!r} must end with .safetensors or .npz")
+
+
+def load_precomputed_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a feature map written by :func:`save_precomputed_features` (``.safetensors`` or ``.npz``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"features file {path!r} does not exist; write one with save_precomputed_features()")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return dict(load_file(path))
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    raise ValueError(f"features path {path!r} must end with .safetensors or .npz")
+
+
+def _image_input(x: Any) -> Any:
+    """A path or PIL image for the extractor from a datasets Image value (decoded or ``{"path", "bytes"}``)."""
+    if x is None:
+        return None
+    if isinstance(x, Mapping):
+        path = x.get("path")
+        if path and os.path.isfile(path):
+            return path
+        if x.get("bytes"):
+            import io
+
+            from PIL import Image
+
+            return Image.open(io.BytesIO(x["bytes"]))
+        return path
+    return x
+
+
+def _undecoded(ds):
+    """``ds`` with every Image feature (nested ones too) set to ``decode=False`` (paths, not PIL images)."""
+    from datasets import Image
+
+    def walk(feat):
+        if isinstance(feat, Image):
+            return Image(decode=False)
+        if isinstance(feat, dict):
+            return {k: walk(v) for k, v in feat.items()}
+        if isinstance(feat, list):
+            return [walk(v) for v in feat]
+        if hasattr(feat, "feature") and hasattr(type(feat), "__dataclass_fields__"):
+            import dataclasses
+
+            return dataclasses.replace(feat, feature=walk(feat.feature))
+        return feat
+
+    try:
+        from datasets import Features
+
+        new = Features({k: walk(v) for k, v in ds.features.items()})
+        if new != ds.features:
+            return ds.cast(new)
+    except Exception as err:  # pragma: no cover - decoded images work too, only slower
+        logger.debug("could not switch images to decode=False: %s", err)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sentences and pairs
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Sentence:
+    """A PFMEL pre-training sentence: a tweet (text, image row) and its gold entity (context, image row)."""
+
+    mention_id: str
+    text: str
+    image: int
+    entity_id: str
+    entity_context: str
+    entity_image: int
+
+
+@dataclass
+class NSPPair:
+    """One NSP pair before tokenisation: sentence A and B as text plus image rows, label and task."""
+
+    text_a: str | None
+    images_a: tuple[int, ...]
+    text_b: str | None
+    images_b: tuple[int, ...]
+    label: int
+    task: str
+    sentence: int = -1  # index of the sentence (A side) in its list
+    next: int = -1  # index of the next sentence (B side)
+    swapped: bool = False
+
+
+def draw_next_sentences(sentences: Sequence[Sentence], seed: int = 0, avoid_same_entity: bool = True) -> list[tuple[int, int]]:
+    """For each sentence ``i`` a ``(next index, label)``: itself (0) or, with probability 0.5, another (1).
+
+    With ``avoid_same_entity`` the other sentence is drawn among those with a different gold entity (when any);
+    otherwise among all other sentences, as in the paper's text.
+    """
+    n = len(sentences)
+    if n < 2:
+        raise ValueError(f"NSP pre-training needs at least 2 linked sentences, got {n}")
+    rng = random.Random(seed)
+    by_entity: dict[str, list[int]] = {}
+    for i, s in enumerate(sentences):
+        by_entity.setdefault(s.entity_id, []).append(i)
+    out = []
+    for i, s in enumerate(sentences):
+        if rng.random() < 0.5:
+            j = i
+            n_same = len(by_entity[s.entity_id])
+            if avoid_same_entity and n_same < n:
+                while sentences[j].entity_id == s.entity_id:
+                    j = rng.randrange(n)
+            else:
+                j = rng.randrange(n - 1)
+                j += j >= i
+            out.append((j, 1))
+        else:
+            out.append((i, 0))
+    return out
+
+
+def _task_pairs(task: str, s: Sentence, n: Sentence, label: int, i: int, j: int, swapped: bool) -> list[NSPPair]:
+    kw = dict(label=label, sentence=i, next=j, swapped=swapped)
+    if task == "mixed":
+        return [
+            NSPPair(s.text, (), None, (n.entity_image,), task="mixed", **kw),
+            NSPPair(s.entity_context, (), None, (n.image,), task="mixed", **kw),
+        ]
+    if task == "text":
+        return [NSPPair(s.text, (), n.entity_context, (), task="text", **kw)]
+    if task == "multi":
+        return [NSPPair(s.text, (s.image,), n.entity_context, (n.entity_image,), task="multi", **kw)]
+    raise ValueError(f"unknown pre-training task {task!r}; valid tasks are {list(TASKS)}")
+
+
+def make_pretraining_pairs(
+    sentences: Sequence[Sentence],
+    tasks: str | Iterable[str] = TASKS,
+    swap_roles: bool = True,
+    seed: int = 0,
+    avoid_same_entity: bool = True,
+) -> list[NSPPair]:
+    """PFMEL's pre-training pairs (see the module docstring): per task, ``mixed`` 2n, ``text`` n, ``multi`` n pairs,
+    twice as many with ``swap_roles``. The next sentences are drawn once (seeded) and shared by all tasks."""
+    tasks = check_tasks(tasks)
+    draws = draw_next_sentences(sentences, seed=seed, avoid_same_entity=avoid_same_entity)
+    pairs: list[NSPPair] = []
+    for task in tasks:
+        for i, (j, label) in enumerate(draws):
+            pairs += _task_pairs(task, sentences[i], sentences[j], label, i, j, False)
+            if swap_roles:
+                pairs += _task_pairs(task, sentences[j], sentences[i], label, j, i, True)
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Encoding and collation
+# ---------------------------------------------------------------------------------------------------------------------
+def encode_pairs(processor, pairs: Sequence[NSPPair], max_length: int | None = None, use_images: bool = True) -> list[dict]:
+    """Tokenise ``pairs`` (each distinct text once) into features for :class:`PFMELCollator`.
+
+    Each feature has ``input_ids``, ``token_type_ids``, ``attention_mask``, ``image_rows`` (rows of the
+    :class:`FeatureTable`, A's then B's, in the order of the image tokens), ``labels`` and ``task_ids``.
+    With ``use_images=False`` image rows are dropped (text-only NSP-BERT); a side left empty raises.
+    """
+    max_length = int(max_length or processor.max_length)
+    texts = sorted({t for p in pairs for t in (p.text_a, p.text_b) if t})
+    ids: dict[str, list[int]] = {}
+    step = 1024
+    for start in range(0, len(texts), step):
+        chunk = texts[start : start + step]
+        enc = processor.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        ids.update(zip(chunk, (list(e) for e in enc)))
+    features = []
+    for k, p in enumerate(pairs):
+        img_a = tuple(p.images_a) if use_images else ()
+        img_b = tuple(p.images_b) if use_images else ()
+        ia = ids.get(p.text_a, []) if p.text_a else []
+        ib = ids.get(p.text_b, []) if p.text_b else []
+        if (not ia and not img_a) or (not ib and not img_b):
+            raise ValueError(
+                f"pair {k} (task {p.task!r}) has an empty side without images; text-only training "
+                "(--image_features none) supports only the 'text' pre-training task and text linking"
+            )
+        input_ids, type_ids = processor.encode_pair(ia, ib, len(img_a), len(img_b), max_length)
+        features.append(
+            {
+                "input_ids": input_ids,
+                "token_type_ids": type_ids,
+                "attention_mask": [1] * len(input_ids),
+                "image_rows": list(img_a + img_b),
+                "labels": int(p.label),
+                "task_ids": TASK_IDS[p.task],
+            }
+        )
+    return features
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A list of feature dicts as a torch dataset (``Trainer`` and ``LengthGroupedSampler`` read ``input_ids``)."""
+
+    def __init__(self, features: list[dict]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
+
+
+class PFMELCollator:
+    """Dynamic padding (``processor.pad``) plus image features gathered from a :class:`FeatureTable`.
+
+    Keys other than model inputs (``labels``, ``task_ids``) are kept as tensors; ``image_rows`` becomes
+    ``image_features`` ``(B, n_images_max, D)``, absent when no example of the batch has an image token.
+    """
+
+    def __init__(self, processor, table: FeatureTable | None = None, pad_to_multiple_of: int | None = 8) -> None:
+        self.processor = processor
+        self.table = table
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [list(e.get("image_rows") or []) for e in examples]
+        feats = [{k: v for k, v in e.items() if k != "image_rows"} for e in examples]
+        batch = self.processor.pad(feats, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
+        if any(rows):
+            if self.table is None:
+                raise ValueError("examples carry image rows but the collator has no FeatureTable")
+            batch["image_features"] = self.table.gather(rows)  # (B, n_img, D)
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Linking examples
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class LinkingMention:
+    """A mention to link: sentence A (prompt + image row), its gold entity and its candidate entities."""
+
+    mention_id: str
+    prompt: str
+    image: int
+    gold: str
+    candidates: list[str]
+    mention: str = ""
+
+
+@dataclass
+class LinkingData:
+    """Mentions plus what sentence B of each candidate needs; see :func:`predict_linking`."""
+
+    mentions: list[LinkingMention]
+    entity_text: dict[str, str]
+    entity_image: dict[str, int]
+    table: FeatureTable
+    use_images: bool = True
+    _encoded: dict = field(default_factory=dict, repr=False)
+
+    def pair(self, m: LinkingMention, entity_id: str, label: int) -> NSPPair:
+        """The linking pair of mention ``m`` and an entity."""
+        return NSPPair(
+            m.prompt,
+            (m.image,) if self.use_images else (),
+            self.entity_text[entity_id],
+            (self.entity_image.get(entity_id, 0),) if self.use_images else (),
+            label=label,
+            task="link",
+        )
+
+    def training_pairs(self, num_negatives: int | None = DEFAULT_MAX_CANDIDATES, seed: int = 0) -> list[NSPPair]:
+        """Gold (label 0) plus up to ``num_negatives`` candidate negatives (label 1) per mention (seeded sample)."""
+        rng = random.Random(seed)
+        pairs = []
+        for m in self.mentions:
+            pairs.append(self.pair(m, m.gold, 0))
+            negatives = [c for c in m.candidates if c != m.gold]
+            if num_negatives is not None and len(negatives) > num_negatives:
+                negatives = rng.sample(negatives, int(num_negatives))
+            pairs += [self.pair(m, c, 1) for c in negatives]
+        return pairs
+
+    def candidate_features(self, processor) -> tuple[list[dict], list[tuple[int, str]]]:
+        """Encoded ``(mention, candidate)`` pairs of every mention (cached per processor length) and their keys."""
+        key = (id(processor), processor.max_length)
+        if key not in self._encoded:
+            pairs, keys = [], []
+            for i, m in enumerate(self.mentions):
+                for c in m.candidates:
+                    pairs.append(self.pair(m, c, 0))
+                    keys.append((i, c))
+            self._encoded[key] = (encode_pairs(processor, pairs, use_images=self.use_images), keys)
+        return self._encoded[key]
+
+    def candidate_recall(self) -> float:
+        """Share of mentions whose gold entity is among their candidates."""
+        if not self.mentions:
+            return 0.0
+        return sum(m.gold in m.candidates for m in self.mentions) / len(self.mentions)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Corpus access
+# ---------------------------------------------------------------------------------------------------------------------
+def _name_rule(entity_ids: Sequence[str], names: Sequence[str]) -> Callable[[str], list[str]]:
+    """Entities whose name contains the mention (case-insensitive), in KB order."""
+    lowered = [(e, str(n or "").lower()) for e, n in zip(entity_ids, names)]
+
+    def candidates(mention: str) -> list[str]:
+        key = str(mention or "").strip().lower()
+        if not key:
+            return []
+        return [e for e, n in lowered if key in n]
+
+    return candidates
+
+
+class PFMELCorpus:
+    """A MEL corpus prepared for PFMEL: entity texts, image features and candidates, computed once.
+
+    Args:
+        mentions: ``DatasetDict`` of mention splits (rows ``id, text, mention, image, entity_id``).
+        kb: the KB ``Dataset`` (rows ``entity_id, name, screen_name, location, description, images, timeline``).
+        image_features: ``"resnet50"`` (extract with ``extractor``), ``"precomputed"`` (from ``features_path``),
+            or ``"none"`` (text only: NSP-BERT).
+        extractor: an :class:`~modeling_mel.ImageFeatureExtractor` (built with defaults when needed and missing).
+        features_path: the ``.safetensors``/``.npz`` map of :func:`save_precomputed_features`.
+        max_candidates: keep at most this many candidates per mention (KB order), ``None`` for all.
+        candidate_fn: ``mention -> list[entity_id]``; default: the name rule of the paper.
+        feature_norm: how image vectors (a tweet image, or an entity's mean image) are normalised before the
+            model's projection. ``"center_l2"`` (default): subtract a centre vector (the mean feature of the first
+            training run's images, stored in ``config.pfmel_feature_mean`` and reused by every later run of that
+            model), then divide by the L2 norm. ``"l2"``: only the L2 norm. ``"none"``: raw ResNet features, as in
+            the paper. Raw pooled ResNet features share a large common component (cosine ~0.95 between any two
+            images) and have norms of hundreds against word embeddings of norm ~1; the new projection learns badly
+            from them. Centred unit vectors keep what tells images apart at the scale of the text tokens. A model
+            records its normalisation (``config.pfmel_feature_norm``) and later runs must use the same.
+    """
+
+    def __init__(
+        self,
+        mentions,
+        kb,
+        image_features: str = "resnet50",
+        extractor=None,
+        features_path: str | None = None,
+        max_candidates: int | None = DEFAULT_MAX_CANDIDATES,
+        candidate_fn: Callable[[str], list[str]] | None = None,
+        feature_dim: int = 2048,
+        feature_norm: str = "center_l2",
+    ) -> None:
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"unknown feature_norm {feature_norm!r}; choose one of {list(FEATURE_NORMS)}")
+        self.feature_norm = feature_norm
+        if image_features not in IMAGE_FEATURE_MODES:
+            raise ValueError(f"unknown image_features {image_features!r}; choose one of {list(IMAGE_FEATURE_MODES)}")
+        if image_features == "precomputed" and not features_path:
+            raise ValueError("image_features='precomputed' needs features_path (a .safetensors or .npz map)")
+        self.mentions = mentions
+        self.image_mode = image_features
+        self.use_images = image_features != "none"
+        self.max_candidates = max_candidates
+        self._extractor = extractor
+        self._precomputed = load_precomputed_features(features_path) if image_features == "precomputed" else None
+        if self._precomputed:
+            dims = {v.shape[-1] for v in self._precomputed.values()}
+            if len(dims) != 1:
+                raise ValueError(f"features file {features_path!r} mixes feature sizes {sorted(dims)}")
+            feature_dim = dims.pop()
+        elif extractor is not None:
+            feature_dim = extractor.feature_dim
+        self.table = FeatureTable(feature_dim, l2=feature_norm != "none")
+        kb = _undecoded(kb)
+        self.kb = kb
+        self.entities: dict[str, dict] = {}
+        for row in kb:
+            eid = str(row["entity_id"])
+            self.entities[eid] = row
+        if not self.entities:
+            raise ValueError("the KB has no entities")
+        ids = list(self.entities)
+        if candidate_fn is None:
+            candidate_fn = _name_rule(ids, [self.entities[e].get("name") or "" for e in ids])
+        self.candidate_fn = candidate_fn
+        self._entity_text: dict[str, str] = {}
+        self._entity_context: dict[str, str] = {}
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, dataset: str, data_dir: str, cache_dir: str | None = None, **kwargs) -> "PFMELCorpus":
+        """Load ``dataset`` (``twitter_mel`` or ``mel_jsonl``) from ``data_dir`` with :func:`modeling_mel.corpus.load_mel_corpus`."""
+        from .corpus import load_mel_corpus
+
+        if not data_dir or not os.path.isdir(data_dir):
+            raise ValueError(f"data_dir {data_dir!r} is not a directory; point --data_dir at the corpus files")
+        mentions = load_mel_corpus(dataset, data_dir, config="mentions", cache_dir=cache_dir)
+        kb = load_mel_corpus(dataset, data_dir, config="kb", cache_dir=cache_dir)
+        return cls(mentions, kb, **kwargs)
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            from .image_features import ImageFeatureExtractor
+
+            self._extractor = ImageFeatureExtractor()
+        return self._extractor
+
+    def split(self, name: str, max_samples: int | None = None):
+        """The mention rows of split ``name`` whose entity is linked, ``ValueError`` for a missing or empty split."""
+        available = list(self.mentions.keys())
+        if name not in self.mentions:
+            raise ValueError(f"split {name!r} does not exist; available splits: {available}")
+        ds = self.mentions[name]
+        if "image" in ds.column_names:
+            ds = _undecoded(ds)
+        ds = ds.filter(lambda e: bool(e) and str(e).strip() != "", input_columns="entity_id")
+        if len(ds) == 0:
+            raise ValueError(f"split {name!r} has no linked mentions (rows with an entity_id); nothing to train or evaluate")
+        if max_samples is not None and max_samples < len(ds):
+            ds = ds.select(range(int(max_samples)))
+        return ds
+
+    def _add(self, key: str, vector: np.ndarray) -> int:
+        return self.table.add(key, np.asarray(vector, np.float32).reshape(-1))
+
+    # -- entities -------------------------------------------------------------------------------------------------
+    def _check_entity(self, eid: str) -> dict:
+        if eid not in self.entities:
+            raise ValueError(f"entity {eid!r} is not in the KB; the corpus must link mentions to KB entities")
+        return self.entities[eid]
+
+    def is_twitter_user(self, eid: str) -> bool:
+        row = self._check_entity(eid)
+        return bool(str(row.get("screen_name") or "").strip()) or bool(row.get("timeline"))
+
+    def entity_context(self, eid: str) -> str:
+        """The pre-training entity context: the paper's template for Twitter users, ``name. description`` otherwise."""
+        if eid not in self._entity_context:
+            row = self._check_entity(eid)
+            if self.is_twitter_user(eid):
+                self._entity_context[eid] = entity_context(row, row.get("timeline") or [])
+            else:
+                self._entity_context[eid] = generic_entity_prompt(row.get("name") or eid, row.get("description"))
+        return self._entity_context[eid]
+
+    def entity_text(self, eid: str) -> str:
+        """Sentence B of linking: ``@screen. <entity context>`` or ``generic_entity_prompt(name, description)``."""
+        if eid not in self._entity_text:
+            row = self._check_entity(eid)
+            if self.is_twitter_user(eid):
+                self._entity_text[eid] = entity_prompt(row.get("screen_name") or eid, self.entity_context(eid))
+            else:
+                self._entity_text[eid] = self.entity_context(eid)
+        return self._entity_text[eid]
+
+    def _entity_images(self, eid: str) -> list:
+        row = self.entities[eid]
+        images = [_image_input(t.get("image")) for t in (row.get("timeline") or []) if t.get("image") is not None]
+        if not images:
+            images = [_image_input(x) for x in (row.get("images") or []) if x is not None]
+        return [x for x in images if x is not None]
+
+    def ensure_entity_features(self, eids: Iterable[str]) -> None:
+        """Compute (batched, once) the entity image of every entity in ``eids``."""
+        if not self.use_images:
+            return
+        todo = [e for e in dict.fromkeys(eids) if f"entity:{e}" not in self.table.index]
+        if not todo:
+            return
+        if self._precomputed is not None:
+            for e in todo:
+                v = self._precomputed.get(f"entity:{e}")
+                self._add(f"entity:{e}", v if v is not None else np.zeros(self.table.dim, np.float32))
+            return
+        per_entity = [self._entity_images(e) for e in todo]
+        flat = [x for imgs in per_entity for x in imgs]
+        feats = self.extractor.encode(flat, progress=len(flat) > 64) if flat else np.zeros((0, self.table.dim), np.float32)
+        k = 0
+        for e, imgs in zip(todo, per_entity):
+            block = feats[k : k + len(imgs)]
+            k += len(imgs)
+            ok = block[np.abs(block).sum(1) > 0] if len(block) else block
+            vec = ok.mean(0) if len(ok) else np.zeros(self.table.dim, np.float32)
+            self._add(f"entity:{e}", vec)
+
+    def ensure_mention_features(self, ds) -> list[int]:
+        """Rows of the tweet images of the mention rows ``ds`` (computed once, batched)."""
+        keys = [f"mention:{i}" for i in ds["id"]]
+        if not self.use_images:
+            return [0] * len(keys)
+        todo = [(k, n) for n, k in enumerate(keys) if k not in self.table.index]
+        if todo:
+            if self._precomputed is not None:
+                for k, _ in todo:
+                    v = self._precomputed.get(k)
+                    self._add(k, v if v is not None else np.zeros(self.table.dim, np.float32))
+            else:
+                images = ds["image"] if "image" in ds.column_names else [None] * len(ds)
+                feats = self.extractor.encode([_image_input(images[n]) for _, n in todo], progress=len(todo) > 64)
+                for (k, _), v in zip(todo, feats):
+                    self._add(k, v)
+        return [self.table.row(k) for k in keys]
+
+    # -- examples -------------------------------------------------------------------------------------------------
+    def sentences(self, split: str = "train", max_samples: int | None = None) -> list[Sentence]:
+        """Pre-training sentences of the linked mentions of ``split``."""
+        ds = self.split(split, max_samples)
+        eids = [str(e) for e in ds["entity_id"]]
+        for e in set(eids):
+            self._check_entity(e)
+        self.ensure_entity_features(eids)
+        rows = self.ensure_mention_features(ds)
+        return [
+            Sentence(
+                mention_id=str(mid),
+                text=str(text),
+                image=row,
+                entity_id=e,
+                entity_context=self.entity_context(e),
+                entity_image=self.table.row(f"entity:{e}"),
+            )
+            for mid, text, row, e in zip(ds["id"], ds["text"], rows, eids)
+        ]
+
+    def candidates(self, mention: str) -> list[str]:
+        """Candidate entity ids of a mention (name rule), at most ``max_candidates``."""
+        cands = list(dict.fromkeys(str(c) for c in self.candidate_fn(mention)))
+        if self.max_candidates is not None:
+            cands = cands[: self.max_candidates]
+        return cands
+
+    def linking_data(self, split: str, max_samples: int | None = None) -> LinkingData:
+        """Linking examples of ``split``: prompt, image, gold and candidates of each linked mention."""
+        ds = self.split(split, max_samples)
+        rows = self.ensure_mention_features(ds)
+        mentions = []
+        for mid, text, mention, gold, row in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], rows):
+            gold = str(gold)
+            self._check_entity(gold)
+            mentions.append(LinkingMention(str(mid), mention_prompt(text, mention), row, gold, self.candidates(mention), mention))
+        eids = list(dict.fromkeys([m.gold for m in mentions] + [c for m in mentions for c in m.candidates]))
+        self.ensure_entity_features(eids)
+        return LinkingData(
+            mentions=mentions,
+            entity_text={e: self.entity_text(e) for e in eids},
+            entity_image={e: self.table.row(f"entity:{e}") for e in eids},
+            table=self.table,
+            use_images=self.use_images,
+        )
+
+
+__all__ = [
+    "TASKS",
+    "TASK_IDS",
+    "TASK_LOSS_NAMES",
+    "IMAGE_FEATURE_MODES",
+    "FEATURE_NORMS",
+    "check_tasks",
+    "FeatureTable",
+    "save_precomputed_features",
+    "load_precomputed_features",
+    "Sentence",
+    "NSPPair",
+    "draw_next_sentences",
+    "make_pretraining_pairs",
+    "encode_pairs",
+    "ListDataset",
+    "PFMELCollator",
+    "LinkingMention",
+    "LinkingData",
+    "PFMELCorpus",
+]

@@ -1,0 +1,579 @@
+"""PFMEL training: a ``Trainer`` that logs the per-task NSP losses, linking prediction and run functions.
+
+Loss of a batch (paper, section 3.3: ``L_pre = L_mix + L_text + L_multi``): the per-example NSP cross-entropy
+is averaged within each task present in the batch, and the task means are summed. A batch that lacks a task
+adds nothing for it (its term is 0 in that batch), so every present task has weight 1 whatever the batch's
+task mix; with one task (fine-tuning: ``link``) the loss is the plain mean. The logs carry ``loss_mix``,
+``loss_text``, ``loss_multi`` (and ``loss_link``): the mean per-example loss of each task since the previous
+log, summed over processes.
+
+The ``run_*`` functions hold the logic of ``train/pretrain_nsp.py``, ``train/finetune_linking.py`` and
+``train/evaluate_linking.py`` (the scripts are thin numbered-step wrappers over them), so the demo, the
+ablations and ``mel`` subcommands share one implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .pfmel_data import (
+    IMAGE_FEATURE_MODES,
+    TASK_LOSS_NAMES,
+    TASKS,
+    LinkingData,
+    ListDataset,
+    PFMELCollator,
+    PFMELCorpus,
+    check_tasks,
+    encode_pairs,
+    make_pretraining_pairs,
+)
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("twitter_mel", "mel_jsonl")
+SPLITS = ("train", "train07", "train05", "dev", "test")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------------------------------
+class PFMELTrainer(Trainer):
+    """``Trainer`` for NSP pairs with ``task_ids``: ``L = sum over present tasks of the task's mean loss``.
+
+    Logs ``loss_<task>`` beside ``loss`` (see the module docstring). Use :class:`~modeling_mel.pfmel_data.PFMELCollator`
+    as the data collator (dynamic padding) and ``train_sampling_strategy="group_by_length"``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        n = max(TASK_LOSS_NAMES) + 1
+        self._task_sums = torch.zeros(n, dtype=torch.float64)
+        self._task_counts = torch.zeros(n, dtype=torch.float64)
+        self.loss_is_scaled_for_ga = False  # our loss is a per-batch quantity; Trainer divides by GA steps
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        task_ids = inputs.pop("task_ids", None)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        per_example = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")  # (B,)
+        if task_ids is None:
+            task_ids = torch.full_like(labels, 3)
+        loss = per_example.new_zeros(())
+        for t in torch.unique(task_ids).tolist():
+            sel = task_ids == t
+            loss = loss + per_example[sel].mean()
+            if model.training:
+                self._task_sums[t] += float(per_example[sel].detach().sum())
+                self._task_counts[t] += int(sel.sum())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: every process gets here at the same step
+            stats = torch.cat([self._task_sums, self._task_counts]).to(self.args.device)
+            if self.accelerator.num_processes > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            stats = stats.cpu()
+            n = len(self._task_sums)
+            for t in range(n):
+                if stats[n + t] > 0:
+                    logs[f"loss_{TASK_LOSS_NAMES[t]}"] = round(float(stats[t] / stats[n + t]), 6)
+            self._task_sums.zero_()
+            self._task_counts.zero_()
+        super().log(logs, start_time)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class LinkingPrediction:
+    """Ranked candidates of one mention: ``ranked`` = ``[(entity_id, score), ...]``, best first (log p(is next))."""
+
+    mention_id: str
+    mention: str
+    gold: str
+    ranked: list[tuple[str, float]]
+
+    @property
+    def predicted(self) -> str | None:
+        return self.ranked[0][0] if self.ranked else None
+
+
+def _autocast(bf16: bool, device: torch.device):
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def predict_linking(
+    model,
+    processor,
+    examples: LinkingData,
+    batch_size: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[LinkingPrediction]:
+    """Score every (mention, candidate) pair of ``examples`` in length-sorted batches and rank the candidates.
+
+    Uses ``torch.inference_mode`` and, with ``bf16=True``, ``torch.autocast(bfloat16)`` (CPU or GPU). The score of
+    a pair is ``model.link_scores(logits)`` = log p(B follows A). Mentions without candidates get ``ranked=[]``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    features, keys = examples.candidate_features(processor)
+    collator = PFMELCollator(processor, examples.table)
+    device = next(model.parameters()).device
+    scores = np.zeros(len(features), np.float32)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    was_training = model.training
+    model.eval()
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="scoring candidates", unit="batch")
+    with torch.inference_mode(), _autocast(bf16, device):
+        for start in starts:
+            idx = order[start : start + batch_size]
+            batch = collator([features[i] for i in idx])
+            batch.pop("labels", None)
+            batch.pop("task_ids", None)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits  # (b, 2)
+            scores[idx] = model.link_scores(logits).float().cpu().numpy()
+    model.train(was_training)
+    per_mention: list[list[tuple[str, float]]] = [[] for _ in examples.mentions]
+    for (m, eid), s in zip(keys, scores.tolist()):
+        per_mention[m].append((eid, s))
+    out = []
+    for m, ranked in zip(examples.mentions, per_mention):
+        ranked.sort(key=lambda x: -x[1])  # stable: ties keep candidate order
+        out.append(LinkingPrediction(m.mention_id, m.mention, m.gold, ranked))
+    return out
+
+
+def linking_metrics(predictions: Sequence[LinkingPrediction]) -> dict[str, float]:
+    """Accuracy, candidate recall, MRR and n of predictions (offline ``evaluate`` modules of :mod:`.metrics`)."""
+    from .metrics import load_metric
+
+    metric = load_metric("linking")
+    return metric.compute(
+        predictions=[[e for e, _ in p.ranked] for p in predictions], references=[p.gold for p in predictions]
+    )
+
+
+def name_match_baseline(examples: LinkingData, names: dict[str, str]) -> list[LinkingPrediction]:
+    """Baseline: rank candidates by the length of their user name (shortest first, ties in KB order)."""
+    out = []
+    for m in examples.mentions:
+        ranked = sorted(m.candidates, key=lambda e: len(names.get(e, e)))
+        out.append(LinkingPrediction(m.mention_id, m.mention, m.gold, [(e, -float(len(names.get(e, e)))) for e in ranked]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments (HfArgumentParser dataclasses shared by the train/ scripts)
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class PFMELDataArguments:
+    """Where the corpus is and how images become features."""
+
+    dataset: str = field(default="twitter_mel", metadata={"help": f"corpus builder: one of {list(DATASETS)}"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder with the corpus files (raw layout of --dataset)"})
+    image_features: str = field(
+        default="resnet50",
+        metadata={
+            "help": "resnet50: extract pooled ResNet features (cached by content hash); precomputed: read the "
+            "--features_path map (.safetensors/.npz with 'mention:<id>' and 'entity:<entity_id>' vectors); "
+            "none: text only (NSP-BERT)"
+        },
+    )
+    features_path: str | None = field(default=None, metadata={"help": "precomputed feature map (see --image_features)"})
+    image_model: str = field(default="microsoft/resnet-50", metadata={"help": "ResNet checkpoint (hub id or dir)"})
+    image_size: int = field(default=224, metadata={"help": "image side fed to ResNet (224 as in the paper; 64 is fast)"})
+    image_cache_dir: str | None = field(
+        default=None, metadata={"help": "on-disk image feature cache (default: <HF_HOME>/modeling_mel/image_features)"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training mentions"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N mentions per eval split"})
+    feature_norm: str = field(
+        default="center_l2",
+        metadata={"help": "center_l2: centre (mean stored in the model config) and unit-norm the image vectors before "
+                  "the projection; l2: unit norm only; none: raw features (paper)"}
+    )
+    max_candidates: int = field(default=32, metadata={"help": "keep at most N name-rule candidates per mention"})
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "Arrow cache of the corpus builder"})
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.image_features not in IMAGE_FEATURE_MODES:
+            raise ValueError(f"unknown --image_features {self.image_features!r}; choose one of {list(IMAGE_FEATURE_MODES)}")
+        if self.feature_norm not in ("center_l2", "l2", "none"):
+            raise ValueError(f"unknown --feature_norm {self.feature_norm!r}; choose center_l2, l2 or none")
+        if self.image_features == "precomputed" and not self.features_path:
+            raise ValueError("--image_features precomputed needs --features_path <map.safetensors|map.npz>")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise ValueError(f"--data_dir {self.data_dir!r} is not a directory")
+        for name in ("image_size", "max_candidates"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {v!r}")
+
+
+@dataclass
+class PFMELModelArguments:
+    """Which text backbone or pre-trained PFMEL model to start from."""
+
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "text backbone: 'minilm' (embedded default), a hub id or a BERT checkpoint dir"},
+    )
+    init_from: str | None = field(default=None, metadata={"help": "start from a saved PFMEL model dir (e.g. pre-trained)"})
+    max_length: int = field(default=300, metadata={"help": "max tokens of a pair, image tokens included (paper: 300)"})
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"--max_length must be >= 8, got {self.max_length!r}")
+        if self.init_from is not None and not os.path.isfile(os.path.join(self.init_from, "config.json")):
+            raise ValueError(f"--init_from {self.init_from!r} is not a saved model directory (no config.json)")
+
+
+
+@dataclass
+class PFMELPretrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the paper's pre-training settings (Table 3) and the task options."""
+
+    num_train_epochs: float = field(default=5.0, metadata={"help": "epochs (paper: 5)"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size (paper: 4)"})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "pairs per scoring batch"})
+    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate, linear decay (paper: 5e-6)"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "learning-rate schedule (paper: linear)"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (paper: AdamW)"})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "length-grouped batches"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep task_ids for the per-task losses"})
+    save_strategy: str = field(default="epoch", metadata={"help": "checkpoint every epoch (resume with --resume_from_checkpoint)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep the last N checkpoints"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    tasks: list[str] = field(
+        default_factory=lambda: list(TASKS), metadata={"help": f"pre-training tasks, any of {list(TASKS)}"}
+    )
+    swap_roles: bool = field(default=True, metadata={"help": "add the role-swapped pairs (doubles the data)"})
+    pretrain_split: str = field(default="train", metadata={"help": "split whose linked mentions make the sentences"})
+    pair_seed: int | None = field(default=None, metadata={"help": "seed of the next-sentence draw (default: --seed)"})
+
+    def __post_init__(self) -> None:
+        self.tasks = list(check_tasks(self.tasks))
+        if self.pretrain_split not in SPLITS:
+            raise ValueError(f"unknown --pretrain_split {self.pretrain_split!r}; choose one of {list(SPLITS)}")
+        super().__post_init__()
+
+
+@dataclass
+class PFMELFinetuningArguments(TrainingArguments):
+    """``TrainingArguments`` with the paper's fine-tuning settings (Table 3) and the linking options."""
+
+    num_train_epochs: float = field(default=4.0, metadata={"help": "epochs (paper: 4)"})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "batch size (paper: 16)"})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "pairs per scoring batch"})
+    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate, linear decay (paper: 5e-6)"})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "learning-rate schedule (paper: linear)"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (paper: AdamW)"})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "length-grouped batches"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep task_ids for the per-task losses"})
+    save_strategy: str = field(default="epoch", metadata={"help": "checkpoint every epoch (resume with --resume_from_checkpoint)"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep the last N checkpoints"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    train_split: str = field(default="train", metadata={"help": "fine-tuning split: train, train07 or train05"})
+    eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"], metadata={"help": "splits evaluated at the end"})
+    num_negatives: int = field(default=32, metadata={"help": "negatives (other candidates) per mention, at most"})
+    bf16_eval: bool = field(default=False, metadata={"help": "score candidates under bf16 autocast"})
+
+    def __post_init__(self) -> None:
+        for s in [self.train_split, *self.eval_splits]:
+            if s not in SPLITS:
+                raise ValueError(f"unknown split {s!r}; choose from {list(SPLITS)}")
+        if self.num_negatives < 0:
+            raise ValueError(f"--num_negatives must be >= 0, got {self.num_negatives!r}")
+        super().__post_init__()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks of the scripts
+# ---------------------------------------------------------------------------------------------------------------------
+def default_image_cache_dir() -> str:
+    """``$HF_HOME/modeling_mel/image_features`` (HF_HOME defaults to ``~/.cache/huggingface``)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "modeling_mel", "image_features")
+
+
+def load_corpus(data_args: PFMELDataArguments, extractor=None) -> PFMELCorpus:
+    """Load the corpus of ``data_args`` with its image feature source."""
+    if not data_args.data_dir:
+        raise ValueError("--data_dir is required: the folder with the corpus files")
+    if data_args.image_features == "resnet50" and extractor is None:
+        from .image_features import ImageFeatureExtractor
+
+        extractor = ImageFeatureExtractor(
+            data_args.image_model, cache_dir=data_args.image_cache_dir or default_image_cache_dir(), image_size=data_args.image_size
+        )
+    return PFMELCorpus.load(
+        data_args.dataset,
+        data_args.data_dir,
+        cache_dir=data_args.dataset_cache_dir,
+        image_features=data_args.image_features,
+        extractor=extractor,
+        features_path=data_args.features_path,
+        max_candidates=data_args.max_candidates,
+        feature_norm=data_args.feature_norm,
+    )
+
+
+def load_model_and_processor(model_args: PFMELModelArguments, feature_dim: int = 2048, seed: int = 0):
+    """The model and processor: from ``init_from`` (a saved PFMEL dir) or a fresh NSP head on ``backbone``.
+
+    Raises ``ValueError`` when ``backbone`` and ``init_from`` disagree on the hidden size, or when the image
+    features are not ``config.image_feature_dim``-d (the loaded image projection could not take them).
+    """
+    from transformers import set_seed
+
+    from .backbones import load_backbone_config, resolve_backbone
+    from .modeling_multimodal_nsp import BertForMultimodalNSP
+    from .processing_multimodal_nsp import MultimodalNSPProcessor
+
+    set_seed(seed)
+    if model_args.init_from:
+        model = BertForMultimodalNSP.from_pretrained(model_args.init_from)
+        if model_args.backbone:
+            hidden = load_backbone_config(model_args.backbone).hidden_size
+            if hidden != model.config.hidden_size:
+                raise ValueError(
+                    f"--backbone {model_args.backbone!r} has hidden size {hidden} but --init_from "
+                    f"{model_args.init_from!r} (its image projection and encoder) has {model.config.hidden_size}; "
+                    "drop --backbone or pre-train on the same backbone"
+                )
+        try:
+            processor = MultimodalNSPProcessor.from_pretrained(model_args.init_from)
+        except (OSError, ValueError, TypeError):
+            processor = MultimodalNSPProcessor.from_backbone(model_args.backbone, image_feature_dim=model.config.image_feature_dim)
+        processor.max_length = model_args.max_length
+    else:
+        model = BertForMultimodalNSP.from_pretrained(resolve_backbone(model_args.backbone), image_feature_dim=feature_dim)
+        processor = MultimodalNSPProcessor.from_backbone(
+            model_args.backbone, max_length=model_args.max_length, image_feature_dim=feature_dim
+        )
+    if model.config.image_feature_dim != feature_dim:
+        raise ValueError(
+            f"the image features are {feature_dim}-d but the model's image projection takes "
+            f"{model.config.image_feature_dim}-d features; use the image model the model was trained with"
+        )
+    processor.configure_model(model)
+    return model, processor
+
+
+def _mark_image_mode(model, corpus: PFMELCorpus) -> None:
+    """Record in the config whether the model was trained with image tokens; refuse a mismatch."""
+    previous = getattr(model.config, "pfmel_image_features", None)
+    if previous is not None and (previous == "none") != (not corpus.use_images):
+        raise ValueError(
+            f"the model was trained with --image_features {previous!r} but this run uses {corpus.image_mode!r}; "
+            "pass the same --image_features (text-only models need 'none')"
+        )
+    model.config.pfmel_image_features = corpus.image_mode
+    norm = getattr(model.config, "pfmel_feature_norm", None)
+    if corpus.use_images and norm is not None and norm != corpus.feature_norm:
+        raise ValueError(
+            f"the model was trained with --feature_norm {norm!r} but this run uses {corpus.feature_norm!r}; pass --feature_norm {norm}"
+        )
+    if corpus.use_images and corpus.feature_norm == "center_l2":
+        mean = getattr(model.config, "pfmel_feature_mean", None)
+        if mean is None:  # a new model: the corpus's centre, or the mean of the (training) images loaded so far
+            centre = corpus.table.center if corpus.table.center is not None else corpus.table.nonzero_mean()
+            mean = [round(float(v), 6) for v in centre]
+        if len(mean) != corpus.table.dim:
+            raise ValueError(f"config.pfmel_feature_mean has {len(mean)} values; the image features are {corpus.table.dim}-d")
+        corpus.table.center = np.asarray(mean, np.float32)
+        model.config.pfmel_feature_mean = list(mean)
+    model.config.pfmel_feature_norm = corpus.feature_norm
+
+
+def train_pairs(
+    model, processor, features: list[dict], table, args: TrainingArguments, resume_from_checkpoint=None, callbacks=None
+) -> PFMELTrainer:
+    """Train ``model`` on encoded NSP features with :class:`PFMELTrainer`; returns the trainer."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not features:
+        raise ValueError("no training pairs; check the split and --max_train_samples")
+    if resume_from_checkpoint in ("last", "latest", "True", "true"):
+        resume_from_checkpoint = get_last_checkpoint(args.output_dir)
+        if resume_from_checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint last: no checkpoint-* folder in {args.output_dir!r}")
+    elif resume_from_checkpoint and not os.path.isdir(resume_from_checkpoint):
+        raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint folder")
+    trainer = PFMELTrainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(features),
+        data_collator=PFMELCollator(processor, table),
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint or None)
+    return trainer
+
+
+def _write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def evaluate_splits(
+    model, processor, corpus: PFMELCorpus, splits: Sequence[str], batch_size: int = 64, bf16: bool = False,
+    max_samples: int | None = None,
+) -> tuple[dict[str, dict], dict[str, list[LinkingPrediction]]]:
+    """Accuracy, candidate recall and MRR of each split, and the predictions."""
+    results, predictions = {}, {}
+    for split in splits:
+        data = corpus.linking_data(split, max_samples)
+        preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, progress=len(data.mentions) > 200)
+        results[split] = linking_metrics(preds)
+        predictions[split] = preds
+        logger.info("%s: %s", split, results[split])
+    return results, predictions
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------------------
+def run_pretraining(
+    data_args: PFMELDataArguments,
+    model_args: PFMELModelArguments,
+    args: PFMELPretrainingArguments,
+    corpus: PFMELCorpus | None = None,
+    callbacks=None,
+) -> dict:
+    """PFMEL pre-training: NSP pairs of the chosen tasks from ``args.pretrain_split``; saves model + processor."""
+    tasks = check_tasks(args.tasks)
+    corpus = corpus or load_corpus(data_args)
+    if not corpus.use_images and set(tasks) - {"text"}:
+        raise ValueError(f"pre-training tasks {list(tasks)} need images; with --image_features none use --tasks text")
+    sentences = corpus.sentences(args.pretrain_split, data_args.max_train_samples)
+    model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
+    _mark_image_mode(model, corpus)
+    pairs = make_pretraining_pairs(
+        sentences, tasks, swap_roles=args.swap_roles, seed=args.seed if args.pair_seed is None else args.pair_seed
+    )
+    features = encode_pairs(processor, pairs, use_images=corpus.use_images)
+    counts = {t: sum(p.task == t for p in pairs) for t in tasks}
+    logger.info("pre-training on %d pairs from %d sentences: %s", len(pairs), len(sentences), counts)
+    trainer = train_pairs(model, processor, features, corpus.table, args, args.resume_from_checkpoint, callbacks)
+    trainer.save_model(args.output_dir)
+    summary = {
+        "pairs": len(pairs),
+        "pairs_per_task": counts,
+        "sentences": len(sentences),
+        "global_step": trainer.state.global_step,
+        "train_loss": next((h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None),
+    }
+    if trainer.is_world_process_zero():
+        _write_json(os.path.join(args.output_dir, "pretrain_results.json"), summary)
+    return summary
+
+
+def run_finetuning(
+    data_args: PFMELDataArguments,
+    model_args: PFMELModelArguments,
+    args: PFMELFinetuningArguments,
+    corpus: PFMELCorpus | None = None,
+    callbacks=None,
+) -> dict:
+    """NSP fine-tuning for linking on ``args.train_split``, then evaluation of ``args.eval_splits``.
+
+    Saves model + processor to ``args.output_dir`` and writes ``eval_results.json``
+    (``{split: {accuracy, candidate_recall, mrr, n}}``).
+    """
+    corpus = corpus or load_corpus(data_args)
+    for s in args.eval_splits:  # fail before training on a missing eval split
+        corpus.split(s)
+    data = corpus.linking_data(args.train_split, data_args.max_train_samples)
+    model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
+    _mark_image_mode(model, corpus)
+    pairs = data.training_pairs(args.num_negatives, seed=args.seed)
+    features = encode_pairs(processor, pairs, use_images=corpus.use_images)
+    logger.info(
+        "fine-tuning on %d pairs from %d mentions (candidate recall %.3f)", len(pairs), len(data.mentions), data.candidate_recall()
+    )
+    trainer = train_pairs(model, processor, features, corpus.table, args, args.resume_from_checkpoint, callbacks)
+    trainer.save_model(args.output_dir)
+    results, _ = evaluate_splits(
+        trainer.model if not hasattr(trainer.model, "module") else trainer.model.module,
+        processor, corpus, args.eval_splits, args.per_device_eval_batch_size, args.bf16_eval, data_args.max_eval_samples,
+    )
+    results["train"] = {"pairs": len(pairs), "mentions": len(data.mentions), "global_step": trainer.state.global_step}
+    if trainer.is_world_process_zero():
+        _write_json(os.path.join(args.output_dir, "eval_results.json"), results)
+    return results
+
+
+def run_evaluation(
+    model_dir: str,
+    data_args: PFMELDataArguments,
+    splits: Sequence[str] = ("test",),
+    batch_size: int = 64,
+    bf16: bool = False,
+    output_file: str | None = None,
+    corpus: PFMELCorpus | None = None,
+    predictions_file: str | None = None,
+) -> dict:
+    """Evaluate a saved model on ``splits``; writes ``output_file`` (default ``<model_dir>/eval_results.json``)."""
+    corpus = corpus or load_corpus(data_args)
+    for s in splits:
+        corpus.split(s)
+    model, processor = load_model_and_processor(PFMELModelArguments(init_from=model_dir), corpus.table.dim)
+    _mark_image_mode(model, corpus)
+    results, predictions = evaluate_splits(model, processor, corpus, splits, batch_size, bf16, data_args.max_eval_samples)
+    _write_json(output_file or os.path.join(model_dir, "eval_results.json"), results)
+    if predictions_file:
+        rows = [
+            {"split": s, **asdict(p)} for s, preds in predictions.items() for p in preds
+        ]
+        with open(predictions_file, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    return results
+
+
+__all__ = [
+    "PFMELTrainer",
+    "LinkingPrediction",
+    "predict_linking",
+    "linking_metrics",
+    "name_match_baseline",
+    "PFMELDataArguments",
+    "PFMELModelArguments",
+    "PFMELPretrainingArguments",
+    "PFMELFinetuningArguments",
+    "load_corpus",
+    "load_model_and_processor",
+    "train_pairs",
+    "evaluate_splits",
+    "run_pretraining",
+    "run_finetuning",
+    "run_evaluation",
+]

