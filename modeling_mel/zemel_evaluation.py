@@ -1,0 +1,724 @@
+"""ZEMEL evaluation (paper, section 5.1) with a candidate cache, plus the data and image-feature plumbing that the
+``train/train_zemel.py`` and ``train/evaluate_zemel.py`` scripts share.
+
+Pipeline of :func:`evaluate_split` for one split:
+
+1. **Candidates**: :class:`~modeling_mel.candidates.Bm25RuleCandidates` over the split's KB (ZEMELD: the entities of
+   that split, the zero-shot setting; ``eval_kb="full"``: every KB entity) gives each mention its top-``N``
+   candidates. The gold entity is NOT inserted: a gold outside the list is a miss. Lists can be shorter than ``N``
+   (fewer entities match the mention at all) or empty.
+2. **Candidate cache**: every entity of the split's KB is encoded ONCE with ``model.encode_candidates`` (length-sorted
+   batches, ``torch.inference_mode``, optional bf16 autocast) into a ``(C, H)`` matrix (:func:`encode_kb`).
+3. **Contexts**: contexts are encoded once (length-sorted batches) and scored against the cached vectors of their own
+   candidates with ``model.score`` (:func:`score_contexts`). Scores equal those of ``model(**collator(rows))``.
+4. **Metrics** at each ``N`` in ``(5, 100)``; the prediction of a mention is its best-scored candidate among the first
+   ``N`` BM25+rules candidates (poly scores of a candidate do not depend on the other candidates, so one pass over
+   the top-100 serves both cuts).
+
+Metric definitions (keys carry ``/N``):
+
+* ``precision/N`` = correct / mentions with a prediction (a non-empty candidate list);
+  ``r@1/N`` = correct / all gold mentions (the gold entity is ranked first); ``micro_f1/N`` = 2PR / (P + R); all
+  micro-averaged over mentions. These are computed with the box-mention pairing GIVEN (the context's visual input is
+  the whole image and the mention's own box), so ``vt_kg_precision/N`` (V&T-KG) equals ``precision/N``.
+* ``v_t_kg_precision/N``, ``v_t_kg_recall/N``, ``v_t_kg_micro_f1/N`` (V-T-KG, pairing predicted; only for corpora
+  with boxes): see :func:`predict_vt_triples`. A predicted triple ``(image, box, mention span, entity)`` is correct
+  only when box, mention and entity are all right; precision over predicted triples, recall over gold triples.
+* ``candidate_recall@5``, ``candidate_recall@100``: share of mentions whose gold is among the top-N candidates (the
+  ceiling of ``r@1/N``); ``random_r@1/N``: expected R@1 of picking a candidate uniformly at random; ``n``: mentions.
+
+The offline ``evaluate`` module :class:`ZemelLinkingMetric` computes the linking metrics from predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+
+from .candidates import Bm25RuleCandidates
+from .zemel_metrics import gold_triples, linking_metrics, v_t_kg_metrics
+
+logger = logging.getLogger(__name__)
+
+ZEMEL_DATASETS = ("zemeld", "mel_jsonl")
+IMAGE_FEATURE_MODES = ("resnet50", "none")
+EVAL_KB_MODES = ("split", "full")
+DEFAULT_NS = (5, 100)
+TINY_IMAGE_MODEL = "tiny"  # --image_model tiny: a small random-init ResNet with 64-d output (tests, quick runs)
+TINY_IMAGE_FEATURE_DIM = 64
+
+_SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
+
+
+def canonical_split(name: str) -> str:
+    """``validation``/``valid`` -> ``dev``; other names unchanged."""
+    return _SPLIT_ALIASES.get(str(name), str(name))
+
+
+# ======================================================================================================================
+# Data
+# ======================================================================================================================
+
+
+@dataclass
+class ZemelData:
+    """A corpus ready for ZEMEL: mention rows per split, one KB per split, the full KB.
+
+    Rows are plain dicts: ``id``, ``text``, ``mention``, ``mention_start``, ``mention_end``, ``entity_id``, ``image``
+    (path, PIL image or None), ``image_key`` (rows of one image share it) and, for corpora with boxes (ZEMELD),
+    ``box``, ``box_index``, ``image_boxes``, ``image_id``. KB entries: ``entity_id``, ``name``, ``description``,
+    ``images`` (paths / PIL images).
+    """
+
+    dataset: str
+    mentions: dict[str, list[dict]]
+    kbs: dict[str, dict[str, dict]]
+    full_kb: dict[str, dict]
+    has_boxes: bool = False
+    zero_shot: bool = False
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any mention or KB entity has an image."""
+        return any(r.get("image") is not None for rows in self.mentions.values() for r in rows) or any(
+            e.get("images") for e in self.full_kb.values()
+        )
+
+    def split(self, name: str) -> list[dict]:
+        """Rows of a split (``dev`` and ``validation`` are the same); ValueError naming the available splits."""
+        key = canonical_split(name)
+        if key not in self.mentions:
+            raise ValueError(
+                f"split {name!r} is not in the {self.dataset} corpus; available splits: {sorted(self.mentions)}"
+            )
+        return self.mentions[key]
+
+    def kb_for(self, name: str, eval_kb: str = "split") -> dict[str, dict]:
+        """KB of a split: its own entities (``eval_kb="split"``, when the corpus has per-split KBs) or the full KB."""
+        if eval_kb not in EVAL_KB_MODES:
+            raise ValueError(f"unknown eval_kb {eval_kb!r}; choose one of {list(EVAL_KB_MODES)}")
+        key = canonical_split(name)
+        if eval_kb == "split" and key in self.kbs and self.kbs[key]:
+            return self.kbs[key]
+        return self.full_kb
+
+
+def _image_ref(value: Any) -> Any:
+    """A path (when the file exists) or a PIL image from an undecoded ``datasets.Image`` value; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        path = value.get("path")
+        if path and os.path.isfile(path):
+            return path
+        if value.get("bytes"):
+            from PIL import Image
+
+            return Image.open(io.BytesIO(value["bytes"]))
+        return None
+    return value  # a PIL image
+
+
+def _import_zemeld():
+    try:
+        from .corpus import import_script
+
+        return import_script("zemeld").Zemeld
+    except ImportError:  # pragma: no cover - corpus.py absent: import the builder by path
+        import importlib.util
+        import sys
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[1] / "datasets_scripts" / "zemeld" / "zemeld.py"
+        if not path.is_file():
+            raise ValueError(f"the ZEMELD builder {path} is missing; a source checkout of modeling-mel is needed")
+        spec = importlib.util.spec_from_file_location("zemeld", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["zemeld"] = module
+        spec.loader.exec_module(module)
+        return module.Zemeld
+
+
+def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
+    zemeld_cls = _import_zemeld()
+    built = {}
+    for config in ("mentions", "kb"):
+        builder = zemeld_cls(config_name=config, data_dir=os.path.abspath(data_dir), cache_dir=cache_dir)
+        builder.download_and_prepare()  # raises ValueError on a zero-shot violation (a dev/test entity in train)
+        built[config] = builder.as_dataset()
+    mentions = {}
+    for split, ds in built["mentions"].items():
+        rows = []
+        for r in ds:
+            rows.append(
+                {
+                    "id": r["id"],
+                    "text": r["caption"],
+                    "mention": r["mention"],
+                    "mention_start": int(r["mention_start"]),
+                    "mention_end": int(r["mention_end"]),
+                    "entity_id": r["entity_id"],
+                    "image": r["image"],
+                    "image_key": r["image_id"],
+                    "image_id": r["image_id"],
+                    "box": [float(v) for v in r["box"]],
+                    "box_index": int(r["box_index"]),
+                    "image_boxes": [[float(v) for v in b] for b in r["image_boxes"]],
+                }
+            )
+        mentions[canonical_split(split)] = rows
+
+    def kb_rows(ds) -> dict[str, dict]:
+        return {
+            r["entity_id"]: {"entity_id": r["entity_id"], "name": r["name"], "description": r["description"],
+                             "images": list(r["images"] or [])}
+            for r in ds
+        }
+
+    kbs = {canonical_split(s): kb_rows(ds) for s, ds in built["kb"].items() if s != "full"}
+    return ZemelData("zemeld", mentions, kbs, kb_rows(built["kb"]["full"]), has_boxes=True, zero_shot=True)
+
+
+def _load_mel_jsonl(data_dir: str, cache_dir: str | None) -> ZemelData:
+    from .corpus import load_mel_corpus
+
+    dd = load_mel_corpus("mel_jsonl", data_dir, "mentions", cache_dir=cache_dir)
+    kb = load_mel_corpus("mel_jsonl", data_dir, "kb", cache_dir=cache_dir)
+    if isinstance(kb, datasets.DatasetDict):
+        kb = kb[list(kb)[0]]
+    mentions = {}
+    for split, ds in dd.items():
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+        mentions[canonical_split(split)] = [
+            {
+                "id": r["id"],
+                "text": r["text"],
+                "mention": r["mention"],
+                "mention_start": int(r["mention_start"]),
+                "mention_end": int(r["mention_end"]),
+                "entity_id": r["entity_id"],
+                "image": _image_ref(r["image"]),
+                "image_key": r["id"],
+            }
+            for r in ds
+        ]
+    kb = kb.select_columns([c for c in ("entity_id", "name", "description", "images") if c in kb.column_names])
+    if "images" in kb.column_names:
+        kb = kb.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    full = {
+        r["entity_id"]: {
+            "entity_id": r["entity_id"],
+            "name": r.get("name") or "",
+            "description": r.get("description") or "",
+            "images": [x for x in (_image_ref(v) for v in r.get("images") or []) if x is not None],
+        }
+        for r in kb
+    }
+    return ZemelData("mel_jsonl", mentions, {}, full, has_boxes=False, zero_shot=False)
+
+
+def load_zemel_data(dataset: str, data_dir: str, cache_dir: str | None = None) -> ZemelData:
+    """Load a corpus for ZEMEL: ``zemeld`` (builder of ``datasets_scripts/zemeld``; its zero-shot check raises
+    ValueError when a dev/test entity occurs in train) or ``mel_jsonl`` (generic layout; one KB for all splits)."""
+    if dataset not in ZEMEL_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(ZEMEL_DATASETS)}")
+    if not data_dir or not os.path.isdir(data_dir):
+        raise ValueError(f"data_dir {data_dir!r} is not a directory; pass the folder holding the {dataset} files")
+    data = _load_zemeld(data_dir, cache_dir) if dataset == "zemeld" else _load_mel_jsonl(data_dir, cache_dir)
+    logger.info(
+        "%s: mentions %s, KB %d entities%s", dataset, {s: len(r) for s, r in data.mentions.items()}, len(data.full_kb),
+        "" if data.has_images else " (no images: text only)",
+    )
+    return data
+
+
+def check_zero_shot(train_rows: Sequence[Mapping], eval_rows: Sequence[Mapping], split: str) -> list[str]:
+    """Entity ids of ``eval_rows`` that also occur in ``train_rows`` (sorted)."""
+    seen = {r["entity_id"] for r in train_rows}
+    return sorted({r["entity_id"] for r in eval_rows} & seen)
+
+
+# ======================================================================================================================
+# Image features
+# ======================================================================================================================
+
+
+def build_image_extractor(
+    image_model: str = "microsoft/resnet-50",
+    image_size: int = 224,
+    cache_dir: str | None = None,
+    batch_size: int = 32,
+):
+    """An :class:`~modeling_mel.image_features.ImageFeatureExtractor`; ``image_model="tiny"`` builds a small
+    random-init ResNet with a 64-d output (fast; tests and demos; the model's ``v_feature_dim`` follows it)."""
+    from .image_features import ImageFeatureExtractor, tiny_resnet_config
+
+    if image_model == TINY_IMAGE_MODEL:
+        return ImageFeatureExtractor(None, cache_dir=cache_dir, config=tiny_resnet_config(TINY_IMAGE_FEATURE_DIM), image_size=image_size,
+                                     batch_size=batch_size)
+    return ImageFeatureExtractor(image_model, cache_dir=cache_dir, image_size=image_size, batch_size=batch_size)
+
+
+class RegionFeatures:
+    """Visual inputs of ZEMEL computed once: per image the whole-image feature and one crop feature per box; per
+    entity the features of its KB images.
+
+    ``context(row)`` gives the whole image and the row's own box (pairing given); ``context(row, box_index=j)`` the
+    whole image and box ``j`` of the row's image (V-T-KG). Rows without image give None (text only).
+    """
+
+    def __init__(self, extractor, max_entity_images: int = 9, chunk: int = 256):
+        self.extractor = extractor
+        self.max_entity_images = int(max_entity_images)
+        self.chunk = int(chunk)
+        self._images: dict[str, dict[str, torch.Tensor]] = {}
+        self._entities: dict[str, np.ndarray | None] = {}
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.extractor.feature_dim)
+
+    def add_rows(self, rows: Sequence[Mapping[str, Any]], progress: bool = False) -> None:
+        """Encode the images (and box crops) of `rows` not seen yet, in batches."""
+        from .image_features import ImageReadError, open_image
+        from .processing_zemel import WHOLE_IMAGE_SPATIAL, box_spatial
+
+        todo: dict[str, Mapping] = {}
+        for r in rows:
+            key = r.get("image_key", r["id"])
+            if r.get("image") is not None and key not in self._images and key not in todo:
+                todo[key] = r
+        items = list(todo.items())
+        starts = range(0, len(items), self.chunk)
+        if progress and len(items) > self.chunk:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="region features", unit="chunk")
+        for start in starts:
+            part = items[start : start + self.chunk]
+            wholes, crops, owners = [], [], []  # owners: (key, image size, boxes, index of the first crop)
+            for key, r in part:
+                try:
+                    pil = open_image(r["image"])
+                except ImageReadError as err:
+                    logger.warning("image of %s unreadable (%s): text only", key, err)
+                    self._images[key] = None
+                    continue
+                boxes = [list(b) for b in (r.get("image_boxes") or [])]
+                owners.append((key, pil.size, boxes, len(crops)))
+                wholes.append(pil)
+                crops += [pil.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+            if not wholes:
+                continue
+            whole_feats = self.extractor.encode(wholes)  # (n_images, D)
+            crop_feats = self.extractor.encode(crops) if crops else np.zeros((0, self.feature_dim), np.float32)
+            for (key, size, boxes, first), whole in zip(owners, whole_feats):
+                feats = [torch.from_numpy(whole)[None]]
+                spatial = [torch.tensor([WHOLE_IMAGE_SPATIAL])]
+                if boxes:
+                    feats.append(torch.from_numpy(crop_feats[first : first + len(boxes)]))
+                    spatial.append(torch.tensor(box_spatial(boxes, *size), dtype=torch.float32))
+                self._images[key] = {"features": torch.cat(feats), "spatial": torch.cat(spatial)}
+
+    def add_entities(self, kb: Mapping[str, Mapping[str, Any]], progress: bool = False) -> None:
+        """Encode the KB images (at most ``max_entity_images`` each) of entities not seen yet."""
+        refs, owners = [], []
+        for eid, entity in kb.items():
+            if eid in self._entities:
+                continue
+            images = list(entity.get("images") or [])[: self.max_entity_images]
+            owners.append((eid, len(refs), len(images)))
+            refs += images
+        feats = self.extractor.encode(refs, progress=progress) if refs else np.zeros((0, self.feature_dim), np.float32)
+        for eid, first, n in owners:
+            self._entities[eid] = feats[first : first + n] if n else None
+
+    def context(self, row: Mapping[str, Any], box_index: int | None = None) -> dict[str, torch.Tensor] | None:
+        """Regions of a mention context: the whole image, then box ``box_index`` (default: the row's own box)."""
+        regions = self._images.get(row.get("image_key", row["id"]))
+        if regions is None:
+            return None
+        j = row.get("box_index") if box_index is None else box_index
+        if j is None or regions["features"].shape[0] == 1:
+            return {"features": regions["features"][:1], "spatial": regions["spatial"][:1]}
+        keep = [0, 1 + int(j)]
+        return {"features": regions["features"][keep], "spatial": regions["spatial"][keep]}
+
+    def entity(self, entity_id: str) -> np.ndarray | None:
+        """Features ``(N, D)`` of an entity's KB images, or None."""
+        return self._entities.get(entity_id)
+
+
+# ======================================================================================================================
+# Candidate cache and scoring
+# ======================================================================================================================
+
+
+def _autocast(bf16: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _batches(n: int, batch_size: int, lengths: Sequence[int], progress: bool, desc: str) -> Iterable[list[int]]:
+    order = sorted(range(n), key=lambda i: lengths[i])
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch")
+    for s in starts:
+        yield order[s : s + batch_size]
+
+
+@dataclass
+class CandidateCache:
+    """Cached candidate vectors of a KB: ``vectors[i]`` (``(C, H)``, float32, CPU) belongs to ``entity_ids[i]``."""
+
+    entity_ids: list[str]
+    vectors: torch.Tensor
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            self.index = {e: i for i, e in enumerate(self.entity_ids)}
+
+
+def encode_kb(
+    model,
+    processor,
+    kb: Mapping[str, Mapping[str, Any]],
+    entity_features: Callable[[str], Any] | None = None,
+    batch_size: int = 64,
+    max_length: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+) -> CandidateCache:
+    """Encode every KB entity once (``[CLS] name [ENT] description [SEP]`` + its images) into a cache.
+
+    Length-sorted batches under ``torch.inference_mode`` (and bf16 autocast with ``bf16=True``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    ids = list(kb)
+    if not ids:
+        raise ValueError("the KB is empty: nothing to encode")
+    device = next(model.parameters()).device
+    names = [str(kb[e].get("name") or "") for e in ids]
+    descriptions = [kb[e].get("description") for e in ids]
+    lengths = [len(n) + len(d or "") for n, d in zip(names, descriptions)]
+    vectors = torch.zeros(len(ids), model.config.hidden_size)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _autocast(bf16, device):
+        for idx in _batches(len(ids), batch_size, lengths, progress, "encoding KB"):
+            feats = [entity_features(ids[i]) for i in idx] if entity_features is not None else None
+            enc = processor.encode_candidates(
+                [names[i] for i in idx], [descriptions[i] for i in idx], feats, max_length=max_length
+            )
+            enc = {k: v.to(device) for k, v in enc.items()}
+            vectors[idx] = model.encode_candidates(**enc).float().cpu()  # (b, H)
+    model.train(was_training)
+    return CandidateCache(ids, vectors)
+
+
+def _span(row: Mapping[str, Any]) -> Any:
+    if row.get("mention_start") is not None and row.get("mention_end") is not None:
+        return (int(row["mention_start"]), int(row["mention_end"]))
+    return row["mention"]
+
+
+def score_contexts(
+    model,
+    processor,
+    rows: Sequence[Mapping[str, Any]],
+    candidate_lists: Sequence[Sequence[str]],
+    cache: CandidateCache,
+    regions: Callable[[Mapping[str, Any]], Any] | None = None,
+    batch_size: int = 64,
+    max_length: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Scores of each row's context against the cached vectors of its own candidates (one list per row, same order
+    as ``candidate_lists[i]``). Contexts are encoded once, in length-sorted batches, under ``inference_mode``."""
+    if len(rows) != len(candidate_lists):
+        raise ValueError(f"{len(rows)} rows but {len(candidate_lists)} candidate lists")
+    missing = {e for c in candidate_lists for e in c if e not in cache.index}
+    if missing:
+        raise ValueError(f"candidates not in the cache (encode their KB first): {sorted(missing)[:10]}")
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[] for _ in rows]
+    lengths = [len(r.get("text") or r.get("caption") or "") for r in rows]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _autocast(bf16, device):
+        for idx in _batches(len(rows), batch_size, lengths, progress, "scoring contexts"):
+            idx = [i for i in idx if candidate_lists[i]]
+            if not idx:
+                continue
+            batch_rows = [rows[i] for i in idx]
+            reg = [regions(r) for r in batch_rows] if regions is not None else None
+            enc = processor.encode_contexts(
+                [r.get("text", r.get("caption")) for r in batch_rows], [_span(r) for r in batch_rows], reg,
+                max_length=max_length,
+            )
+            ctx = model.encode_context(**{k: v.to(device) for k, v in enc.items()})
+            k_max = max(len(candidate_lists[i]) for i in idx)
+            gather = torch.zeros(len(idx), k_max, dtype=torch.long)
+            for b, i in enumerate(idx):
+                gather[b, : len(candidate_lists[i])] = torch.tensor([cache.index[e] for e in candidate_lists[i]])
+            cand = cache.vectors[gather].to(device)  # (b, K, H): padded positions are ignored below
+            scores = model.score(ctx, cand).float().cpu()  # (b, K)
+            for b, i in enumerate(idx):
+                out[i] = scores[b, : len(candidate_lists[i])].tolist()
+    model.train(was_training)
+    return out
+
+
+# ======================================================================================================================
+# Predictions and metrics
+# ======================================================================================================================
+
+
+def best_candidate(candidates: Sequence[str], scores: Sequence[float], n: int) -> tuple[str | None, float]:
+    """The best-scored of the first ``n`` candidates (ties: the earlier one) and its score; ``(None, -inf)`` if none."""
+    best, best_score = None, float("-inf")
+    for e, s in zip(list(candidates)[:n], list(scores)[:n]):
+        if best is None or s > best_score:
+            best, best_score = e, float(s)
+    return best, best_score
+
+
+def _assign(score: np.ndarray) -> list[tuple[int, int]]:
+    """One-to-one (mention, box) pairs maximising the summed score (exhaustive for small images, else greedy)."""
+    n_m, n_b = score.shape
+    if n_m == 0 or n_b == 0:
+        return []
+    if min(n_m, n_b) <= 6 and max(n_m, n_b) <= 8:
+        best, best_pairs = float("-inf"), []
+        if n_m <= n_b:
+            for perm in itertools.permutations(range(n_b), n_m):
+                total = float(sum(score[i, j] for i, j in enumerate(perm)))
+                if total > best:
+                    best, best_pairs = total, list(enumerate(perm))
+        else:
+            for perm in itertools.permutations(range(n_m), n_b):
+                total = float(sum(score[i, j] for j, i in enumerate(perm)))
+                if total > best:
+                    best, best_pairs = total, [(i, j) for j, i in enumerate(perm)]
+        return best_pairs
+    pairs, used_m, used_b = [], set(), set()
+    for flat in np.argsort(-score, axis=None, kind="stable"):
+        i, j = divmod(int(flat), n_b)
+        if i not in used_m and j not in used_b:
+            pairs.append((i, j))
+            used_m.add(i)
+            used_b.add(j)
+    return pairs
+
+
+def predict_vt_triples(
+    rows: Sequence[Mapping[str, Any]],
+    candidate_lists: Sequence[Sequence[str]],
+    box_scores: Mapping[tuple[int, int], Sequence[float]],
+    n: int,
+) -> list[tuple]:
+    """V-T-KG predictions: pair the text mentions of each image with its boxes and link them.
+
+    For each text mention ``i`` and box ``j`` of an image, the context is encoded with box ``j`` as its region (the
+    whole image and box ``j``, exactly the input seen in training with the gold box) and scored against the mention's
+    first ``n`` candidates: ``s_ij = max_e score_ij(e)``, ``e_ij`` its argmax. The pairing is the one-to-one matching
+    of mentions and boxes with the largest ``sum s_ij`` (exhaustive search for images of up to 6 mentions or boxes,
+    greedy beyond); each matched ``(i, j)`` gives the triple ``(image_id, box_j, (start_i, end_i), e_ij)``. Mentions
+    without candidates, or left over when an image has fewer boxes than mentions, give no triple.
+
+    ``box_scores[(row_index, j)]`` are the scores of row ``row_index``'s candidates with box ``j``.
+    """
+    by_image: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_image.setdefault(r["image_id"], []).append(i)
+    triples = []
+    for image_id, members in by_image.items():
+        members = [i for i in members if candidate_lists[i]]
+        boxes = rows[by_image[image_id][0]].get("image_boxes") or []
+        if not members or not boxes:
+            continue
+        score = np.full((len(members), len(boxes)), -np.inf)
+        choice: dict[tuple[int, int], str] = {}
+        for a, i in enumerate(members):
+            for j in range(len(boxes)):
+                e, s = best_candidate(candidate_lists[i], box_scores[(i, j)], n)
+                score[a, j], choice[(a, j)] = s, e
+        for a, j in _assign(score):
+            i = members[a]
+            triples.append((image_id, boxes[j], (rows[i]["mention_start"], rows[i]["mention_end"]), choice[(a, j)]))
+    return triples
+
+
+def evaluate_split(
+    model,
+    processor,
+    rows: Sequence[Mapping[str, Any]],
+    kb: Mapping[str, Mapping[str, Any]],
+    regions: RegionFeatures | None = None,
+    ns: Sequence[int] = DEFAULT_NS,
+    batch_size: int = 64,
+    context_max_length: int = 64,
+    candidate_max_length: int = 64,
+    bf16: bool = False,
+    vt_kg: bool = True,
+    progress: bool = False,
+    return_predictions: bool = False,
+) -> dict[str, Any]:
+    """Metrics of one split at each ``N`` in ``ns`` (see the module docstring); V-T-KG when rows have boxes."""
+    ns = sorted({int(n) for n in ns})
+    if not ns or ns[0] < 1:
+        raise ValueError(f"ns must be positive candidate counts, got {ns!r}")
+    if not rows:
+        raise ValueError("the split has no mention rows to evaluate")
+    unknown = sorted({r["entity_id"] for r in rows} - set(kb))
+    if unknown:
+        logger.warning("%d gold entities are not in the evaluation KB (always missed): %s", len(unknown), unknown[:10])
+    generator = Bm25RuleCandidates(list(kb), [str(kb[e].get("name") or "") for e in kb])
+    top = max(ns)
+    lists = [generator(r["mention"], top) for r in rows]
+    gold = [r["entity_id"] for r in rows]
+
+    cache = encode_kb(model, processor, kb, regions.entity if regions is not None else None, batch_size,
+                      candidate_max_length, bf16, progress)
+    context_regions = regions.context if regions is not None else None
+    scores = score_contexts(model, processor, rows, lists, cache, context_regions, batch_size, context_max_length, bf16,
+                            progress)
+
+    results: dict[str, Any] = {"n": len(rows), "kb_size": len(kb)}
+    predictions = {}
+    for n in ns:
+        preds = [best_candidate(c, s, n)[0] for c, s in zip(lists, scores)]
+        predictions[n] = preds
+        m = linking_metrics(preds, gold, n)
+        results.update(m)
+        results[f"vt_kg_precision/{n}"] = m[f"precision/{n}"]
+        results[f"candidate_recall@{n}"] = sum(g in c[:n] for c, g in zip(lists, gold)) / len(rows)
+        results[f"random_r@1/{n}"] = sum((1.0 / len(c[:n])) if g in c[:n] else 0.0 for c, g in zip(lists, gold)) / len(rows)
+
+    has_boxes = any(r.get("image_boxes") for r in rows)
+    if vt_kg and has_boxes:
+        expanded_rows, expanded_lists, keys = [], [], []
+        for i, r in enumerate(rows):
+            for j in range(len(r.get("image_boxes") or [])):
+                expanded_rows.append(r)
+                expanded_lists.append(lists[i])
+                keys.append((i, j))
+        if context_regions is not None:
+            # one context per (mention, box j): the whole image and box j as its regions
+            wrapped = [dict(r, _vt_box=j) for r, (_, j) in zip(expanded_rows, keys)]
+
+            def regions_fn(row: Mapping[str, Any]):
+                return regions.context(row, box_index=row["_vt_box"])
+
+            box_score_lists = score_contexts(model, processor, wrapped, expanded_lists, cache, regions_fn, batch_size,
+                                             context_max_length, bf16, progress)
+        else:  # text only: every box gets the text-only scores (the pairing is then arbitrary)
+            box_score_lists = [scores[i] for i, _ in keys]
+        box_scores = dict(zip(keys, box_score_lists))
+        gold_t = gold_triples(rows)
+        for n in ns:
+            pred_t = predict_vt_triples(rows, lists, box_scores, n)
+            results.update(v_t_kg_metrics(pred_t, gold_t, n))
+    if return_predictions:
+        results["_predictions"] = {"candidates": lists, "scores": scores, "predicted": predictions}
+    return results
+
+
+def evaluate_splits(
+    model,
+    processor,
+    data: ZemelData,
+    splits: Sequence[str],
+    regions: RegionFeatures | None = None,
+    eval_kb: str = "split",
+    max_samples: int | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_split` for each split name (``dev``/``validation``, ``test``...); keys are canonical names."""
+    results = {}
+    for split in splits:
+        rows = data.split(split)
+        if max_samples is not None:
+            rows = rows[: int(max_samples)]
+        kb = data.kb_for(split, eval_kb)
+        if regions is not None:
+            regions.add_rows(rows, progress=kwargs.get("progress", False))
+            regions.add_entities(kb, progress=kwargs.get("progress", False))
+        logger.info("evaluating %s: %d mentions against a KB of %d entities", split, len(rows), len(kb))
+        results[canonical_split(split)] = evaluate_split(model, processor, rows, kb, regions, **kwargs)
+        logger.info("%s: %s", split, json.dumps(results[canonical_split(split)], sort_keys=True))
+    return results
+
+
+# ======================================================================================================================
+# Offline evaluate metric
+# ======================================================================================================================
+
+_CITATION = """\
+@article{zheng2022zemel,
+  title   = {Faster Zero-shot Multi-modal Entity Linking via Visual-Linguistic Representation},
+  author  = {Zheng, Qiushuo and Wen, Hao and Wang, Meng and Qi, Guilin and Bai, Chaoyu},
+  journal = {Data Intelligence}, volume = {4}, number = {3}, pages = {493--508}, year = {2022}
+}
+"""
+
+
+class ZemelLinkingMetric(evaluate.Metric):
+    """Offline ``evaluate`` metric: precision, R@1 and micro-F1 of ZEMEL linking at ``n`` candidates.
+
+    ``predictions``: the predicted entity id of each mention (``""`` when its candidate list is empty: no
+    prediction); ``references``: the gold ids; ``n`` (optional): the candidate count, used as key suffix.
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="ZEMEL linking: precision = correct / mentions with a prediction; R@1 = correct / all gold "
+            "mentions; micro-F1 = 2PR/(P+R). A gold entity outside the candidate list is a miss.",
+            citation=_CITATION,
+            inputs_description="predictions (list[str]): predicted entity id, '' for none; references (list[str]): "
+            "gold entity ids; n (int, optional): number of candidates (key suffix '/n').",
+            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, n: int | None = None) -> dict[str, float]:
+        preds = [p if p else None for p in predictions]
+        return linking_metrics(preds, list(references), n)
+
+
+__all__ = [
+    "ZEMEL_DATASETS",
+    "IMAGE_FEATURE_MODES",
+    "EVAL_KB_MODES",
+    "ZemelData",
+    "load_zemel_data",
+    "check_zero_shot",
+    "canonical_split",
+    "build_image_extractor",
+    "RegionFeatures",
+    "CandidateCache",
+    "encode_kb",
+    "score_contexts",
+    "best_candidate",
+    "predict_vt_triples",
+    "evaluate_split",
+    "evaluate_splits",
+    "ZemelLinkingMetric",
+]

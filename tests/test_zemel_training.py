@@ -1,0 +1,268 @@
+"""ZEMEL training and evaluation end to end: train/train_zemel.py and train/evaluate_zemel.py on the ZEMELD sample
+(tiny random BERT with the MiniLM vocabulary, tiny random ResNet features), a text-only mel_jsonl corpus, the cached
+scoring of modeling_mel.zemel_evaluation against the model's forward, V-T-KG pairing, and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+TINY_MODEL_ARGS = [
+    "--image_model", "tiny", "--image_size", "32", "--v_hidden_size", "32", "--v_intermediate_size", "32",
+    "--v_num_attention_heads", "4", "--v_num_hidden_layers", "1", "--bi_hidden_size", "32",
+    "--bi_num_attention_heads", "4", "--poly_m", "4", "--max_regions", "3", "--max_entity_images", "1",
+    "--context_max_length", "24", "--candidate_max_length", "24", "--num_candidates", "3",
+    "--per_device_train_batch_size", "16", "--save_strategy", "no", "--use_cpu", "--disable_tqdm", "true",
+    "--logging_steps", "25",
+]
+METRIC_KEYS = ["precision", "r@1", "micro_f1", "vt_kg_precision", "v_t_kg_precision", "v_t_kg_recall", "v_t_kg_micro_f1"]
+
+
+def _script(repo_root: str, name: str):
+    path = os.path.join(repo_root, "train", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"test_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on a shared 2-core machine are many times slower than one for these tiny matrices."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scripts(repo_root):
+    return _script(repo_root, "train_zemel"), _script(repo_root, "evaluate_zemel")
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory, minilm_tokenizer):
+    """A random 2-layer, 32-wide BERT with the MiniLM (bert-base-uncased) vocabulary, saved with its tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tinybert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    minilm_tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def zemeld_raw(tmp_path_factory, repo_root):
+    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
+    from generate_sample import generate
+
+    out = tmp_path_factory.mktemp("zemeld") / "raw"
+    generate(str(out), seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, scripts, tiny_backbone, zemeld_raw):
+    out = str(tmp_path_factory.mktemp("zemel_run") / "out")
+    cache = str(tmp_path_factory.mktemp("zemel_ds_cache"))
+    argv = ["--dataset", "zemeld", "--data_dir", zemeld_raw, "--output_dir", out, "--backbone", tiny_backbone,
+            "--dataset_cache_dir", cache, "--max_steps", "200", "--learning_rate", "3e-3", "--warmup_steps", "0.05",
+            "--seed", "0", *TINY_MODEL_ARGS]
+    result = scripts[0].main(argv)
+    return {"out": out, "cache": cache, "result": result}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def test_help_exits_zero(scripts, capsys):
+    for module in scripts:
+        with pytest.raises(SystemExit) as exc:
+            module.main(["--help"])
+        assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--num_candidates", "--scoring", "--poly_m", "--image_features", "--resume_from_checkpoint",
+                   "--model_path", "--eval_kb"):
+        assert option in text
+
+
+def test_end_to_end_writes_results_and_reloadable_model(trained):
+    out = trained["out"]
+    results = json.load(open(os.path.join(out, "eval_results.json")))
+    assert set(results) == {"dev", "test"}
+    for split, metrics in results.items():
+        for n in (5, 100):
+            for key in METRIC_KEYS:
+                assert 0.0 <= metrics[f"{key}/{n}"] <= 1.0, (split, key, n)
+            assert f"candidate_recall@{n}" in metrics
+            assert metrics[f"r@1/{n}"] <= metrics[f"candidate_recall@{n}"] + 1e-9
+        assert metrics["n"] > 0
+    assert {"config.json", "model.safetensors", "modeling_zemel.py", "processor_config.json"} <= set(os.listdir(out))
+
+    import modeling_mel  # noqa: F401 - registration
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_mel.modeling_zemel import ZemelPolyEncoder
+
+    model = AutoModel.from_pretrained(out)
+    assert isinstance(model, ZemelPolyEncoder) and model.config.scoring == "poly" and model.config.poly_m == 4
+    assert model.config.image_model == "tiny" and model.config.v_feature_dim == 64
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.tokenizer.convert_tokens_to_ids("[ENT]") == model.config.entity_token_id
+
+
+def test_loss_goes_down_and_beats_random_on_unseen_entities(trained):
+    losses = trained["result"]["train"]["losses"]
+    assert len(losses) >= 6 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
+    test = json.load(open(os.path.join(trained["out"], "eval_results.json")))["test"]
+    # test entities never occur in training (ZEMELD zero-shot split); random = uniform pick in the candidate list
+    assert test["r@1/100"] > test["random_r@1/100"] + 0.05, test
+
+
+def test_cached_scoring_equals_forward(trained, zemeld_raw):
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_mel.candidates import Bm25RuleCandidates
+    from modeling_mel.zemel_evaluation import RegionFeatures, build_image_extractor, encode_kb, load_zemel_data, score_contexts
+    from modeling_mel.zemel_training import ZemelCollator
+
+    model = AutoModel.from_pretrained(trained["out"]).eval()
+    processor = AutoProcessor.from_pretrained(trained["out"])
+    data = load_zemel_data("zemeld", zemeld_raw, trained["cache"])
+    rows, kb = data.split("test"), data.kb_for("test")
+    regions = RegionFeatures(build_image_extractor("tiny", 32), max_entity_images=1)
+    regions.add_rows(rows)
+    regions.add_entities(kb)
+    gen = Bm25RuleCandidates(list(kb), [e["name"] for e in kb.values()])
+    picked = [r for r in rows if len(gen(r["mention"], 100)) >= 2][:4]
+    lists = [gen(r["mention"], 100) for r in picked]
+    cache = encode_kb(model, processor, kb, regions.entity, batch_size=5, max_length=24)
+    cached = score_contexts(model, processor, picked, lists, cache, regions.context, batch_size=3, max_length=24)
+    for row, ids, scores in zip(picked, lists, cached):
+        collator = ZemelCollator(processor, kb, mode="list", num_candidates=len(ids), context_regions=regions.context,
+                                 entity_image_features=regions.entity, context_max_length=24, candidate_max_length=24,
+                                 train=False)
+        batch = collator([dict(row, candidates=ids)])
+        batch.pop("labels")
+        with torch.no_grad():
+            direct = model(**batch).scores[0]  # (K,): candidates encoded inside the forward, no cache
+        torch.testing.assert_close(torch.tensor(scores), direct, atol=1e-4, rtol=1e-4)
+
+
+def test_evaluate_script_matches_training_evaluation(trained, scripts, zemeld_raw, tmp_path):
+    results = scripts[1].main(["--model_path", trained["out"], "--dataset", "zemeld", "--data_dir", zemeld_raw,
+                               "--dataset_cache_dir", trained["cache"], "--eval_splits", "test",
+                               "--output_dir", str(tmp_path)])
+    at_training = json.load(open(os.path.join(trained["out"], "eval_results.json")))["test"]
+    for key in ("r@1/5", "precision/100", "v_t_kg_micro_f1/5", "candidate_recall@100"):
+        assert results["test"][key] == pytest.approx(at_training[key], abs=1e-6), key
+    assert os.path.isfile(tmp_path / "eval_results.json")
+
+
+def _mel_jsonl_from_zemeld(raw: str, out) -> str:
+    """The ZEMELD sample as a text-only mel_jsonl corpus (captions, mentions, KB names and descriptions; no image)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(raw, "annotations.jsonl")) as f, open(os.path.join(out, "mentions.jsonl"), "w") as g:
+        for line in f:
+            ann = json.loads(line)
+            for j, e in enumerate(ann["entities"]):
+                g.write(json.dumps({"id": f"{ann['image_id']}-{j}", "text": ann["caption"], "mention": e["mention"],
+                                    "mention_start": e["mention_start"],
+                                    "mention_end": e["mention_start"] + len(e["mention"]),
+                                    "entity_id": e["entity_id"], "split": ann["split"]}) + "\n")
+    with open(os.path.join(raw, "kb.jsonl")) as f, open(os.path.join(out, "kb.jsonl"), "w") as g:
+        for line in f:
+            e = json.loads(line)
+            g.write(json.dumps({"entity_id": e["entity_id"], "name": e["name"], "description": e["description"]}) + "\n")
+    return str(out)
+
+
+def test_text_only_mel_jsonl_corpus(scripts, tiny_backbone, zemeld_raw, tmp_path):
+    data_dir = _mel_jsonl_from_zemeld(zemeld_raw, tmp_path / "jsonl")
+    out = tmp_path / "out"
+    result = scripts[0].main(["--dataset", "mel_jsonl", "--data_dir", data_dir, "--output_dir", str(out),
+                              "--backbone", tiny_backbone, "--dataset_cache_dir", str(tmp_path / "cache"),
+                              "--max_steps", "4", "--learning_rate", "1e-3", "--eval_splits", "test",
+                              "--max_eval_samples", "20", *TINY_MODEL_ARGS])  # --image_features resnet50 (default)
+    metrics = json.load(open(out / "eval_results.json"))["test"]
+    assert metrics["n"] == 20 and "precision/5" in metrics and "micro_f1/100" in metrics
+    assert not any(k.startswith("v_t_kg") for k in metrics)  # no boxes: V-T-KG does not apply
+    assert json.load(open(out / "config.json"))["image_features"] == "none"
+    assert len(result["train"]["losses"]) >= 0
+
+
+def test_bad_input_fails_before_training(scripts, tiny_backbone, zemeld_raw, tmp_path):
+    train = scripts[0]
+    base = ["--data_dir", zemeld_raw, "--output_dir", str(tmp_path / "o"), "--backbone", tiny_backbone,
+            "--dataset_cache_dir", str(tmp_path / "cache"), *TINY_MODEL_ARGS]
+    with pytest.raises(ValueError, match="unknown --dataset 'wikidata'"):
+        train.main(["--dataset", "wikidata", *base])
+    with pytest.raises(ValueError, match="unknown --scoring 'cross'"):
+        train.main(["--dataset", "zemeld", "--scoring", "cross", *base])
+    with pytest.raises(ValueError, match="split 'bogus' is not in the zemeld corpus"):
+        train.main(["--dataset", "zemeld", "--eval_splits", "dev,bogus", *base])
+    # a test entity moved into a training image: the ZEMELD zero-shot check raises before any model is built
+    leaky = tmp_path / "leaky"
+    shutil.copytree(zemeld_raw, leaky)
+    anns = [json.loads(line) for line in open(leaky / "annotations.jsonl")]
+    test_ann = next(a for a in anns if a["split"] == "test")
+    train_ann = next(a for a in anns if a["split"] == "train")
+    train_ann["entities"][0]["entity_id"] = test_ann["entities"][0]["entity_id"]
+    with open(leaky / "annotations.jsonl", "w") as f:
+        f.writelines(json.dumps(a) + "\n" for a in anns)
+    with pytest.raises(ValueError, match="zero-shot"):
+        train.main(["--dataset", "zemeld", *[str(leaky) if a == zemeld_raw else a for a in base]])
+    assert not os.path.exists(tmp_path / "o" / "model.safetensors")
+
+
+def test_v_t_kg_pairing_predictor():
+    from modeling_mel.zemel_evaluation import predict_vt_triples
+    from modeling_mel.zemel_metrics import gold_triples, v_t_kg_metrics
+
+    boxes = [[0, 0, 10, 10], [20, 20, 30, 30]]
+    rows = [
+        {"image_id": "i", "image_boxes": boxes, "box": boxes[0], "mention_start": 0, "mention_end": 3, "entity_id": "A"},
+        {"image_id": "i", "image_boxes": boxes, "box": boxes[1], "mention_start": 8, "mention_end": 11, "entity_id": "B"},
+    ]
+    lists = [["A", "X"], ["B", "A"]]
+    # mention 0 prefers box 0 with entity A; mention 1 fits box 1 best (greedy on mention 1 alone would take box 0)
+    scores = {(0, 0): [5.0, 1.0], (0, 1): [0.0, 1.0], (1, 0): [6.0, 0.0], (1, 1): [4.0, 0.0]}
+    pred = predict_vt_triples(rows, lists, scores, n=5)
+    assert sorted(pred, key=lambda t: t[2]) == [("i", boxes[0], (0, 3), "A"), ("i", boxes[1], (8, 11), "B")]
+    assert v_t_kg_metrics(pred, gold_triples(rows))["v_t_kg_micro_f1"] == 1.0
+    # at n=1 mention 1 keeps only B: same pairing
+    assert len(predict_vt_triples(rows, lists, scores, n=1)) == 2
+    # a mention without candidates gives no triple: recall drops, precision stays
+    pred = predict_vt_triples(rows, [["A"], []], scores, n=5)
+    m = v_t_kg_metrics(pred, gold_triples(rows))
+    assert m["v_t_kg_precision"] == 1.0 and m["v_t_kg_recall"] == 0.5
+
+
+def test_evaluate_metric_module_matches_functions():
+    from modeling_mel.zemel_evaluation import ZemelLinkingMetric
+    from modeling_mel.zemel_metrics import linking_metrics
+
+    preds, gold = ["a", "", "c", "x"], ["a", "b", "c", "d"]
+    got = ZemelLinkingMetric().compute(predictions=preds, references=gold, n=5)
+    assert got == linking_metrics(["a", None, "c", "x"], gold, 5)
+    assert got["precision/5"] == pytest.approx(2 / 3) and got["r@1/5"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_minilm_training_beats_random(scripts, zemeld_raw, tmp_path):
+    """The embedded pre-trained MiniLM as text backbone (a few minutes on 2 shared cores)."""
+    out = tmp_path / "out"
+    args = [a for a in TINY_MODEL_ARGS]
+    scripts[0].main(["--dataset", "zemeld", "--data_dir", zemeld_raw, "--output_dir", str(out), "--backbone", "minilm",
+                     "--dataset_cache_dir", str(tmp_path / "cache"), "--max_steps", "40", "--learning_rate", "1e-4",
+                     "--eval_splits", "test", *args])
+    test = json.load(open(out / "eval_results.json"))["test"]
+    assert test["r@1/100"] > test["random_r@1/100"] + 0.05, test
