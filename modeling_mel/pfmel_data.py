@@ -546,7 +546,12 @@ class PFMELCorpus:
             raise ValueError("the KB has no entities")
         ids = list(self.entities)
         if candidate_fn is None:
-            candidate_fn = _name_rule(ids, [self.entities[e].get("name") or "" for e in ids])
+            try:  # the shared implementation (fast on large KBs); same rule as _name_rule
+                from .candidates import NameRuleCandidates
+
+                candidate_fn = NameRuleCandidates({e: self.entities[e].get("name") or "" for e in ids})
+            except ImportError:  # pragma: no cover
+                candidate_fn = _name_rule(ids, [self.entities[e].get("name") or "" for e in ids])
         self.candidate_fn = candidate_fn
         self._entity_text: dict[str, str] = {}
         self._entity_context: dict[str, str] = {}

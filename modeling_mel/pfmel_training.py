@@ -61,6 +61,28 @@ class PFMELTrainer(Trainer):
         self._task_counts = torch.zeros(n, dtype=torch.float64)
         self.loss_is_scaled_for_ga = False  # our loss is a per-batch quantity; Trainer divides by GA steps
 
+    def create_optimizer(self, model=None):
+        """AdamW as usual; with ``args.head_learning_rate`` the new layers (``image_projection``, ``cls``) get that
+        learning rate instead of ``learning_rate`` (they start from random weights, BERT does not)."""
+        head_lr = getattr(self.args, "head_learning_rate", None)
+        if head_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                head = name.startswith(("image_projection.", "cls.")) or ".image_projection." in name or ".cls." in name
+                groups.setdefault((head, name in decay), []).append(p)
+        params = [
+            {"params": ps, "lr": head_lr if head else self.args.learning_rate, "weight_decay": self.args.weight_decay if dec else 0.0}
+            for (head, dec), ps in groups.items()
+        ]
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(params, lr=self.args.learning_rate, **kwargs)
+        return self.optimizer
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         inputs = dict(inputs)
         task_ids = inputs.pop("task_ids", None)
@@ -269,6 +291,9 @@ class PFMELPretrainingArguments(TrainingArguments):
     save_strategy: str = field(default="epoch", metadata={"help": "checkpoint every epoch (resume with --resume_from_checkpoint)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep the last N checkpoints"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the new layers (image projection, NSP head); default: --learning_rate"}
+    )
     tasks: list[str] = field(
         default_factory=lambda: list(TASKS), metadata={"help": f"pre-training tasks, any of {list(TASKS)}"}
     )
@@ -298,6 +323,9 @@ class PFMELFinetuningArguments(TrainingArguments):
     save_strategy: str = field(default="epoch", metadata={"help": "checkpoint every epoch (resume with --resume_from_checkpoint)"})
     save_total_limit: int | None = field(default=2, metadata={"help": "keep the last N checkpoints"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the new layers (image projection, NSP head); default: --learning_rate"}
+    )
     train_split: str = field(default="train", metadata={"help": "fine-tuning split: train, train07 or train05"})
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"], metadata={"help": "splits evaluated at the end"})
     num_negatives: int = field(default=32, metadata={"help": "negatives (other candidates) per mention, at most"})

@@ -269,3 +269,17 @@ def test_ablations_quick_tiny(base_argv, tiny_backbone, tmp_path):
     table = open(os.path.join(out, "results.md")).read()
     for v in ("NSP-BERT", "PFMELm", "PFMEL07"):
         assert v in table and len(results["runs"][v]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known gap: seed-0 quick demo gives PFMEL dev 0.686 vs name-match 0.703 (test 0.683 vs 0.587)", strict=False)
+def test_demo_beats_name_match(tmp_path):
+    """The quick demo (real MiniLM, sample corpus, seed 0): PFMEL beats the name-match baseline on dev and test."""
+    from modeling_mel.demo import run_demo
+
+    results = run_demo(str(tmp_path / "demo"), quick=True, seed=0)
+    for split in ("dev", "test"):
+        acc = results["accuracy"][split]
+        assert acc["PFMEL"] > acc["name-match"], (split, acc)
+    assert os.path.isfile(os.path.join(results["model_dir"], "config.json"))
+    assert results["example"]["ranked"]

@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     common = dict(report_to="none", save_strategy="no", disable_tqdm=True, max_steps=abl.max_steps, logging_steps=10)
     if abl.quick:
-        common.update(per_device_train_batch_size=16, learning_rate=5e-5, bf16=True)
+        import torch
+
+        common.update(per_device_train_batch_size=16, learning_rate=5e-5, bf16=True, use_cpu=not torch.cuda.is_available())
     runs: dict[str, list[dict]] = {v: [] for v in abl.variants}
     for seed in abl.seeds:
         pretrained: dict[tuple, str] = {}
