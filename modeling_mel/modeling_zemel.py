@@ -98,6 +98,15 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (1.0 - mask) * torch.finfo(dtype).min
 
 
+def _autocast(dtype: torch.dtype | None, device: torch.device | str):
+    """`torch.autocast` for `dtype` on `device`'s type, or a no-op context when `dtype` is None / float32."""
+    import contextlib
+
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
 class ZemelTextEmbeddings(nn.Module):
     """BERT embeddings (word + position + token type, LayerNorm, dropout); names as in `BertEmbeddings`."""
 
@@ -649,6 +658,154 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         attn = torch.bmm(cand, codes.transpose(1, 2)).softmax(dim=-1)  # (B, K, m): eq. 4
         ctx = torch.bmm(attn, codes)  # (B, K, H): eq. 3
         return (ctx * cand).sum(dim=-1)  # (B, K): eq. 5
+
+    # -- fast inference paths ----------------------------------------------------------------------------------------
+    def fast_encode_candidates(
+        self,
+        input_ids: torch.LongTensor | list[list[int]],
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_spatial: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        batch_size: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Candidate cache `(K, H)` (float32, input order) for many candidates: length-sorted batches, each cut to
+        its longest sequence, under `torch.inference_mode` and optional CPU/GPU autocast (`torch.bfloat16`).
+
+        `input_ids` is a padded `(K, T)` tensor (with `attention_mask`) or a list of unpadded token-id lists (a
+        cached tokenisation, e.g. `processor.tokenize_candidates`). In float32 the result equals
+        :meth:`encode_candidates` up to float rounding.
+        """
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        device = self.device
+        if isinstance(input_ids, torch.Tensor):
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (K, T) or a list of id lists, got shape {tuple(input_ids.shape)}")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            lengths = attention_mask.sum(-1).tolist()
+            ids_rows = None
+        else:
+            ids_rows = [list(map(int, r)) for r in input_ids]
+            lengths = [len(r) for r in ids_rows]
+        n = len(lengths)
+        out = torch.zeros(n, self.config.text_config.hidden_size, dtype=torch.float32, device=device)
+        if n == 0:
+            return out
+        pad = self.config.text_config.pad_token_id or 0
+        order = sorted(range(n), key=lambda i: lengths[i])
+        was_training = self.training
+        if was_training:  # train()/eval() walk every submodule: ~ms per call on this model, so only when needed
+            self.eval()
+        try:
+            with torch.inference_mode(), _autocast(autocast_dtype, device):
+                for start in range(0, n, int(batch_size)):
+                    idx = order[start : start + int(batch_size)]
+                    width = max(1, max(lengths[i] for i in idx))
+                    sel = torch.tensor(idx)
+                    if ids_rows is None:
+                        ids = input_ids[sel, :width]
+                        mask = attention_mask[sel, :width]
+                        types = token_type_ids[sel, :width] if token_type_ids is not None else None
+                    else:
+                        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                        mask = torch.zeros((len(idx), width), dtype=torch.long)
+                        for row, i in enumerate(idx):
+                            ids[row, : lengths[i]] = torch.tensor(ids_rows[i], dtype=torch.long)
+                            mask[row, : lengths[i]] = 1
+                        types = None
+                    visual = [None if x is None else x[sel].to(device) for x in (visual_features, visual_spatial, visual_attention_mask)]
+                    pooled, _, _ = self.candidate_encoder(
+                        ids.to(device), mask.to(device), None if types is None else types.to(device), *visual
+                    )
+                    out[sel.to(device)] = pooled.float()
+        finally:
+            if was_training:
+                self.train()
+        return out
+
+    def _low_precision_copy(self, name: str, dtype: torch.dtype) -> nn.Module:
+        """Inference copy of submodule `name` with its `nn.Linear` weights in `dtype` (what autocast would cast them
+        to), run under autocast. Kept outside the module tree (not saved, not trained); rebuilt when any parameter of
+        the original changes (tensor, device or in-place version)."""
+        import copy
+
+        module = getattr(self, name)
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+        store = self.__dict__.setdefault("_low_precision_copies", {})
+        hit = store.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            low = copy.deepcopy(module).requires_grad_(False).eval()
+            for sub in low.modules():
+                if isinstance(sub, nn.Linear):
+                    sub.to(dtype)
+        store[name] = (key, low)
+        return low
+
+    def inference_context(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_spatial: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        cache_low_precision_weights: bool = True,
+    ) -> ZemelContextOutput:
+        """:meth:`encode_context` for inference: eval mode, `torch.inference_mode`, optional autocast
+        (`torch.bfloat16` on CPU) of the context encoder; the outputs and the poly codes (eq. 1-2) are float32.
+
+        With autocast, the linear weights are cast once and kept (`cache_low_precision_weights`): autocast would
+        otherwise cast every weight again on every call, which dominates batch-1 latency. The copy is rebuilt when
+        a parameter changes (in-place update, new tensor or device); the results are those of plain autocast.
+        """
+        device = self.device
+        was_training = self.training
+        if was_training:  # train()/eval() walk every submodule: ~ms per call on this model, so only when needed
+            self.eval()
+        try:
+            with torch.inference_mode():
+                encoder = self.context_encoder
+                if cache_low_precision_weights and autocast_dtype not in (None, torch.float32):
+                    encoder = self._low_precision_copy("context_encoder", autocast_dtype)
+                with _autocast(autocast_dtype, device):
+                    pooled, sequence, mask = encoder(
+                        input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask
+                    )
+                sequence, pooled = sequence.float(), pooled.float()
+                codes = self._poly_attend(sequence, mask) if self.config.scoring == "poly" else None
+                return ZemelContextOutput(sequence_output=sequence, attention_mask=mask, poly_codes=codes, pooled_output=pooled)
+        finally:
+            if was_training:
+                self.train()
+
+    def link(
+        self,
+        candidate_cache: torch.Tensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_spatial: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        cache_low_precision_weights: bool = True,
+    ) -> torch.Tensor:
+        """Inference: scores `(B, K)` (float32) of contexts against a cached candidate set (`(K, H)` or `(B, K, H)`):
+        :meth:`inference_context` (optional autocast, cached low-precision weights), then :meth:`score` in float32."""
+        self.check_candidate_cache(candidate_cache)
+        context = self.inference_context(
+            input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask,
+            autocast_dtype=autocast_dtype, cache_low_precision_weights=cache_low_precision_weights,
+        )
+        with torch.inference_mode():
+            return self.score(context, candidate_cache.to(device=self.device, dtype=torch.float32))
 
     # -- forward ---------------------------------------------------------------------------------------------------
     def forward(

@@ -188,6 +188,32 @@ class ZemelProcessor(ProcessorMixin):
         tok = self.tokenizer
         return [tok.cls_token_id, *name_ids, self.entity_id, *desc_ids, tok.sep_token_id]
 
+    def tokenize_candidates(
+        self, names: Sequence[str], descriptions: Sequence[str | None] | None = None, max_length: int = 64
+    ) -> list[list[int]]:
+        """Unpadded ``[CLS] name [ENT] description [SEP]`` id lists of many candidates, tokenised in one batched
+        call (same ids as :meth:`encode_candidates`). Cache them and encode with
+        ``model.fast_encode_candidates(ids)`` to re-encode a KB without tokenising again."""
+        descriptions = list(descriptions) if descriptions is not None else [None] * len(names)
+        if len(descriptions) != len(names):
+            raise ValueError(f"{len(names)} names but {len(descriptions)} descriptions")
+        texts = [t or "" for t in list(names) + descriptions]
+        present = [i for i, t in enumerate(texts) if t]
+        ids: list[list[int]] = [[] for _ in texts]
+        if present:
+            enc = self.tokenizer([texts[i] for i in present], add_special_tokens=False)["input_ids"]
+            for i, row in zip(present, enc):
+                ids[i] = list(row)
+        n = len(names)
+        budget = max_length - 3  # [CLS] [ENT] [SEP]
+        tok = self.tokenizer
+        out = []
+        for name_ids, desc_ids in zip(ids[:n], ids[n:]):
+            name_ids = name_ids[: max(budget, 0)]
+            desc_ids = desc_ids[: max(budget - len(name_ids), 0)]
+            out.append([tok.cls_token_id, *name_ids, self.entity_id, *desc_ids, tok.sep_token_id])
+        return out
+
     def _pad_text(self, sequences: list[list[int]], padding: str, max_length: int) -> dict[str, torch.Tensor]:
         length = max_length if padding == "max_length" else max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id or 0

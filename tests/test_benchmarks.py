@@ -1,0 +1,106 @@
+"""Every benchmark's ``--quick`` mode runs and writes JSON + markdown with finite, positive ratios.
+
+Sizes are shrunk further where a benchmark has flags for it (``--tiny``: tiny random models or fewer entities, the
+same code paths). No timing thresholds: timings on shared CPUs are noise; the ratios are only checked to exist.
+pfmel_throughput and features have no tiny mode (MiniLM / ResNet-50 at their smallest flags take a minute or more on
+2 busy cores): they are marked slow (``make test-slow``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def run_benchmark(name: str, out_dir, *flags: str) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, os.path.join(BENCH_DIR, f"{name}.py"), "--quick", "--out_dir", str(out_dir), *flags]
+    proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def load(out_dir, stem: str) -> dict:
+    assert os.path.isfile(os.path.join(out_dir, stem + ".md"))
+    with open(os.path.join(out_dir, stem + ".json")) as f:
+        payload = json.load(f)
+    assert payload["quick"] is True and payload["machine"]["cpu_count"] >= 1
+    return payload
+
+
+def assert_positive_finite(values: dict, keys) -> None:
+    for key in keys:
+        assert key in values, f"missing ratio {key!r} in {sorted(values)}"
+        value = values[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+
+
+def test_zemel_latency_quick(tmp_path):
+    run_benchmark("zemel_latency", tmp_path, "--tiny")
+    payload = load(tmp_path, "zemel_latency_tiny_quick")
+    ratios = payload["ratios"]["tiny"]
+    assert_positive_finite(ratios, ["poly_over_bi", "cross_over_poly", "poly_speedup_naive_over_fast",
+                                    "cross_speedup_naive_over_fast", "poly_gflops_achieved", "poly_ms"])
+    assert {(r["mode"], r["path"]) for r in payload["rows"]} >= {("poly", "fast"), ("bi", "fast"), ("cross", "fast"),
+                                                                ("poly", "naive")}
+    for mode in ("poly", "bi", "cross"):
+        acc = payload["accuracy_bf16"]["tiny"][mode]
+        assert math.isfinite(acc["max_abs_diff"]) and 0 <= acc["top1_agreement"] <= 1
+
+
+def test_scale_quick(tmp_path):
+    run_benchmark("scale", tmp_path, "--tiny")
+    payload = load(tmp_path, "scale_tiny_quick")
+    assert_positive_finite(payload["ratios"], ["growth_4000_over_1000", "search_ms_4000"])
+    kinds = [r["index"].split()[0] for r in payload["rows"]]
+    assert kinds == ["flat", "ivf"]  # both index paths ran
+    for row in payload["rows"]:
+        assert 0 < row["recall@k"] <= 1 and row["index MB"] > 0
+
+
+def test_index_build_quick(tmp_path):
+    run_benchmark("index_build", tmp_path, "--tiny")
+    payload = load(tmp_path, "index_build_tiny_quick")
+    assert_positive_finite(payload["ratios"], ["fast_over_sentence_transformers", "fast_over_naive",
+                                               "naive_over_sentence_transformers"])
+    assert payload["accuracy"]["bf16_cosine_min"] > 0.99
+    assert payload["accuracy"]["fast_fp32_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_pfmel_throughput_quick(tmp_path):
+    run_benchmark("pfmel_throughput", tmp_path, "--n_pairs", "16", "--repeats", "1")
+    payload = load(tmp_path, "pfmel_throughput_quick")
+    for row in payload["overhead"]:
+        assert_positive_finite(row, ["overhead (mm/plain)"])
+    for row in payload["padding"]:
+        assert_positive_finite(row, ["speed-up (fixed/dynamic)"])
+
+
+@pytest.mark.slow
+def test_features_quick(tmp_path):
+    run_benchmark("features", tmp_path, "--n_images", "8")
+    payload = load(tmp_path, "features_quick")
+    for row in payload["rows"]:
+        assert_positive_finite(row, ["images/s", "ratio vs batch 1"])
+
+
+def test_plot(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    scale = {"rows": [{"entities": n, "ms/mention": 10.0 + i, "search ms": 0.1 * (i + 1)} for i, n in enumerate([1000, 10000])]}
+    latency = {"rows": [{"size": "tiny", "mode": m, "path": p, "T_cpu ms/example": t}
+                        for m, base in (("bi", 10.0), ("poly", 11.0), ("cross", 2000.0))
+                        for p, t in (("naive", 2 * base), ("fast", base))]}
+    (results / "scale_quick.json").write_text(json.dumps(scale))
+    (results / "zemel_latency_quick.json").write_text(json.dumps(latency))
+    run_benchmark("plot", tmp_path / "plots", "--results_dir", str(results))
+    for name in ("scale_latency.png", "zemel_latency_modes.png"):
+        path = tmp_path / "plots" / name
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
