@@ -25,6 +25,8 @@ from .processing_multimodal_nsp import (
     recent_tweets,
 )
 from .processing_zemel import ZemelProcessor
+from .entity_index import EntityIndex
+from .pipeline_entity_linking import MultimodalEntityLinkingPipeline, register_pipeline
 
 __version__ = "0.1.0"
 
@@ -53,6 +55,7 @@ def _register(config_cls, model_cls, processor_cls=None) -> None:
 
 _register(MultimodalNSPConfig, BertForMultimodalNSP, MultimodalNSPProcessor)
 _register(ZemelConfig, ZemelPolyEncoder, ZemelProcessor)
+register_pipeline()
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -73,4 +76,7 @@ __all__ = [
     "ZemelContextOutput",
     "ZemelProcessor",
     "Bm25RuleCandidates",
+    "EntityIndex",
+    "MultimodalEntityLinkingPipeline",
+    "register_pipeline",
 ]

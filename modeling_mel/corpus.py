@@ -441,6 +441,7 @@ class ImageChecker:
 DATASET_BUILDERS: dict[str, str] = {
     "twitter_mel": "TwitterMel",
     "mel_jsonl": "MelJsonl",
+    "zemeld": "Zemeld",
 }
 
 

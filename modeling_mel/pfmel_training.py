@@ -437,6 +437,10 @@ def _mark_image_mode(model, corpus: PFMELCorpus) -> None:
         corpus.table.center = np.asarray(mean, np.float32)
         model.config.pfmel_feature_mean = list(mean)
     model.config.pfmel_feature_norm = corpus.feature_norm
+    extractor = getattr(corpus, "extractor", None)
+    if corpus.use_images and extractor is not None and hasattr(extractor, "image_size"):
+        # what the inference pipeline needs to rebuild the same image features
+        model.config.pfmel_image_size = int(extractor.image_size)
 
 
 def train_pairs(

@@ -405,7 +405,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         super().__init__(model, *args, **kwargs)
         self.model.eval()
         self.family = model_family(self.model)
-        self.use_images = bool(use_images)
+        # a PFMEL model fine-tuned text-only (NSP-BERT) takes no image tokens
+        self.use_images = bool(use_images) and getattr(self.model.config, "pfmel_image_features", None) != "none"
         self.exact_threshold = int(exact_threshold)
         self.strict_images = bool(strict_images)
         self.image_extractor = image_extractor
@@ -497,7 +498,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 )
             from .image_features import ImageFeatureExtractor
 
-            self.image_extractor = ImageFeatureExtractor(strict=self.strict_images)
+            size = getattr(self.model.config, "pfmel_image_size", None) or getattr(self.model.config, "image_size", None)
+            self.image_extractor = ImageFeatureExtractor(strict=self.strict_images, image_size=int(size or 224))
         dim = int(getattr(self.image_extractor, "feature_dim", expected))
         if dim != expected:
             raise ValueError(
@@ -643,6 +645,18 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             regions += list(torch.as_tensor(extractor.encode(crops), dtype=torch.float32))
         return {"feature": feature, "regions": torch.stack(regions), "spatial": torch.tensor(spatial)}
 
+    def _pfmel_normalize(self, feature: torch.Tensor | None) -> torch.Tensor | None:
+        """Apply the image normalisation a PFMEL model was trained with (``config.pfmel_feature_norm``)."""
+        if feature is None:
+            return None
+        norm = getattr(self.model.config, "pfmel_feature_norm", "none") or "none"
+        if norm == "none" or not bool(feature.ne(0).any()):
+            return feature
+        mean = getattr(self.model.config, "pfmel_feature_mean", None)
+        if norm == "center_l2" and mean is not None:
+            feature = feature - torch.as_tensor(mean, dtype=feature.dtype)
+        return feature / feature.norm().clamp_min(1e-12)
+
     def _entity_feature(self, position: int) -> torch.Tensor | None:
         """PFMEL's entity image: the mean feature of the entity's readable images (cached); ``None`` without images."""
         if not self.use_images:
@@ -743,8 +757,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             images_a, images_b = [], []
             for i, p in chunk:
                 feats = examples[i]["image_features"]
-                images_a.append(feats["feature"].numpy() if feats is not None else None)
-                ent = self._entity_feature(p)
+                mention_feature = self._pfmel_normalize(feats["feature"]) if feats is not None else None
+                images_a.append(mention_feature.numpy() if mention_feature is not None else None)
+                ent = self._pfmel_normalize(self._entity_feature(p))
                 images_b.append(ent.numpy() if ent is not None else None)
             enc = self.processor(text_a, text_b, images=images_a, images_pair=images_b, max_length=max_length)
             enc = {k: v.to(self.device) for k, v in enc.items()}

@@ -135,7 +135,7 @@ class ZemelProcessor(ProcessorMixin):
     @classmethod
     def from_backbone(cls, backbone: str | None = None, **kwargs) -> "ZemelProcessor":
         """A processor over the tokenizer of `backbone` (``"minilm"`` by default, see ``modeling_mel.backbones``)."""
-        from modeling_mel.backbones import load_tokenizer
+        from .backbones import load_tokenizer
 
         return cls(load_tokenizer(backbone), **kwargs)
 

@@ -29,8 +29,9 @@ def minilm_path() -> str:
     return resolve_backbone("minilm")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def minilm_tokenizer():
+    """A fresh tokenizer per test: processors register their special tokens on it."""
     from modeling_mel.backbones import load_tokenizer
 
     return load_tokenizer("minilm")

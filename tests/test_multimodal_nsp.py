@@ -251,8 +251,10 @@ def test_prompt_bad_input(text, mention, message):
 
 
 @pytest.fixture(scope="module")
-def processor(minilm_tokenizer):
-    return MultimodalNSPProcessor(minilm_tokenizer, max_length=24, image_feature_dim=8)
+def processor():
+    from modeling_mel.backbones import load_tokenizer
+
+    return MultimodalNSPProcessor(load_tokenizer("minilm"), max_length=24, image_feature_dim=8)
 
 
 def test_processor_layout(processor):

@@ -31,10 +31,11 @@ def _sentences(n: int, n_entities: int = 50) -> list[Sentence]:
 
 
 @pytest.fixture(scope="module")
-def processor(minilm_tokenizer):
+def processor():
+    from modeling_mel.backbones import load_tokenizer
     from modeling_mel.processing_multimodal_nsp import MultimodalNSPProcessor
 
-    return MultimodalNSPProcessor(minilm_tokenizer, max_length=64)
+    return MultimodalNSPProcessor(load_tokenizer("minilm"), max_length=64)
 
 
 def test_label_balance_near_half():

@@ -274,7 +274,7 @@ def _pixel_features(path: str, box=None):
 
 def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, minilm_tokenizer):
     sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    from generate_sample import generate
+    from generate_zemeld_sample import generate
     from zemeld import Zemeld
 
     from modeling_mel.processing_zemel import ZemelProcessor, make_regions

@@ -10,8 +10,10 @@ from modeling_mel.processing_zemel import ZemelProcessor, box_spatial, make_regi
 
 
 @pytest.fixture(scope="module")
-def proc(minilm_tokenizer):
-    return ZemelProcessor(minilm_tokenizer, feature_dim=8, max_regions=4)
+def proc():
+    from modeling_mel.backbones import load_tokenizer
+
+    return ZemelProcessor(load_tokenizer("minilm"), feature_dim=8, max_regions=4)
 
 
 def tokens(proc, ids):

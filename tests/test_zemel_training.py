@@ -48,9 +48,13 @@ def scripts(repo_root):
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory, minilm_tokenizer):
+def tiny_backbone(tmp_path_factory):
     """A random 2-layer, 32-wide BERT with the MiniLM (bert-base-uncased) vocabulary, saved with its tokenizer."""
     from transformers import BertConfig, BertModel
+
+    from modeling_mel.backbones import load_tokenizer
+
+    minilm_tokenizer = load_tokenizer("minilm")
 
     out = tmp_path_factory.mktemp("tinybert")
     torch.manual_seed(0)
@@ -64,7 +68,7 @@ def tiny_backbone(tmp_path_factory, minilm_tokenizer):
 @pytest.fixture(scope="module")
 def zemeld_raw(tmp_path_factory, repo_root):
     sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    from generate_sample import generate
+    from generate_zemeld_sample import generate
 
     out = tmp_path_factory.mktemp("zemeld") / "raw"
     generate(str(out), seed=0)

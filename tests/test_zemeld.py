@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture(scope="module")
 def zemeld_modules(repo_root):
     sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    import generate_sample
+    import generate_zemeld_sample as generate_sample
     import zemeld
 
     return generate_sample, zemeld
@@ -37,7 +37,7 @@ def build(zemeld, config, data_dir, cache, **kw):
 
 
 def test_generator_help(repo_root):
-    out = subprocess.run([sys.executable, os.path.join(repo_root, "datasets_scripts", "zemeld", "generate_sample.py"),
+    out = subprocess.run([sys.executable, os.path.join(repo_root, "datasets_scripts", "zemeld", "generate_zemeld_sample.py"),
                           "--help"], capture_output=True, text=True, check=True)
     assert "--seed" in out.stdout and "--out" in out.stdout
 

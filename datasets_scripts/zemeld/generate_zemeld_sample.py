@@ -11,7 +11,7 @@ Entities are split disjointly into train/dev/test (zero-shot). Each entity's sig
 its KB images and its boxes in the scenes share; some names are ambiguous (shared words) and some are acronyms whose
 mention is spelled out (initials rule of the candidate generator).
 
-Usage: ``python generate_sample.py --out DIR [--seed 0] [--entities 60] [--images 200]``
+Usage: ``python generate_zemeld_sample.py --out DIR [--seed 0] [--entities 60] [--images 200]``
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 
 from PIL import Image, ImageDraw
 
-logger = logging.getLogger("zemeld.generate_sample")
+logger = logging.getLogger("zemeld.generate_zemeld_sample")
 
 COLORS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 215, 20),
