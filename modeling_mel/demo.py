@@ -50,8 +50,15 @@ def _bf16_ok() -> bool:
 
 
 def run_demo(output_dir: str = "outputs/demo", quick: bool = True, seed: int = 0, backbone: str | None = None) -> dict[str, Any]:
-    """Run the demo; returns accuracies (``pfmel``, ``nsp_bert``, ``name_match`` per split), paths and timings."""
+    """Run the demo; returns accuracies (``pfmel``, ``nsp_bert``, ``name_match`` per split), paths and timings.
+
+    The demo is offline by design: it switches the hub off for this process before loading anything.
+    """
+    import huggingface_hub.constants as hub_constants
     import torch
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
 
     from .corpus import import_script
     from .image_features import ImageFeatureExtractor
