@@ -12,7 +12,7 @@ import numpy as np
 from common import base_parser, markdown_table, setup_threads, timeit, write_results
 from PIL import Image
 
-from modeling_mel.image_features import ImageFeatureExtractor
+from modeling_mel.image_features import ImageFeatureExtractor, tiny_resnet_config
 
 
 def make_images(directory: str, n: int, size: int = 320) -> list[str]:
@@ -32,22 +32,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n_images", type=int, default=None)
     parser.add_argument("--image_size", type=int, default=224, help="network input side (224 as in the papers)")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--tiny", action="store_true", help="tiny random ResNet (same code paths), for tests")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     n = args.n_images or (32 if args.quick else 128)
+    extra = {"config": tiny_resnet_config()} if args.tiny else {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(tmp, n)
-        one = ImageFeatureExtractor(batch_size=1, image_size=args.image_size, device=args.device)
+        one = ImageFeatureExtractor(batch_size=1, image_size=args.image_size, device=args.device, **extra)
         one.encode(paths[:2])  # warm-up
         sub = paths[: max(4, n // 4)]
         t_one = timeit(lambda: encode_uncached(one, sub), repeats=1, warmup=0)
         batched = ImageFeatureExtractor(batch_size=args.batch_size, image_size=args.image_size,
-                                        cache_dir=os.path.join(tmp, "cache"), device=args.device)
+                                        cache_dir=os.path.join(tmp, "cache"), device=args.device, **extra)
         t_batched = timeit(lambda: encode_uncached(batched, paths), repeats=1, warmup=0)
         t_memory = timeit(lambda: batched.encode(paths), repeats=3, warmup=0)
         disk = ImageFeatureExtractor(batch_size=args.batch_size, image_size=args.image_size,
-                                     cache_dir=os.path.join(tmp, "cache"), device=args.device)
+                                     cache_dir=os.path.join(tmp, "cache"), device=args.device, **extra)
         t_disk = timeit(lambda: encode_uncached(disk, paths), repeats=3, warmup=0)
         rows = [
             {"path": "encode, batch 1", "images": len(sub), "images/s": len(sub) / t_one, "ratio vs batch 1": 1.0},

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="model sizes (default: minilm with --quick, both otherwise)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--n_pairs", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny random BERT (hidden 32, 2 layers) instead of the named sizes: the same code paths, for tests")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     sizes = args.size or (["minilm"] if args.quick else ["minilm", "bert-base"])
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         base = load_backbone_config("minilm").to_dict()
         if size == "bert-base":
             base.update(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+        if args.tiny:
+            base.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
         base.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         for key in ("architectures", "model_type", "transformers_version", "auto_map"):
             base.pop(key, None)

@@ -2,8 +2,6 @@
 
 Sizes are shrunk further where a benchmark has flags for it (``--tiny``: tiny random models or fewer entities, the
 same code paths). No timing thresholds: timings on shared CPUs are noise; the ratios are only checked to exist.
-pfmel_throughput and features have no tiny mode (MiniLM / ResNet-50 at their smallest flags take a minute or more on
-2 busy cores): they are marked slow (``make test-slow``).
 """
 
 from __future__ import annotations
@@ -73,9 +71,8 @@ def test_index_build_quick(tmp_path):
     assert payload["accuracy"]["fast_fp32_max_abs_diff"] < 1e-4
 
 
-@pytest.mark.slow
 def test_pfmel_throughput_quick(tmp_path):
-    run_benchmark("pfmel_throughput", tmp_path, "--n_pairs", "16", "--repeats", "1")
+    run_benchmark("pfmel_throughput", tmp_path, "--tiny", "--n_pairs", "16", "--repeats", "1")
     payload = load(tmp_path, "pfmel_throughput_quick")
     for row in payload["overhead"]:
         assert_positive_finite(row, ["overhead (mm/plain)"])
@@ -83,9 +80,8 @@ def test_pfmel_throughput_quick(tmp_path):
         assert_positive_finite(row, ["speed-up (fixed/dynamic)"])
 
 
-@pytest.mark.slow
 def test_features_quick(tmp_path):
-    run_benchmark("features", tmp_path, "--n_images", "8")
+    run_benchmark("features", tmp_path, "--tiny", "--n_images", "8")
     payload = load(tmp_path, "features_quick")
     for row in payload["rows"]:
         assert_positive_finite(row, ["images/s", "ratio vs batch 1"])
