@@ -438,6 +438,29 @@ class ImageChecker:
 # --------------------------------------------------------------------------------------------------
 
 # dataset name -> builder class name in datasets_scripts/<name>/<name>.py; add new corpora here.
+class MelCorpusBuilder(datasets.GeneratorBasedBuilder):
+    """Shared base of the MEL corpus builders: :class:`MelCorpusConfig`, validation, the typed features.
+
+    Subclasses set ``BUILDER_CONFIGS`` and the card fields ``DESCRIPTION``, ``HOMEPAGE``, ``LICENSE``, ``CITATION``,
+    and implement ``_split_generators`` / ``_generate_examples``.
+    """
+
+    BUILDER_CONFIG_CLASS = MelCorpusConfig
+    DEFAULT_CONFIG_NAME = "mentions"
+    DESCRIPTION = HOMEPAGE = LICENSE = CITATION = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.validate()
+
+    def _info(self) -> datasets.DatasetInfo:
+        features = MENTION_FEATURES if self.config.name == "mentions" else KB_FEATURES
+        return datasets.DatasetInfo(
+            description=self.DESCRIPTION, features=features, homepage=self.HOMEPAGE, license=self.LICENSE,
+            citation=self.CITATION,
+        )
+
+
 DATASET_BUILDERS: dict[str, str] = {
     "twitter_mel": "TwitterMel",
     "mel_jsonl": "MelJsonl",

@@ -30,8 +30,7 @@ import os
 import datasets
 
 from modeling_mel.corpus import (
-    KB_FEATURES,
-    MENTION_FEATURES,
+    MelCorpusBuilder,
     ImageChecker,
     MelCorpusConfig,
     SkipReport,
@@ -79,26 +78,15 @@ def _as_str(value) -> str:
     return "" if value is None else str(value)
 
 
-class MelJsonl(datasets.GeneratorBasedBuilder):
+class MelJsonl(MelCorpusBuilder):
     """Mentions and KB from ``mentions.jsonl`` and ``kb.jsonl`` (see the module docstring)."""
 
     VERSION = datasets.Version("1.0.0")
-    BUILDER_CONFIG_CLASS = MelCorpusConfig
     BUILDER_CONFIGS = [
         MelCorpusConfig(name="mentions", version=VERSION, description="One row per mention."),
         MelCorpusConfig(name="kb", version=VERSION, description="One row per entity."),
     ]
-    DEFAULT_CONFIG_NAME = "mentions"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.config.validate()
-
-    def _info(self) -> datasets.DatasetInfo:
-        features = MENTION_FEATURES if self.config.name == "mentions" else KB_FEATURES
-        return datasets.DatasetInfo(
-            description=_DESCRIPTION, features=features, homepage=_HOMEPAGE, license=_LICENSE, citation=_CITATION
-        )
+    DESCRIPTION, HOMEPAGE, LICENSE, CITATION = _DESCRIPTION, _HOMEPAGE, _LICENSE, _CITATION
 
     def _data_dir(self) -> str:
         data_dir = self.config.data_dir

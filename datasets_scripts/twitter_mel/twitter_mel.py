@@ -35,8 +35,7 @@ from collections import Counter
 import datasets
 
 from modeling_mel.corpus import (
-    KB_FEATURES,
-    MENTION_FEATURES,
+    MelCorpusBuilder,
     ImageChecker,
     MelCorpusConfig,
     SkipReport,
@@ -110,30 +109,15 @@ _HEADER_WORDS = {"tweetid", "tweet_id", "id", "screenname", "screen_name", "user
 _MENTION_ID = re.compile(r"^\d+(-\d+)?$")
 
 
-class TwitterMel(datasets.GeneratorBasedBuilder):
+class TwitterMel(MelCorpusBuilder):
     """Twitter MEL mentions and KB from the raw released formats (see the module docstring)."""
 
     VERSION = datasets.Version("1.0.0")
-    BUILDER_CONFIG_CLASS = MelCorpusConfig
     BUILDER_CONFIGS = [
         MelCorpusConfig(name="mentions", version=VERSION, description="One row per mention (tweet text + image)."),
         MelCorpusConfig(name="kb", version=VERSION, description="One row per entity (Twitter user)."),
     ]
-    DEFAULT_CONFIG_NAME = "mentions"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.config.validate()
-
-    def _info(self) -> datasets.DatasetInfo:
-        features = MENTION_FEATURES if self.config.name == "mentions" else KB_FEATURES
-        return datasets.DatasetInfo(
-            description=_DESCRIPTION,
-            features=features,
-            homepage=_HOMEPAGE,
-            license=_LICENSE,
-            citation=_CITATION,
-        )
+    DESCRIPTION, HOMEPAGE, LICENSE, CITATION = _DESCRIPTION, _HOMEPAGE, _LICENSE, _CITATION
 
     # ---------------------------------------------------------------------------------------------
     # files
