@@ -277,11 +277,10 @@ class PFMELModelArguments:
 
 
 @dataclass
-class PFMELPretrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with the paper's pre-training settings (Table 3) and the task options."""
+class PFMELTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the settings PFMEL's pre-training and fine-tuning share (Table 3: AdamW, lr 5e-6,
+    linear decay) and the data options of this package (length-grouped batches, per-task columns kept)."""
 
-    num_train_epochs: float = field(default=5.0, metadata={"help": "epochs (paper: 5)"})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size (paper: 4)"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "pairs per scoring batch"})
     learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate, linear decay (paper: 5e-6)"})
     lr_scheduler_type: str = field(default="linear", metadata={"help": "learning-rate schedule (paper: linear)"})
@@ -294,6 +293,14 @@ class PFMELPretrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "learning rate of the new layers (image projection, NSP head); default: --learning_rate"}
     )
+
+
+@dataclass
+class PFMELPretrainingArguments(PFMELTrainingArguments):
+    """``TrainingArguments`` with the paper's pre-training settings (Table 3) and the task options."""
+
+    num_train_epochs: float = field(default=5.0, metadata={"help": "epochs (paper: 5)"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "batch size (paper: 4)"})
     tasks: list[str] = field(
         default_factory=lambda: list(TASKS), metadata={"help": f"pre-training tasks, any of {list(TASKS)}"}
     )
@@ -309,23 +316,11 @@ class PFMELPretrainingArguments(TrainingArguments):
 
 
 @dataclass
-class PFMELFinetuningArguments(TrainingArguments):
+class PFMELFinetuningArguments(PFMELTrainingArguments):
     """``TrainingArguments`` with the paper's fine-tuning settings (Table 3) and the linking options."""
 
     num_train_epochs: float = field(default=4.0, metadata={"help": "epochs (paper: 4)"})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "batch size (paper: 16)"})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "pairs per scoring batch"})
-    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate, linear decay (paper: 5e-6)"})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "learning-rate schedule (paper: linear)"})
-    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (paper: AdamW)"})
-    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "length-grouped batches"})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep task_ids for the per-task losses"})
-    save_strategy: str = field(default="epoch", metadata={"help": "checkpoint every epoch (resume with --resume_from_checkpoint)"})
-    save_total_limit: int | None = field(default=2, metadata={"help": "keep the last N checkpoints"})
-    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
-    head_learning_rate: float | None = field(
-        default=None, metadata={"help": "learning rate of the new layers (image projection, NSP head); default: --learning_rate"}
-    )
     train_split: str = field(default="train", metadata={"help": "fine-tuning split: train, train07 or train05"})
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"], metadata={"help": "splits evaluated at the end"})
     num_negatives: int = field(default=32, metadata={"help": "negatives (other candidates) per mention, at most"})
