@@ -21,7 +21,7 @@ import io
 import logging
 import os
 import warnings
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -76,6 +76,24 @@ def open_image(image: ImageInput):
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageReadError(f"image file {path!r} is corrupt or not an image: {err}") from err
+
+
+def image_source(value: Any) -> Any:
+    """What :meth:`ImageFeatureExtractor.encode` takes, from a ``datasets.Image`` value (decoded or undecoded
+    ``{"path", "bytes"}``), a path or a PIL image: the path when the file exists, else a PIL image from the bytes,
+    else ``None`` (counted as a missing image by the extractor)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        path = value.get("path")
+        if path and os.path.isfile(path):
+            return path
+        if value.get("bytes"):
+            from PIL import Image
+
+            return Image.open(io.BytesIO(value["bytes"]))
+        return None
+    return value  # a PIL image
 
 
 def _content_key(image: ImageInput, model_key: str) -> str | None:
@@ -324,6 +342,7 @@ __all__ = [
     "ImageReadError",
     "open_image",
     "spatial_features",
+    "image_source",
     "tiny_resnet_config",
     "DEFAULT_IMAGE_MODEL",
 ]

@@ -42,7 +42,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .processing_multimodal_nsp import entity_context, entity_prompt, generic_entity_prompt, mention_prompt
+from .image_features import image_source
+from .processing_multimodal_nsp import (
+    entity_context,
+    entity_prompt,
+    generic_entity_prompt,
+    mention_prompt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -178,22 +184,6 @@ def load_precomputed_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"features path {path!r} must end with .safetensors or .npz")
 
 
-def _image_input(x: Any) -> Any:
-    """A path or PIL image for the extractor from a datasets Image value (decoded or ``{"path", "bytes"}``)."""
-    if x is None:
-        return None
-    if isinstance(x, Mapping):
-        path = x.get("path")
-        if path and os.path.isfile(path):
-            return path
-        if x.get("bytes"):
-            import io
-
-            from PIL import Image
-
-            return Image.open(io.BytesIO(x["bytes"]))
-        return path
-    return x
 
 
 def _undecoded(ds):
@@ -626,9 +616,9 @@ class PFMELCorpus:
 
     def _entity_images(self, eid: str) -> list:
         row = self.entities[eid]
-        images = [_image_input(t.get("image")) for t in (row.get("timeline") or []) if t.get("image") is not None]
+        images = [image_source(t.get("image")) for t in (row.get("timeline") or []) if t.get("image") is not None]
         if not images:
-            images = [_image_input(x) for x in (row.get("images") or []) if x is not None]
+            images = [image_source(x) for x in (row.get("images") or []) if x is not None]
         return [x for x in images if x is not None]
 
     def ensure_entity_features(self, eids: Iterable[str]) -> None:
@@ -667,7 +657,7 @@ class PFMELCorpus:
                     self._add(k, v if v is not None else np.zeros(self.table.dim, np.float32))
             else:
                 images = ds["image"] if "image" in ds.column_names else [None] * len(ds)
-                feats = self.extractor.encode([_image_input(images[n]) for _, n in todo], progress=len(todo) > 64)
+                feats = self.extractor.encode([image_source(images[n]) for _, n in todo], progress=len(todo) > 64)
                 for (k, _), v in zip(todo, feats):
                     self._add(k, v)
         return [self.table.row(k) for k in keys]

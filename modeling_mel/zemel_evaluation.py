@@ -33,7 +33,6 @@ The offline ``evaluate`` module :class:`ZemelLinkingMetric` computes the linking
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 import logging
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from .candidates import Bm25RuleCandidates
+from .image_features import image_source
 from .zemel_metrics import gold_triples, linking_metrics, v_t_kg_metrics
 
 logger = logging.getLogger(__name__)
@@ -114,22 +114,6 @@ class ZemelData:
         return self.full_kb
 
 
-def _image_ref(value: Any) -> Any:
-    """A path (when the file exists) or a PIL image from an undecoded ``datasets.Image`` value; None when absent."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        path = value.get("path")
-        if path and os.path.isfile(path):
-            return path
-        if value.get("bytes"):
-            from PIL import Image
-
-            return Image.open(io.BytesIO(value["bytes"]))
-        return None
-    return value  # a PIL image
 
 
 def _import_zemeld():
@@ -210,7 +194,7 @@ def _load_mel_jsonl(data_dir: str, cache_dir: str | None) -> ZemelData:
                 "mention_start": int(r["mention_start"]),
                 "mention_end": int(r["mention_end"]),
                 "entity_id": r["entity_id"],
-                "image": _image_ref(r["image"]),
+                "image": image_source(r["image"]),
                 "image_key": r["id"],
             }
             for r in ds
@@ -223,7 +207,7 @@ def _load_mel_jsonl(data_dir: str, cache_dir: str | None) -> ZemelData:
             "entity_id": r["entity_id"],
             "name": r.get("name") or "",
             "description": r.get("description") or "",
-            "images": [x for x in (_image_ref(v) for v in r.get("images") or []) if x is not None],
+            "images": [x for x in (image_source(v) for v in r.get("images") or []) if x is not None],
         }
         for r in kb
     }
