@@ -1,0 +1,41 @@
+"""bf16_is_fast: bf16 autocast only where this machine has fast bf16 kernels (else it is ~50x slower on CPU)."""
+
+import pytest
+import torch
+
+from modeling_mel import hardware
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    hardware.bf16_is_fast.cache_clear()
+    yield
+    hardware.bf16_is_fast.cache_clear()
+
+
+def test_cpu_without_bf16_kernels_says_no(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(hardware, "_best_time", lambda fn, repeats: pytest.fail("no timing when the kernels are missing"))
+    assert hardware.bf16_is_fast("cpu") is False
+
+
+@pytest.mark.parametrize("bf16_s, fp32_s, expected", [(0.001, 0.004, True), (0.2, 0.004, False), (0.004, 0.004, False)])
+def test_cpu_decision_follows_the_timed_products(monkeypatch, bf16_s, fp32_s, expected):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    times = iter([fp32_s, bf16_s])  # fp32 is timed first
+    monkeypatch.setattr(hardware, "_best_time", lambda fn, repeats: next(times))
+    assert hardware.bf16_is_fast("cpu") is expected
+
+
+def test_cuda_needs_a_gpu_and_other_devices_say_no(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.bf16_is_fast("cuda") is False
+    assert hardware.bf16_is_fast("mps") is False
+
+
+def test_result_is_cached(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: calls.append(1) or False)
+    hardware.bf16_is_fast("cpu")
+    hardware.bf16_is_fast("cpu")
+    assert len(calls) == 1
