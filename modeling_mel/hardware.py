@@ -2,7 +2,7 @@
 
 bf16 autocast on a CPU is only fast where the CPU has bf16 (or at least AVX-512) matrix kernels: on an
 AVX-512/AMX machine a bf16 matrix product ran about 4x faster than fp32, on an AVX2-only machine about
-50x SLOWER (0.8 vs 37 GFLOP/s, measured on 2 cores). So "autocast works" is not a reason to use it;
+70x SLOWER (1.2 vs 84 GFLOP/s, benchmarks/common.py matmul_gflops on an idle 2-core AVX2 EPYC). So "autocast works" is not a reason to use it;
 :func:`bf16_is_fast` checks the kernels and times one small product of each kind.
 """
 
