@@ -78,7 +78,7 @@ def run_demo(
     os.makedirs(output_dir, exist_ok=True)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     if bf16 is None:
-        bf16 = quick and bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
+        bf16 = quick and bf16_is_fast()
 
     # 1. The sample corpus (seeded) in the raw Twitter MEL layout.
     data_dir = os.path.join(output_dir, "data")

@@ -2,8 +2,8 @@
 
 bf16 autocast on a CPU is only fast where the CPU has bf16 (or at least AVX-512) matrix kernels: on an
 AVX-512/AMX machine a bf16 matrix product ran about 4x faster than fp32, on an AVX2-only machine about
-70x SLOWER (1.2 vs 84 GFLOP/s, benchmarks/common.py matmul_gflops on an idle 2-core AVX2 EPYC). So "autocast works" is not a reason to use it;
-:func:`bf16_is_fast` checks the kernels and times one small product of each kind.
+70x SLOWER (1.2 vs 84 GFLOP/s, benchmarks/common.py matmul_gflops on an idle 2-core AVX2 EPYC). So "autocast
+works" is not a reason to use it; :func:`bf16_is_fast` checks the kernels and times one small product of each kind.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ def _best_time(fn, repeats: int) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_is_fast(device: str = "cpu") -> bool:
+def bf16_is_fast(device: str | None = None) -> bool:
     """``True`` when bf16 autocast is supported on ``device`` and, on a CPU, a bf16 matrix product is faster than fp32.
+
+    ``device=None``: the device training and inference use here (``cuda`` when available, else ``cpu``).
 
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: oneDNN must report bf16 kernels, then one 256x256 product per
     precision is timed (a few milliseconds; the result is cached for the process).
     """
-    device = str(device)
+    device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device != "cpu":

@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         from modeling_mel.hardware import bf16_is_fast
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        common.update(per_device_train_batch_size=16, learning_rate=5e-5, bf16=bf16_is_fast(device), use_cpu=device == "cpu")
+        common.update(per_device_train_batch_size=16, learning_rate=5e-5, bf16=bf16_is_fast(), use_cpu=not torch.cuda.is_available())
     runs: dict[str, list[dict]] = {v: [] for v in abl.variants}
     for seed in abl.seeds:
         pretrained: dict[tuple, str] = {}
