@@ -11,7 +11,9 @@ scripts are not supported by ``datasets.load_dataset`` since datasets 4.0, but a
 ``GeneratorBasedBuilder`` instantiated directly works) and returns its ``DatasetDict``.
 
 The helpers below (:class:`SkipReport`, :func:`resolve_offsets`, :class:`ImageChecker`,
-:func:`url_cache_name`) are what the builders share to count every row they drop, by reason.
+:func:`url_cache_name`) are what the builders share to count every row they drop, by reason. No builder drops a
+mention because it is not verbatim in its text: :func:`resolve_offsets` aligns it (note ``aligned``) or keeps it
+without a span (``mention_start``/``mention_end`` None, note ``unaligned``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ MENTION_FEATURES = datasets.Features(
         "id": datasets.Value("string"),  # tweetId, or tweetId-startPos when a tweet has several mentions
         "text": datasets.Value("string"),
         "mention": datasets.Value("string"),
-        "mention_start": datasets.Value("int32"),
-        "mention_end": datasets.Value("int32"),  # exclusive
+        "mention_start": datasets.Value("int32"),  # None when the mention aligns nowhere in the text
+        "mention_end": datasets.Value("int32"),  # exclusive; None with mention_start
         "image": datasets.Image(),  # None when the post has no (readable) image
         "entity_id": datasets.Value("string"),
     }
@@ -369,27 +371,45 @@ def read_lines(path: str | os.PathLike, report: SkipReport) -> Iterable[tuple[in
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_offsets(text: str, mention: str, start: int | None, end: int | None) -> tuple[int, int, str] | None:
-    """Check or repair the character offsets of ``mention`` in ``text``.
+#: Note (``SkipReport.note``) counted for each way a mention was located; ``"ok"`` offsets get none.
+OFFSET_NOTES = {
+    "located": "offsets located",
+    "repaired": "offsets repaired",
+    "aligned": "aligned",
+    "unaligned": "unaligned",
+}
 
-    Policy: offsets are kept (status ``"ok"``) when ``text[start:end]`` equals the mention, case
-    ignored. Otherwise, when the mention occurs in the text (case-insensitive), the occurrence whose
-    start is nearest to the given start is used (status ``"repaired"``; ``"located"`` when no offsets
-    were given: the first occurrence). Returns ``None`` when the mention is not in the text.
+
+def resolve_offsets(
+    text: str, mention: str, start: int | None, end: int | None
+) -> tuple[int | None, int | None, str]:
+    """Check, repair or find the character offsets of ``mention`` in ``text``; no mention is ever lost.
+
+    Returns ``(start, end, status)``, offsets into the original ``text`` (end exclusive). Status (see
+    :func:`modeling_mel.processing_zemel.align_mention`, the one alignment function of the package):
+
+    - ``"ok"``: the given offsets hold the mention (case ignored, or its words aligned there);
+    - ``"located"`` (no offsets given) / ``"repaired"`` (given offsets wrong): a case-insensitive occurrence, whole
+      words preferred; with offsets, the one nearest to the given start;
+    - ``"aligned"``: not a substring, located by normalised token alignment (case, punctuation, diacritics;
+      skipped particles, extra words on either side);
+    - ``"unaligned"``: nothing aligns; ``(None, None, "unaligned")``: keep the mention without a span.
+
+    :data:`OFFSET_NOTES` maps a status to the note builders count (:func:`offset_note`).
     """
-    mention = mention.strip()
-    if not mention:
-        return None
-    if start is not None and end is not None and 0 <= start < end <= len(text):
-        if text[start:end].lower() == mention.lower() or text[start:end].casefold() == mention.casefold():
-            return start, end, "ok"
-    hits = [m.start() for m in re.finditer(re.escape(mention), text, flags=re.IGNORECASE)]
-    if not hits:
-        return None
-    if start is None:
-        return hits[0], hits[0] + len(mention), "located"
-    best = min(hits, key=lambda h: (abs(h - start), h))
-    return best, best + len(mention), "repaired"
+    from .processing_zemel import align_mention
+
+    found = align_mention(text, mention, start, end)
+    if found is None:
+        return None, None, "unaligned"
+    return found
+
+
+def offset_note(status: str) -> str | None:
+    """The build-report note of a :func:`resolve_offsets` status (None for ``"ok"``)."""
+    if status != "ok" and status not in OFFSET_NOTES:
+        raise ValueError(f"unknown offsets status {status!r}; expected 'ok' or one of {sorted(OFFSET_NOTES)}")
+    return OFFSET_NOTES.get(status)
 
 
 def url_cache_name(url: str) -> str:
@@ -461,10 +481,238 @@ class MelCorpusBuilder(datasets.GeneratorBasedBuilder):
         )
 
 
+# --------------------------------------------------------------------------------------------------
+# Wikidata MEL releases (WikiMEL, RichpediaMEL): shared reading of their JSON layout
+# --------------------------------------------------------------------------------------------------
+
+RELEASE_SPLIT_ALIASES = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "val": "dev", "test": "test"}
+
+
+@dataclasses.dataclass
+class WikidataMelConfig(MelCorpusConfig):
+    """Config of the builders of the Wikidata MEL releases (``wikimel``, ``richpedia_mel``).
+
+    Args:
+        dev_fraction (`float`, defaults to 0.1): share of the train samples moved (seeded shuffle, ``seed``) into
+            ``dev`` when the release has no dev split (RichpediaMEL ships train and test only).
+        Plus :class:`MelCorpusConfig` (``seed``, ``require_image``); ``split_method`` must stay ``"auto"``: the
+        splits are those of the release.
+    """
+
+    dev_fraction: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.split_method != "auto":
+            raise ValueError(
+                f"split_method={self.split_method!r}: the Wikidata MEL builders use the release splits; pass 'auto'."
+            )
+        if isinstance(self.dev_fraction, bool) or not isinstance(self.dev_fraction, (int, float)) or not (
+            0 <= self.dev_fraction < 1
+        ):
+            raise ValueError(f"dev_fraction must be a number in [0, 1), got {self.dev_fraction!r}.")
+
+
+def load_json_file(path: str, what: str) -> Any:
+    """The JSON value of ``path``; ValueError naming the file (``what`` says what it should hold) when invalid."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it should hold {what}.") from err
+
+
+def seeded_holdout(keys: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
+    """The keys moved to a held-out split: ``round(n * fraction)`` of them after a seeded shuffle of the sorted keys."""
+    keys = sorted(set(map(str, keys)))
+    random.Random(f"{seed}-holdout").shuffle(keys)
+    return set(keys[: _share(len(keys), fraction)])
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class WikidataMelBuilder(MelCorpusBuilder):
+    """Shared base of ``wikimel`` and ``richpedia_mel``: samples ``{id, sentence, mentions, entities, answer}``, a KB
+    from ``qid2ne.json`` (QID -> name) and ``qid2abs.json`` (QID -> description), images ``images/<sample id>.*``.
+
+    Subclasses set ``REQUIRED_FILES`` and implement :meth:`_release_splits`. Every mention is kept: located
+    case-insensitively (note ``offsets located``), by token alignment (``aligned``) or without a span
+    (``unaligned``); a gold QID missing from the KB is kept too (note ``entity not in KB``; evaluation counts it
+    wrong). Only malformed samples are skipped, counted by reason.
+    """
+
+    BUILDER_CONFIG_CLASS = WikidataMelConfig
+    REQUIRED_FILES: tuple[str, ...] = ("qid2ne.json",)
+    NAMES_FILE, DESCRIPTIONS_FILE, IMAGES_DIR = "qid2ne.json", "qid2abs.json", "images"
+
+    def _release_splits(self, data_dir: str, report: SkipReport) -> dict[str, list[tuple[str, Any, str]]]:
+        """``{split: [(sample key, sample, where)]}`` as released (subclasses)."""
+        raise NotImplementedError
+
+    def _data_dir(self) -> str:
+        data_dir = self.config.data_dir
+        cls = type(self).__name__
+        if not data_dir or not os.path.isdir(data_dir):
+            raise ValueError(f"{cls} needs data_dir= the folder with {', '.join(self.REQUIRED_FILES)}; got {data_dir!r}.")
+        data_dir = os.path.abspath(data_dir)
+        missing = [f for f in self.REQUIRED_FILES if not os.path.isfile(os.path.join(data_dir, f))]
+        if missing:
+            raise FileNotFoundError(
+                f"{data_dir} lacks {', '.join(missing)}; the {self.name} layout needs {', '.join(self.REQUIRED_FILES)} "
+                "(see datasets_scripts/" + self.name + "/README.md for how to obtain them)."
+            )
+        return data_dir
+
+    def _load_kb(self, data_dir: str, report: SkipReport) -> list[dict]:
+        names = load_json_file(os.path.join(data_dir, self.NAMES_FILE), "{QID: entity name}")
+        if not isinstance(names, dict):
+            raise ValueError(f"{os.path.join(data_dir, self.NAMES_FILE)} holds a {type(names).__name__}; expected {{QID: name}}.")
+        path = os.path.join(data_dir, self.DESCRIPTIONS_FILE)
+        descriptions = load_json_file(path, "{QID: description}") if os.path.isfile(path) else {}
+        if not isinstance(descriptions, dict):
+            raise ValueError(f"{path} holds a {type(descriptions).__name__}; expected {{QID: description}}.")
+        if not descriptions:
+            report.note(f"no {self.DESCRIPTIONS_FILE}")
+        kb = []
+        for qid, name in names.items():
+            qid = str(qid).strip()
+            if not qid:
+                report.skip("missing entity_id", self.NAMES_FILE)
+                continue
+            name = "" if name is None else str(name).strip()
+            if not name:
+                report.note("missing name", f"{self.NAMES_FILE}:{qid}")
+            description = descriptions.get(qid)
+            kb.append(
+                {
+                    "entity_id": qid,
+                    "name": name,
+                    "screen_name": "",
+                    "location": "",
+                    "description": "" if description is None else str(description).strip(),
+                    "images": [],
+                    "timeline": [],
+                }
+            )
+        return kb
+
+    def _sample_entries(
+        self, key: str, sample: Any, where: str, kb_ids: set, images: dict, check: ImageChecker, report: SkipReport
+    ) -> list[dict]:
+        """Builder entries (``row``, ``notes``, ``where``) of the mentions of one sample; mentions[k] -> answer[k]."""
+        if not isinstance(sample, dict) or not isinstance(sample.get("sentence"), str) or not sample["sentence"].strip():
+            n = max(len(_as_list(sample.get("mentions"))), 1) if isinstance(sample, dict) else 1
+            for _ in range(n):
+                report.skip("sample without sentence", where)
+            return []
+        text = sample["sentence"]
+        mentions, answers = _as_list(sample.get("mentions")), _as_list(sample.get("answer"))
+        if len(mentions) != len(answers):
+            for _ in range(abs(len(mentions) - len(answers))):
+                report.skip("mention without answer" if len(mentions) > len(answers) else "answer without mention", where)
+        pairs = list(zip(mentions, answers))
+        sample_id = str(sample.get("id") or key)
+        image = images.get(str(key)) or images.get(sample_id)
+        image_note = None
+        if image is None:
+            image_note = "no image"
+        elif not check(image):
+            image, image_note = None, "unreadable image"
+        out = []
+        for k, (mention, answer) in enumerate(pairs):
+            mention = "" if mention is None else str(mention)
+            entity_id = "" if answer is None else str(answer).strip()
+            if not mention.strip() or not entity_id:
+                report.skip("empty mention or answer", where)
+                continue
+            start, end, status = resolve_offsets(text, mention, None, None)
+            notes = [n for n in [offset_note(status)] if n]
+            if entity_id not in kb_ids:
+                notes.append("entity not in KB")
+            if image_note:
+                if self.config.require_image:
+                    report.skip(image_note, where)
+                    continue
+                notes.append(image_note)
+            out.append(
+                {
+                    "row": {
+                        "id": str(key) if len(pairs) == 1 else f"{key}-{k}",
+                        "text": text,
+                        "mention": mention,
+                        "mention_start": start,
+                        "mention_end": end,
+                        "image": image,
+                        "entity_id": entity_id,
+                    },
+                    "where": where,
+                    "notes": notes,
+                }
+            )
+        return out
+
+    def _cut_dev(self, splits: dict[str, list], report: SkipReport) -> dict[str, list]:
+        """Move a seeded ``dev_fraction`` of the train samples to ``dev`` when the release has no dev split."""
+        if splits.get("dev") or not splits.get("train") or not self.config.dev_fraction:
+            return splits
+        dev_keys = seeded_holdout([k for k, _, _ in splits["train"]], self.config.dev_fraction, self.config.seed)
+        report.note("dev split cut from train (seeded)")
+        logger.info("%s: no dev split in the release; %d train samples moved to dev (seed %d, dev_fraction %g)",
+                    self.name, len(dev_keys), self.config.seed, self.config.dev_fraction)
+        out = dict(splits)
+        out["train"] = [s for s in splits["train"] if s[0] not in dev_keys]
+        out["dev"] = [s for s in splits["train"] if s[0] in dev_keys]
+        return out
+
+    def _mentions(self, data_dir: str, report: SkipReport) -> dict[str, list[dict]]:
+        kb_ids = {e["entity_id"] for e in self._load_kb(data_dir, SkipReport(self.name, "kb"))}
+        splits = self._cut_dev(self._release_splits(data_dir, report), report)
+        images = index_image_dir(os.path.join(data_dir, self.IMAGES_DIR))
+        check = ImageChecker()
+        out: dict[str, list[dict]] = {}
+        for split in ("train", "dev", "test"):
+            if split in splits:
+                out[split] = [
+                    e for key, sample, where in splits[split]
+                    for e in self._sample_entries(key, sample, where, kb_ids, images, check, report)
+                ]
+        if not any(out.values()):
+            raise ValueError(f"No usable mention in {data_dir}: {report.summary()}")
+        return emit_split_rows(out, report)
+
+    def _split_generators(self, dl_manager):
+        data_dir = self._data_dir()
+        report = SkipReport(self.name, self.config.name)
+        if self.config.name == "mentions":
+            self._rows = self._mentions(data_dir, report)
+            report.kept = {s: len(rows) for s, rows in self._rows.items()}
+        else:
+            kb = self._load_kb(data_dir, report)
+            if not kb:
+                raise ValueError(f"No entity in {os.path.join(data_dir, self.NAMES_FILE)}: {report.summary()}")
+            self._rows = {"train": kb}
+            report.kept = {"entities": len(kb)}
+        # the release folder is left untouched: the report goes next to the Arrow cache
+        report_dirs = [os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
+        self.info.description = self.DESCRIPTION + report.finish(report_dirs)
+        self.build_report = report
+        return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in self._rows]
+
+    def _generate_examples(self, split: str):
+        for i, row in enumerate(self._rows[split]):
+            yield i, row
+
+
 DATASET_BUILDERS: dict[str, str] = {
     "twitter_mel": "TwitterMel",
     "mel_jsonl": "MelJsonl",
     "zemeld": "Zemeld",
+    "wikimel": "WikiMel",
+    "richpedia_mel": "RichpediaMel",
 }
 
 

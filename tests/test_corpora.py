@@ -91,7 +91,7 @@ def write_raw_fixture(d: str) -> None:
         _gt_line(1002, 11, 18, "wiggins", "@alice_w", "taylor and wiggins", "http://pbs.example/media/1002.png"),
         # wrong offsets, mention present: repaired to 12..19 (note); image from the URL cache
         _gt_line(1003, 0, 7, "wiggins", "BobWiggins", "hello there wiggins", URL_1003),
-        _gt_line(1004, 0, 7, "wiggins", "@alice_w", "nothing here"),  # mention not in text
+        _gt_line(1004, 0, 7, "wiggins", "@alice_w", "nothing here"),  # aligns nowhere: kept without a span (note)
         _gt_line(1005, 50, 57, "wiggins", "@alice_w", "wiggins"),  # offsets outside the text: repaired
         _gt_line(1006, 0, 7, "wiggins", "@alice_w", ""),  # tweet not hydrated
         _gt_line(1007, 0, 7, "wiggins", "@dave", "wiggins here"),  # entity not in KB
@@ -108,7 +108,7 @@ def write_raw_fixture(d: str) -> None:
     lists = {
         "Train_ids.txt": "1000\n1002\n9999\nxyz\n",  # 9999: unknown tweet; xyz: malformed line
         "Dev_ids.txt": "1001\n1005\n",
-        "Test_ids.txt": "1003-12\n1001\n",  # a mention id; 1001 also in dev (note)
+        "Test_ids.txt": "1003-12\n1001\n1004\n",  # a mention id; 1001 also in dev (note)
     }
     for name, text in lists.items():
         with open(os.path.join(d, name), "w") as f:
@@ -129,7 +129,6 @@ MENTION_SKIPS = {
     "entity not in KB": 1,
     "id list names unknown tweet": 1,
     "malformed id list line": 1,
-    "mention not in text": 1,
     "non-UTF-8 line": 1,
     "non-numeric id": 1,
     "non-numeric offset": 1,
@@ -140,8 +139,9 @@ MENTION_SKIPS = {
 MENTION_NOTES = {
     "header line": 1,
     "in several split lists": 1,
-    "no image": 2,  # 1001, 1005 (notes count kept rows only: 1010 has none but is not in any list)
+    "no image": 3,  # 1001, 1004, 1005 (notes count kept rows only: 1010 has none but is not in any list)
     "offsets repaired": 2,
+    "unaligned": 1,  # 1004
     "unreadable image": 2,
 }
 KB_SKIPS = {
@@ -181,15 +181,15 @@ def test_raw_fixture_mentions_exact_counts(raw_dir, tmp_path, caplog):
     assert {s: sorted(dd[s]["id"]) for s in dd} == {
         "train": ["1000", "1002-0", "1002-11"],
         "dev": ["1001", "1005"],
-        "test": ["1001", "1003"],
+        "test": ["1001", "1003", "1004"],
     }
     report = _skipped(raw_dir, "mentions")
-    assert report["kept"] == {"train": 3, "dev": 2, "test": 2}
+    assert report["kept"] == {"train": 3, "dev": 2, "test": 3}
     assert report["skipped"] == MENTION_SKIPS
     assert report["notes"] == MENTION_NOTES
     # the same counts in one log line and in the dataset description
     lines = [r.getMessage() for r in caplog.records if "twitter_mel/mentions: kept" in r.getMessage()]
-    assert len(lines) == 1 and "entity not in KB: 1" in lines[0] and "skipped 11 " in lines[0]
+    assert len(lines) == 1 and "entity not in KB: 1" in lines[0] and "skipped 10 " in lines[0]
     assert "entity not in KB: 1" in dd["train"].info.description
 
     rows = {r["id"]: r for s in ("train", "dev", "test") for r in dd[s]}
@@ -199,8 +199,10 @@ def test_raw_fixture_mentions_exact_counts(raw_dir, tmp_path, caplog):
     assert rows["1003"]["image"].getpixel((0, 0)) == (0, 0, 255)  # from the URL cache
     assert rows["1005"]["mention_start"] == 0 and rows["1005"]["mention_end"] == 7
     assert rows["1000"]["image"].size == (8, 8)
+    assert rows["1004"]["mention_start"] is None and rows["1004"]["mention_end"] is None  # kept, no span
     for r in rows.values():
-        assert r["text"][r["mention_start"] : r["mention_end"]].lower() == r["mention"].lower()
+        if r["id"] != "1004":
+            assert r["text"][r["mention_start"] : r["mention_end"]].lower() == r["mention"].lower()
     assert dd["train"].features == MENTION_FEATURES
 
 
@@ -225,12 +227,12 @@ def test_raw_fixture_options(raw_dir, tmp_path):
     dd = load_mel_corpus("twitter_mel", raw_dir, cache_dir=str(tmp_path / "c1"), require_image=True)
     assert {s: dd[s]["id"] for s in dd} == {"train": ["1000"], "test": ["1003"]}  # empty dev left out
     report = _skipped(raw_dir, "mentions")
-    assert report["skipped"]["no image"] == 3 and report["skipped"]["unreadable image"] == 2
+    assert report["skipped"]["no image"] == 4 and report["skipped"]["unreadable image"] == 2  # 1004 has no image
     assert "no image" not in report["notes"] and report["notes"]["empty split left out: dev"] == 1
 
     seeded = load_mel_corpus("twitter_mel", raw_dir, cache_dir=str(tmp_path / "c2"), split_method="seeded", seed=1)
     assert set(seeded) <= {"train", "train07", "train05", "dev", "test"}  # empty splits are left out
-    assert sum(len(seeded[s]) for s in ("train", "dev", "test") if s in seeded) == 7  # 1010 included
+    assert sum(len(seeded[s]) for s in ("train", "dev", "test") if s in seeded) == 8  # 1004 and 1010 included
     assert "not in any split list" not in _skipped(raw_dir, "mentions")["skipped"]
 
 
@@ -390,7 +392,7 @@ def test_mel_jsonl_small_corpus(tmp_path):
         {"id": "m1", "text": "I love Paris", "mention": "Paris", "image": "img/a.png", "entity_id": "Q1", "split": "train"},
         {"id": "m2", "text": "Paris Hilton again", "mention": "Paris Hilton", "mention_start": 0, "mention_end": 12,
          "entity_id": "Q2", "split": "validation"},
-        {"id": "m3", "text": "x", "mention": "Paris", "entity_id": "Q1", "split": "test"},  # mention not in text
+        {"id": "m3", "text": "x", "mention": "Paris", "entity_id": "Q1", "split": "test"},  # aligns nowhere: kept, no span
         {"id": "m4", "text": "Paris", "mention": "Paris", "entity_id": "Q9", "split": "test"},  # entity not in KB
         {"id": "m5", "text": "Paris", "mention": "Paris", "entity_id": "Q1", "image": "img/bad.png", "split": "test"},
         {"id": "m6", "text": "Paris", "mention": "Paris", "entity_id": "q2", "image": "img/gone.png", "split": "test"},
@@ -402,18 +404,20 @@ def test_mel_jsonl_small_corpus(tmp_path):
     (d / "mentions.jsonl").write_text("\n".join(json.dumps(r) for r in mentions) + "\n{oops\n")
     dd = load_mel_corpus("mel_jsonl", str(d), cache_dir=str(tmp_path / "c"))
     assert dd["train"].features == MENTION_FEATURES
-    assert {s: dd[s]["id"] for s in dd} == {"train": ["m1"], "dev": ["m2"], "test": ["m5", "m6"]}
+    assert {s: dd[s]["id"] for s in dd} == {"train": ["m1"], "dev": ["m2"], "test": ["m3", "m5", "m6"]}
     rep = _skipped(str(d), "mentions")
     assert rep["skipped"] == {
         "duplicate mention": 1,
         "entity not in KB": 1,
         "malformed JSON line": 1,
-        "mention not in text": 1,
         "missing or invalid field": 1,
         "unknown split value": 1,
     }
-    assert rep["notes"] == {"image file missing": 1, "no image": 1, "offsets located": 3, "unreadable image": 1}
-    assert dd["test"][1]["entity_id"] == "Q2"  # matched case-insensitively
+    assert rep["notes"] == {
+        "image file missing": 1, "no image": 2, "offsets located": 3, "unaligned": 1, "unreadable image": 1
+    }
+    assert dd["test"][0]["mention_start"] is None and dd["test"][0]["mention_end"] is None  # m3
+    assert dd["test"][2]["entity_id"] == "Q2"  # matched case-insensitively
     assert dd["train"][0]["mention_start"] == 7 and dd["train"][0]["image"].size == (8, 8)
 
     kbds = load_mel_corpus("mel_jsonl", str(d), config="kb", cache_dir=str(tmp_path / "c"))

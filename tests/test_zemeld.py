@@ -99,7 +99,7 @@ def _corrupt(anns):
     a = anns[0]["entities"]
     a.append(dict(a[0], box=[0, 0, 100, 10]))  # outside the 64x64 image
     a.append(dict(a[0], box=[20, 5, 10, 30]))  # x2 <= x1
-    a.append(dict(a[0], mention="Nowhere Mentioned", mention_start=None))  # mention not in caption
+    a.append(dict(a[0], mention="Nowhere Mentioned", mention_start=None))  # aligns nowhere: kept without a span
     a.append(dict(a[0], entity_id="Q_MISSING"))  # not in the KB
 
 
@@ -107,9 +107,11 @@ def test_bad_input_is_counted_and_written(sample, tmp_path, zemeld_modules, capl
     _copy_with(sample, tmp_path / "raw", _corrupt)
     with caplog.at_level("WARNING"):
         b, ds = build(zemeld_modules[1], "mentions", tmp_path / "raw", tmp_path / "cache")
-    assert dict(b.skipped) == {"box_outside_image": 1, "box_empty": 1, "mention_not_in_caption": 1,
-                               "entity_not_in_kb": 1}
-    assert "skipped 4 bad annotations" in caplog.text
+    assert dict(b.skipped) == {"box_outside_image": 1, "box_empty": 1, "entity_not_in_kb": 1}
+    assert "skipped 3 bad annotations" in caplog.text
+    assert b.notes["unaligned"] == 1
+    unaligned = [r for r in ds["train"] if r["mention"] == "Nowhere Mentioned"]
+    assert len(unaligned) == 1 and unaligned[0]["mention_start"] is None and unaligned[0]["mention_end"] is None
     report = json.loads(open(b.skipped_path).read())
     assert report["counts"]["entity_not_in_kb"] == 1
     assert {r["reason"] for r in report["skipped"]} == set(b.skipped)
@@ -122,8 +124,6 @@ def test_bad_input_is_counted_and_written(sample, tmp_path, zemeld_modules, capl
     [
         (lambda a: a[0]["entities"].append(dict(a[0]["entities"][0], box=[0, 0, 100, 10])), r"box_outside_image.*100"),
         (lambda a: a[0]["entities"].append(dict(a[0]["entities"][0], box=[20, 5, 10, 30])), r"box_empty.*\[20, 5, 10, 30\]"),
-        (lambda a: a[0]["entities"].append(dict(a[0]["entities"][0], mention="Atlantis", mention_start=None)),
-         "mention_not_in_caption.*Atlantis"),
         (lambda a: a[0]["entities"].append(dict(a[0]["entities"][0], entity_id="Q_MISSING")), "entity_not_in_kb.*Q_MISSING"),
     ],
 )

@@ -36,6 +36,7 @@ from modeling_mel.corpus import (
     SkipReport,
     emit_split_rows,
     normalize_entity_key,
+    offset_note,
     paper_split,
     read_lines,
     resolve_offsets,
@@ -214,12 +215,8 @@ class MelJsonl(MelCorpusBuilder):
                 continue
             if (start is None) != (end is None):
                 start = end = None
-            resolved = resolve_offsets(text, mention, start, end)
-            if resolved is None:
-                report.skip("mention not in text", where)
-                continue
-            start, end, status = resolved
-            notes = [] if status == "ok" else [f"offsets {status}"]
+            start, end, status = resolve_offsets(text, mention, start, end)
+            notes = [n for n in [offset_note(status)] if n]
             if mention_id in seen:
                 report.skip("duplicate mention", where)
                 continue

@@ -42,6 +42,7 @@ from modeling_mel.corpus import (
     emit_split_rows,
     index_image_dir,
     normalize_entity_key,
+    offset_note,
     paper_split,
     read_lines,
     resolve_offsets,
@@ -389,16 +390,16 @@ class TwitterMel(MelCorpusBuilder):
             if not r["text"].strip():
                 report.skip("tweet not hydrated", r["where"])
                 continue
-            resolved = resolve_offsets(r["text"], r["mention"], r["start"], r["end"])
-            if resolved is None:
-                report.skip("mention not in text", r["where"])
-                continue
-            start, end, status = resolved
-            if (r["tweet_id"], start, end) in seen:
+            start, end, status = resolve_offsets(r["text"], r["mention"], r["start"], r["end"])
+            key = (r["tweet_id"], start, end) if start is not None else (r["tweet_id"], r["start"], r["mention"])
+            if key in seen:
                 report.skip("duplicate mention", r["where"])
                 continue
-            seen.add((r["tweet_id"], start, end))
-            valid.append(dict(r, start=start, end=end, notes=["offsets repaired"] if status == "repaired" else []))
+            seen.add(key)
+            # unaligned mentions keep no span; their id uses the released startPos
+            id_start = start if start is not None else r["start"]
+            notes = [n for n in [offset_note(status)] if n and status != "located"]
+            valid.append(dict(r, start=start, end=end, id_start=id_start, notes=notes))
         per_tweet = Counter(r["tweet_id"] for r in valid)
 
         find = self._image_finder(data_dir)
@@ -421,7 +422,7 @@ class TwitterMel(MelCorpusBuilder):
                     continue
                 r["notes"].append("unreadable image")
                 image = None
-            mention_id = r["tweet_id"] if per_tweet[r["tweet_id"]] == 1 else f"{r['tweet_id']}-{r['start']}"
+            mention_id = r["tweet_id"] if per_tweet[r["tweet_id"]] == 1 else f"{r['tweet_id']}-{r['id_start']}"
             kept.append(
                 {
                     "row": {
@@ -434,6 +435,7 @@ class TwitterMel(MelCorpusBuilder):
                         "entity_id": entity_id,
                     },
                     "tweet_id": r["tweet_id"],
+                    "id_start": r["id_start"],
                     "source_split": r["source_split"],
                     "where": r["where"],
                     "notes": r["notes"],
@@ -493,7 +495,7 @@ class TwitterMel(MelCorpusBuilder):
             lists[split] = ids
         out: dict[str, list[dict]] = {s: [] for s in ID_LIST_FILES if s in lists}
         for k in kept:
-            keys = {k["tweet_id"], k["row"]["id"], f"{k['tweet_id']}-{k['row']['mention_start']}"}
+            keys = {k["tweet_id"], k["row"]["id"], f"{k['tweet_id']}-{k['id_start']}"}
             in_core = [s for s in core if keys & lists[s]]
             if not in_core:
                 report.skip("not in any split list", k["where"])

@@ -3,7 +3,9 @@
 Reads the raw layout documented in README.md (``annotations.jsonl``, ``kb.jsonl``, ``images/``) with
 ``Zemeld(config_name="mentions" | "kb", data_dir=D).download_and_prepare(); .as_dataset()``.
 Checks the zero-shot split (no dev/test entity in training) and skips bad annotations by reason
-(counted, logged, written to ``skipped.json`` next to the prepared cache), or raises in ``strict`` mode.
+(counted, logged, written to ``skipped.json`` next to the prepared cache), or raises in ``strict`` mode. A mention
+that is not verbatim in its caption is never skipped: it is located by token alignment (note ``aligned``) or kept
+without a span (``mention_start``/``mention_end`` None, note ``unaligned``), in strict mode too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 from dataclasses import dataclass
 
 import datasets
+
+from modeling_mel.corpus import offset_note, resolve_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +151,7 @@ class Zemeld(datasets.GeneratorBasedBuilder):
     def _load(self, data_dir: str) -> tuple[dict, dict, dict]:
         """Read and validate; returns (kb rows by id, mention rows by split, entity ids by split)."""
         self._skipped = collections.Counter()
+        self._notes = collections.Counter()
         self._skipped_records = []
         for name in ("annotations.jsonl", "kb.jsonl"):
             if not os.path.isfile(os.path.join(data_dir, name)):
@@ -185,17 +190,22 @@ class Zemeld(datasets.GeneratorBasedBuilder):
                     self._skip(reason, detail)
                     continue
                 mention = str(ent.get("mention") or "")
-                start = ent.get("mention_start")
-                if start is None:
-                    start = caption.find(mention) if mention else -1
-                if not mention or start < 0 or caption[int(start) : int(start) + len(mention)] != mention:
-                    self._skip("mention_not_in_caption", {**detail, "caption": caption})
+                if not mention.strip():
+                    self._skip("empty_mention", detail)
                     continue
+                start = ent.get("mention_start")
+                start = None if start is None else int(start)
+                end = None if start is None else int(ent.get("mention_end") or start + len(mention))
+                start, end, status = resolve_offsets(caption, mention, start, end)
+                note = offset_note(status)
+                if note:  # kept: aligned by tokens, or without a span when nothing aligns
+                    self._notes[note] += 1
                 eid = str(ent.get("entity_id", ""))
                 if eid not in kb:
                     self._skip("entity_not_in_kb", detail)
                     continue
-                valid.append({"box": [float(v) for v in ent["box"]], "mention": mention, "start": int(start), "entity_id": eid})
+                valid.append({"box": [float(v) for v in ent["box"]], "mention": mention, "start": start, "end": end,
+                              "entity_id": eid})
             for j, ent in enumerate(valid):
                 rows[split].append(
                     {
@@ -207,7 +217,7 @@ class Zemeld(datasets.GeneratorBasedBuilder):
                         "caption": caption,
                         "mention": ent["mention"],
                         "mention_start": ent["start"],
-                        "mention_end": ent["start"] + len(ent["mention"]),
+                        "mention_end": ent["end"],
                         "box": ent["box"],
                         "box_index": j,
                         "entity_id": ent["entity_id"],
@@ -237,6 +247,8 @@ class Zemeld(datasets.GeneratorBasedBuilder):
         )
         if total:
             logger.warning("ZEMELD: skipped %d bad annotations by reason: %s", total, dict(self._skipped))
+        if self._notes:
+            logger.info("ZEMELD: notes on kept mentions: %s", dict(sorted(self._notes.items())))
         self._write_skipped()
         return kb, rows, entities
 
@@ -245,12 +257,18 @@ class Zemeld(datasets.GeneratorBasedBuilder):
         self.skipped_path = path
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"counts": dict(self._skipped), "skipped": self._skipped_records}, f, indent=1)
+            json.dump({"counts": dict(self._skipped), "notes": dict(sorted(self._notes.items())),
+                       "skipped": self._skipped_records}, f, indent=1)
 
     @property
     def skipped(self) -> collections.Counter:
         """Counts of skipped annotations by reason (after `download_and_prepare`)."""
         return getattr(self, "_skipped", collections.Counter())
+
+    @property
+    def notes(self) -> collections.Counter:
+        """Counts of notes on kept mentions (``aligned``, ``unaligned``, ``offsets repaired``...)."""
+        return getattr(self, "_notes", collections.Counter())
 
     # -- splits ----------------------------------------------------------------------------------------------------
     def _split_generators(self, dl_manager):
