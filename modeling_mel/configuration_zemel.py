@@ -31,6 +31,15 @@ DEFAULT_TEXT_CONFIG: dict[str, Any] = {
 
 SCORING_MODES = ("poly", "bi")
 FUSION_MODES = ("concat", "sum")
+POOLING_MODES = ("pooler", "mean", "cls")
+
+#: New special tokens start from the embedding of an existing token, so the untrained model reads
+#: `[M] Noel Harrison [/M]` like `" Noel Harrison "` and `name [ENT] description` like `name . description`.
+DEFAULT_SPECIAL_TOKEN_INIT: dict[str, str] = {
+    DEFAULT_MENTION_START_TOKEN: '"',
+    DEFAULT_MENTION_END_TOKEN: '"',
+    DEFAULT_ENTITY_TOKEN: ".",
+}
 
 # Text-stream fields that change the shape or the function of the network (used by `config_hash`).
 _TEXT_ARCH_KEYS = (
@@ -60,6 +69,8 @@ _ARCH_KEYS = (
     "poly_m",
     "scoring",
     "layer_norm_eps",
+    "pooling",
+    "normalize_embeddings",
 )
 
 
@@ -106,7 +117,28 @@ class ZemelConfig(PretrainedConfig):
             Attention heads of the co-attention.
         fusion (`str`, *optional*, defaults to `"concat"`):
             How the pooled text and visual outputs become one vector: `"concat"` (the paper: concatenate, then a
-            linear projection to the text hidden size) or `"sum"` (project the visual vector, add).
+            linear projection to the text hidden size) or `"sum"` (project the visual vector, add). Both are written
+            as a residual over the pooled text vector with a zero-initialised projection (`t + W[t; v]`, the same
+            function class as `W'[t; v]`), so the untrained fusion is the identity on the text vector.
+        pooling (`str`, *optional*, defaults to `"pooler"`):
+            How the text stream becomes one vector: `"pooler"` (BERT's tanh pooler over [CLS], for BERT checkpoints),
+            `"mean"` (masked mean of the token states, as sentence-transformers checkpoints were trained) or `"cls"`
+            (the [CLS] state itself). :meth:`ZemelPolyEncoder.from_text_backbone` picks it from the checkpoint.
+        normalize_embeddings (`bool`, *optional*, defaults to `False`):
+            L2-normalise the context and candidate vectors (and, in poly mode, the candidate-conditioned context
+            vector of eq. 3), so scores are cosines; set for checkpoints trained with a Normalize module.
+        logit_scale (`float`, *optional*, defaults to `1.0`):
+            Scores are multiplied by it before the cross-entropy (a temperature; 20 for normalised vectors, as
+            sentence-transformers' MultipleNegativesRankingLoss). Rankings do not depend on it.
+        modality_gate_init (`float`, *optional*, defaults to `0.0`):
+            Initial value of the tanh gates of the co-attention text update and of the visual tokens. 0 keeps a
+            pre-trained text stream unchanged at the start of training (Flamingo); a model trained from scratch
+            has nothing to protect and may start with open gates (e.g. 1.0; the fusion projection is then randomly
+            initialised too instead of zero).
+        special_token_init (`dict[str, str]`, *optional*):
+            For each new special token, an existing token whose embedding it starts from when the vocabulary is
+            resized for the processor (default: `[M]`, `[/M]` from `"`, `[ENT]` from `.`); tokens not listed start
+            from the mean embedding.
         poly_m (`int`, *optional*, defaults to 16):
             Number of learned poly codes `m` (eq. 1-2 of the paper).
         scoring (`str`, *optional*, defaults to `"poly"`):
@@ -147,6 +179,11 @@ class ZemelConfig(PretrainedConfig):
         bi_hidden_size: int = 1024,
         bi_num_attention_heads: int = 8,
         fusion: str = "concat",
+        pooling: str = "pooler",
+        normalize_embeddings: bool = False,
+        logit_scale: float = 1.0,
+        special_token_init: dict[str, str] | None = None,
+        modality_gate_init: float = 0.0,
         poly_m: int = 16,
         scoring: str = "poly",
         max_regions: int = 10,
@@ -175,6 +212,10 @@ class ZemelConfig(PretrainedConfig):
             raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
         if fusion not in FUSION_MODES:
             raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSION_MODES}")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLING_MODES}")
+        if not float(logit_scale) > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
         for name, size, heads in (
             ("v_hidden_size", v_hidden_size, v_num_attention_heads),
             ("bi_hidden_size", bi_hidden_size, bi_num_attention_heads),
@@ -226,6 +267,11 @@ class ZemelConfig(PretrainedConfig):
         self.bi_hidden_size = int(bi_hidden_size)
         self.bi_num_attention_heads = int(bi_num_attention_heads)
         self.fusion = fusion
+        self.pooling = pooling
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.logit_scale = float(logit_scale)
+        self.modality_gate_init = float(modality_gate_init)
+        self.special_token_init = dict(DEFAULT_SPECIAL_TOKEN_INIT if special_token_init is None else special_token_init)
         self.poly_m = int(poly_m)
         self.scoring = scoring
         self.max_regions = int(max_regions)
@@ -272,6 +318,8 @@ ZemelConfig.register_for_auto_class()
 
 __all__ = [
     "ZemelConfig",
+    "POOLING_MODES",
+    "DEFAULT_SPECIAL_TOKEN_INIT",
     "config_hash",
     "DEFAULT_MENTION_START_TOKEN",
     "DEFAULT_MENTION_END_TOKEN",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -276,6 +277,10 @@ class ZemelCoAttentionLayer(nn.Module):
     (visual queries, text keys/values). Both read the block's inputs; each stream then has its own feed-forward.
     An example with no valid key on the other side (e.g. text-only input: every region masked) passes through the
     block unchanged for that stream, so no attention over an empty set is ever used (no NaN, no garbage).
+
+    The text stream's update is a gated residual (Flamingo's tanh gate, initialised at 0):
+    `text + tanh(text_gate) * (block(text) - text)`, so a pre-trained text stream is unchanged at the start of
+    training, with or without an image, and images open the gate through training.
     """
 
     def __init__(self, config: ZemelConfig):
@@ -306,6 +311,7 @@ class ZemelCoAttentionLayer(nn.Module):
         self.visual_output = ZemelSelfOutput(
             config.v_intermediate_size, config.v_hidden_size, config.v_hidden_dropout_prob, eps
         )
+        self.text_gate = nn.Parameter(torch.full((1,), float(getattr(config, "modality_gate_init", 0.0))))
 
     def forward(
         self,
@@ -318,6 +324,7 @@ class ZemelCoAttentionLayer(nn.Module):
         text_ctx = self.text_attention(text_states, _additive_mask(visual_mask, dtype), visual_states)  # (B, T, H)
         visual_ctx = self.visual_attention(visual_states, _additive_mask(text_mask, dtype), text_states)  # (B, R, V)
         text_out = self.text_output(self.text_intermediate(text_ctx), text_ctx)
+        text_out = text_states + torch.tanh(self.text_gate).to(dtype) * (text_out - text_states)  # gated residual
         visual_out = self.visual_output(self.visual_intermediate(visual_ctx), visual_ctx)
         has_visual = (visual_mask.sum(-1) > 0)[:, None, None]  # (B, 1, 1)
         has_text = (text_mask.sum(-1) > 0)[:, None, None]
@@ -341,8 +348,10 @@ class ZemelPooler(nn.Module):
 class ZemelFusion(nn.Module):
     """Fuses the two streams: pooled vectors into one vector, visual tokens into the text hidden size.
 
-    `concat`: `dense([t_pool ; v_pool])`; `sum`: `t_pool + visual_dense(v_pool)`. `visual_projection` maps each visual
-    output token to the text hidden size so the context outputs `h_1..h_N` are the text tokens then the regions.
+    `concat`: `t_pool + dense([t_pool ; v_pool])`; `sum`: `t_pool + dense(v_pool)`, with `dense` zero-initialised,
+    so the untrained fusion returns the text vector unchanged. `visual_projection` maps each visual output token to
+    the text hidden size so the context outputs `h_1..h_N` are the text tokens then the regions; the projected
+    tokens are scaled by `tanh(visual_gate)` (initialised at 0).
     """
 
     def __init__(self, config: ZemelConfig):
@@ -351,16 +360,19 @@ class ZemelFusion(nn.Module):
         self.mode = config.fusion
         in_size = hidden + config.v_hidden_size if self.mode == "concat" else config.v_hidden_size
         self.dense = nn.Linear(in_size, hidden)
+        self.dense._zemel_zero_init = True  # identity-at-init fusion (see _init_weights)
         self.visual_projection = nn.Linear(config.v_hidden_size, hidden)
+        self.visual_gate = nn.Parameter(torch.full((1,), float(getattr(config, "modality_gate_init", 0.0))))
         self.dropout = nn.Dropout(config.v_hidden_dropout_prob)
 
     def forward(self, text_pooled, visual_pooled, visual_states):
-        if self.mode == "concat":
-            pooled = self.dense(torch.cat([text_pooled, visual_pooled], dim=-1))  # (B, H)
-        else:
-            pooled = text_pooled + self.dense(visual_pooled)  # (B, H)
-        visual_tokens = self.visual_projection(visual_states) if visual_states is not None else None  # (B, R, H)
-        return self.dropout(pooled), visual_tokens
+        fused_in = torch.cat([text_pooled, visual_pooled], dim=-1) if self.mode == "concat" else visual_pooled
+        pooled = text_pooled + self.dropout(self.dense(fused_in))  # (B, H)
+        visual_tokens = None
+        if visual_states is not None:
+            gate = torch.tanh(self.visual_gate).to(visual_states.dtype)
+            visual_tokens = gate * self.visual_projection(visual_states)  # (B, R, H)
+        return pooled, visual_tokens
 
 
 class ZemelTwoStreamEncoder(nn.Module):
@@ -452,13 +464,22 @@ class ZemelTwoStreamEncoder(nn.Module):
             for layer in v_layers[v_next:]:
                 visual = layer(visual, visual_add_mask)
 
-        text_pooled = self.pooler(text)  # (B, H)
+        pooling = getattr(self.config, "pooling", "pooler")
+        if pooling == "mean":
+            weights = attention_mask.to(text.dtype)[..., None]  # (B, T, 1)
+            text_pooled = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
+        elif pooling == "cls":
+            text_pooled = text[:, 0]  # (B, H)
+        else:
+            text_pooled = self.pooler(text)  # (B, H)
         if visual is not None:
             has_visual = (visual_attention_mask[:, :1] > 0).to(text.dtype)  # (B, 1): first region = whole image
             visual_pooled = self.v_pooler(visual) * has_visual  # (B, V)
         else:
             visual_pooled = text.new_zeros(text.shape[0], self.config.v_hidden_size)
         pooled, visual_tokens = self.fusion(text_pooled, visual_pooled, visual)
+        if getattr(self.config, "normalize_embeddings", False):
+            pooled = F.normalize(pooled, dim=-1)
         if visual_tokens is not None:
             sequence = torch.cat([text, visual_tokens], dim=1)  # (B, T+R, H)
             mask = torch.cat([attention_mask, visual_attention_mask.to(attention_mask.dtype)], dim=1)  # (B, T+R)
@@ -489,7 +510,10 @@ class ZemelPreTrainedModel(PreTrainedModel):
             normal_, zeros_, ones_ = nn.init.normal_, nn.init.zeros_, nn.init.ones_
             copy_ = lambda t, v: t.copy_(v)  # noqa: E731
         if isinstance(module, nn.Linear):
-            normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "_zemel_zero_init", False) and not getattr(self.config, "modality_gate_init", 0.0):
+                zeros_(module.weight)
+            else:
+                normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -503,6 +527,10 @@ class ZemelPreTrainedModel(PreTrainedModel):
             copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, ZemelPolyEncoder):
             normal_(module.poly_codes, mean=0.0, std=std)
+        elif isinstance(module, ZemelCoAttentionLayer):
+            copy_(module.text_gate, torch.full_like(module.text_gate, float(getattr(self.config, "modality_gate_init", 0.0))))
+        elif isinstance(module, ZemelFusion):
+            copy_(module.visual_gate, torch.full_like(module.visual_gate, float(getattr(self.config, "modality_gate_init", 0.0))))
 
 
 class ZemelPolyEncoder(ZemelPreTrainedModel):
@@ -562,13 +590,27 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
     def resize_for_processor(self, processor) -> None:
         """Make the vocabulary match `processor.tokenizer` (with `[M]`, `[/M]`, `[ENT]`) and record the token ids."""
         tokenizer = getattr(processor, "tokenizer", processor)
+        old_size = self.get_input_embeddings().num_embeddings
         self.resize_token_embeddings(len(tokenizer))
+        init = getattr(self.config, "special_token_init", None) or {}
         for attr in ("mention_start_token", "mention_end_token", "entity_token"):
             token = getattr(self.config, attr)
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
                 raise ValueError(f"special token {token!r} is not in the tokenizer; build it with ZemelProcessor")
             setattr(self.config, f"{attr}_id", int(token_id))
+            source = init.get(token)
+            if token_id >= old_size and source:  # a new row: start from the embedding of an existing token
+                source_id = tokenizer.convert_tokens_to_ids(source)
+                if source_id is None or source_id == tokenizer.unk_token_id or source_id >= old_size:
+                    raise ValueError(
+                        f"special_token_init maps {token!r} to {source!r}, which is not a token of the backbone's "
+                        "vocabulary; give an existing token (e.g. '\"' or '.') or remove the entry"
+                    )
+                with torch.no_grad():
+                    for encoder in (self.context_encoder, self.candidate_encoder):
+                        weight = encoder.embeddings.word_embeddings.weight
+                        weight[token_id] = weight[source_id]
 
     # -- encoding --------------------------------------------------------------------------------------------------
     def _poly_attend(self, sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -657,6 +699,8 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
             raise ValueError(f"per-example candidate cache has batch {cand.shape[0]}, contexts have {codes.shape[0]}")
         attn = torch.bmm(cand, codes.transpose(1, 2)).softmax(dim=-1)  # (B, K, m): eq. 4
         ctx = torch.bmm(attn, codes)  # (B, K, H): eq. 3
+        if getattr(self.config, "normalize_embeddings", False):
+            ctx = F.normalize(ctx, dim=-1)  # cosine scores, as the candidate vectors are normalised
         return (ctx * cand).sum(dim=-1)  # (B, K): eq. 5
 
     # -- fast inference paths ----------------------------------------------------------------------------------------
@@ -855,7 +899,8 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
             if candidate_embeddings.shape[0] == scores.shape[0]:
                 labels = torch.arange(scores.shape[0], device=scores.device)  # in-batch negatives
         if labels is not None:
-            loss = F.cross_entropy(scores.float(), labels.to(scores.device).long(), ignore_index=-100)
+            logits = scores.float() * float(getattr(self.config, "logit_scale", 1.0))
+            loss = F.cross_entropy(logits, labels.to(scores.device).long(), ignore_index=-100)
 
         context_embeddings = context.poly_codes if self.config.scoring == "poly" else context.pooled_output
         if not return_dict:
@@ -885,6 +930,8 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
 
         path = resolve_backbone(backbone)
         text_config = AutoConfig.from_pretrained(path)
+        for key, value in backbone_pooling(path).items():
+            config_overrides.setdefault(key, value)
         config = ZemelConfig(text_config=text_config.to_dict(), **config_overrides)
         model = cls(config)
         bert = BertModel.from_pretrained(path)
@@ -909,6 +956,37 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
                 logger.warning("%s: backbone %r missing keys %s, unexpected keys %s", name, backbone, missing, unexpected)
         config.name_or_path = str(path)
         return (model, info) if output_loading_info else model
+
+
+def backbone_pooling(path: str) -> dict[str, Any]:
+    """Pooling settings a checkpoint was trained with: for a sentence-transformers folder (``modules.json`` with a
+    Pooling module) its pooling mode and whether it normalises (``Normalize`` module; then ``logit_scale=20``);
+    ``{"pooling": "pooler"}`` (BERT's [CLS] pooler) otherwise."""
+    import json
+    import os
+
+    modules_file = os.path.join(str(path), "modules.json")
+    if not os.path.isfile(modules_file):
+        return {"pooling": "pooler"}
+    with open(modules_file, encoding="utf-8") as f:
+        modules = json.load(f)
+    settings: dict[str, Any] = {"pooling": "mean", "normalize_embeddings": False}
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            pooling_file = os.path.join(str(path), module.get("path", ""), "config.json")
+            if os.path.isfile(pooling_file):
+                with open(pooling_file, encoding="utf-8") as f:
+                    pooling = json.load(f)
+                if pooling.get("pooling_mode_cls_token"):
+                    settings["pooling"] = "cls"
+                elif not pooling.get("pooling_mode_mean_tokens", True):
+                    logger.warning("%s: pooling %s is not supported; using mean pooling", path, pooling)
+        elif kind.endswith("Normalize"):
+            settings["normalize_embeddings"] = True
+    if settings["normalize_embeddings"]:
+        settings["logit_scale"] = 20.0
+    return settings
 
 
 def register_zemel() -> None:

@@ -19,6 +19,7 @@ import random
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from transformers import Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +101,15 @@ class ZemelCollator:
         if self.train:
             if gold not in ids:
                 ids = (ids[: k - 1] if len(ids) >= k else ids) + [gold]
-            pool = [e for e in self.kb_ids if e not in ids]
-            while len(ids) < k and pool:
-                ids.append(pool.pop(self.rng.randrange(len(pool))))
+            if len(ids) < k:  # pad with random KB entities (only when short: the pool is O(KB))
+                taken = set(ids)
+                pool = [e for e in self.kb_ids if e not in taken]
+                while len(ids) < k and pool:
+                    ids.append(pool.pop(self.rng.randrange(len(pool))))
             self.rng.shuffle(ids)
-        else:
-            pool = [e for e in self.kb_ids if e not in ids]
+        elif len(ids) < k:
+            taken = set(ids)
+            pool = [e for e in self.kb_ids if e not in taken]
             while len(ids) < k and pool:
                 ids.append(pool.pop(self.rng.randrange(len(pool))))
         if len(ids) < k:
@@ -168,4 +172,205 @@ def rank_candidates(model, collator: ZemelCollator, rows: Sequence[Mapping[str, 
     return ranked
 
 
-__all__ = ["ZemelCollator", "rank_candidates"]
+# ----------------------------------------------------------------------------------------------------------------------
+# Training: one loss owner, hard negatives mined with the model being trained
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class ZemelTrainingCollator:
+    """``ZemelCollator`` in ``"list"`` mode that also returns ``candidate_entity_index`` ``(B, K)`` (KB positions of the
+    candidates, used to mask in-batch false negatives)."""
+
+    def __init__(self, collator: ZemelCollator):
+        self.collator = collator
+        self.collator.return_candidate_ids = True
+        self.position = {e: i for i, e in enumerate(collator.kb_ids)}
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collator(rows)
+        ids = batch.pop("candidate_ids")
+        batch["candidate_entity_index"] = torch.tensor([[self.position[e] for e in row] for row in ids], dtype=torch.long)
+        return batch
+
+
+def zemel_loss(model, inputs: Mapping[str, Any], in_batch_negatives: bool = True):
+    """The ZEMEL training loss: cross-entropy of ``logit_scale * score`` of each context against its own candidates
+    and, with ``in_batch_negatives``, those of the whole batch (scores ``(B, B*K)``, target ``b*K + label_b``, other
+    copies of the gold entity masked out). Returns ``(loss, outputs)``."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")  # (B,)
+    cand_index = inputs.pop("candidate_entity_index", None)  # (B, K)
+    if not in_batch_negatives or cand_index is None:
+        outputs = model(**inputs, labels=labels)
+        return outputs.loss, outputs
+    b, k = inputs["candidate_input_ids"].shape[:2]
+    for key in [k_ for k_ in inputs if k_.startswith("candidate_")]:
+        inputs[key] = inputs[key].flatten(0, 1)  # (B*K, ...): one shared candidate set
+    outputs = model(**inputs)
+    scale = float(getattr(getattr(model, "config", None), "logit_scale", 1.0) or 1.0)
+    scores = outputs.scores.float() * scale  # (B, B*K)
+    target = torch.arange(b, device=scores.device) * k + labels.to(scores.device)
+    flat = cand_index.reshape(-1).to(scores.device)  # (B*K,)
+    gold = flat[target]  # (B,)
+    false_negative = flat[None, :] == gold[:, None]  # (B, B*K)
+    false_negative[torch.arange(b, device=scores.device), target] = False
+    scores = scores.masked_fill(false_negative, torch.finfo(scores.dtype).min)
+    return torch.nn.functional.cross_entropy(scores, target), outputs
+
+
+class ZemelTrainer(Trainer):
+    """``Trainer`` whose loss is :func:`zemel_loss` (in-batch negatives on top of each row's candidate list)."""
+
+    def __init__(self, *args, in_batch_negatives: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_batch_negatives = in_batch_negatives
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        loss, outputs = zemel_loss(model, inputs, self.in_batch_negatives)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _autocast_dtype(model) -> torch.dtype | None:
+    try:
+        from .hardware import bf16_is_fast
+
+        return torch.bfloat16 if bf16_is_fast(model.device.type) else None
+    except Exception:  # pragma: no cover - no oneDNN check on this platform
+        return None
+
+
+def encode_kb_vectors(
+    model,
+    processor,
+    entities: Sequence[Mapping[str, Any]],
+    max_length: int = 64,
+    batch_size: int = 128,
+    autocast_dtype: torch.dtype | None | str = "auto",
+) -> torch.Tensor:
+    """Text-only candidate vectors ``(N, H)`` (float32, KB order): batched tokenisation, length-sorted batches,
+    inference mode, bf16 autocast where it is fast (``autocast_dtype="auto"``)."""
+    if autocast_dtype == "auto":
+        autocast_dtype = _autocast_dtype(model)
+    ids = processor.tokenize_candidates(
+        [str(e.get("name") or "") for e in entities], [e.get("description") for e in entities], max_length=max_length
+    )
+    return model.fast_encode_candidates(ids, batch_size=batch_size, autocast_dtype=autocast_dtype).cpu()
+
+
+def _row_span(row: Mapping[str, Any]) -> Any:
+    if row.get("mention_start") is not None and row.get("mention_end") is not None:
+        return {"mention": row.get("mention"), "mention_start": int(row["mention_start"]), "mention_end": int(row["mention_end"])}
+    return row["mention"]
+
+
+@torch.no_grad()
+def rank_rows_dense(
+    model,
+    processor,
+    rows: Sequence[Mapping[str, Any]],
+    kb_vectors: torch.Tensor,
+    k: int,
+    max_length: int = 64,
+    batch_size: int = 64,
+    autocast_dtype: torch.dtype | None | str = "auto",
+    progress: bool = False,
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Exact top-``k`` KB positions (and scores) of each row's mention context against cached candidate vectors
+    (text only; poly or bi score of the model). Rows are encoded in length-sorted batches."""
+    if autocast_dtype == "auto":
+        autocast_dtype = _autocast_dtype(model)
+    texts = [r.get("caption", r.get("text")) or "" for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(texts[i]))
+    cache = kb_vectors.to(model.device, torch.float32)
+    k = min(int(k), cache.shape[0])
+    top_idx: list[list[int]] = [[] for _ in rows]
+    top_val: list[list[float]] = [[] for _ in rows]
+    starts = range(0, len(rows), int(batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="ranking mentions", unit="batch")
+    for start in starts:
+        idx = order[start : start + int(batch_size)]
+        enc = processor.encode_contexts([texts[i] for i in idx], [_row_span(rows[i]) for i in idx], max_length=max_length)
+        context = model.inference_context(**{key: v.to(model.device) for key, v in enc.items()}, autocast_dtype=autocast_dtype)
+        with torch.inference_mode():
+            scores = model.score(context, cache)  # (b, N)
+            val, pos = scores.topk(k, dim=1)
+        for row, i in enumerate(idx):
+            top_idx[i], top_val[i] = pos[row].tolist(), val[row].tolist()
+    return top_idx, top_val
+
+
+class HardNegativeCallback(TrainerCallback):
+    """BLINK-style hard negatives, refreshed each epoch: before every epoch the current model encodes the training KB
+    and ranks every training mention against it; the ``num_negatives`` best-scored entities other than the gold become
+    the row's ``candidates`` (the collator adds the gold and shuffles; the in-batch loss sees every row's list).
+
+    Args:
+        processor, rows (the training rows, edited in place), kb_ids / kb_rows (the training KB, same order),
+        num_negatives, context_max_length, candidate_max_length, batch_size.
+    """
+
+    def __init__(
+        self,
+        processor,
+        rows: list[dict],
+        kb_ids: Sequence[str],
+        kb_rows: Sequence[Mapping[str, Any]],
+        num_negatives: int,
+        context_max_length: int = 64,
+        candidate_max_length: int = 64,
+        batch_size: int = 64,
+    ):
+        if int(num_negatives) < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {num_negatives!r}")
+        self.processor = processor
+        self.rows = rows
+        self.kb_ids = list(kb_ids)
+        self.kb_rows = list(kb_rows)
+        self.num_negatives = int(num_negatives)
+        self.context_max_length = context_max_length
+        self.candidate_max_length = candidate_max_length
+        self.batch_size = batch_size
+        self.history: list[dict] = []
+
+    def mine(self, model) -> dict:
+        """Refresh every row's ``candidates``; returns the training R@1 / R@k of the current model (a progress sign)."""
+        import time
+
+        t0 = time.perf_counter()
+        vectors = encode_kb_vectors(model, self.processor, self.kb_rows, max_length=self.candidate_max_length)
+        pos, _ = rank_rows_dense(
+            model, self.processor, self.rows, vectors, self.num_negatives + 1,
+            max_length=self.context_max_length, batch_size=self.batch_size, progress=True,
+        )
+        hits1 = hitsk = 0
+        for row, ranked in zip(self.rows, pos):
+            gold = str(row["entity_id"])
+            ids = [self.kb_ids[p] for p in ranked]
+            hits1 += bool(ids) and ids[0] == gold
+            hitsk += gold in ids
+            row["candidates"] = [gold] + [e for e in ids if e != gold][: self.num_negatives]
+        n = max(1, len(self.rows))
+        stats = {"train_r@1": hits1 / n, f"train_r@{self.num_negatives + 1}": hitsk / n, "seconds": time.perf_counter() - t0}
+        self.history.append(stats)
+        logger.info("hard negatives mined: %s", stats)
+        return stats
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.mine(model)
+        return control
+
+
+__all__ = [
+    "ZemelCollator",
+    "rank_candidates",
+    "ZemelTrainingCollator",
+    "ZemelTrainer",
+    "zemel_loss",
+    "HardNegativeCallback",
+    "encode_kb_vectors",
+    "rank_rows_dense",
+]

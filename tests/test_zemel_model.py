@@ -163,9 +163,12 @@ def test_in_batch_negatives():
 
 def test_co_attention_uses_visual_input():
     torch.manual_seed(0)
-    m = ZemelPolyEncoder(tiny_config()).eval()
     x = inputs()
     y = dict(x, visual_features=x["visual_features"] + 1.0)
+    closed = ZemelPolyEncoder(tiny_config()).eval()  # gates at 0: the text stream is unchanged by any image
+    torch.testing.assert_close(closed(**x).scores, closed(**y).scores)
+    torch.manual_seed(0)
+    m = ZemelPolyEncoder(tiny_config(modality_gate_init=1.0)).eval()  # gates open (as after training)
     a, b = m(**x).scores, m(**y).scores
     assert not torch.allclose(a[0], b[0])  # example 0 has regions
     torch.testing.assert_close(a[1], b[1])  # example 1 is text-only: regions ignored
@@ -309,7 +312,7 @@ def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, mini
     proc = ZemelProcessor(minilm_tokenizer, feature_dim=48, max_regions=2)
     torch.manual_seed(0)
     model = ZemelPolyEncoder(tiny_config(text_config=dict(TEXT, vocab_size=len(proc.tokenizer)), v_feature_dim=48,
-                                         v_num_hidden_layers=1, poly_m=4, max_regions=2))
+                                         v_num_hidden_layers=1, poly_m=4, max_regions=2, modality_gate_init=1.0))
     model.resize_for_processor(proc)
     common = dict(context_regions=regions, entity_image_features=kb_feats.get, context_max_length=24,
                   candidate_max_length=24)

@@ -40,7 +40,7 @@ from modeling_mel.zemel_evaluation import (
     evaluate_splits,
     load_zemel_data,
 )
-from modeling_mel.zemel_training import ZemelCollator
+from modeling_mel.zemel_training import HardNegativeCallback, ZemelCollator, ZemelTrainer, ZemelTrainingCollator
 
 logger = logging.getLogger("train_zemel")
 
@@ -65,7 +65,14 @@ class ZemelDataArguments:
         metadata={"help": "split: candidates from the KB of the evaluated split (ZEMELD zero-shot setting); full: the whole KB"},
     )
     num_candidates: int = field(
-        default=5, metadata={"help": "training candidates per mention from BM25+rules (gold inserted), plus in-batch ones"}
+        default=4,
+        metadata={"help": "training candidates per mention: the gold + (N-1) negatives from --negatives, plus every other "
+                  "mention's candidates of the batch (in-batch negatives)"},
+    )
+    negatives: str = field(
+        default="dense",
+        metadata={"help": "dense: hard negatives mined with the model being trained over the training KB, refreshed "
+                  "before every epoch (BLINK-style rounds); bm25: BM25 + the three name rules"},
     )
     eval_num_candidates: str = field(default="5,100", metadata={"help": "candidate counts N of the metrics at /N"})
     image_features: str = field(
@@ -91,6 +98,8 @@ class ZemelDataArguments:
             raise ValueError(f"unknown --dataset {self.dataset!r}; choose one of {list(ZEMEL_DATASETS)}")
         if self.image_features not in IMAGE_FEATURE_MODES:
             raise ValueError(f"unknown --image_features {self.image_features!r}; choose one of {list(IMAGE_FEATURE_MODES)}")
+        if self.negatives not in ("dense", "bm25"):
+            raise ValueError(f"unknown --negatives {self.negatives!r}; choose 'dense' or 'bm25'")
         if self.eval_kb not in EVAL_KB_MODES:
             raise ValueError(f"unknown --eval_kb {self.eval_kb!r}; choose one of {list(EVAL_KB_MODES)}")
         if self.data_dir is None:
@@ -122,6 +131,11 @@ class ZemelModelArguments:
     scoring: str = field(default="poly", metadata={"help": f"scoring head: one of {list(SCORING_MODES)}"})
     poly_m: int = field(default=16, metadata={"help": "number of poly codes m (paper's best: 360)"})
     max_regions: int = field(default=10, metadata={"help": "most visual regions per input (whole image first)"})
+    context_template: str = field(
+        default="mention_first",
+        metadata={"help": "paper: [CLS] ctx_l [M] m [/M] ctx_r [SEP]; mention_first: [CLS] m . ctx_l [M] m [/M] ctx_r "
+                  "[SEP] (better for sentence-transformers backbones, see README)"},
+    )
     v_hidden_size: int | None = field(default=None, metadata={"help": "visual stream hidden size (config default 1024)"})
     v_intermediate_size: int | None = field(default=None, metadata={"help": "visual feed-forward size (default 1024)"})
     v_num_attention_heads: int | None = field(default=None, metadata={"help": "visual attention heads (default 8)"})
@@ -196,52 +210,6 @@ class RowDataset(Dataset):
         return self.rows[i]
 
 
-class ZemelTrainingCollator:
-    """``ZemelCollator`` in ``"list"`` mode that also returns ``candidate_entity_index`` ``(B, K)`` (KB positions of the
-    candidates, used to mask in-batch false negatives)."""
-
-    def __init__(self, collator: ZemelCollator):
-        self.collator = collator
-        self.collator.return_candidate_ids = True
-        self.position = {e: i for i, e in enumerate(collator.kb_ids)}
-
-    def __call__(self, rows: list[dict]) -> dict:
-        batch = self.collator(rows)
-        ids = batch.pop("candidate_ids")
-        batch["candidate_entity_index"] = torch.tensor([[self.position[e] for e in row] for row in ids], dtype=torch.long)
-        return batch
-
-
-class ZemelTrainer(Trainer):
-    """``Trainer`` whose loss scores each context against its own candidates and, with ``in_batch_negatives``, those of
-    the whole batch: scores ``(B, B*K)``, target ``b*K + label_b``, other copies of the gold entity masked out."""
-
-    def __init__(self, *args, in_batch_negatives: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.in_batch_negatives = in_batch_negatives
-
-    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")  # (B,)
-        cand_index = inputs.pop("candidate_entity_index", None)  # (B, K)
-        if not self.in_batch_negatives or cand_index is None:
-            outputs = model(**inputs, labels=labels)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-        b, k = inputs["candidate_input_ids"].shape[:2]
-        for key in [k_ for k_ in inputs if k_.startswith("candidate_")]:
-            inputs[key] = inputs[key].flatten(0, 1)  # (B*K, ...): one shared candidate set
-        outputs = model(**inputs)
-        scores = outputs.scores.float()  # (B, B*K)
-        target = torch.arange(b, device=scores.device) * k + labels
-        flat = cand_index.reshape(-1).to(scores.device)  # (B*K,)
-        gold = flat[target]  # (B,)
-        false_negative = flat[None, :] == gold[:, None]  # (B, B*K)
-        false_negative[torch.arange(b, device=scores.device), target] = False
-        scores = scores.masked_fill(false_negative, torch.finfo(scores.dtype).min)
-        loss = torch.nn.functional.cross_entropy(scores, target)
-        return (loss, outputs) if return_outputs else loss
-
-
 def build_model(model_args: ZemelModelArguments, processor, feature_dim: int):
     """``ZemelPolyEncoder.from_text_backbone`` with the requested head and visual sizes, resized for the processor."""
     from modeling_mel.modeling_zemel import ZemelPolyEncoder
@@ -296,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     from modeling_mel.processing_zemel import ZemelProcessor
 
     processor = ZemelProcessor.from_backbone(model_args.backbone, max_regions=model_args.max_regions,
-                                             feature_dim=feature_dim)
+                                             feature_dim=feature_dim, context_template=model_args.context_template)
     model = build_model(model_args, processor, feature_dim)
     model.config.image_features = data_args.image_features if regions is not None else "none"
     model.config.image_model = data_args.image_model
@@ -305,9 +273,22 @@ def main(argv: list[str] | None = None) -> dict:
     model.config.context_max_length = data_args.context_max_length
     model.config.candidate_max_length = data_args.candidate_max_length
 
-    # 5. Collator: BM25+rules candidates over the training KB (gold inserted, shuffled), plus in-batch negatives.
-    candidates = Bm25RuleCandidates(list(train_kb), [str(e.get("name") or "") for e in train_kb.values()])
+    # 5. Collator: each mention's list (gold + hard negatives: mined with the model before every epoch, or BM25+rules
+    #    over the training KB), shuffled, plus in-batch negatives.
     k = min(data_args.num_candidates, len(train_kb))
+    callbacks = []
+    if data_args.negatives == "dense" and k > 1:
+        candidates = None
+        callbacks.append(HardNegativeCallback(
+            processor, train_rows, list(train_kb), list(train_kb.values()), k - 1,
+            context_max_length=data_args.context_max_length, candidate_max_length=data_args.candidate_max_length,
+            batch_size=train_args.per_device_eval_batch_size,
+        ))
+    else:
+        candidates = Bm25RuleCandidates(list(train_kb), [str(e.get("name") or "") for e in train_kb.values()])
+    if candidates is None and k == 1:
+        for row in train_rows:
+            row["candidates"] = [str(row["entity_id"])]
     collator = ZemelTrainingCollator(
         ZemelCollator(
             processor, train_kb, mode="list", candidates=candidates, num_candidates=k,
@@ -326,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collator,
         processing_class=processor,
         in_batch_negatives=train_args.in_batch_negatives,
+        callbacks=callbacks,
     )
     train_output = trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
 
