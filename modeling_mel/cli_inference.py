@@ -375,7 +375,9 @@ def build_dataset_main(argv: list[str]) -> int:
         description="Build a corpus with its datasets builder (mentions + kb configs) and save both with "
         "save_to_disk: OUT/mentions (a DatasetDict of splits) and OUT/kb (a Dataset).",
     )
-    parser.add_argument("--dataset", required=True, help="builder name: twitter_mel, zemeld, mel_jsonl")
+    parser.add_argument(
+        "--dataset", required=True, help="builder name: twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel"
+    )
     parser.add_argument("--data_dir", required=True, help="folder with the corpus files in the builder's raw layout")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--cache_dir", default=None, help="Arrow cache folder of the builder")
@@ -410,7 +412,10 @@ INFERENCE_COMMANDS: dict[str, tuple[str, Command]] = {
         "ZEMEL training (train/train_zemel.py)",
         script_command("train/train_zemel.py", "main", "mel train-zemel: ZEMEL training (train/train_zemel.py)"),
     ),
-    "build-dataset": ("build a corpus (twitter_mel, zemeld, mel_jsonl) into datasets saved on disk", build_dataset_main),
+    "build-dataset": (
+        "build a corpus (twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel) into datasets saved on disk",
+        build_dataset_main,
+    ),
     "export-dataset": ("export a corpus as a code-free Hub dataset (Parquet + card)", export_dataset_main),
 }
 
