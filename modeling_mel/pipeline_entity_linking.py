@@ -10,7 +10,9 @@ Works with both model families of modeling-mel:
   ranking is the poly score (eq. 3-5 of the paper) of each candidate.
 
 Inputs: a dict ``{"text", "mention" | "mention_start"/"mention_end", "image"?: PIL image | path | None, "boxes"?}`` or
-a list of such dicts. Output per input: a list of up to ``top_k`` dicts ``{"entity_id", "name", "score"}``, best first
+a list of such dicts. A mention given without offsets is located case-insensitively, else by normalised token
+alignment (``processing_zemel.align_mention``: "Hermann Beckerath" in "Hermann von Beckerath."); one that aligns
+nowhere is still linked, without a span (PFMEL's prompt needs none; ZEMEL puts ``[M] mention [/M]`` first). Output per input: a list of up to ``top_k`` dicts ``{"entity_id", "name", "score"}``, best first
 (fewer when fewer candidates exist; ``top_k`` larger than the KB returns every candidate, no error).
 
 Images: an unreadable input image (missing file, corrupt bytes) is treated as "no image" with a logged warning, or
@@ -521,6 +523,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: 'text' must be a non-empty string, got {text!r:.80}")
+        from .processing_zemel import align_mention
+
         mention = item.get("mention")
         start, end = item.get("mention_start"), item.get("mention_end")
         if start is not None or end is not None:
@@ -531,23 +535,24 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 raise ValueError(f"{where}: mention_start/mention_end must be integers, got {start!r}/{end!r}") from None
             if not (0 <= start < end <= len(text)):
                 raise ValueError(f"{where}: mention span ({start}, {end}) is not inside the text {text[:80]!r}")
-            if mention is not None and text[start:end] != mention:
-                raise ValueError(
-                    f"{where}: mention {mention!r} is not at ({start}, {end}) of the text {text[:80]!r} "
-                    f"(found {text[start:end]!r})"
-                )
-            mention = text[start:end]
+            if mention is not None:
+                found = align_mention(text, str(mention), start, end)
+                if found is None or found[2] != "ok":  # the span must hold the mention (case ignored, or aligned)
+                    raise ValueError(
+                        f"{where}: mention {mention!r} is not at ({start}, {end}) of the text {text[:80]!r} "
+                        f"(found {text[start:end]!r})"
+                    )
+            if mention is None or text[start:end].casefold() == str(mention).strip().casefold():
+                mention = text[start:end]
         else:
             if not isinstance(mention, str) or not mention.strip():
                 raise ValueError(f"{where}: give 'mention' (a string) or 'mention_start'/'mention_end', got {mention!r}")
-            start = text.find(mention)
-            if start < 0:
-                lower = text.lower().find(mention.lower())
-                if lower < 0:
-                    raise ValueError(f"{where}: mention {mention!r} not found in the text {text[:80]!r}")
-                start = lower
-                mention = text[start : start + len(mention)]
-            end = start + len(mention)
+            # verbatim, case-insensitive, or aligned by tokens ("Hermann Beckerath" -> "Hermann von Beckerath");
+            # a mention that aligns nowhere is linked without a span (ZEMEL marks it at the start of the context)
+            found = align_mention(text, mention)
+            start, end = (found[0], found[1]) if found is not None else (None, None)
+            if found is not None and found[2] == "located" and text[start:end].casefold() == mention.strip().casefold():
+                mention = text[start:end]
         out = {"text": text, "mention": mention, "mention_start": start, "mention_end": end, "image": item.get("image")}
         if item.get("boxes") is not None:
             out["boxes"] = [list(map(float, b)) for b in item["boxes"]]
@@ -814,7 +819,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             ]
             if feature_dim and regions[0] is not None and regions[0]["features"].shape[1] != feature_dim:
                 raise ValueError(f"image features are {regions[0]['features'].shape[1]}-d, the processor expects {feature_dim}")
-        spans = [(ex["mention_start"], ex["mention_end"]) for ex in examples]
+        spans = [
+            (ex["mention_start"], ex["mention_end"]) if ex["mention_start"] is not None else ex["mention"] for ex in examples
+        ]
         extra = {"max_length": max_length} if max_length else {}
         enc = self.processor.encode_contexts([ex["text"] for ex in examples], spans, regions=regions, **extra)
         context = self.model.encode_context(**{k2: v.to(self.device) for k2, v in enc.items()})

@@ -234,13 +234,14 @@ def test_entity_context_na_and_cuts():
 
 def test_prompts():
     assert mention_prompt("hand hearts taylor's version", "taylor") == "hand hearts taylor's version. taylor is"
+    assert mention_prompt("hello world", "taylor") == "hello world. taylor is"  # the prompt needs no span
     assert entity_prompt("taylorswift13", "the username of ...") == "@taylorswift13. the username of ..."
     assert entity_prompt("@taylorswift13", "ctx") == "@taylorswift13. ctx"
 
 
 @pytest.mark.parametrize(
     "text, mention, message",
-    [("hello world", "taylor", "does not occur"), ("", "taylor", "tweet text is empty"), ("hello", " ", "mention is empty")],
+    [("", "taylor", "tweet text is empty"), ("hello", " ", "mention is empty")],
 )
 def test_prompt_bad_input(text, mention, message):
     with pytest.raises(ValueError, match=message):
