@@ -24,7 +24,8 @@ sentence B is ``generic_entity_prompt(name, description)`` plus the mean of the 
 candidates of a mention are the entities whose ``name`` contains the mention (case-insensitive; the paper's
 "userName contains the mention" rule, for both kinds of KB). Training: the gold entity (label 0) plus up to
 ``num_negatives`` other candidates (label 1). Evaluation: every candidate is scored; a mention whose gold entity
-is not a candidate (or that has none) counts as wrong.
+is not a candidate (or that has none, or whose gold is not in the KB) counts as wrong and stays in the denominator.
+The prompt needs no span: a mention that is not verbatim in its text (``mention_start`` None) is linked the same.
 
 Image features are computed once per image (content-hash cache of :class:`~modeling_mel.ImageFeatureExtractor`)
 and kept in one :class:`FeatureTable`; encoded examples carry row numbers into it and the collator gathers the
@@ -400,6 +401,7 @@ class LinkingMention:
     gold: str
     candidates: list[str]
     mention: str = ""
+    gold_in_kb: bool = True
 
 
 @dataclass
@@ -428,7 +430,12 @@ class LinkingData:
         """Gold (label 0) plus up to ``num_negatives`` candidate negatives (label 1) per mention (seeded sample)."""
         rng = random.Random(seed)
         pairs = []
+        unusable = sum(not m.gold_in_kb for m in self.mentions)
+        if unusable:
+            logger.warning("%d mentions whose gold entity is not in the KB give no training pair", unusable)
         for m in self.mentions:
+            if not m.gold_in_kb:
+                continue
             pairs.append(self.pair(m, m.gold, 0))
             negatives = [c for c in m.candidates if c != m.gold]
             if num_negatives is not None and len(negatives) > num_negatives:
@@ -453,6 +460,17 @@ class LinkingData:
         if not self.mentions:
             return 0.0
         return sum(m.gold in m.candidates for m in self.mentions) / len(self.mentions)
+
+    def unusable_counts(self) -> dict[str, int]:
+        """Mentions that can only be wrong, counted (they stay in every denominator): ``n_gold_not_in_kb``,
+        ``n_no_candidates`` and ``n_unusable`` (either)."""
+        no_kb = [not m.gold_in_kb for m in self.mentions]
+        no_cands = [not m.candidates for m in self.mentions]
+        return {
+            "n_gold_not_in_kb": sum(no_kb),
+            "n_no_candidates": sum(no_cands),
+            "n_unusable": sum(a or b for a, b in zip(no_kb, no_cands)),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -667,9 +685,11 @@ class PFMELCorpus:
         """Pre-training sentences of the linked mentions of ``split``."""
         ds = self.split(split, max_samples)
         eids = [str(e) for e in ds["entity_id"]]
-        for e in set(eids):
-            self._check_entity(e)
-        self.ensure_entity_features(eids)
+        missing = sorted({e for e in eids if e not in self.entities})
+        if missing:
+            logger.warning("%d mentions of %s link to %d entities not in the KB (e.g. %s): no pre-training sentence",
+                           sum(e in set(missing) for e in eids), split, len(missing), missing[:5])
+        self.ensure_entity_features([e for e in eids if e in self.entities])
         rows = self.ensure_mention_features(ds)
         return [
             Sentence(
@@ -681,6 +701,7 @@ class PFMELCorpus:
                 entity_image=self.table.row(f"entity:{e}"),
             )
             for mid, text, row, e in zip(ds["id"], ds["text"], rows, eids)
+            if e in self.entities
         ]
 
     def candidates(self, mention: str) -> list[str]:
@@ -697,9 +718,15 @@ class PFMELCorpus:
         mentions = []
         for mid, text, mention, gold, row in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], rows):
             gold = str(gold)
-            self._check_entity(gold)
-            mentions.append(LinkingMention(str(mid), mention_prompt(text, mention), row, gold, self.candidates(mention), mention))
-        eids = list(dict.fromkeys([m.gold for m in mentions] + [c for m in mentions for c in m.candidates]))
+            mentions.append(
+                LinkingMention(str(mid), mention_prompt(text, mention), row, gold, self.candidates(mention), mention,
+                               gold_in_kb=gold in self.entities)
+            )
+        missing = sum(not m.gold_in_kb for m in mentions)
+        if missing:
+            logger.warning("%s: %d of %d mentions link to an entity not in the KB (scored as wrong)", split, missing,
+                           len(mentions))
+        eids = list(dict.fromkeys([m.gold for m in mentions if m.gold_in_kb] + [c for m in mentions for c in m.candidates]))
         self.ensure_entity_features(eids)
         return LinkingData(
             mentions=mentions,

@@ -40,7 +40,7 @@ from .pfmel_data import (
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("twitter_mel", "mel_jsonl")
+DATASETS = ("twitter_mel", "mel_jsonl", "wikimel", "richpedia_mel")
 SPLITS = ("train", "train07", "train05", "dev", "test")
 
 
@@ -474,12 +474,16 @@ def evaluate_splits(
     model, processor, corpus: PFMELCorpus, splits: Sequence[str], batch_size: int = 64, bf16: bool = False,
     max_samples: int | None = None,
 ) -> tuple[dict[str, dict], dict[str, list[LinkingPrediction]]]:
-    """Accuracy, candidate recall and MRR of each split, and the predictions."""
+    """Accuracy, candidate recall and MRR of each split, and the predictions.
+
+    Every gold mention of the split is in the denominator ``n``: a mention without candidates or whose gold is not
+    in the KB counts as wrong (``n_unusable``, with ``n_no_candidates`` and ``n_gold_not_in_kb``).
+    """
     results, predictions = {}, {}
     for split in splits:
         data = corpus.linking_data(split, max_samples)
         preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, progress=len(data.mentions) > 200)
-        results[split] = linking_metrics(preds)
+        results[split] = {**linking_metrics(preds), **data.unusable_counts()}
         predictions[split] = preds
         logger.info("%s: %s", split, results[split])
     return results, predictions
@@ -533,7 +537,7 @@ def run_finetuning(
     """NSP fine-tuning for linking on ``args.train_split``, then evaluation of ``args.eval_splits``.
 
     Saves model + processor to ``args.output_dir`` and writes ``eval_results.json``
-    (``{split: {accuracy, candidate_recall, mrr, n}}``).
+    (``{split: {accuracy, candidate_recall, mrr, n, n_unusable, n_no_candidates, n_gold_not_in_kb}}``).
     """
     corpus = corpus or load_corpus(data_args)
     for s in args.eval_splits:  # fail before training on a missing eval split

@@ -25,7 +25,10 @@ Metric definitions (keys carry ``/N``):
   with boxes): see :func:`predict_vt_triples`. A predicted triple ``(image, box, mention span, entity)`` is correct
   only when box, mention and entity are all right; precision over predicted triples, recall over gold triples.
 * ``candidate_recall@5``, ``candidate_recall@100``: share of mentions whose gold is among the top-N candidates (the
-  ceiling of ``r@1/N``); ``random_r@1/N``: expected R@1 of picking a candidate uniformly at random; ``n``: mentions.
+  ceiling of ``r@1/N``); ``random_r@1/N``: expected R@1 of picking a candidate uniformly at random; ``n``: every gold
+  mention of the split (the denominator of R@1 and candidate recall); ``n_unusable``: mentions that can only be wrong
+  (``n_no_candidates``: empty candidate list; ``n_gold_not_in_kb``: gold outside the evaluation KB), counted as
+  wrong, never dropped; ``n_unaligned``: mentions kept without a span (ZEMEL marks them at the start of the context).
 
 The offline ``evaluate`` module :class:`ZemelLinkingMetric` computes the linking metrics from predictions.
 """
@@ -47,11 +50,11 @@ import torch
 
 from .candidates import Bm25RuleCandidates
 from .image_features import image_source
-from .zemel_metrics import gold_triples, linking_metrics, v_t_kg_metrics
+from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
 logger = logging.getLogger(__name__)
 
-ZEMEL_DATASETS = ("zemeld", "mel_jsonl")
+ZEMEL_DATASETS = ("zemeld", "mel_jsonl", "wikimel", "richpedia_mel")  # the last three: one KB for all splits
 IMAGE_FEATURE_MODES = ("resnet50", "none")
 EVAL_KB_MODES = ("split", "full")
 DEFAULT_NS = (5, 100)
@@ -152,8 +155,8 @@ def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
                     "id": r["id"],
                     "text": r["caption"],
                     "mention": r["mention"],
-                    "mention_start": int(r["mention_start"]),
-                    "mention_end": int(r["mention_end"]),
+                    "mention_start": _opt_int(r["mention_start"]),
+                    "mention_end": _opt_int(r["mention_end"]),
                     "entity_id": r["entity_id"],
                     "image": r["image"],
                     "image_key": r["image_id"],
@@ -176,11 +179,17 @@ def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
     return ZemelData("zemeld", mentions, kbs, kb_rows(built["kb"]["full"]), has_boxes=True, zero_shot=True)
 
 
-def _load_mel_jsonl(data_dir: str, cache_dir: str | None) -> ZemelData:
+def _opt_int(value: Any) -> int | None:
+    """``int(value)``, or None for a mention kept without a span."""
+    return None if value is None else int(value)
+
+
+def _load_mel_corpus(dataset: str, data_dir: str, cache_dir: str | None) -> ZemelData:
+    """A corpus of the shared mel_jsonl schema (``mel_jsonl``, ``wikimel``, ``richpedia_mel``): one KB for all splits."""
     from .corpus import load_mel_corpus
 
-    dd = load_mel_corpus("mel_jsonl", data_dir, "mentions", cache_dir=cache_dir)
-    kb = load_mel_corpus("mel_jsonl", data_dir, "kb", cache_dir=cache_dir)
+    dd = load_mel_corpus(dataset, data_dir, "mentions", cache_dir=cache_dir)
+    kb = load_mel_corpus(dataset, data_dir, "kb", cache_dir=cache_dir)
     if isinstance(kb, datasets.DatasetDict):
         kb = kb[list(kb)[0]]
     mentions = {}
@@ -191,8 +200,8 @@ def _load_mel_jsonl(data_dir: str, cache_dir: str | None) -> ZemelData:
                 "id": r["id"],
                 "text": r["text"],
                 "mention": r["mention"],
-                "mention_start": int(r["mention_start"]),
-                "mention_end": int(r["mention_end"]),
+                "mention_start": _opt_int(r["mention_start"]),
+                "mention_end": _opt_int(r["mention_end"]),
                 "entity_id": r["entity_id"],
                 "image": image_source(r["image"]),
                 "image_key": r["id"],
@@ -211,17 +220,18 @@ def _load_mel_jsonl(data_dir: str, cache_dir: str | None) -> ZemelData:
         }
         for r in kb
     }
-    return ZemelData("mel_jsonl", mentions, {}, full, has_boxes=False, zero_shot=False)
+    return ZemelData(dataset, mentions, {}, full, has_boxes=False, zero_shot=False)
 
 
 def load_zemel_data(dataset: str, data_dir: str, cache_dir: str | None = None) -> ZemelData:
     """Load a corpus for ZEMEL: ``zemeld`` (builder of ``datasets_scripts/zemeld``; its zero-shot check raises
-    ValueError when a dev/test entity occurs in train) or ``mel_jsonl`` (generic layout; one KB for all splits)."""
+    ValueError when a dev/test entity occurs in train) or a corpus of the generic schema (``mel_jsonl``, ``wikimel``,
+    ``richpedia_mel``; one KB for all splits). Mentions kept without a span have ``mention_start`` None."""
     if dataset not in ZEMEL_DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(ZEMEL_DATASETS)}")
     if not data_dir or not os.path.isdir(data_dir):
         raise ValueError(f"data_dir {data_dir!r} is not a directory; pass the folder holding the {dataset} files")
-    data = _load_zemeld(data_dir, cache_dir) if dataset == "zemeld" else _load_mel_jsonl(data_dir, cache_dir)
+    data = _load_zemeld(data_dir, cache_dir) if dataset == "zemeld" else _load_mel_corpus(dataset, data_dir, cache_dir)
     logger.info(
         "%s: mentions %s, KB %d entities%s", dataset, {s: len(r) for s, r in data.mentions.items()}, len(data.full_kb),
         "" if data.has_images else " (no images: text only)",
@@ -547,7 +557,7 @@ def predict_vt_triples(
                 score[a, j], choice[(a, j)] = s, e
         for a, j in _assign(score):
             i = members[a]
-            triples.append((image_id, boxes[j], (rows[i]["mention_start"], rows[i]["mention_end"]), choice[(a, j)]))
+            triples.append((image_id, boxes[j], mention_key(rows[i]), choice[(a, j)]))
     return triples
 
 
@@ -575,6 +585,7 @@ def evaluate_split(
     unknown = sorted({r["entity_id"] for r in rows} - set(kb))
     if unknown:
         logger.warning("%d gold entities are not in the evaluation KB (always missed): %s", len(unknown), unknown[:10])
+    unknown_set = set(unknown)
     generator = Bm25RuleCandidates(list(kb), [str(kb[e].get("name") or "") for e in kb])
     top = max(ns)
     lists = [generator(r["mention"], top) for r in rows]
@@ -586,7 +597,17 @@ def evaluate_split(
     scores = score_contexts(model, processor, rows, lists, cache, context_regions, batch_size, context_max_length, bf16,
                             progress)
 
-    results: dict[str, Any] = {"n": len(rows), "kb_size": len(kb)}
+    # every gold mention stays in the denominators; those that can only be wrong are counted
+    no_kb = [r["entity_id"] in unknown_set for r in rows]
+    no_cands = [not c for c in lists]
+    results: dict[str, Any] = {
+        "n": len(rows),
+        "kb_size": len(kb),
+        "n_gold_not_in_kb": sum(no_kb),
+        "n_no_candidates": sum(no_cands),
+        "n_unusable": sum(a or b for a, b in zip(no_kb, no_cands)),
+        "n_unaligned": sum(r.get("mention_start") is None for r in rows),
+    }
     predictions = {}
     for n in ns:
         preds = [best_candidate(c, s, n)[0] for c, s in zip(lists, scores)]

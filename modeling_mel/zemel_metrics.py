@@ -92,11 +92,24 @@ def v_t_kg_metrics(
     }
 
 
+def mention_key(row: dict) -> Any:
+    """How a V-T-KG triple names a mention row: its ``(start, end)`` span, or its text when kept without a span."""
+    if row.get("mention_start") is None or row.get("mention_end") is None:
+        return str(row["mention"])
+    return (int(row["mention_start"]), int(row["mention_end"]))
+
+
 def gold_triples(rows: Iterable[dict]) -> list[tuple]:
-    """Gold V-T-KG triples from ZEMELD ``mentions`` rows (image_id, box, (start, end), entity_id)."""
-    return [
-        (r["image_id"], r["box"], (int(r["mention_start"]), int(r["mention_end"])), r["entity_id"]) for r in rows
-    ]
+    """Gold V-T-KG triples from ZEMELD ``mentions`` rows (image_id, box, (start, end) or mention text, entity_id)."""
+    return [(r["image_id"], r["box"], mention_key(r), r["entity_id"]) for r in rows]
 
 
-__all__ = ["linking_metrics", "metrics_at_n", "rank_by_scores", "vt_kg_precision", "v_t_kg_metrics", "gold_triples"]
+__all__ = [
+    "linking_metrics",
+    "metrics_at_n",
+    "rank_by_scores",
+    "vt_kg_precision",
+    "v_t_kg_metrics",
+    "gold_triples",
+    "mention_key",
+]
