@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE_NAME = "model_card.md"
 PIPELINE_TAG = "text-ranking"  # the closest Hub task; the transformers task name is in `tags`
-_SKIP_METRICS = {"epoch", "runtime", "samples_per_second", "steps_per_second", "n", "num_examples", "num_mentions", "seed"}
+_SKIP_METRICS = {
+    "epoch", "runtime", "samples_per_second", "steps_per_second", "n", "num_examples", "num_mentions", "seed",
+    "kb_size", "n_unusable", "n_no_candidates", "n_gold_not_in_kb", "n_unaligned",  # counts, not metrics
+}
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 FAMILY_INFO = {
