@@ -462,16 +462,43 @@ class MelCorpusBuilder(datasets.GeneratorBasedBuilder):
     """Shared base of the MEL corpus builders: :class:`MelCorpusConfig`, validation, the typed features.
 
     Subclasses set ``BUILDER_CONFIGS`` and the card fields ``DESCRIPTION``, ``HOMEPAGE``, ``LICENSE``, ``CITATION``,
-    and implement ``_split_generators`` / ``_generate_examples``.
+    and implement ``_data_dir()``, ``_mentions(data_dir, report)`` (``{split: rows}``) and
+    ``_load_kb(data_dir, report)`` (entity rows); ``KB_FILE`` names the KB file in the "no entity" error and
+    ``_report_dirs`` says where the build report goes (``data_dir`` and the cache by default).
     """
 
     BUILDER_CONFIG_CLASS = MelCorpusConfig
     DEFAULT_CONFIG_NAME = "mentions"
     DESCRIPTION = HOMEPAGE = LICENSE = CITATION = ""
+    KB_FILE: str | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.validate()
+
+    def _report_dirs(self, data_dir: str) -> list[str]:
+        return [data_dir, os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
+
+    def _split_generators(self, dl_manager):
+        data_dir = self._data_dir()
+        report = SkipReport(self.name, self.config.name)
+        if self.config.name == "mentions":
+            self._rows = self._mentions(data_dir, report)
+            report.kept = {s: len(rows) for s, rows in self._rows.items()}
+        else:
+            kb = self._load_kb(data_dir, report)
+            if not kb:
+                where = os.path.join(data_dir, self.KB_FILE) if self.KB_FILE else data_dir
+                raise ValueError(f"No usable entity in {where}: {report.summary()}")
+            self._rows = {"train": kb}
+            report.kept = {"entities": len(kb)}
+        self.info.description = self.DESCRIPTION + report.finish(self._report_dirs(data_dir))
+        self.build_report = report
+        return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in self._rows]
+
+    def _generate_examples(self, split: str):
+        for i, row in enumerate(self._rows[split]):
+            yield i, row
 
     def _info(self) -> datasets.DatasetInfo:
         features = MENTION_FEATURES if self.config.name == "mentions" else KB_FEATURES
@@ -548,6 +575,7 @@ class WikidataMelBuilder(MelCorpusBuilder):
     BUILDER_CONFIG_CLASS = WikidataMelConfig
     REQUIRED_FILES: tuple[str, ...] = ("qid2ne.json",)
     NAMES_FILE, DESCRIPTIONS_FILE, IMAGES_DIR = "qid2ne.json", "qid2abs.json", "images"
+    KB_FILE = NAMES_FILE
 
     def _release_splits(self, data_dir: str, report: SkipReport) -> dict[str, list[tuple[str, Any, str]]]:
         """``{split: [(sample key, sample, where)]}`` as released (subclasses)."""
@@ -684,27 +712,9 @@ class WikidataMelBuilder(MelCorpusBuilder):
             raise ValueError(f"No usable mention in {data_dir}: {report.summary()}")
         return emit_split_rows(out, report)
 
-    def _split_generators(self, dl_manager):
-        data_dir = self._data_dir()
-        report = SkipReport(self.name, self.config.name)
-        if self.config.name == "mentions":
-            self._rows = self._mentions(data_dir, report)
-            report.kept = {s: len(rows) for s, rows in self._rows.items()}
-        else:
-            kb = self._load_kb(data_dir, report)
-            if not kb:
-                raise ValueError(f"No entity in {os.path.join(data_dir, self.NAMES_FILE)}: {report.summary()}")
-            self._rows = {"train": kb}
-            report.kept = {"entities": len(kb)}
+    def _report_dirs(self, data_dir: str) -> list[str]:
         # the release folder is left untouched: the report goes next to the Arrow cache
-        report_dirs = [os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
-        self.info.description = self.DESCRIPTION + report.finish(report_dirs)
-        self.build_report = report
-        return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in self._rows]
-
-    def _generate_examples(self, split: str):
-        for i, row in enumerate(self._rows[split]):
-            yield i, row
+        return [os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
 
 
 DATASET_BUILDERS: dict[str, str] = {

@@ -257,12 +257,6 @@ def encode_kb_vectors(
     return model.fast_encode_candidates(ids, batch_size=batch_size, autocast_dtype=autocast_dtype).cpu()
 
 
-def _row_span(row: Mapping[str, Any]) -> Any:
-    if row.get("mention_start") is not None and row.get("mention_end") is not None:
-        return {"mention": row.get("mention"), "mention_start": int(row["mention_start"]), "mention_end": int(row["mention_end"])}
-    return row["mention"]
-
-
 @torch.no_grad()
 def rank_rows_dense(
     model,
@@ -292,7 +286,7 @@ def rank_rows_dense(
         starts = tqdm(starts, desc="ranking mentions", unit="batch")
     for start in starts:
         idx = order[start : start + int(batch_size)]
-        enc = processor.encode_contexts([texts[i] for i in idx], [_row_span(rows[i]) for i in idx], max_length=max_length)
+        enc = processor.encode_contexts([texts[i] for i in idx], [ZemelCollator._span(rows[i]) for i in idx], max_length=max_length)
         context = model.inference_context(**{key: v.to(model.device) for key, v in enc.items()}, autocast_dtype=autocast_dtype)
         with torch.inference_mode():
             scores = model.score(context, cache)  # (b, N)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pytest
 import torch
@@ -284,7 +283,6 @@ def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, mini
     from modeling_mel.zemel_training import ZemelCollator, rank_candidates
     from modeling_mel.zemel_metrics import metrics_at_n
 
-    start = time.time()
     generate(str(tmp_path / "raw"), seed=0)
     ds = {}
     for cfg in ("mentions", "kb"):

@@ -88,6 +88,7 @@ class MelJsonl(MelCorpusBuilder):
         MelCorpusConfig(name="kb", version=VERSION, description="One row per entity."),
     ]
     DESCRIPTION, HOMEPAGE, LICENSE, CITATION = _DESCRIPTION, _HOMEPAGE, _LICENSE, _CITATION
+    KB_FILE = KB_FILE
 
     def _data_dir(self) -> str:
         data_dir = self.config.data_dir
@@ -275,25 +276,3 @@ class MelJsonl(MelCorpusBuilder):
                 continue
             out[split].append(k)
         return out
-
-    # ---------------------------------------------------------------------------------------------
-
-    def _split_generators(self, dl_manager):
-        data_dir = self._data_dir()
-        report = SkipReport(self.name, self.config.name)
-        if self.config.name == "mentions":
-            self._rows = self._mentions(data_dir, report)
-            report.kept = {s: len(rows) for s, rows in self._rows.items()}
-        else:
-            kb = self._load_kb(data_dir, report)
-            if not kb:
-                raise ValueError(f"No usable entity in {os.path.join(data_dir, KB_FILE)}: {report.summary()}")
-            self._rows = {"train": kb}
-            report.kept = {"entities": len(kb)}
-        report_dirs = [data_dir, os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
-        self.info.description = _DESCRIPTION + report.finish(report_dirs)
-        return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in self._rows]
-
-    def _generate_examples(self, split: str):
-        for i, row in enumerate(self._rows[split]):
-            yield i, row

@@ -133,9 +133,6 @@ class TwitterMel(MelCorpusBuilder):
             )
         return os.path.abspath(data_dir)
 
-    def _report_dirs(self, data_dir: str) -> list[str]:
-        return [data_dir, os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
-
     def _image_finder(self, data_dir: str):
         """``find(tweet_id, url) -> path | None``: ``images/<tweetId>.*`` first, then the URL cache."""
         by_id = index_image_dir(os.path.join(data_dir, IMAGES_DIR))
@@ -506,24 +503,3 @@ class TwitterMel(MelCorpusBuilder):
                 if keys & lists[s]:
                     out[s].append(k)
         return out
-
-    # ---------------------------------------------------------------------------------------------
-    # datasets API
-
-    def _split_generators(self, dl_manager):
-        data_dir = self._data_dir()
-        report = SkipReport(self.name, self.config.name)
-        if self.config.name == "mentions":
-            self._rows = self._mentions(data_dir, report)
-        else:
-            kb = self._load_kb(data_dir, report)
-            if not kb:
-                raise ValueError(f"No usable entity in {data_dir}: {report.summary()}")
-            self._rows = {"train": kb}
-        report.kept = {("entities" if self.config.name == "kb" else s): len(rows) for s, rows in self._rows.items()}
-        self.info.description = _DESCRIPTION + report.finish(self._report_dirs(data_dir))
-        return [datasets.SplitGenerator(name=s, gen_kwargs={"split": s}) for s in self._rows]
-
-    def _generate_examples(self, split: str):
-        for i, row in enumerate(self._rows[split]):
-            yield i, row
