@@ -181,78 +181,263 @@ def _resolve_image(row: dict, base_dir: str) -> dict:
     return row
 
 
-def link_file(pipe: Any, input_path: str, output_path: str, batch_size: int = 8, **call_kwargs: Any) -> dict[str, int]:
-    """Link every line of a mentions.jsonl; write one output line per input line (``error`` on a bad line).
+#: ``mel link`` writes ``<output>.partial`` line by line and renames it onto ``<output>`` when every line is done.
+PARTIAL_SUFFIX = ".partial"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_PIPELINE_KEYS = ("text", "mention", "mention_start", "mention_end", "image", "boxes")
 
-    Output lines: ``{"line", "id", "mention", "predictions": [{"entity_id", "name", "score"}], "gold"?}`` or
-    ``{"line", "id", "error": "..."}``. Returns counts (``lines``, ``linked``, ``errors``, ``correct@1``).
+
+def _split_input_lines(data: bytes) -> list[bytes]:
+    """The lines of a JSONL file's bytes, split on ``\\n`` only (U+2028 and friends stay inside their line).
+
+    A leading UTF-8 BOM is dropped, a ``\\r`` before the ``\\n`` too; a final newline ends the last line (it does not
+    start an empty one), an empty line in the middle stays a line.
     """
-    base_dir = os.path.dirname(os.path.abspath(input_path))
-    with open(input_path, encoding="utf-8") as f:
-        raw_lines = f.read().splitlines()
-    records: list[dict] = []
-    pending: list[tuple[int, dict]] = []  # (record index, pipeline input)
-    for n, line in enumerate(raw_lines, 1):
-        record: dict[str, Any] = {"line": n}
-        records.append(record)
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _decode_line(raw: bytes) -> str:
+    """One input line as text; ``ValueError`` naming the byte position when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"not valid UTF-8: byte 0x{raw[err.start]:02x} at byte position {err.start} of the line ({err.reason})"
+        ) from None
+
+
+def _check_offset(name: str, value: Any) -> Any:
+    """A ``mention_start``/``mention_end`` value: an int (an integral float becomes one), a string or None is kept
+    for the pipeline's own check; a bool, a fractional float or any other type is a ``ValueError``."""
+    if value is None or isinstance(value, str):
+        return value
+    fractional = isinstance(value, float) and not value.is_integer()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or fractional:
+        raise ValueError(f"{name} must be an integer, got {json.dumps(value)[:80]}")
+    return int(value)
+
+
+def _check_boxes(boxes: Any) -> None:
+    """``ValueError`` unless ``boxes`` is a list of ``[x1, y1, x2, y2]`` number lists."""
+    ok = isinstance(boxes, list) and all(
+        isinstance(box, list) and len(box) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        for box in boxes
+    )
+    if not ok:
+        raise ValueError(f"boxes must be a list of [x1, y1, x2, y2] number lists, got {json.dumps(boxes)[:80]}")
+
+
+def _error_text(err: BaseException) -> str:
+    """The ``error`` field of a failed line: a ValueError's message as is, other exceptions with their type."""
+    return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+
+
+def _parse_line(pipe: Any, raw: bytes, n: int, base_dir: str) -> tuple[dict[str, Any], dict | None]:
+    """The output record of input line ``n`` and its pipeline input (``None`` when the record is an error)."""
+    record: dict[str, Any] = {"line": n}
+    try:
+        line = _decode_line(raw)
         if not line.strip():
             record["error"] = "empty line"
-            continue
+            return record, None
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             record["error"] = f"not valid JSON: {err}"
-            continue
+            return record, None
         if not isinstance(row, dict):
             record["error"] = f"a JSON {type(row).__name__}, expected an object with text and mention"
-            continue
+            return record, None
         record["id"] = row.get("id")
         if row.get("entity_id") is not None:
             record["gold"] = str(row["entity_id"])
-        try:
-            item = _resolve_image(row, base_dir)
-            pipe._check_input(item)
-        except ValueError as err:
-            record["error"] = str(err)
-            continue
+        item = dict(row, mention_start=_check_offset("mention_start", row.get("mention_start")),
+                    mention_end=_check_offset("mention_end", row.get("mention_end")))
+        if item.get("boxes") is not None:
+            _check_boxes(item["boxes"])
+        item = _resolve_image(item, base_dir)
+        pipe._check_input(item)
         record["mention"] = item.get("mention") if item.get("mention") is not None else \
             item["text"][int(item["mention_start"]) : int(item["mention_end"])]
-        pending.append((len(records) - 1, {k: item.get(k) for k in ("text", "mention", "mention_start", "mention_end", "image", "boxes") if item.get(k) is not None}))
+    except Exception as err:  # noqa: BLE001 - one bad line must not stop the run
+        record["error"] = _error_text(err)
+        return record, None
+    return record, {k: item.get(k) for k in _PIPELINE_KEYS if item.get(k) is not None}
+
+
+def _dump_record(record: dict) -> bytes:
+    """One output line (UTF-8, ``\\n``-terminated); strings a UTF-8 encoder refuses (lone surrogates) are escaped."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
+
+
+def _count_record(counts: dict[str, int], record: dict) -> None:
+    """Add one output record to the counts of :func:`link_file`."""
+    counts["lines"] += 1
+    if "error" in record:
+        counts["errors"] += 1
+        return
+    counts["linked"] += 1
+    if "gold" in record:
+        counts["with_gold"] += 1
+        preds = record.get("predictions") or []
+        counts["correct@1"] += int(bool(preds) and preds[0].get("entity_id") == record["gold"])
+
+
+def _input_id(raw: bytes) -> Any:
+    """The ``id`` an output record of this input line carries (``None`` when the line is not a JSON object)."""
+    try:
+        row = json.loads(_decode_line(raw))
+    except ValueError:
+        return None
+    return row.get("id") if isinstance(row, dict) else None
+
+
+def _resumable_records(partial_path: str, raw_lines: list[bytes]) -> tuple[list[dict], int]:
+    """The complete records at the start of an earlier run's partial output, and their size in bytes.
+
+    A record is kept while it is a whole ``\\n``-terminated line of valid JSON with the next ``line`` number (from 1),
+    a result (``predictions`` or ``error``) and the ``id`` of that input line; the first one that is not (a torn last
+    line, a line of another input file) ends the kept part.
+    """
+    try:
+        with open(partial_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    kept: list[dict] = []
+    size = 0
+    for piece in data.split(b"\n")[:-1]:  # the last piece has no newline: empty, or torn by the kill
+        n = len(kept) + 1
+        if n > len(raw_lines):
+            break
+        try:
+            record = json.loads(piece.decode("utf-8"))
+        except ValueError:
+            break
+        if not isinstance(record, dict) or type(record.get("line")) is not int or record["line"] != n:
+            break
+        if ("error" in record) == ("predictions" in record) or record.get("id") != _input_id(raw_lines[n - 1]):
+            break
+        kept.append(record)
+        size += len(piece) + 1
+    if size < len(data):
+        logger.warning("%s: dropping %d bytes after the %d complete lines", partial_path, len(data) - size, len(kept))
+    return kept, size
+
+
+def link_file(
+    pipe: Any, input_path: str, output_path: str, batch_size: int = 8, resume: bool = False, **call_kwargs: Any
+) -> dict[str, int]:
+    """Link every line of a mentions.jsonl; write one output line per input line, in order (``error`` on a bad line).
+
+    Output lines: ``{"line", "id", "mention", "predictions": [{"entity_id", "name", "score"}], "gold"?}`` or
+    ``{"line", "id"?, "error": "..."}``. Lines are written to ``<output>.partial`` as they finish (flushed), which
+    becomes ``output_path`` at the end, so a killed run leaves no half-written output. With ``resume``, the complete
+    lines of an earlier run's partial file are kept and their input lines skipped. Returns counts (``lines``,
+    ``linked``, ``errors``, ``correct@1``, ``with_gold``; ``resumed`` with ``resume``).
+    """
+    partial_path = output_path + PARTIAL_SUFFIX
+    inputs = os.path.realpath(input_path)
+    if inputs in (os.path.realpath(output_path), os.path.realpath(partial_path)):
+        raise ValueError(f"the output {output_path!r} would overwrite the input {input_path!r}")
+    base_dir = os.path.dirname(os.path.abspath(input_path))
+    with open(input_path, "rb") as f:
+        raw_lines = _split_input_lines(f.read())
+    done, done_size = _resumable_records(partial_path, raw_lines) if resume else ([], 0)
+    if resume:
+        logger.info("mel link: resuming %s: %d of %d lines already done", partial_path, len(done), len(raw_lines))
+    counts = {"lines": 0, "linked": 0, "errors": 0, "correct@1": 0, "with_gold": 0}
+    for record in done:
+        _count_record(counts, record)
+
+    from transformers.utils.logging import tqdm
+
+    chunk = max(1, int(batch_size)) * 8
+    records: list[dict] = []  # parsed, not yet written
+    pending: list[tuple[int, dict]] = []  # (index in records, pipeline input)
 
     def run_one(idx: int, item: dict) -> None:
         try:
             records[idx]["predictions"] = pipe(item, **call_kwargs)
         except Exception as err:  # noqa: BLE001 - one bad line must not stop the run
-            records[idx]["error"] = f"{type(err).__name__}: {err}"
+            records[idx]["error"] = _error_text(err)
 
-    from transformers.utils.logging import tqdm
-
-    chunk = max(1, int(batch_size)) * 8
-    for start in tqdm(range(0, len(pending), chunk), desc="linking", unit="chunk", disable=len(pending) <= chunk):
-        part = pending[start : start + chunk]
-        try:
-            outputs = pipe([item for _, item in part], batch_size=batch_size, **call_kwargs)
-        except Exception as err:  # noqa: BLE001 - find the bad line(s) one by one
-            logger.warning("a batch failed (%s); retrying its %d lines one by one", err, len(part))
-            for idx, item in part:
-                run_one(idx, item)
-            continue
-        for (idx, _), out in zip(part, outputs):
-            records[idx]["predictions"] = out
-    counts = {"lines": len(records), "linked": 0, "errors": 0, "correct@1": 0, "with_gold": 0}
-    with open(output_path, "w", encoding="utf-8") as f:
+    def write_out(out: Any, progress: Any) -> None:
+        if pending:
+            try:
+                outputs = list(pipe([item for _, item in pending], batch_size=batch_size, **call_kwargs))
+                if len(outputs) != len(pending):
+                    raise RuntimeError(f"{len(outputs)} outputs for {len(pending)} inputs")
+            except Exception as err:  # noqa: BLE001 - find the bad line(s) one by one
+                logger.warning("a batch failed (%s); retrying its %d lines one by one", err, len(pending))
+                for idx, item in pending:
+                    run_one(idx, item)
+            else:
+                for (idx, _), output in zip(pending, outputs):
+                    records[idx]["predictions"] = output
         for record in records:
             if "error" in record:
-                counts["errors"] += 1
                 record.pop("predictions", None)
-            else:
-                counts["linked"] += 1
-                if "gold" in record:
-                    counts["with_gold"] += 1
-                    preds = record["predictions"]
-                    counts["correct@1"] += int(bool(preds) and preds[0]["entity_id"] == record["gold"])
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            _count_record(counts, record)
+            out.write(_dump_record(record))
+            out.flush()
+        progress.update(len(records))
+        records.clear()
+        pending.clear()
+
+    quiet = len(raw_lines) - len(done) <= chunk
+    with open(partial_path, "r+b" if done else "wb") as out, \
+            tqdm(total=len(raw_lines), initial=len(done), desc="linking", unit="line", disable=quiet) as progress:
+        if done:
+            out.seek(done_size)
+            out.truncate()
+        for n in range(len(done) + 1, len(raw_lines) + 1):
+            record, item = _parse_line(pipe, raw_lines[n - 1], n, base_dir)
+            records.append(record)
+            if item is not None:
+                pending.append((len(records) - 1, item))
+            if not pending or len(pending) >= chunk:  # error lines before any pending one go out at once
+                write_out(out, progress)
+        write_out(out, progress)
+        os.fsync(out.fileno())
+    os.replace(partial_path, output_path)
+    if resume:
+        counts["resumed"] = len(done)
     return counts
+
+
+def _link_argument_error(args: argparse.Namespace) -> str | None:
+    """The first invalid ``mel link`` argument as a one-line message naming it and its value, or ``None``."""
+    for name in ("top_k", "num_candidates", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name} must be >= 1, got {value}"
+    if not os.path.exists(args.input):
+        return f"--input file {args.input!r} does not exist"
+    if not os.path.isfile(args.input):
+        return f"--input {args.input!r} is not a file"
+    for path in (args.output, args.output + PARTIAL_SUFFIX):
+        if os.path.realpath(path) == os.path.realpath(args.input) or (
+            os.path.exists(path) and os.path.samefile(path, args.input)
+        ):
+            return f"--output {args.output!r} is the --input file; write the links to another file"
+    if os.path.isdir(args.output):
+        return f"--output {args.output!r} is a directory"
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        return f"--output {args.output!r}: directory {out_dir!r} does not exist"
+    return None
 
 
 def link_main(argv: list[str]) -> int:
@@ -260,7 +445,8 @@ def link_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mel link",
         description="Link mentions ({text, mention | mention_start/mention_end, image?} per line) to a KB. Writes one "
-        "output line per input line; a bad line gets an 'error' field instead of stopping the run.",
+        "output line per input line, in order; a bad line gets an 'error' field instead of stopping the run. Lines "
+        f"go to OUTPUT{PARTIAL_SUFFIX} as they finish, renamed to OUTPUT at the end (--resume continues a killed run).",
     )
     parser.add_argument("--model", required=True, help="saved PFMEL or ZEMEL model folder")
     kb_group = parser.add_mutually_exclusive_group(required=True)
@@ -268,6 +454,8 @@ def link_main(argv: list[str]) -> int:
     kb_group.add_argument("--kb", help="kb.jsonl (ZEMEL models encode it at start-up)")
     parser.add_argument("--input", required=True, help="mentions.jsonl")
     parser.add_argument("--output", required=True, help="output JSONL (one line per input line)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep the complete lines of OUTPUT{PARTIAL_SUFFIX} of a killed run; link the rest")
     parser.add_argument("--top_k", type=int, default=5, help="predictions per mention")
     parser.add_argument("--batch_size", type=int, default=8, help="mentions per batch")
     parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
@@ -279,10 +467,10 @@ def link_main(argv: list[str]) -> int:
     _add_image_args(parser)
     args = parser.parse_args(argv)
 
-    for path, what in ((args.input, "--input"),):
-        if not os.path.isfile(path):
-            print(f"mel link: {what} file {path!r} does not exist", file=sys.stderr)
-            return 2
+    problem = _link_argument_error(args)  # before any model is loaded
+    if problem is not None:
+        print(f"mel link: {problem}", file=sys.stderr)
+        return 2
     from transformers import pipeline
 
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline, register_pipeline
@@ -306,10 +494,10 @@ def link_main(argv: list[str]) -> int:
     call: dict[str, Any] = {"top_k": args.top_k}
     if args.candidates:
         call["candidates"] = args.candidates
-    if args.num_candidates:
+    if args.num_candidates is not None:
         call["num_candidates"] = args.num_candidates
     start = time.perf_counter()
-    counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, **call)
+    counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, resume=args.resume, **call)
     elapsed = time.perf_counter() - start
     summary = dict(counts, seconds=round(elapsed, 2))
     if counts["with_gold"]:
