@@ -461,13 +461,23 @@ def link_main(argv: list[str]) -> int:
     parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
                         help="ZEMEL candidate source (default auto: BM25+rules and dense)")
     parser.add_argument("--num_candidates", type=int, default=None, help="candidates per source before reranking")
-    parser.add_argument("--retriever", choices=("bm25",), default=None, help="PFMEL: add BM25 candidates to the name rule")
+    parser.add_argument(
+        "--retriever", default=None,
+        help="PFMEL (retrieve-then-rerank): 'bm25' adds BM25 candidates to the name rule; an entity index dir built by "
+        "a ZEMEL model (mel index) adds its dense top-k, reranked by the NSP model with the retriever score fused",
+    )
+    parser.add_argument("--retriever_model", default=None,
+                        help="the ZEMEL model folder of --retriever (default: the model recorded in the index)")
     parser.add_argument("--strict_images", action="store_true", help="fail a line with an unreadable image")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
     args = parser.parse_args(argv)
 
     problem = _link_argument_error(args)  # before any model is loaded
+    if problem is None and args.retriever and args.retriever != "bm25" and not os.path.isfile(
+        os.path.join(args.retriever, "index_config.json")
+    ):
+        problem = f"--retriever {args.retriever!r} is neither 'bm25' nor an entity index directory (build one with mel index)"
     if problem is not None:
         print(f"mel link: {problem}", file=sys.stderr)
         return 2
@@ -483,6 +493,8 @@ def link_main(argv: list[str]) -> int:
         init["image_extractor"] = extractor
     if args.retriever:
         init["retriever"] = args.retriever
+        if args.retriever_model:
+            init["retriever_model"] = args.retriever_model
     try:
         pipe = pipeline(
             "multimodal-entity-linking", model=model, processor=processor, kb=args.index or _load_kb_arg(args.kb),

@@ -22,6 +22,13 @@ class MultimodalNSPConfig(BertConfig):
         image_placeholder_id (`int`, *optional*):
             Vocabulary id of ``image_token``. Set by :class:`MultimodalNSPProcessor` when it registers the
             token; ``None`` means the model has no image token yet (text-only use).
+        retriever_score_weight (`float`, *optional*, defaults to 0.0):
+            Retrieve-then-rerank: the linking score of a candidate is ``log p(is next) + retriever_score_weight *
+            retriever score`` (the ZEMEL retriever's cosine). Chosen on held-out training mentions by
+            ``finetune_linking.py --retriever``; 0 ranks by the NSP model alone (the paper).
+        retriever_k (`int`, *optional*):
+            Dense (and closest-name) candidates per mention taken when the model reranks a retriever's output; set
+            by ``finetune_linking.py --retriever``. ``None``: the pipeline's ``num_candidates``.
         kwargs: passed to :class:`~transformers.BertConfig`.
     """
 
@@ -32,6 +39,8 @@ class MultimodalNSPConfig(BertConfig):
         image_feature_dim: int = 2048,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         image_placeholder_id: int | None = None,
+        retriever_score_weight: float = 0.0,
+        retriever_k: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -40,6 +49,8 @@ class MultimodalNSPConfig(BertConfig):
         self.image_feature_dim = int(image_feature_dim)
         self.image_token = image_token
         self.image_placeholder_id = image_placeholder_id
+        self.retriever_score_weight = float(retriever_score_weight)
+        self.retriever_k = int(retriever_k) if retriever_k is not None else None
 
 
 __all__ = ["MultimodalNSPConfig", "DEFAULT_IMAGE_TOKEN"]

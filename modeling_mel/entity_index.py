@@ -276,30 +276,68 @@ class EntityIndex:
         ``mentions[i]``: the mention string, a ``(start, end)`` span or a dict with ``mention``/``mention_start``.
         In poly mode each of the ``m`` poly codes searches the index and the union is reranked by the poly score.
         """
+        return [[e for e, _ in row[: int(k)]] for row in self.retrieve_scored(texts, mentions, k)]
+
+    def retrieve_scored(
+        self,
+        texts: Sequence[str],
+        mentions: Sequence[Any],
+        k: int,
+        extra: Sequence[Sequence[str]] | None = None,
+        batch_size: int = 64,
+    ) -> list[list[tuple[str, float]]]:
+        """Dense top-``k`` of each mention plus its ``extra`` entity ids (e.g. name-rule candidates), each with the
+        model's score (poly or bi, the score the index ranks by), sorted by descending score (ties by KB order).
+
+        This is the first stage of retrieve-then-rerank: the reranker sees the candidates and their retriever
+        scores. Unknown ``extra`` ids are ignored.
+        """
         import torch
 
         if self.model is None or self.processor is None:
-            raise ValueError("retrieve() needs a ZEMEL model and processor: EntityIndex.load(dir, model=..., processor=...)")
-        model = self.model
+            raise ValueError("retrieval needs a ZEMEL model and processor: EntityIndex.load(dir, model=..., processor=...)")
+        if self.vectors is None:
+            raise ValueError("this index has no vectors (a BM25-only index); build it with a ZEMEL model (`mel index --model`)")
+        if extra is not None and len(extra) != len(texts):
+            raise ValueError(f"extra has {len(extra)} candidate lists for {len(texts)} texts")
+        model, k = self.model, max(1, int(k))
         device = next(model.parameters()).device
-        with torch.inference_mode():
-            enc = self.processor.encode_contexts(list(texts), list(mentions), max_length=int(self.config.get("max_length", 64)))
-            context = model.encode_context(**{key: v.to(device) for key, v in enc.items()})
-            if getattr(model.config, "scoring", "poly") == "poly":
-                codes = context.poly_codes  # (B, m, H)
-                _, pos = self.search(codes.reshape(-1, codes.shape[-1]).float().cpu().numpy(), k)
-                m = codes.shape[1]
-                out = []
-                for b in range(len(texts)):
-                    union = list(dict.fromkeys(int(p) for row in pos[b * m : (b + 1) * m] for p in row if p >= 0))
+        position = self._positions()
+        out: list[list[tuple[str, float]]] = []
+        for start in range(0, len(texts), int(batch_size)):
+            b_texts = list(texts[start : start + int(batch_size)])
+            with torch.inference_mode():
+                enc = self.processor.encode_contexts(
+                    b_texts, list(mentions[start : start + len(b_texts)]), max_length=int(self.config.get("max_length", 64))
+                )
+                context = model.encode_context(**{key: v.to(device) for key, v in enc.items()})
+                poly = getattr(model.config, "scoring", "poly") == "poly"
+                queries = context.poly_codes if poly else context.pooled_output[:, None, :]  # (B, q, H)
+                _, pos = self.search(queries.reshape(-1, queries.shape[-1]).float().cpu().numpy(), k)
+                q = queries.shape[1]
+                for b in range(len(b_texts)):
+                    dense = list(dict.fromkeys(int(p) for row in pos[b * q : (b + 1) * q] for p in row if p >= 0))
+                    added = [position[e] for e in (extra[start + b] if extra is not None else []) if e in position]
+                    union = list(dict.fromkeys(dense + added))
+                    if not union:
+                        out.append([])
+                        continue
                     cand = torch.from_numpy(self.vectors[union]).to(device)[None]  # (1, K, H)
                     ctx_b = type(context)(**{f: (v[b : b + 1] if v is not None else None) for f, v in context.items()})
-                    scores = model.score(ctx_b, cand)[0].float().cpu()
-                    order = sorted(range(len(union)), key=lambda j: (-float(scores[j]), union[j]))[:k]
-                    out.append([self.entities[union[j]]["entity_id"] for j in order])
-                return out
-            _, pos = self.search(context.pooled_output.float().cpu().numpy(), k)
-            return [[self.entities[p]["entity_id"] for p in row if p >= 0] for row in pos]
+                    scores = dict(zip(union, model.score(ctx_b, cand)[0].float().cpu().tolist()))
+                    # the dense top k by the model's score (poly: the union over codes, rescored), plus the extras
+                    keep = sorted(dense, key=lambda p: (-scores[p], p))[:k]
+                    keep = list(dict.fromkeys(keep + added))
+                    keep.sort(key=lambda p: (-scores[p], p))
+                    out.append([(self.entities[p]["entity_id"], float(scores[p])) for p in keep])
+        return out
+
+    def _positions(self) -> dict[str, int]:
+        cached = self.__dict__.get("_position_cache")
+        if cached is None or len(cached) != len(self.entities):
+            cached = {e["entity_id"]: i for i, e in enumerate(self.entities)}
+            self.__dict__["_position_cache"] = cached
+        return cached
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:

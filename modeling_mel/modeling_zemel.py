@@ -694,14 +694,20 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
             codes = self._poly_attend(context_outputs.sequence_output, context_outputs.attention_mask)
         cand = candidate_cache.to(codes.dtype)
         if cand.dim() == 2:
-            cand = cand.unsqueeze(0).expand(codes.shape[0], -1, -1)  # (B, C, H)
+            logits = torch.matmul(codes, cand.T).transpose(1, 2)  # (B, C, m): one product, no (B, C, H) copy
         elif cand.shape[0] != codes.shape[0]:
             raise ValueError(f"per-example candidate cache has batch {cand.shape[0]}, contexts have {codes.shape[0]}")
-        attn = torch.bmm(cand, codes.transpose(1, 2)).softmax(dim=-1)  # (B, K, m): eq. 4
-        ctx = torch.bmm(attn, codes)  # (B, K, H): eq. 3
+        else:
+            logits = torch.bmm(cand, codes.transpose(1, 2))  # (B, K, m)
+        attn = logits.softmax(dim=-1)  # eq. 4
+        # eq. 3 + 5 without building ctx = attn @ codes (B, K, H): ctx . cand = sum_j attn_j (codes_j . cand).
+        dot = (attn * logits).sum(dim=-1)  # (B, K)
         if getattr(self.config, "normalize_embeddings", False):
-            ctx = F.normalize(ctx, dim=-1)  # cosine scores, as the candidate vectors are normalised
-        return (ctx * cand).sum(dim=-1)  # (B, K): eq. 5
+            # cosine scores, as the candidate vectors are normalised: |ctx|^2 = attn^T (codes codes^T) attn
+            gram = torch.bmm(codes, codes.transpose(1, 2))  # (B, m, m)
+            norm2 = (torch.bmm(attn, gram) * attn).sum(dim=-1)  # (B, K)
+            dot = dot / norm2.clamp_min(0).sqrt().clamp_min(1e-12)  # as F.normalize (eps 1e-12)
+        return dot  # (B, K): eq. 5
 
     # -- fast inference paths ----------------------------------------------------------------------------------------
     def fast_encode_candidates(

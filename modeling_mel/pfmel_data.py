@@ -402,6 +402,9 @@ class LinkingMention:
     candidates: list[str]
     mention: str = ""
     gold_in_kb: bool = True
+    text: str = ""
+    span: tuple[int, int] | None = None
+    retriever_scores: dict[str, float] | None = None  # first-stage scores of the candidates (retrieve-then-rerank)
 
 
 @dataclass
@@ -711,17 +714,47 @@ class PFMELCorpus:
             cands = cands[: self.max_candidates]
         return cands
 
-    def linking_data(self, split: str, max_samples: int | None = None) -> LinkingData:
-        """Linking examples of ``split``: prompt, image, gold and candidates of each linked mention."""
+    def closest_names(self, mention: str, k: int | None = None) -> list[str]:
+        """Name-rule candidates ordered as the pipeline orders them (exact name first, then shorter names, then KB
+        order), the first ``k``: the name-rule side of retrieve-then-rerank."""
+        key = str(mention or "").strip().lower()
+        names = {e: str(self.entities[e].get("name") or "").lower() for e in self.candidate_fn(mention)}
+        order = sorted(names, key=lambda e: (names[e] != key, len(names[e])))  # stable: KB order within ties
+        return order[:k] if k else order
+
+    def linking_data(
+        self, split: str, max_samples: int | None = None, retriever: Any = None, retriever_k: int = 10
+    ) -> LinkingData:
+        """Linking examples of ``split``: prompt, image, gold and candidates of each linked mention.
+
+        With ``retriever`` (an :class:`~modeling_mel.entity_index.EntityIndex` loaded with its ZEMEL model) the
+        candidates are retrieve-then-rerank's: the retriever's dense top ``retriever_k`` merged with the name-rule
+        candidates, ordered by retriever score, each score kept in ``retriever_scores``.
+        """
         ds = self.split(split, max_samples)
         rows = self.ensure_mention_features(ds)
         mentions = []
-        for mid, text, mention, gold, row in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], rows):
+        starts = ds["mention_start"] if "mention_start" in ds.column_names else [None] * len(ds)
+        ends = ds["mention_end"] if "mention_end" in ds.column_names else [None] * len(ds)
+        for mid, text, mention, gold, row, a, b in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], rows, starts, ends):
             gold = str(gold)
             mentions.append(
                 LinkingMention(str(mid), mention_prompt(text, mention), row, gold, self.candidates(mention), mention,
-                               gold_in_kb=gold in self.entities)
+                               gold_in_kb=gold in self.entities, text=str(text),
+                               span=(int(a), int(b)) if a is not None and b is not None else None)
             )
+        if retriever is not None:
+            scored = retriever.retrieve_scored(
+                [m.text for m in mentions],
+                [{"mention": m.mention, "mention_start": m.span[0] if m.span else None,
+                  "mention_end": m.span[1] if m.span else None} for m in mentions],
+                retriever_k,
+                extra=[self.closest_names(m.mention, retriever_k) for m in mentions],
+            )
+            for m, ranked in zip(mentions, scored):
+                ranked = [(e, s) for e, s in ranked if e in self.entities]
+                m.candidates = [e for e, _ in ranked]
+                m.retriever_scores = dict(ranked)
         missing = sum(not m.gold_in_kb for m in mentions)
         if missing:
             logger.warning("%s: %d of %d mentions link to an entity not in the KB (scored as wrong)", split, missing,

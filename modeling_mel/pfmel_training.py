@@ -15,6 +15,7 @@ ablations and ``mel`` subcommands share one implementation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -145,12 +146,17 @@ def predict_linking(
     batch_size: int = 64,
     bf16: bool = False,
     progress: bool = False,
+    retriever_weight: float | None = None,
 ) -> list[LinkingPrediction]:
     """Score every (mention, candidate) pair of ``examples`` in length-sorted batches and rank the candidates.
 
     Uses ``torch.inference_mode`` and, with ``bf16=True``, ``torch.autocast(bfloat16)`` (CPU or GPU). The score of
-    a pair is ``model.link_scores(logits)`` = log p(B follows A). Mentions without candidates get ``ranked=[]``.
+    a pair is ``model.link_scores(logits)`` = log p(B follows A), plus ``retriever_weight`` (default: the model's
+    ``config.retriever_score_weight``, 0 when absent) times the retriever score when the mentions carry
+    ``retriever_scores`` (retrieve-then-rerank, as the pipeline does). Mentions without candidates get ``ranked=[]``.
     """
+    if retriever_weight is None:
+        retriever_weight = float(getattr(model.config, "retriever_score_weight", 0.0) or 0.0)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     features, keys = examples.candidate_features(processor)
@@ -177,6 +183,9 @@ def predict_linking(
     model.train(was_training)
     per_mention: list[list[tuple[str, float]]] = [[] for _ in examples.mentions]
     for (m, eid), s in zip(keys, scores.tolist()):
+        first = examples.mentions[m].retriever_scores
+        if first and retriever_weight:
+            s = s + retriever_weight * first.get(eid, 0.0)
         per_mention[m].append((eid, s))
     out = []
     for m, ranked in zip(examples.mentions, per_mention):
@@ -325,6 +334,27 @@ class PFMELFinetuningArguments(PFMELTrainingArguments):
     eval_splits: list[str] = field(default_factory=lambda: ["dev", "test"], metadata={"help": "splits evaluated at the end"})
     num_negatives: int = field(default=32, metadata={"help": "negatives (other candidates) per mention, at most"})
     bf16_eval: bool = field(default=False, metadata={"help": "score candidates under bf16 autocast"})
+    retriever: str | None = field(
+        default=None,
+        metadata={"help": "entity index dir built by a ZEMEL model (`mel index`): train and evaluate the NSP model as the "
+                  "reranker of retrieve-then-rerank, on the retriever's top --retriever_k merged with the name-rule "
+                  "candidates (hard negatives) instead of the name-rule candidates only"},
+    )
+    retriever_model: str | None = field(
+        default=None, metadata={"help": "the ZEMEL model of --retriever (default: the model recorded in the index)"}
+    )
+    retriever_k: int = field(default=10, metadata={"help": "dense candidates per mention from --retriever"})
+    loss: str = field(
+        default="binary",
+        metadata={"help": "binary: the paper's NSP cross-entropy per pair; listwise: softmax over each mention's "
+                  "gold + --list_size-1 hardest candidates (best with --retriever)"},
+    )
+    list_size: int = field(default=8, metadata={"help": "listwise: candidates per mention (gold included)"})
+    calibration_mentions: int = field(
+        default=500,
+        metadata={"help": "with --retriever: the last N training mentions are held out of training and choose "
+                  "config.retriever_score_weight (final score = NSP log-prob + weight * retriever score)"},
+    )
 
     def __post_init__(self) -> None:
         for s in [self.train_split, *self.eval_splits]:
@@ -332,6 +362,17 @@ class PFMELFinetuningArguments(PFMELTrainingArguments):
                 raise ValueError(f"unknown split {s!r}; choose from {list(SPLITS)}")
         if self.num_negatives < 0:
             raise ValueError(f"--num_negatives must be >= 0, got {self.num_negatives!r}")
+        if self.loss not in ("binary", "listwise"):
+            raise ValueError(f"unknown --loss {self.loss!r}; choose 'binary' or 'listwise'")
+        for name in ("retriever_k", "list_size"):
+            if int(getattr(self, name)) < (2 if name == "list_size" else 1):
+                raise ValueError(f"--{name} must be >= {2 if name == 'list_size' else 1}, got {getattr(self, name)!r}")
+        if self.calibration_mentions < 0:
+            raise ValueError(f"--calibration_mentions must be >= 0, got {self.calibration_mentions!r}")
+        if self.retriever is not None and not os.path.isdir(self.retriever):
+            raise ValueError(f"--retriever {self.retriever!r} is not an entity index directory (build one with `mel index`)")
+        if self.loss == "listwise":
+            self.train_sampling_strategy = "random"  # list items carry no top-level input_ids to group by
         super().__post_init__()
 
 
@@ -432,16 +473,18 @@ def _mark_image_mode(model, corpus: PFMELCorpus) -> None:
         corpus.table.center = np.asarray(mean, np.float32)
         model.config.pfmel_feature_mean = list(mean)
     model.config.pfmel_feature_norm = corpus.feature_norm
-    extractor = getattr(corpus, "extractor", None)
-    if corpus.use_images and extractor is not None and hasattr(extractor, "image_size"):
+    extractor = getattr(corpus, "extractor", None) if corpus.use_images else None  # the property builds a ResNet
+    if extractor is not None and hasattr(extractor, "image_size"):
         # what the inference pipeline needs to rebuild the same image features
         model.config.pfmel_image_size = int(extractor.image_size)
 
 
 def train_pairs(
-    model, processor, features: list[dict], table, args: TrainingArguments, resume_from_checkpoint=None, callbacks=None
+    model, processor, features: list[dict], table, args: TrainingArguments, resume_from_checkpoint=None, callbacks=None,
+    listwise: bool = False,
 ) -> PFMELTrainer:
-    """Train ``model`` on encoded NSP features with :class:`PFMELTrainer`; returns the trainer."""
+    """Train ``model`` on encoded NSP features with :class:`PFMELTrainer` (``listwise``: on list items of
+    :func:`listwise_groups` with :class:`ListwiseNSPTrainer`); returns the trainer."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if not features:
@@ -452,11 +495,11 @@ def train_pairs(
             raise ValueError(f"--resume_from_checkpoint last: no checkpoint-* folder in {args.output_dir!r}")
     elif resume_from_checkpoint and not os.path.isdir(resume_from_checkpoint):
         raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint folder")
-    trainer = PFMELTrainer(
+    trainer = (ListwiseNSPTrainer if listwise else PFMELTrainer)(
         model=model,
         args=args,
         train_dataset=ListDataset(features),
-        data_collator=PFMELCollator(processor, table),
+        data_collator=ListwiseCollator(processor, table) if listwise else PFMELCollator(processor, table),
         processing_class=processor,
         callbacks=callbacks,
     )
@@ -472,21 +515,138 @@ def _write_json(path: str, obj: Any) -> None:
 
 def evaluate_splits(
     model, processor, corpus: PFMELCorpus, splits: Sequence[str], batch_size: int = 64, bf16: bool = False,
-    max_samples: int | None = None,
+    max_samples: int | None = None, retriever: Any = None, retriever_k: int = 10,
 ) -> tuple[dict[str, dict], dict[str, list[LinkingPrediction]]]:
     """Accuracy, candidate recall and MRR of each split, and the predictions.
 
     Every gold mention of the split is in the denominator ``n``: a mention without candidates or whose gold is not
-    in the KB counts as wrong (``n_unusable``, with ``n_no_candidates`` and ``n_gold_not_in_kb``).
+    in the KB counts as wrong (``n_unusable``, with ``n_no_candidates`` and ``n_gold_not_in_kb``). With
+    ``retriever`` the two-stage linker is evaluated (candidates and fused scores as in the pipeline).
     """
     results, predictions = {}, {}
     for split in splits:
-        data = corpus.linking_data(split, max_samples)
+        data = corpus.linking_data(split, max_samples, retriever=retriever, retriever_k=retriever_k)
         preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, progress=len(data.mentions) > 200)
         results[split] = {**linking_metrics(preds), **data.unusable_counts()}
         predictions[split] = preds
         logger.info("%s: %s", split, results[split])
     return results, predictions
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Retrieve-then-rerank: listwise training of the NSP reranker and the retriever-score weight
+# ---------------------------------------------------------------------------------------------------------------------
+def listwise_groups(data: LinkingData, list_size: int, processor, use_images: bool = True) -> list[dict]:
+    """One training item per mention whose gold is in the KB: the gold pair first, then the ``list_size - 1``
+    best candidates by retriever score (or in candidate order without a retriever). Items:
+    ``{"features": [encoded pair, ...], "group": [mention index]}``; mentions with no negative are skipped."""
+    pairs, owners = [], []
+    for i, m in enumerate(data.mentions):
+        if not m.gold_in_kb:
+            continue
+        negatives = [c for c in m.candidates if c != m.gold][: int(list_size) - 1]
+        if not negatives:
+            continue
+        for j, e in enumerate([m.gold, *negatives]):
+            pairs.append(data.pair(m, e, 0 if j == 0 else 1))
+            owners.append(i)
+    features = encode_pairs(processor, pairs, use_images=use_images)
+    items: dict[int, list[dict]] = {}
+    for owner, feature in zip(owners, features):
+        items.setdefault(owner, []).append(feature)
+    return [{"features": feats} for feats in items.values()]
+
+
+class ListwiseCollator:
+    """Flattens list items into one padded pair batch (:class:`PFMELCollator`) plus ``list_index`` ``(P,)``: the
+    item each pair belongs to (its gold pair comes first)."""
+
+    def __init__(self, processor, table=None) -> None:
+        self.pairs = PFMELCollator(processor, table)
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        flat, owner = [], []
+        for i, item in enumerate(items):
+            flat += item["features"]
+            owner += [i] * len(item["features"])
+        batch = self.pairs(flat)
+        batch.pop("labels", None)
+        batch.pop("task_ids", None)
+        batch["list_index"] = torch.tensor(owner, dtype=torch.long)
+        return batch
+
+
+def listwise_loss(scores: torch.Tensor, list_index: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over each list's pair scores ``(P,)``, the gold being each list's first pair."""
+    n = int(list_index.max()) + 1
+    counts = torch.bincount(list_index, minlength=n)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    column = torch.arange(len(list_index), device=scores.device) - starts[list_index]
+    table = scores.new_full((n, width), torch.finfo(scores.dtype).min)
+    table[list_index, column] = scores
+    return torch.nn.functional.cross_entropy(table, torch.zeros(n, dtype=torch.long, device=scores.device))
+
+
+class ListwiseNSPTrainer(PFMELTrainer):
+    """:class:`PFMELTrainer` whose loss is :func:`listwise_loss` over ``model.link_scores`` (log p(is next)) of
+    each mention's candidate list, so training ranks candidates as linking does."""
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        list_index = inputs.pop("list_index")
+        outputs = model(**inputs)
+        unwrapped = model.module if hasattr(model, "module") else model
+        loss = listwise_loss(unwrapped.link_scores(outputs.logits), list_index)
+        return (loss, outputs) if return_outputs else loss
+
+
+def calibrate_retriever_weight(
+    model, processor, data: LinkingData, grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), batch_size: int = 64,
+    bf16: bool = False,
+) -> tuple[float, dict[str, float]]:
+    """The weight ``w`` of ``NSP log-prob + w * retriever score`` with the best accuracy on ``data`` (held-out
+    mentions with ``retriever_scores``); ties go to the smaller weight. Returns ``(w, {str(w): accuracy})``."""
+    preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, retriever_weight=0.0)
+    table: dict[str, float] = {}
+    best, best_acc = 0.0, -1.0
+    for w in map(float, grid):
+        hits = 0
+        for p, m in zip(preds, data.mentions):
+            if not p.ranked:
+                continue
+            first = m.retriever_scores or {}
+            top = max(p.ranked, key=lambda es: es[1] + w * first.get(es[0], 0.0))[0]
+            hits += top == m.gold
+        acc = hits / max(1, len(data.mentions))
+        table[str(w)] = round(acc, 4)
+        if acc > best_acc:
+            best, best_acc = float(w), acc
+    return best, table
+
+
+def load_retriever(index_dir: str, model_dir: str | None = None):
+    """An :class:`~modeling_mel.entity_index.EntityIndex` with its ZEMEL model and processor attached (the model
+    recorded in the index config unless ``model_dir`` is given); ``ValueError`` when neither can be loaded."""
+    from transformers import AutoModel, AutoProcessor
+
+    from .entity_index import EntityIndex
+
+    config_path = os.path.join(index_dir, "index_config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{index_dir!r} is not an entity index directory (no index_config.json); build one with `mel index`")
+    with open(config_path, encoding="utf-8") as f:
+        recorded = json.load(f).get("model_name_or_path")
+    path = model_dir or recorded
+    if not path or not os.path.isdir(path):
+        raise ValueError(
+            f"the ZEMEL model of index {index_dir!r} ({path!r}) is not a directory; pass its folder "
+            "(--retriever_model / retriever_model=)"
+        )
+    model = AutoModel.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return EntityIndex.load(index_dir, model=model, processor=processor)
+
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -542,21 +702,47 @@ def run_finetuning(
     corpus = corpus or load_corpus(data_args)
     for s in args.eval_splits:  # fail before training on a missing eval split
         corpus.split(s)
-    data = corpus.linking_data(args.train_split, data_args.max_train_samples)
+    retriever = load_retriever(args.retriever, args.retriever_model) if args.retriever else None
+    n_cal = int(args.calibration_mentions) if retriever is not None else 0
+    limit = data_args.max_train_samples + n_cal if data_args.max_train_samples is not None else None
+    data = corpus.linking_data(args.train_split, limit, retriever=retriever, retriever_k=args.retriever_k)
+    calibration = None
+    if n_cal:
+        if len(data.mentions) <= n_cal:
+            raise ValueError(f"--calibration_mentions {n_cal} leaves no training mention of {len(data.mentions)}")
+        calibration = dataclasses.replace(data, mentions=data.mentions[-n_cal:], _encoded={})
+        data = dataclasses.replace(data, mentions=data.mentions[:-n_cal], _encoded={})
     model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
     _mark_image_mode(model, corpus)
-    pairs = data.training_pairs(args.num_negatives, seed=args.seed)
-    features = encode_pairs(processor, pairs, use_images=corpus.use_images)
+    listwise = args.loss == "listwise"
+    if listwise:
+        features = listwise_groups(data, args.list_size, processor, use_images=corpus.use_images)
+        n_pairs = sum(len(f["features"]) for f in features)
+    else:
+        pairs = data.training_pairs(args.num_negatives, seed=args.seed)
+        features = encode_pairs(processor, pairs, use_images=corpus.use_images)
+        n_pairs = len(pairs)
     logger.info(
-        "fine-tuning on %d pairs from %d mentions (candidate recall %.3f)", len(pairs), len(data.mentions), data.candidate_recall()
+        "fine-tuning (%s loss) on %d pairs from %d mentions (candidate recall %.3f)", args.loss, n_pairs,
+        len(data.mentions), data.candidate_recall(),
     )
-    trainer = train_pairs(model, processor, features, corpus.table, args, args.resume_from_checkpoint, callbacks)
+    trainer = train_pairs(model, processor, features, corpus.table, args, args.resume_from_checkpoint, callbacks, listwise)
+    trained = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
+    train_summary: dict[str, Any] = {"pairs": n_pairs, "mentions": len(data.mentions), "global_step": trainer.state.global_step,
+                                     "loss": args.loss, "candidate_recall": round(data.candidate_recall(), 4)}
+    if calibration is not None:
+        weight, table = calibrate_retriever_weight(trained, processor, calibration, batch_size=args.per_device_eval_batch_size,
+                                                   bf16=args.bf16_eval)
+        trained.config.retriever_score_weight = weight
+        trained.config.retriever_k = int(args.retriever_k)
+        train_summary.update(retriever_score_weight=weight, calibration_accuracy=table, calibration_mentions=n_cal)
+        logger.info("retriever score weight %s (held-out accuracy by weight: %s)", weight, table)
     trainer.save_model(args.output_dir)
     results, _ = evaluate_splits(
-        trainer.model if not hasattr(trainer.model, "module") else trainer.model.module,
-        processor, corpus, args.eval_splits, args.per_device_eval_batch_size, args.bf16_eval, data_args.max_eval_samples,
+        trained, processor, corpus, args.eval_splits, args.per_device_eval_batch_size, args.bf16_eval,
+        data_args.max_eval_samples, retriever=retriever, retriever_k=args.retriever_k,
     )
-    results["train"] = {"pairs": len(pairs), "mentions": len(data.mentions), "global_step": trainer.state.global_step}
+    results["train"] = train_summary
     if trainer.is_world_process_zero():
         _write_json(os.path.join(args.output_dir, "eval_results.json"), results)
     return results
@@ -607,4 +793,10 @@ __all__ = [
     "run_pretraining",
     "run_finetuning",
     "run_evaluation",
+    "listwise_groups",
+    "ListwiseCollator",
+    "listwise_loss",
+    "ListwiseNSPTrainer",
+    "calibrate_retriever_weight",
+    "load_retriever",
 ]

@@ -357,9 +357,13 @@ class MultimodalEntityLinkingPipeline(Pipeline):
     Args (at construction; ``pipeline("multimodal-entity-linking", model=..., kb=..., ...)``):
         kb: the knowledge base: a ``kb.jsonl`` path, a ``datasets.Dataset`` / list of entity rows, a saved entity
             index directory (``mel index``), or an ``EntityIndex`` object. Required; an empty KB raises ``ValueError``.
-        retriever: PFMEL only: ``"bm25"`` or an object with ``retrieve(texts, mentions, k) -> list[list[entity_id]]``
-            (an ``EntityIndex`` loaded with a ZEMEL model and processor); its top ``num_candidates`` are merged with
-            the name-rule candidates and reranked by the NSP model.
+        retriever: PFMEL only (retrieve-then-rerank): ``"bm25"``, an entity index directory built by a ZEMEL model
+            (``mel index``; its model is loaded from the path recorded in the index, or ``retriever_model``), or an
+            object with ``retrieve(texts, mentions, k)`` (an ``EntityIndex`` loaded with a ZEMEL model and
+            processor). The dense top ``config.retriever_k`` (or ``num_candidates`` for BM25) are merged with the
+            name-rule candidates and reranked by the NSP model; with an index, a candidate scores
+            ``log p(is next) + config.retriever_score_weight * retriever score``.
+        retriever_model: the ZEMEL model folder of a ``retriever`` index directory (default: the one it records).
         image_extractor: an ``ImageFeatureExtractor`` (or any object with ``encode(images) -> (N, D)`` and
             ``feature_dim``); by default a ResNet-50 extractor is built on first use when the model expects
             2048-d features.
@@ -393,6 +397,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         *args: Any,
         kb: Any = None,
         retriever: Any = None,
+        retriever_model: Any = None,
         image_extractor: Any = None,
         use_images: bool = True,
         strict_images: bool = False,
@@ -421,8 +426,17 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.kb = self._build_kb(kb, int(index_batch_size))
         if retriever is not None and self.family != "nsp":
             raise ValueError("retriever= is for BertForMultimodalNSP models; ZEMEL models retrieve with candidates=")
-        if isinstance(retriever, str) and retriever != "bm25":
-            raise ValueError(f"unknown retriever {retriever!r}; use 'bm25' or an EntityIndex with a ZEMEL model")
+        if isinstance(retriever, (str, os.PathLike)) and str(retriever) != "bm25":
+            if not os.path.isfile(os.path.join(os.fspath(retriever), INDEX_CONFIG_NAME)):
+                raise ValueError(
+                    f"unknown retriever {retriever!r}; use 'bm25', an entity index directory built by a ZEMEL model "
+                    "(`mel index`), or an EntityIndex with a ZEMEL model"
+                )
+            try:
+                from modeling_mel.pfmel_training import load_retriever
+            except ImportError as err:  # remote code without the package
+                raise ValueError("retriever=<index dir> needs the modeling-mel package (pip install modeling-mel)") from err
+            retriever = load_retriever(os.fspath(retriever), retriever_model)
         if retriever is not None and not isinstance(retriever, str) and not hasattr(retriever, "retrieve"):
             raise ValueError(f"retriever {type(retriever).__name__} has no retrieve(texts, mentions, k) method")
         self.retriever = retriever
@@ -727,24 +741,31 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             return templates.entity_prompt(entity["screen_name"], templates.entity_context(entity, entity.get("timeline")))
         return templates.generic_entity_prompt(entity["name"], entity.get("description"))
 
-    def _nsp_candidates(self, examples: list[dict], num_candidates: int) -> list[list[int]]:
+    def _nsp_candidates(self, examples: list[dict], num_candidates: int) -> tuple[list[list[int]], list[dict[int, float]] | None]:
+        """Candidate positions of each example and, with a scoring retriever, their first-stage scores."""
         cands = [self.kb.name_rule(ex["mention"], num_candidates) for ex in examples]
         if self.retriever is None:
-            return cands
-        if self.retriever == "bm25":
+            return cands, None
+        if isinstance(self.retriever, str):  # "bm25"
             extra = [self.kb.bm25(ex["mention"], num_candidates) for ex in examples]
-        else:
-            ids = self.retriever.retrieve(
-                [ex["text"] for ex in examples],
-                [{"mention": ex["mention"], "mention_start": ex["mention_start"], "mention_end": ex["mention_end"]} for ex in examples],
-                num_candidates,
-            )
-            extra = [[self.kb.position[e] for e in row if e in self.kb.position] for row in ids]
-        return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)]
+            return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)], None
+        texts = [ex["text"] for ex in examples]
+        spans = [{"mention": ex["mention"], "mention_start": ex["mention_start"], "mention_end": ex["mention_end"]} for ex in examples]
+        k = int(getattr(self.model.config, "retriever_k", 0) or num_candidates)
+        if hasattr(self.retriever, "retrieve_scored"):
+            # the k closest names (as in training: PFMELCorpus.closest_names) beside the dense top k
+            names = [[self.kb.entities[p]["entity_id"] for p in row[:k]] for row in cands]
+            scored = self.retriever.retrieve_scored(texts, spans, k, extra=names)
+            rows = [[(self.kb.position[e], s) for e, s in row if e in self.kb.position] for row in scored]
+            return [[p for p, _ in row] for row in rows], [dict(row) for row in rows]
+        ids = self.retriever.retrieve(texts, spans, k)
+        extra = [[self.kb.position[e] for e in row if e in self.kb.position] for row in ids]
+        return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)], None
 
     def _forward_nsp(self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None) -> list:
         templates = self._templates()
-        cands = self._nsp_candidates(examples, num_candidates)
+        cands, first_stage = self._nsp_candidates(examples, num_candidates)
+        weight = float(getattr(self.model.config, "retriever_score_weight", 0.0) or 0.0)
         pairs = []  # (example index, position)
         for i, row in enumerate(cands):
             pairs += [(i, p) for p in row]
@@ -771,8 +792,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             logits = self.model(**enc).logits
             scores[start : start + len(chunk)] = self.model.link_scores(logits).float().cpu()
         ranked, offset = [], 0
-        for row in cands:
-            ranked.append(self._rank(row, scores[offset : offset + len(row)]))
+        for i, row in enumerate(cands):
+            row_scores = scores[offset : offset + len(row)]
+            if first_stage is not None and weight:
+                row_scores = row_scores + weight * torch.tensor([first_stage[i].get(p, 0.0) for p in row])
+            ranked.append(self._rank(row, row_scores))
             offset += len(row)
         return ranked
 

@@ -1,0 +1,427 @@
+#!/usr/bin/env python
+"""Linking quality on real data (WikiMEL dev by default), every stage through the package's own commands.
+
+    python benchmarks/quality.py --data_dir ../shared/data/wikimel                 # all stages, ~60 min on 2 cores
+    python benchmarks/quality.py --data_dir D --stages candidates,st,zemel_zero_shot   # the untrained stages only
+    python benchmarks/quality.py --data_dir D --train_mentions 2000 --dev_mentions 500  # a quick look
+
+Stages (each on the dev split, whole KB, every gold mention of the split counted: a mention the linker could not
+use counts as wrong):
+
+* ``candidates``: PFMEL's name rule (candidate recall, mean candidates), the shortest-matching-name baseline (H@1),
+  ZEMEL's BM25 + name-rule generator (R@1/10/100).
+* ``st``: zero-shot sentence-transformers ``encode`` of the same all-MiniLM-L6-v2 (``"<mention>. <text>"`` against
+  ``"<name>. <description>"``, cosine), exact search over the whole KB.
+* ``zemel_zero_shot``: the untrained text-only ``ZemelPolyEncoder.from_text_backbone("minilm", scoring="bi")``
+  through ``mel index`` + ``mel link --candidates dense``.
+* ``zemel``: ZEMEL (poly) trained by ``train/train_zemel.py`` (hard negatives mined with the model, in-batch
+  negatives) on the train split, then ``mel index`` + ``mel link --candidates dense``.
+* ``pfmel``: the PFMEL NSP cross-encoder fine-tuned by ``train/finetune_linking.py`` over name-rule candidates
+  (text only, from the MiniLM backbone, no pre-training), linked by ``mel link`` (name-rule candidates).
+* ``rerank``: retrieve-then-rerank: the NSP cross-encoder fine-tuned by ``finetune_linking.py --retriever <the zemel
+  stage's index> --loss listwise`` on the retriever's top-k + closest names, then
+  ``mel link --model NSP --retriever INDEX`` (needs the ``zemel`` stage, or ``--zemel_model`` and its index).
+
+Writes ``benchmarks/results/<name>.json`` and ``.md`` (``--name``, default ``quality_<dataset>``). Mentions/s are
+end-to-end ``mel link`` figures (model loading excluded, KB/index loading included) on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from common import REPO_ROOT, RESULTS_DIR, machine_info  # noqa: E402  (sets sys.path and the offline env)
+
+STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+    """One JSON object per line (UTF-8, ``\\n`` line ends)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def prepare(args: argparse.Namespace, work: str) -> dict[str, Any]:
+    """Build the corpus with its builder; write ``kb.jsonl`` and ``<split>.jsonl`` (mel_jsonl layout) into ``work``."""
+    from modeling_mel.corpus import load_mel_corpus
+
+    mentions = load_mel_corpus(args.dataset, args.data_dir)
+    kb = load_mel_corpus(args.dataset, args.data_dir, config="kb")
+    if args.split not in mentions:
+        raise SystemExit(f"quality.py: split {args.split!r} not in the corpus (splits: {list(mentions)})")
+    kb_rows = [
+        {"entity_id": e, "name": n, "description": d or ""}
+        for e, n, d in zip(kb["entity_id"], kb["name"], kb["description"])
+    ]
+    write_jsonl(os.path.join(work, "kb.jsonl"), kb_rows)
+    dev = mentions[args.split].remove_columns([c for c in ("image",) if c in mentions[args.split].column_names])
+    rows = []
+    for r in dev:
+        row = {"id": r["id"], "text": r["text"], "mention": r["mention"], "entity_id": r["entity_id"]}
+        if r.get("mention_start") is not None and r.get("mention_end") is not None:
+            row["mention_start"], row["mention_end"] = int(r["mention_start"]), int(r["mention_end"])
+        rows.append(row)
+    if args.dev_mentions:
+        import random
+
+        rows = sorted(random.Random(args.seed).sample(rows, min(args.dev_mentions, len(rows))), key=lambda r: r["id"])
+    write_jsonl(os.path.join(work, "dev.jsonl"), rows)
+    return {"kb": kb_rows, "dev": rows, "n_train": len(mentions["train"]) if "train" in mentions else 0}
+
+
+def ranking_metrics(ranked: Sequence[Sequence[str]], gold: Sequence[str], ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """H@k and MRR (over the ranked lists given; a gold outside the list scores 0) with every gold mention counted."""
+    n = len(gold)
+    out: dict[str, float] = {"n": n}
+    for k in ks:
+        out[f"H@{k}"] = sum(g in list(r)[:k] for r, g in zip(ranked, gold)) / n if n else 0.0
+    rr = 0.0
+    for r, g in zip(ranked, gold):
+        r = list(r)
+        if g in r:
+            rr += 1.0 / (r.index(g) + 1)
+    out["MRR"] = rr / n if n else 0.0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def stage_candidates(data: dict[str, Any]) -> dict[str, Any]:
+    """Name rule, shortest matching name, BM25 + rules."""
+    from modeling_mel.candidates import Bm25RuleCandidates, NameRuleCandidates
+
+    kb, dev = data["kb"], data["dev"]
+    gold = [r["entity_id"] for r in dev]
+    t0 = time.perf_counter()
+    rule = NameRuleCandidates(kb)
+    names = {e["entity_id"]: e["name"] for e in kb}
+    cands = [rule(r["mention"]) for r in dev]
+    shortest = [sorted(c, key=lambda e: (names[e].lower() != r["mention"].lower(), len(names[e])))[:1] for c, r in zip(cands, dev)]
+    rule_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bm25 = Bm25RuleCandidates([e["entity_id"] for e in kb], [e["name"] for e in kb])
+    ranked = [bm25(r["mention"], 100) for r in dev]
+    bm25_s = time.perf_counter() - t0
+    n = len(dev)
+    return {
+        "name_rule": {
+            "candidate_recall": sum(g in c for c, g in zip(cands, gold)) / n,
+            "mean_candidates": sum(map(len, cands)) / n,
+            "no_candidate": sum(not c for c in cands),
+        },
+        "shortest_name": dict(ranking_metrics(shortest, gold, (1,)), mentions_per_s=n / rule_s),
+        "bm25_rules": dict(
+            ranking_metrics(ranked, gold, (1, 10, 100)), mentions_per_s=n / bm25_s,
+            note="BM25 over entity names + the three name rules (ZEMEL's generator), index build included",
+        ),
+    }
+
+
+def stage_st(data: dict[str, Any], batch_size: int = 128) -> dict[str, Any]:
+    """Zero-shot sentence-transformers baseline: exact cosine search over the whole KB."""
+    from sentence_transformers import SentenceTransformer
+
+    from modeling_mel.backbones import embedded_minilm_path
+
+    kb, dev = data["kb"], data["dev"]
+    model = SentenceTransformer(embedded_minilm_path(), device="cpu")
+    t0 = time.perf_counter()
+    ent = model.encode([f"{e['name']}. {e['description']}" for e in kb], batch_size=batch_size,
+                       convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=True)
+    kb_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ctx = model.encode([f"{r['mention']}. {r['text']}" for r in dev], batch_size=batch_size,
+                       convert_to_tensor=True, normalize_embeddings=True)
+    top = (ctx @ ent.T).topk(min(100, len(kb)), dim=1).indices.tolist()
+    link_s = time.perf_counter() - t0
+    ids = [e["entity_id"] for e in kb]
+    ranked = [[ids[i] for i in row] for row in top]
+    return dict(ranking_metrics(ranked, [r["entity_id"] for r in dev]), entities_per_s=len(kb) / kb_s,
+                mentions_per_s=len(dev) / link_s)
+
+
+def run(cmd: list[str], log: str) -> str:
+    """Run a command (stdout+stderr to ``log``); SystemExit naming the log when it fails. Returns stdout."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    print("$", " ".join(cmd), flush=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env, cwd=REPO_ROOT)
+        f.write(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"quality.py: {cmd[1:3]} failed with exit code {proc.returncode}; see {log}")
+    return proc.stdout
+
+
+MEL = [sys.executable, "-c", "import sys; from modeling_mel.cli import main; sys.exit(main())"]
+
+
+def mel_link_metrics(
+    model_dir: str, work: str, tag: str, data: dict[str, Any], dense: bool, retriever: str | None = None
+) -> dict[str, Any]:
+    """``mel index`` (ZEMEL) + ``mel link`` over the dev file; H@1/H@10/MRR from its output, every gold counted."""
+    out: dict[str, Any] = {}
+    kb_arg = ["--kb", os.path.join(work, "kb.jsonl")]
+    if dense:
+        index = os.path.join(work, f"{tag}_index")
+        t0 = time.perf_counter()
+        run(MEL + ["index", "--model", model_dir, "--kb", os.path.join(work, "kb.jsonl"), "--out", index, "--no_images"],
+            os.path.join(work, f"{tag}_index.log"))
+        out["index_seconds"] = round(time.perf_counter() - t0, 1)
+        kb_arg = ["--index", index]
+    links = os.path.join(work, f"{tag}_links.jsonl")
+    extra = ["--candidates", "dense", "--num_candidates", "100"] if dense else ["--num_candidates", "100"]
+    if retriever:
+        extra += ["--retriever", retriever]
+    stdout = run(MEL + ["link", "--model", model_dir, *kb_arg, "--input", os.path.join(work, "dev.jsonl"),
+                        "--output", links, "--top_k", "100", "--batch_size", "32", "--no_images", *extra],
+                 os.path.join(work, f"{tag}_link.log"))
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    by_line = {}
+    with open(links, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            by_line[rec["line"]] = [p["entity_id"] for p in rec.get("predictions", [])]
+    ranked = [by_line.get(i + 1, []) for i in range(len(data["dev"]))]
+    out.update(ranking_metrics(ranked, [r["entity_id"] for r in data["dev"]]))
+    out["errors"] = summary.get("errors", 0)
+    out["mentions_per_s"] = round(len(data["dev"]) / summary["seconds"], 2) if summary.get("seconds") else None
+    return out
+
+
+def stage_zemel_zero_shot(data: dict[str, Any], work: str) -> dict[str, Any]:
+    """The untrained text-only ZEMEL (bi), saved, then ``mel index`` + ``mel link``."""
+    import modeling_mel  # noqa: F401 - registers the Auto classes
+    from modeling_mel.modeling_zemel import ZemelPolyEncoder
+    from modeling_mel.processing_zemel import ZemelProcessor
+
+    model_dir = os.path.join(work, "zemel_zero_shot")
+    processor = ZemelProcessor.from_backbone("minilm", context_template="mention_first")
+    model = ZemelPolyEncoder.from_text_backbone("minilm", scoring="bi")
+    model.resize_for_processor(processor)
+    model.config.image_features = "none"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    return mel_link_metrics(model_dir, work, "zemel_zero_shot", data, dense=True)
+
+
+def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
+    """Train ZEMEL (poly) with train_zemel.py on the train split, then ``mel index`` + ``mel link``."""
+    model_dir = args.zemel_model or os.path.join(work, "zemel")
+    minutes = None
+    if not args.zemel_model:
+        cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "train_zemel.py"), "--dataset", args.dataset,
+               "--data_dir", args.data_dir, "--output_dir", model_dir, "--image_features", "none",
+               "--eval_splits", "", "--num_train_epochs", str(args.zemel_epochs), "--learning_rate", str(args.zemel_lr),
+               "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
+               "--context_max_length", "48", "--candidate_max_length", "48", "--save_strategy", "no",
+               "--report_to", "none", "--logging_steps", "50", "--seed", str(args.seed), "--use_cpu"]
+        if args.bf16:
+            cmd.append("--bf16")
+        if args.train_mentions:
+            cmd += ["--max_train_samples", str(args.train_mentions)]
+        t0 = time.perf_counter()
+        run(cmd, os.path.join(work, "zemel_train.log"))
+        minutes = round((time.perf_counter() - t0) / 60, 1)
+    out = mel_link_metrics(model_dir, work, "zemel", data, dense=True)
+    out["train_minutes"] = minutes
+    return out
+
+
+def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
+    """Fine-tune the NSP reranker listwise on the ZEMEL index's candidates, then ``mel link --retriever``."""
+    index = os.path.join(work, "zemel_index")
+    if not os.path.isfile(os.path.join(index, "index_config.json")):
+        raise SystemExit("quality.py: the rerank stage needs the zemel stage's index (run it first, same --work_dir)")
+    model_dir = args.rerank_model or os.path.join(work, "rerank")
+    minutes = None
+    if not args.rerank_model:
+        cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "finetune_linking.py"), "--dataset", args.dataset,
+               "--data_dir", args.data_dir, "--output_dir", model_dir, "--backbone", "minilm", "--image_features", "none",
+               "--retriever", index, "--loss", "listwise", "--list_size", str(args.rerank_list_size),
+               "--retriever_k", str(args.rerank_k), "--num_train_epochs", str(args.rerank_epochs),
+               "--learning_rate", str(args.rerank_lr), "--per_device_train_batch_size", "16", "--max_length", "128",
+               "--eval_splits", args.split, "--max_eval_samples", "1", "--save_strategy", "no", "--report_to", "none",
+               "--seed", str(args.seed), "--use_cpu", "--bf16_eval", "--logging_steps", "25",
+               "--max_train_samples", str(args.rerank_train_mentions)]
+        if args.bf16:
+            cmd.append("--bf16")
+        t0 = time.perf_counter()
+        run(cmd, os.path.join(work, "rerank_train.log"))
+        minutes = round((time.perf_counter() - t0) / 60, 1)
+    out = mel_link_metrics(model_dir, work, "rerank", data, dense=False, retriever=index)
+    out["train_minutes"] = minutes
+    with open(os.path.join(model_dir, "eval_results.json"), encoding="utf-8") as f:
+        train = json.load(f).get("train", {})
+    out["retriever_score_weight"] = train.get("retriever_score_weight")
+    out["calibration_accuracy"] = train.get("calibration_accuracy")
+    return out
+
+
+def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
+    """Fine-tune the PFMEL NSP linker over name-rule candidates (text only), then ``mel link`` (name rule)."""
+    model_dir = args.pfmel_model or os.path.join(work, "pfmel")
+    minutes = None
+    if not args.pfmel_model:
+        cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "finetune_linking.py"), "--dataset", args.dataset,
+               "--data_dir", args.data_dir, "--output_dir", model_dir, "--backbone", "minilm",
+               "--image_features", "none", "--num_train_epochs", "1", "--learning_rate", str(args.pfmel_lr),
+               "--max_length", "128", "--num_negatives", "8", "--eval_splits", args.split, "--save_strategy", "no",
+               "--report_to", "none", "--seed", str(args.seed), "--use_cpu",
+               "--max_train_samples", str(args.pfmel_train_mentions), "--max_eval_samples", "1"]
+        if args.bf16:
+            cmd.append("--bf16")
+        t0 = time.perf_counter()
+        run(cmd, os.path.join(work, "pfmel_train.log"))
+        minutes = round((time.perf_counter() - t0) / 60, 1)
+    out = mel_link_metrics(model_dir, work, "pfmel", data, dense=False)
+    out["train_minutes"] = minutes
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README table: one row per linker."""
+    s = result["stages"]
+    lines = [
+        f"{result['dataset']} {result['split']} ({result['n']} gold mentions, every one counted), whole KB of "
+        f"{result['kb_size']} entities, text only, all-MiniLM-L6-v2 backbone, {machine_info_line(result['machine'])}",
+        "",
+        "| linker | H@1 | H@10 | MRR | R@100 | train min | mentions/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if "candidates" in s:
+        c = s["candidates"]
+        lines.append(f"| name rule: candidate recall {_fmt(c['name_rule']['candidate_recall'])}, mean "
+                     f"{_fmt(c['name_rule']['mean_candidates'], 1)} candidates | - | - | - | - | - | - |")
+        sh = c["shortest_name"]
+        lines.append(f"| shortest matching name | {_fmt(sh['H@1'])} | - | - | - | - | {_fmt(sh['mentions_per_s'], 0)} |")
+        b = c["bm25_rules"]
+        lines.append(f"| BM25 + name rules (ZEMEL candidates) | {_fmt(b['H@1'])} | {_fmt(b['H@10'])} | {_fmt(b['MRR'])} | "
+                     f"{_fmt(b['H@100'])} | - | {_fmt(b['mentions_per_s'], 0)} |")
+    rows = (
+        ("st", "sentence-transformers all-MiniLM-L6-v2 encode, zero-shot"),
+        ("zemel_zero_shot", "ZEMEL untrained (bi), `mel index` + `mel link`"),
+        ("zemel", "ZEMEL trained (poly), `mel index` + `mel link`"),
+        ("pfmel", "PFMEL NSP over name-rule candidates, `mel link`"),
+        ("rerank", "retrieve-then-rerank: ZEMEL top-k + closest names, NSP reranker, `mel link --retriever`"),
+    )
+    for key, label in rows:
+        if key in s:
+            r = s[key]
+            lines.append(f"| {label} | {_fmt(r['H@1'])} | {_fmt(r['H@10'])} | {_fmt(r['MRR'])} | - | "
+                         f"{_fmt(r.get('train_minutes'), 1)} | {_fmt(r.get('mentions_per_s'), 1)} |")
+    lines.append("")
+    lines.append(f"Total wall time {result['minutes']:.1f} min. Command: `{result['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def machine_info_line(info: dict[str, Any]) -> str:
+    return f"{info.get('cpu_count')} cores ({info.get('cpu_capability')}, bf16 fast: {info.get('bf16_is_fast')})"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="folder of the released corpus files (e.g. ../shared/data/wikimel)")
+    parser.add_argument("--dataset", default="wikimel", help="builder: wikimel, richpedia_mel or mel_jsonl")
+    parser.add_argument("--split", default="dev", help="evaluated split")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--train_mentions", type=int, default=None, help="ZEMEL: first N train mentions (default all)")
+    parser.add_argument("--zemel_epochs", type=float, default=2.0, help="ZEMEL training epochs")
+    parser.add_argument("--zemel_lr", type=float, default=3e-5, help="ZEMEL learning rate")
+    parser.add_argument("--zemel_model", default=None, help="evaluate this trained ZEMEL folder instead of training one")
+    parser.add_argument("--pfmel_train_mentions", type=int, default=3000, help="PFMEL: first N train mentions")
+    parser.add_argument("--pfmel_lr", type=float, default=3e-5, help="PFMEL fine-tuning learning rate")
+    parser.add_argument("--pfmel_model", default=None, help="evaluate this fine-tuned PFMEL folder instead of training one")
+    parser.add_argument("--rerank_train_mentions", type=int, default=3000, help="reranker: first N train mentions")
+    parser.add_argument("--rerank_epochs", type=float, default=1.0, help="reranker epochs")
+    parser.add_argument("--rerank_lr", type=float, default=3e-5, help="reranker learning rate")
+    parser.add_argument("--rerank_list_size", type=int, default=8, help="reranker: candidates per training list")
+    parser.add_argument("--rerank_k", type=int, default=10, help="dense candidates per mention for the reranker")
+    parser.add_argument("--rerank_model", default=None, help="evaluate this reranker folder instead of training one")
+    parser.add_argument("--dev_mentions", type=int, default=None, help="evaluate a seeded sample of N mentions (default all)")
+    parser.add_argument("--budget_minutes", type=float, default=60.0, help="warn when the whole run exceeds this")
+    parser.add_argument("--no_bf16", dest="bf16", action="store_false", help="train in fp32 (default: bf16 autocast)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work_dir", default=None, help="where models, indexes and logs go (default: a temp dir)")
+    parser.add_argument("--name", default=None, help="result file name (default quality_<dataset>)")
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if not os.path.isdir(args.data_dir):
+        parser.error(f"--data_dir {args.data_dir!r} is not a folder")
+    import tempfile
+
+    work = args.work_dir or tempfile.mkdtemp(prefix="mel_quality_")
+    os.makedirs(work, exist_ok=True)
+    start = time.perf_counter()
+    data = prepare(args, work)
+    result: dict[str, Any] = {
+        "dataset": args.dataset, "split": args.split, "n": len(data["dev"]), "kb_size": len(data["kb"]),
+        "machine": machine_info(), "stages": {}, "work_dir": work,
+        "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    for stage in stages:
+        t0 = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        if stage == "candidates":
+            out = stage_candidates(data)
+        elif stage == "st":
+            out = stage_st(data)
+        elif stage == "zemel_zero_shot":
+            out = stage_zemel_zero_shot(data, work)
+        elif stage == "zemel":
+            out = stage_zemel(args, data, work)
+        elif stage == "pfmel":
+            out = stage_pfmel(args, data, work)
+        else:
+            out = stage_rerank(args, data, work)
+        out["stage_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+        result["stages"][stage] = out
+        print(json.dumps({stage: out}, indent=1), flush=True)
+    result["minutes"] = (time.perf_counter() - start) / 60
+    if result["minutes"] > args.budget_minutes:
+        print(f"WARNING: the run took {result['minutes']:.1f} min, over --budget_minutes {args.budget_minutes}", flush=True)
+    name = args.name or f"quality_{args.dataset}"
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    md = markdown(result)
+    with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Retrieve-then-rerank: a ZEMEL entity index as the first stage, the NSP cross-encoder as the reranker.
+
+Covers the listwise loss, fine-tuning on the retriever's candidates (``finetune_linking.py --retriever``), the
+retriever-score weight chosen on held-out mentions, and the product paths (``pipeline(retriever=INDEX_DIR)``,
+``mel link --retriever INDEX_DIR``) with the fused score.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from inference_fixtures import register_all, tiny_nsp, tiny_zemel
+from pfmel_fixtures import tiny_backbone  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+register_all()
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_rerank_test_{name}", os.path.join(REPO, "train", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> dict:
+    """The Twitter sample corpus, a saved tiny ZEMEL model and its entity index over the sample's KB."""
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_mel.corpus import import_script, load_mel_corpus
+    from modeling_mel.entity_index import EntityIndex
+
+    root = tmp_path_factory.mktemp("rerank")
+    data_dir = str(root / "sample")
+    import_script("sample", "generate_sample").generate_twitter_sample(data_dir, seed=0)
+    kb = load_mel_corpus("twitter_mel", data_dir, config="kb")
+    model, processor = tiny_zemel(seed=3)
+    zdir = str(root / "zemel")
+    model.save_pretrained(zdir)
+    processor.save_pretrained(zdir)
+    loaded = AutoModel.from_pretrained(zdir).eval()
+    index_dir = str(root / "index")
+    EntityIndex.build(loaded, AutoProcessor.from_pretrained(zdir), kb, progress=False).save(index_dir)
+    kb_rows = [{"entity_id": e, "name": n, "description": d or ""} for e, n, d in zip(kb["entity_id"], kb["name"], kb["description"])]
+    kb_path = str(root / "kb.jsonl")
+    with open(kb_path, "w", encoding="utf-8") as f:
+        for row in kb_rows:
+            f.write(json.dumps(row) + "\n")
+    return {"data_dir": data_dir, "zemel_dir": zdir, "index_dir": index_dir, "kb": kb_path, "root": root}
+
+
+def test_listwise_loss_is_cross_entropy_per_list():
+    from modeling_mel.pfmel_training import listwise_loss
+
+    scores = torch.tensor([2.0, 1.0, 0.0, 0.5, 3.0])
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    expected = ((torch.logsumexp(torch.tensor([2.0, 1.0, 0.0]), 0) - 2.0) + (torch.logsumexp(torch.tensor([0.5, 3.0]), 0) - 0.5)) / 2
+    assert torch.allclose(listwise_loss(scores, owner), expected)
+    scores.requires_grad_(True)
+    listwise_loss(scores, owner).backward()
+    assert scores.grad[0] < 0 and scores.grad[3] < 0 and scores.grad[4] > 0  # gold up, the others down
+
+
+def test_retrieve_scored_merges_dense_top_k_and_extras(sample):
+    from modeling_mel.pfmel_training import load_retriever
+
+    index = load_retriever(sample["index_dir"])  # the ZEMEL model comes from the path recorded in the index
+    dense = index.retrieve_scored(["launch day at NASA"], ["NASA"], 3)[0]
+    assert len(dense) == 3 and [s for _, s in dense] == sorted((s for _, s in dense), reverse=True)
+    far = index.entities[-1]["entity_id"]
+    merged = index.retrieve_scored(["launch day at NASA"], ["NASA"], 3, extra=[[far, "not-an-entity"]])[0]
+    assert [e for e, _ in dense] == [e for e, _ in merged if e != far] and far in dict(merged)
+    # each score is the model's own score of (context, candidate)
+    pos = {e["entity_id"]: i for i, e in enumerate(index.entities)}
+    enc = index.processor.encode_contexts(["launch day at NASA"], ["NASA"], max_length=64)
+    with torch.inference_mode():
+        ctx = index.model.encode_context(**enc)
+        ids = [e for e, _ in merged]
+        direct = index.model.score(ctx, torch.from_numpy(index.vectors[[pos[e] for e in ids]]))[0]
+    assert torch.allclose(direct, torch.tensor([s for _, s in merged]), atol=1e-5)
+
+
+def test_finetune_on_retriever_candidates_listwise(sample, tiny_backbone, tmp_path):  # noqa: F811
+    out = str(tmp_path / "reranker")
+    results = _script("finetune_linking").main([
+        "--dataset", "twitter_mel", "--data_dir", sample["data_dir"], "--image_features", "none", "--backbone", tiny_backbone,
+        "--output_dir", out, "--retriever", sample["index_dir"], "--retriever_k", "4", "--loss", "listwise",
+        "--list_size", "4", "--calibration_mentions", "6", "--max_train_samples", "16", "--max_eval_samples", "10",
+        "--eval_splits", "dev", "--max_length", "64", "--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "True",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--max_steps", "3", "--save_strategy", "no",
+    ])
+    train = results["train"]
+    assert train["loss"] == "listwise" and train["mentions"] == 16 and train["calibration_mentions"] == 6
+    table = train["calibration_accuracy"]  # {weight: held-out accuracy}
+    assert table[str(train["retriever_score_weight"])] == max(table.values())
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["retriever_score_weight"] == train["retriever_score_weight"] and config["retriever_k"] == 4
+    dev = results["dev"]
+    assert dev["n"] == 10 and 0.0 <= dev["accuracy"] <= 1.0
+    # every dev mention's candidates include the retriever's dense top 4 (candidate recall >= the retriever's R@4)
+    from modeling_mel.pfmel_data import PFMELCorpus
+    from modeling_mel.pfmel_training import load_retriever
+
+    corpus = PFMELCorpus.load("twitter_mel", sample["data_dir"], image_features="none")
+    index = load_retriever(sample["index_dir"])
+    data = corpus.linking_data("dev", 10, retriever=index, retriever_k=4)
+    for m in data.mentions:
+        dense = [e for e, _ in index.retrieve_scored([m.text], [{"mention": m.mention, "mention_start": m.span[0] if m.span else None,
+                                                                  "mention_end": m.span[1] if m.span else None}], 4)[0]]
+        assert set(dense) <= set(m.candidates) and set(m.retriever_scores) == set(m.candidates)
+
+
+@pytest.mark.parametrize("weight", [0.0, 7.5])
+def test_pipeline_retriever_dir_fuses_the_retriever_score(sample, weight):
+    from transformers import pipeline
+
+    from modeling_mel.pfmel_training import load_retriever
+    from modeling_mel.pipeline_entity_linking import TASK
+
+    model, processor = tiny_nsp(seed=1)
+    model.config.retriever_k = 3
+    item = {"text": "launch day at NASA", "mention": "NASA"}
+    model.config.retriever_score_weight = 0.0
+    plain = pipeline(TASK, model=model, processor=processor, kb=sample["kb"], use_images=False, retriever=sample["index_dir"])
+    base = {r["entity_id"]: r["score"] for r in plain(item, top_k=50)}
+    model.config.retriever_score_weight = weight
+    fused = {r["entity_id"]: r["score"] for r in plain(item, top_k=50)}
+    first = dict(load_retriever(sample["index_dir"]).retrieve_scored([item["text"]], [item["mention"]], 3, extra=[["nasa"]])[0])
+    assert set(fused) == set(base) == set(first)  # dense top 3 + the closest names, nothing else
+    for e in fused:
+        assert fused[e] == pytest.approx(base[e] + weight * first[e], abs=1e-4)
+
+
+def test_mel_link_with_retriever_index(sample, tmp_path):
+    from modeling_mel.cli_inference import link_main
+
+    model, processor = tiny_nsp(seed=1)
+    model.config.retriever_k = 3
+    model.config.retriever_score_weight = 2.0
+    nsp_dir = str(tmp_path / "nsp")
+    model.save_pretrained(nsp_dir)
+    processor.save_pretrained(nsp_dir)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"text": "launch day at NASA", "mention": "NASA"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", sample["index_dir"], "--input", str(inp),
+                      "--output", str(out), "--top_k", "3", "--no_images"]) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert len(record["predictions"]) == 3
+    assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", str(tmp_path), "--input", str(inp),
+                      "--output", str(out)]) == 2  # not an index directory: refused before loading the model
