@@ -3,10 +3,12 @@
 
 Pipeline of :func:`evaluate_split` for one split:
 
-1. **Candidates**: :class:`~modeling_mel.candidates.Bm25RuleCandidates` over the split's KB (ZEMELD: the entities of
-   that split, the zero-shot setting; ``eval_kb="full"``: every KB entity) gives each mention its top-``N``
-   candidates. The gold entity is NOT inserted: a gold outside the list is a miss. Lists can be shorter than ``N``
-   (fewer entities match the mention at all) or empty.
+1. **Candidates**: :class:`~modeling_mel.candidates.Bm25RuleCandidates` over the split's evaluation KB (see
+   :meth:`ZemelData.kb_for`; ZEMELD default ``eval_kb="unseen"``: every KB entity not seen in training, entities that
+   no mention uses included, the zero-shot setting; ``"full"``: every KB entity; ``"gold_only"``: only the gold
+   entities of the split's mentions, an optimistic closed pool) gives each mention its top-``N`` candidates. The
+   gold entity is NOT inserted: a gold outside the list is a miss. Lists can be shorter than ``N`` (fewer entities
+   match the mention at all) or empty.
 2. **Candidate cache**: every entity of the split's KB is encoded ONCE with ``model.encode_candidates`` (length-sorted
    batches, ``torch.inference_mode``, optional bf16 autocast) into a ``(C, H)`` matrix (:func:`encode_kb`).
 3. **Contexts**: contexts are encoded once (length-sorted batches) and scored against the cached vectors of their own
@@ -56,7 +58,9 @@ logger = logging.getLogger(__name__)
 
 ZEMEL_DATASETS = ("zemeld", "mel_jsonl", "wikimel", "richpedia_mel")  # the last three: one KB for all splits
 IMAGE_FEATURE_MODES = ("resnet50", "none")
-EVAL_KB_MODES = ("split", "full")
+EVAL_KB_MODES = ("unseen", "full", "gold_only", "split")  # "split": the default's former name, an alias of "unseen"
+DEFAULT_EVAL_KB = "unseen"
+_EVAL_KB_ALIASES = {"split": "unseen"}
 DEFAULT_NS = (5, 100)
 TINY_IMAGE_MODEL = "tiny"  # --image_model tiny: a small random-init ResNet with 64-d output (tests, quick runs)
 TINY_IMAGE_FEATURE_DIM = 64
@@ -69,6 +73,13 @@ def canonical_split(name: str) -> str:
     return _SPLIT_ALIASES.get(str(name), str(name))
 
 
+def canonical_eval_kb(mode: str) -> str:
+    """``split`` -> ``unseen``; ValueError for a name outside :data:`EVAL_KB_MODES`."""
+    if mode not in EVAL_KB_MODES:
+        raise ValueError(f"unknown eval_kb {mode!r}; choose one of {list(EVAL_KB_MODES)}")
+    return _EVAL_KB_ALIASES.get(mode, mode)
+
+
 # ======================================================================================================================
 # Data
 # ======================================================================================================================
@@ -76,7 +87,8 @@ def canonical_split(name: str) -> str:
 
 @dataclass
 class ZemelData:
-    """A corpus ready for ZEMEL: mention rows per split, one KB per split, the full KB.
+    """A corpus ready for ZEMEL: mention rows per split, the gold entities of each split (``kbs``), the full KB and,
+    for a zero-shot corpus, the ids of the entities seen in training (gold of a training mention).
 
     Rows are plain dicts: ``id``, ``text``, ``mention``, ``mention_start``, ``mention_end``, ``entity_id``, ``image``
     (path, PIL image or None), ``image_key`` (rows of one image share it) and, for corpora with boxes (ZEMELD),
@@ -90,6 +102,7 @@ class ZemelData:
     full_kb: dict[str, dict]
     has_boxes: bool = False
     zero_shot: bool = False
+    seen_in_training: frozenset[str] | None = None  # None: the gold entities of the ``train`` mentions
 
     @property
     def has_images(self) -> bool:
@@ -107,14 +120,45 @@ class ZemelData:
             )
         return self.mentions[key]
 
-    def kb_for(self, name: str, eval_kb: str = "split") -> dict[str, dict]:
-        """KB of a split: its own entities (``eval_kb="split"``, when the corpus has per-split KBs) or the full KB."""
-        if eval_kb not in EVAL_KB_MODES:
-            raise ValueError(f"unknown eval_kb {eval_kb!r}; choose one of {list(EVAL_KB_MODES)}")
+    def seen_entities(self) -> frozenset[str]:
+        """Entity ids seen in training (gold of a ``train`` mention)."""
+        if self.seen_in_training is not None:
+            return frozenset(self.seen_in_training)
+        return frozenset(r["entity_id"] for r in self.mentions.get("train", ()))
+
+    def gold_kb(self, name: str) -> dict[str, dict]:
+        """The gold entities of a split's mentions (KB order); ValueError when the split has none."""
         key = canonical_split(name)
-        if eval_kb == "split" and key in self.kbs and self.kbs[key]:
+        if self.kbs.get(key):
             return self.kbs[key]
-        return self.full_kb
+        gold = {r["entity_id"] for r in self.mentions.get(key, ())}
+        kb = {e: v for e, v in self.full_kb.items() if e in gold}
+        if not kb:
+            raise ValueError(f"split {name!r} has no gold entity in the {self.dataset} KB")
+        return kb
+
+    def kb_for(self, name: str, eval_kb: str = DEFAULT_EVAL_KB) -> dict[str, dict]:
+        """KB a split is linked against.
+
+        * ``"unseen"`` (default; ``"split"`` is an alias): on a zero-shot corpus (ZEMELD), every KB entity NOT seen in
+          training, entities that no mention uses included (the training split itself gets its own gold entities:
+          the training KB); on a corpus without a zero-shot split, the full KB.
+        * ``"full"``: the whole KB.
+        * ``"gold_only"``: only the gold entities of the split's mentions. Optimistic: the candidates are drawn
+          from the closed pool of the split's answers, and KB entities no mention uses never compete.
+        """
+        mode = canonical_eval_kb(eval_kb)
+        key = canonical_split(name)
+        if mode == "full":
+            return self.full_kb
+        if mode == "gold_only":
+            return self.gold_kb(key)
+        if not self.zero_shot:  # one KB for all splits: nothing is unseen by construction
+            return self.full_kb
+        if key == "train":
+            return self.gold_kb(key)
+        seen = self.seen_entities()
+        return {e: v for e, v in self.full_kb.items() if e not in seen}
 
 
 
@@ -175,8 +219,10 @@ def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
             for r in ds
         }
 
-    kbs = {canonical_split(s): kb_rows(ds) for s, ds in built["kb"].items() if s != "full"}
-    return ZemelData("zemeld", mentions, kbs, kb_rows(built["kb"]["full"]), has_boxes=True, zero_shot=True)
+    full = built["kb"]["full"]
+    kbs = {canonical_split(s): kb_rows(ds) for s, ds in built["kb"].items() if s != "full"}  # gold entities per split
+    seen = frozenset(e for e, flag in zip(full["entity_id"], full["seen_in_training"]) if flag)
+    return ZemelData("zemeld", mentions, kbs, kb_rows(full), has_boxes=True, zero_shot=True, seen_in_training=seen)
 
 
 def _opt_int(value: Any) -> int | None:
@@ -653,11 +699,13 @@ def evaluate_splits(
     data: ZemelData,
     splits: Sequence[str],
     regions: RegionFeatures | None = None,
-    eval_kb: str = "split",
+    eval_kb: str = DEFAULT_EVAL_KB,
     max_samples: int | None = None,
     **kwargs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate_split` for each split name (``dev``/``validation``, ``test``...); keys are canonical names."""
+    """:func:`evaluate_split` for each split name (``dev``/``validation``, ``test``...) against
+    ``data.kb_for(split, eval_kb)``; keys are canonical names; each result records ``eval_kb`` (canonical name)."""
+    mode = canonical_eval_kb(eval_kb)
     results = {}
     for split in splits:
         rows = data.split(split)
@@ -667,8 +715,10 @@ def evaluate_splits(
         if regions is not None:
             regions.add_rows(rows, progress=kwargs.get("progress", False))
             regions.add_entities(kb, progress=kwargs.get("progress", False))
-        logger.info("evaluating %s: %d mentions against a KB of %d entities", split, len(rows), len(kb))
-        results[canonical_split(split)] = evaluate_split(model, processor, rows, kb, regions, **kwargs)
+        logger.info("evaluating %s: %d mentions against a KB of %d entities (eval_kb=%s)", split, len(rows), len(kb),
+                    mode)
+        metrics = evaluate_split(model, processor, rows, kb, regions, **kwargs)
+        results[canonical_split(split)] = dict(metrics, eval_kb=mode)
         logger.info("%s: %s", split, json.dumps(results[canonical_split(split)], sort_keys=True))
     return results
 
@@ -712,6 +762,8 @@ __all__ = [
     "ZEMEL_DATASETS",
     "IMAGE_FEATURE_MODES",
     "EVAL_KB_MODES",
+    "DEFAULT_EVAL_KB",
+    "canonical_eval_kb",
     "ZemelData",
     "load_zemel_data",
     "check_zero_shot",

@@ -41,7 +41,14 @@ class ZemelCollator:
         context_max_length, candidate_max_length: token limits.
         train: insert the gold and shuffle (``"list"`` mode).
         seed: seed of the shuffling / padding generator.
-        return_candidate_ids: add ``candidate_ids`` (list of K ids per row; not a model input) to ``"list"`` batches.
+        return_candidate_ids: add ``candidate_ids`` (the row's candidate ids; not a model input) to ``"list"``
+            batches: K ids per row in training; at evaluation the row's own list, which can be shorter than K.
+
+    At evaluation (``train=False``) a list shorter than K is never padded with other KB entities (a gold missed by
+    the generator must stay missed): the tensors are padded by repeating the row's own candidates (an empty list gets
+    blank placeholders with no entity), and positions ``>= len(candidate_ids[b])`` are padding. A repeated candidate
+    scores exactly as its first copy, so the best-scored candidate is unchanged; :func:`rank_candidates` reads only
+    the first ``len(candidate_ids[b])`` scores. ``labels`` is the gold's position in the row's list, or ``-100``.
     """
 
     def __init__(
@@ -90,7 +97,10 @@ class ZemelCollator:
         return self.kb[eid]
 
     def candidate_list(self, row: Mapping[str, Any]) -> tuple[list[str], int]:
-        """Candidate ids of a row (length K) and the gold position (-100 when absent at evaluation)."""
+        """Candidate ids of a row and the gold position (-100 when absent at evaluation).
+
+        Training: K ids (gold inserted, short lists padded with random KB entities, shuffled). Evaluation: the row's
+        own list cut to K, never padded (see :meth:`padded`)."""
         k, gold = self.num_candidates, str(row["entity_id"])
         if row.get("candidates") is not None:
             ids = [str(c) for c in row["candidates"]][:k]
@@ -107,20 +117,22 @@ class ZemelCollator:
                 while len(ids) < k and pool:
                     ids.append(pool.pop(self.rng.randrange(len(pool))))
             self.rng.shuffle(ids)
-        elif len(ids) < k:
-            taken = set(ids)
-            pool = [e for e in self.kb_ids if e not in taken]
-            while len(ids) < k and pool:
-                ids.append(pool.pop(self.rng.randrange(len(pool))))
-        if len(ids) < k:
-            raise ValueError(f"the KB has fewer than num_candidates={k} entities")
+            if len(ids) < k:
+                raise ValueError(f"the KB has fewer than num_candidates={k} entities")
         return ids, ids.index(gold) if gold in ids else -100
 
-    def _encode_entities(self, ids: Sequence[str]):
-        ents = [self._entity(e) for e in ids]
+    def padded(self, ids: Sequence[str]) -> list[str | None]:
+        """``ids`` filled up to K by repeating them in order (``None``: a blank placeholder, when ``ids`` is empty)."""
+        k = self.num_candidates
+        if not ids:
+            return [None] * k
+        return [ids[j % len(ids)] for j in range(k)]
+
+    def _encode_entities(self, ids: Sequence[str | None]):
+        ents = [self._entity(e) if e is not None else {"name": "", "description": None} for e in ids]  # None: blank
         feats = None
         if self.entity_image_features is not None:
-            feats = [self.entity_image_features(e) for e in ids]
+            feats = [self.entity_image_features(e) if e is not None else None for e in ids]
         return self.processor.encode_candidates(
             [str(e.get("name", "")) for e in ents],
             [e.get("description") for e in ents],
@@ -141,7 +153,7 @@ class ZemelCollator:
             batch["labels"] = torch.arange(len(rows))
             return batch
         lists, labels = zip(*(self.candidate_list(r) for r in rows))
-        flat = self._encode_entities([e for ids in lists for e in ids])
+        flat = self._encode_entities([e for ids in lists for e in self.padded(ids)])  # K per row
         k = self.num_candidates
         for key, value in flat.items():
             batch[key] = value.reshape(len(rows), k, *value.shape[1:])  # (B, K, ...)

@@ -40,7 +40,13 @@ class ZemelEvalArguments:
     dataset: str = field(default="zemeld", metadata={"help": f"corpus: one of {list(ZEMEL_DATASETS)}"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with the corpus in the raw layout of --dataset"})
     eval_splits: str = field(default="dev,test", metadata={"help": "comma-separated splits to evaluate"})
-    eval_kb: str = field(default="split", metadata={"help": "split: the split's own KB (zero-shot); full: the whole KB"})
+    eval_kb: str = field(
+        default="unseen",
+        metadata={"help": "KB the candidates come from. unseen (default; alias: split): every KB entity not seen in "
+                  "training, unused ones included (ZEMELD zero-shot setting; the whole KB on a corpus without a "
+                  "zero-shot split); full: the whole KB; gold_only: only the gold entities of the evaluated split "
+                  "(a closed pool of answers: optimistic)"},
+    )
     eval_num_candidates: str = field(default="5,100", metadata={"help": "candidate counts N of the metrics at /N"})
     image_features: str | None = field(
         default=None, metadata={"help": f"one of {list(IMAGE_FEATURE_MODES)}; default: as recorded at training"}

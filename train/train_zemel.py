@@ -61,8 +61,11 @@ class ZemelDataArguments:
     train_split: str = field(default="train", metadata={"help": "training split"})
     eval_splits: str = field(default="dev,test", metadata={"help": "comma-separated splits evaluated at the end ('' for none)"})
     eval_kb: str = field(
-        default="split",
-        metadata={"help": "split: candidates from the KB of the evaluated split (ZEMELD zero-shot setting); full: the whole KB"},
+        default="unseen",
+        metadata={"help": "KB the candidates come from. unseen (default; alias: split): every KB entity not seen in "
+                  "training, unused ones included (ZEMELD zero-shot setting; the whole KB on a corpus without a "
+                  "zero-shot split); full: the whole KB; gold_only: only the gold entities of the evaluated split "
+                  "(a closed pool of answers: optimistic)"},
     )
     num_candidates: int = field(
         default=4,

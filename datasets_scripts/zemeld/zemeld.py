@@ -2,10 +2,18 @@
 
 Reads the raw layout documented in README.md (``annotations.jsonl``, ``kb.jsonl``, ``images/``) with
 ``Zemeld(config_name="mentions" | "kb", data_dir=D).download_and_prepare(); .as_dataset()``.
-Checks the zero-shot split (no dev/test entity in training) and skips bad annotations by reason
+Checks the zero-shot split (no dev/test entity in training; entities gold in both dev and test are reported, and kept
+in both KB splits) and skips bad annotations by reason
 (counted, logged, written to ``skipped.json`` next to the prepared cache), or raises in ``strict`` mode. A mention
 that is not verbatim in its caption is never skipped: it is located by token alignment (note ``aligned``) or kept
 without a span (``mention_start``/``mention_end`` None, note ``unaligned``), in strict mode too.
+
+The ``kb`` config keeps every KB entity: split ``full`` holds them all, each with ``splits`` (the splits where it is
+the gold of a mention, in ``train, dev, test`` order; empty for an entity no mention uses), ``split`` (the first of
+them, or ``unused``) and ``seen_in_training`` (gold of a training mention). Splits ``train``/``validation``/``test``
+hold the gold entities of each split (an entity gold in dev and test is in both, with ``split`` set to that split).
+The zero-shot evaluation KB of dev/test (every entity NOT seen in training, unused ones included) is
+``full.filter(lambda r: not r["seen_in_training"])``.
 """
 
 from __future__ import annotations
@@ -92,11 +100,23 @@ def check_box(box, width: float, height: float) -> str | None:
     return None
 
 
+def split_overlaps(entities: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Entity ids gold in two splits (sorted): ``train&dev``, ``train&test``, ``train&(dev|test)`` (zero-shot
+    violations) and ``dev&test`` (allowed in the zero-shot setting: neither is seen in training)."""
+    train, dev, test = (set(entities.get(s, ())) for s in SPLITS)
+    return {
+        "train&dev": sorted(train & dev),
+        "train&test": sorted(train & test),
+        "train&(dev|test)": sorted(train & (dev | test)),
+        "dev&test": sorted(dev & test),
+    }
+
+
 class Zemeld(datasets.GeneratorBasedBuilder):
     """ZEMELD builder: configs ``mentions`` (one row per annotated box/mention/entity) and ``kb`` (entities)."""
 
     BUILDER_CONFIG_CLASS = ZemeldConfig
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1.0: kb rows carry splits / seen_in_training
     BUILDER_CONFIGS = [
         ZemeldConfig(name="mentions", version=VERSION, description="One row per (box, mention, entity) annotation."),
         ZemeldConfig(name="kb", version=VERSION, description="Wikipedia entities: name, description, images."),
@@ -112,6 +132,8 @@ class Zemeld(datasets.GeneratorBasedBuilder):
                     "description": datasets.Value("string"),
                     "images": datasets.Sequence(datasets.Value("string")),
                     "split": datasets.Value("string"),
+                    "splits": datasets.Sequence(datasets.Value("string")),
+                    "seen_in_training": datasets.Value("bool"),
                 }
             )
         else:
@@ -231,13 +253,18 @@ class Zemeld(datasets.GeneratorBasedBuilder):
                 )
 
         entities = {s: {r["entity_id"] for r in rows[s]} for s in SPLITS}
-        for split in ("dev", "test"):
-            leaked = sorted(entities[split] & entities["train"])
-            if leaked:
-                raise ValueError(
-                    f"ZEMELD zero-shot split violated: {len(leaked)} {split} entities also appear in train: {leaked[:20]}"
-                    + (" ..." if len(leaked) > 20 else "")
-                )
+        self._overlaps = split_overlaps(entities)
+        leaks = [(s, self._overlaps[f"train&{s}"]) for s in ("dev", "test") if self._overlaps[f"train&{s}"]]
+        if leaks:
+            raise ValueError(
+                "ZEMELD zero-shot split violated: "
+                + "; ".join(f"{len(ids)} {s} entities also appear in train: {ids[:20]}" + (" ..." if len(ids) > 20 else "")
+                            for s, ids in leaks)
+            )
+        shared = self._overlaps["dev&test"]
+        if shared:  # allowed (both are unseen in training), but reported: each is in the KB of both splits
+            logger.warning("ZEMELD: %d entities are gold in both dev and test (kept in both KBs): %s%s", len(shared),
+                           shared[:20], " ..." if len(shared) > 20 else "")
         total = sum(self._skipped.values())
         logger.info(
             "ZEMELD: %s mentions; skipped %d annotations%s",
@@ -258,12 +285,18 @@ class Zemeld(datasets.GeneratorBasedBuilder):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"counts": dict(self._skipped), "notes": dict(sorted(self._notes.items())),
-                       "skipped": self._skipped_records}, f, indent=1)
+                       "overlaps": getattr(self, "_overlaps", {}), "skipped": self._skipped_records}, f, indent=1)
 
     @property
     def skipped(self) -> collections.Counter:
         """Counts of skipped annotations by reason (after `download_and_prepare`)."""
         return getattr(self, "_skipped", collections.Counter())
+
+    @property
+    def overlaps(self) -> dict[str, list[str]]:
+        """Entity ids gold in two splits (after `download_and_prepare`): ``train&dev``, ``train&test`` (zero-shot
+        violations: the build raises), ``train&(dev|test)`` and ``dev&test`` (allowed; reported)."""
+        return getattr(self, "_overlaps", {})
 
     @property
     def notes(self) -> collections.Counter:
@@ -278,19 +311,24 @@ class Zemeld(datasets.GeneratorBasedBuilder):
         data_dir = os.path.abspath(os.path.expanduser(data_dir))
         kb, rows, entities = self._load(data_dir)
         if self.config.name == "kb":
-            split_of = {e: s for s in SPLITS for e in entities[s]}
+            # every split an entity is gold in (an entity gold in dev AND test belongs to both); unused entities kept
+            splits_of = {eid: [s for s in SPLITS if eid in entities[s]] for eid in kb}
             kb_rows = [
                 {
                     "entity_id": eid,
                     "name": str(row.get("name", "")),
                     "description": str(row.get("description") or ""),
                     "images": [os.path.abspath(os.path.join(data_dir, p)) for p in row.get("images") or []],
-                    "split": split_of.get(eid, "unused"),
+                    "split": splits_of[eid][0] if splits_of[eid] else "unused",
+                    "splits": splits_of[eid],
+                    "seen_in_training": "train" in splits_of[eid],
                 }
                 for eid, row in kb.items()
             ]
             gens = [
-                datasets.SplitGenerator(name=_SPLIT_NAMES[s], gen_kwargs={"rows": [r for r in kb_rows if r["split"] == s]})
+                datasets.SplitGenerator(
+                    name=_SPLIT_NAMES[s], gen_kwargs={"rows": [dict(r, split=s) for r in kb_rows if s in r["splits"]]}
+                )
                 for s in SPLITS
             ]
             gens.append(datasets.SplitGenerator(name="full", gen_kwargs={"rows": kb_rows}))
