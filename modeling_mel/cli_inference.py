@@ -131,31 +131,36 @@ def index_main(argv: list[str]) -> int:
     _add_image_args(parser)
     args = parser.parse_args(argv)
 
-    from .entity_index import EntityIndex
+    if not args.bm25_only and not args.model:
+        parser.error("--model is required (or --bm25_only for a metadata-only index)")
+
+    from .entity_index import EntityIndex, check_index_destination, index_write_lock
     from .pipeline_entity_linking import model_family
 
-    kb = _load_kb_arg(args.kb)
-    model = processor = extractor = None
-    if not args.bm25_only:
-        if not args.model:
-            parser.error("--model is required (or --bm25_only for a metadata-only index)")
-        model, processor = load_model_and_processor(args.model, args.trust_remote_code)
-        if model_family(model) != "zemel":
-            logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
-            model = processor = None
-        else:
-            extractor = build_image_extractor(args, model)
-    start = time.perf_counter()
+    # The folder is locked and checked before the (possibly long) encoding; the index is written atomically, so a
+    # failure or a kill leaves the previous index as it was. Errors: one line on stderr, exit code 2.
     try:
-        index = EntityIndex.build(
-            model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
-            hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
-            ef_search=args.ef_search,
-        )
-    except ValueError as err:
-        print(f"mel index: {err}", file=sys.stderr)
+        with index_write_lock(args.out):
+            check_index_destination(args.out)
+            kb = _load_kb_arg(args.kb)
+            model = processor = extractor = None
+            if not args.bm25_only:
+                model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+                if model_family(model) != "zemel":
+                    logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
+                    model = processor = None
+                else:
+                    extractor = build_image_extractor(args, model)
+            start = time.perf_counter()
+            index = EntityIndex.build(
+                model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
+                hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
+                ef_search=args.ef_search,
+            )
+            index.save(args.out)
+    except (ValueError, OSError) as err:
+        print(f"mel index: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    index.save(args.out)
     logger.info("indexed %d entities in %.1f s -> %s (%r)", len(index), time.perf_counter() - start, args.out, index)
     return 0
 

@@ -18,10 +18,18 @@ candidates for PFMEL users). The BLINK indexer names (``index_data``, ``search_k
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import math
 import os
+import secrets
+import shutil
+import sys
+import threading
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 FAISS_NAME = "faiss.index"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
-FORMAT_VERSION = 1
+#: 2: index_config.json records the entity count, file checksums and sizes, FAISS ntotal and the index kind.
+FORMAT_VERSION = 2
 
 
 def _faiss():
@@ -64,6 +73,332 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return None
+
+
+# -- integrity and atomic writes of index folders ---------------------------------------------------------------------
+#: Entries an index folder may hold; ``save`` refuses to replace a folder holding anything else.
+INDEX_FILES = (ENTITIES_NAME, VECTORS_NAME, FAISS_NAME, INDEX_CONFIG_NAME)
+#: Next to the folder ``D``: ``D.lock`` (the writer lock), ``D.tmp-<pid>-<hex>`` (a folder being written) and
+#: ``D.backup`` (the previous folder, only for the instant between the two renames of the swap when the kernel has no
+#: atomic exchange).
+LOCK_SUFFIX, TMP_INFIX, BACKUP_SUFFIX = ".lock", ".tmp-", ".backup"
+_REBUILD = "rebuild it with `mel index`"
+_held_locks: dict[str, list] = {}  # folder -> [lock fd, depth, thread id] for the writer locks this process holds
+_held_guard = threading.Lock()
+
+
+def _index_target(directory: str | os.PathLike) -> str:
+    """The absolute, symlink-free path of an index folder (its lock, temp and backup folders sit beside it)."""
+    target = os.path.realpath(os.fspath(directory))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"{os.fspath(directory)!r} exists and is not a folder; an entity index is written as a folder")
+    return target
+
+
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: str) -> None:
+    """Flush a file (or a folder's entries) to disk; best effort (some platforms cannot open folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _try_lock(target: str) -> tuple[int | None, str | None]:
+    """``(fd, None)`` with ``<target>.lock`` flocked, ``(None, holder)`` when another writer holds it; ``fd`` is -1
+    where file locks do not exist (no fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, writers are not serialised
+        return -1, None
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    lock_path = target + LOCK_SUFFIX
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        except OSError:
+            holder = ""
+        os.close(fd)
+        return None, holder or "another process"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, None
+
+
+def _unlock(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)  # closing the descriptor drops its flock
+
+
+@contextlib.contextmanager
+def index_write_lock(directory: str | os.PathLike):
+    """Hold the writer lock of index folder ``directory`` (``fcntl.flock`` on ``<directory>.lock``, non-blocking).
+
+    A second writer (another process or thread) gets a ``ValueError`` naming the folder instead of interleaving its
+    files. Re-entrant in the holding thread (``mel index`` takes it before encoding the KB; ``save`` takes it again).
+    On first acquisition, what a killed writer left beside the folder is cleaned up (a stale temp folder, a backup).
+    Yields the folder's absolute path.
+    """
+    target = _index_target(directory)
+    with _held_guard:
+        held = _held_locks.get(target)
+        if held is not None:
+            if held[2] != threading.get_ident():
+                raise ValueError(f"entity index folder {target!r} is being written by another thread of this process")
+            held[1] += 1
+    if held is not None:
+        try:
+            yield target
+        finally:
+            with _held_guard:
+                held[1] -= 1
+        return
+    fd, holder = _try_lock(target)
+    if fd is None:
+        raise ValueError(
+            f"entity index folder {target!r} is being written by another `mel index` (process {holder}, lock "
+            f"{target + LOCK_SUFFIX!r}); wait for it to finish or write to another folder"
+        )
+    with _held_guard:
+        _held_locks[target] = [fd, 1, threading.get_ident()]
+    try:
+        _recover_interrupted_write(target, clean_temp=fd >= 0)
+        yield target
+    finally:
+        with _held_guard:
+            _held_locks.pop(target, None)
+        _unlock(fd)
+
+
+def _recover_interrupted_write(target: str, clean_temp: bool = True) -> None:
+    """With the writer lock held: undo what a writer killed mid-save left behind. A backup with no folder (killed
+    between the two renames) is renamed back (the previous index); a backup beside a complete folder (killed before
+    deleting it) and temp folders of dead writers are deleted."""
+    backup = target + BACKUP_SUFFIX
+    if os.path.isdir(backup):
+        if os.path.isfile(os.path.join(target, INDEX_CONFIG_NAME)):
+            shutil.rmtree(backup, ignore_errors=True)
+        elif not os.path.lexists(target):
+            os.rename(backup, target)
+            _fsync(os.path.dirname(target))
+            logger.warning("restored the entity index %s from %s (a `mel index` was killed while replacing it)", target, backup)
+    if clean_temp:
+        parent, prefix = os.path.dirname(target), os.path.basename(target) + TMP_INFIX
+        for name in os.listdir(parent) if os.path.isdir(parent) else []:
+            if name.startswith(prefix) and os.path.isdir(os.path.join(parent, name)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                logger.info("removed %s, left by a killed index writer", os.path.join(parent, name))
+
+
+def check_index_destination(directory: str | os.PathLike) -> str:
+    """``ValueError`` unless ``directory`` may become an index folder: absent, empty, or an index folder (only
+    :data:`INDEX_FILES`). Saving replaces the whole folder, so other files in it would be lost."""
+    target = _index_target(directory)
+    cwd = os.path.realpath(os.getcwd())
+    if cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep):
+        raise ValueError(f"refusing to write an entity index into {target!r}: it is (or holds) the current folder")
+    if os.path.isdir(target):
+        extra = sorted(set(os.listdir(target)) - set(INDEX_FILES))
+        if extra:
+            shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            raise ValueError(
+                f"refusing to write an entity index into {target!r}: it holds {shown}, which are not index files and "
+                "would be lost when the folder is replaced; write the index to a new or empty folder"
+            )
+    return target
+
+
+def _exchange_dirs(a: str, b: str) -> bool:
+    """Atomically swap two folders (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False  # an old kernel or a filesystem without exchange: fall back to two renames
+    raise OSError(code, os.strerror(code), a, None, b)
+
+
+def _swap_in(tmp: str, target: str) -> None:
+    """Make the complete folder ``tmp`` the index folder ``target``, replacing the previous one.
+
+    ``target`` always names a complete index, except (without an atomic exchange) between the two renames
+    ``target -> target.backup`` and ``tmp -> target``, a window that :func:`_recover_interrupted_write` (run by the next
+    writer and by ``EntityIndex.load``) closes by renaming the backup back.
+    """
+    backup = target + BACKUP_SUFFIX
+    if not os.path.lexists(target):
+        os.rename(tmp, target)
+    elif _exchange_dirs(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the previous index
+    else:
+        if os.path.lexists(backup):
+            raise ValueError(f"{backup!r} exists (left by an interrupted write); check it and remove it, then write again")
+        os.rename(target, backup)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(backup, target)  # put the previous index back
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    _fsync(os.path.dirname(target))
+
+
+def _recover_for_load(directory: str) -> str:
+    """The folder to read for ``EntityIndex.load(directory)``: after a writer was killed between the two renames of a
+    swap, the previous index is restored from ``<directory>.backup`` first (or read from there while a live writer
+    holds the lock and the folder does not reappear)."""
+    target = os.path.realpath(directory)
+    backup = target + BACKUP_SUFFIX
+    if not os.path.isdir(backup):
+        return directory
+    with _held_guard:
+        if target in _held_locks:
+            return directory
+    try:
+        fd, _ = _try_lock(target)
+    except OSError:  # a read-only location: no lock file possible
+        fd = None
+    if fd is not None:
+        try:
+            _recover_interrupted_write(target, clean_temp=fd >= 0)
+        finally:
+            _unlock(fd)
+        return directory
+    deadline = time.monotonic() + 10.0  # a live writer is between its two renames (microseconds) or deleting the backup
+    while time.monotonic() < deadline:
+        if os.path.isfile(os.path.join(target, INDEX_CONFIG_NAME)):
+            return directory
+        time.sleep(0.05)
+    if os.path.isfile(os.path.join(backup, INDEX_CONFIG_NAME)):
+        logger.warning("entity index %s is being replaced; reading the previous index from %s", directory, backup)
+        return backup
+    return directory
+
+
+def _verify_index_files(
+    directory: str, config: dict, mmap: bool = False
+) -> tuple[list[dict], np.ndarray | None, Any]:
+    """Entities, vectors and FAISS index of an index folder, checked against ``index_config.json``: entity count,
+    sha256 of every file, vector shape, FAISS ``ntotal`` and dimension, and the index kind (no vectors in a BM25-only
+    folder). ``ValueError`` naming the file and what differs. Folders of format 1 (no checksums) get the structural
+    checks only, with a warning. The FAISS index is ``None`` when ``faiss.index`` is absent (the caller rebuilds it).
+    """
+    version = int(config.get("format_version", 0))
+    files = config.get("files") if isinstance(config.get("files"), dict) else {}
+    checksummed = version >= 2
+    if not checksummed:
+        logger.warning(
+            "entity index %s has no checksums (format %s, written by an older modeling-mel); it is loaded unchecked: "
+            "%s to get integrity checks", directory, version, _REBUILD,
+        )
+    modified = f"the folder was modified after `mel index` wrote it; {_REBUILD}"
+
+    def recorded(name: str) -> dict:
+        entry = files.get(name)
+        if not isinstance(entry, dict) or not entry.get("sha256"):
+            raise ValueError(f"{INDEX_CONFIG_NAME} in {directory!r} records no checksum of {name}: {modified}")
+        return entry
+
+    def check_sha(name: str) -> None:
+        if checksummed and _sha256_file(os.path.join(directory, name)) != recorded(name)["sha256"]:
+            raise ValueError(f"{name} checksum differs from {INDEX_CONFIG_NAME} in {directory!r}: {modified}")
+
+    def corrupt(name: str, err: BaseException) -> ValueError:
+        size = os.path.getsize(os.path.join(directory, name))
+        want = files.get(name, {}).get("bytes") if isinstance(files.get(name), dict) else None
+        sizes = f"{size} bytes" + (f", {INDEX_CONFIG_NAME} records {want}" if want is not None else "")
+        return ValueError(f"{name} in {directory!r} is truncated or corrupt ({sizes}): {_one_line(err)}; {_REBUILD}")
+
+    if not os.path.isfile(os.path.join(directory, ENTITIES_NAME)):
+        raise ValueError(f"{ENTITIES_NAME} is missing from the entity index {directory!r}; {_REBUILD}")
+    entities = kb_records(directory)  # ValueError naming the file and line for a bad line
+    count = config.get("num_entities", config.get("size"))
+    if count is not None and int(count) != len(entities):
+        raise ValueError(
+            f"{ENTITIES_NAME} in {directory!r} holds {len(entities)} entities, {INDEX_CONFIG_NAME} records {count}: {modified}"
+        )
+    check_sha(ENTITIES_NAME)
+
+    vec_path, faiss_path = os.path.join(directory, VECTORS_NAME), os.path.join(directory, FAISS_NAME)
+    kind = config.get("kind") or ("bm25" if config.get("index_type") == "bm25" else "dense")
+    if kind == "bm25":
+        stale = [name for name in (VECTORS_NAME, FAISS_NAME) if os.path.exists(os.path.join(directory, name))]
+        if stale:
+            raise ValueError(
+                f"{INDEX_CONFIG_NAME} in {directory!r} describes a BM25-only index (no vectors), but the folder holds "
+                f"{' and '.join(stale)}, left from an earlier dense index of another KB; {_REBUILD}"
+            )
+        return entities, None, None
+    if not os.path.isfile(vec_path):
+        raise ValueError(f"{VECTORS_NAME} is missing from the dense entity index {directory!r}; {_REBUILD}")
+    from safetensors.numpy import load_file
+
+    try:
+        vectors = load_file(vec_path)["vectors"]
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise corrupt(VECTORS_NAME, err) from err
+    dim = config.get("dim")
+    if vectors.ndim != 2 or len(vectors) != len(entities) or (dim is not None and vectors.shape[1] != int(dim)):
+        raise ValueError(
+            f"{VECTORS_NAME} in {directory!r} holds vectors of shape {tuple(vectors.shape)}, but there are "
+            f"{len(entities)} entities in {ENTITIES_NAME} (dim {dim} in {INDEX_CONFIG_NAME}): {modified}"
+        )
+    check_sha(VECTORS_NAME)
+
+    if not os.path.isfile(faiss_path):
+        logger.warning("%s is missing from the entity index %s; rebuilding it from the vectors", FAISS_NAME, directory)
+        return entities, vectors, None
+    faiss = _faiss()
+    try:
+        searcher = faiss.read_index(faiss_path, faiss.IO_FLAG_MMAP if mmap else 0)
+    except Exception as err:  # noqa: BLE001 - faiss raises RuntimeError with the C++ message
+        raise corrupt(FAISS_NAME, err) from err
+    ntotal = config.get("faiss_ntotal")
+    if searcher.ntotal != len(entities) or (ntotal is not None and int(ntotal) != searcher.ntotal):
+        raise ValueError(
+            f"{FAISS_NAME} in {directory!r} holds {searcher.ntotal} vectors, but there are {len(entities)} entities in "
+            f"{ENTITIES_NAME}" + (f" ({INDEX_CONFIG_NAME} records ntotal {ntotal})" if ntotal is not None else "")
+            + f": it belongs to another index; {_REBUILD}"
+        )
+    if searcher.d != vectors.shape[1]:
+        raise ValueError(
+            f"{FAISS_NAME} in {directory!r} holds vectors of dim {searcher.d}, {VECTORS_NAME} of dim {vectors.shape[1]}: {modified}"
+        )
+    check_sha(FAISS_NAME)
+    return entities, vectors, searcher
 
 
 class EntityIndex:
@@ -341,59 +676,135 @@ class EntityIndex:
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``vectors.safetensors``, ``faiss.index``, ``entities.jsonl`` and ``index_config.json``."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
+        """Write ``entities.jsonl``, ``vectors.safetensors``, ``faiss.index`` and, last, ``index_config.json``.
+
+        Atomic: the files go to a temp folder beside ``directory``, which then replaces ``directory`` whole (a
+        BM25-only index written over a dense one leaves no vectors behind; a writer killed midway leaves the previous
+        index as it was). ``index_config.json`` records the entity count, the sha256 and size of every file, the FAISS
+        ``ntotal`` and the index kind, which :meth:`load` verifies. ``ValueError`` while another writer holds the
+        folder's lock (``<directory>.lock``), or when ``directory`` holds files that are not index files.
+        """
+        with index_write_lock(directory) as target:
+            check_index_destination(target)
+            if self.vectors is not None and self.faiss_index is None:
+                self.index_data(self.config.get("index_type", "flat"), **self.config.get("index_params", {}))
+            parent, base = os.path.dirname(target), os.path.basename(target)
+            os.makedirs(parent, exist_ok=True)
+            while True:
+                tmp = os.path.join(parent, f"{base}{TMP_INFIX}{os.getpid()}-{secrets.token_hex(4)}")
+                try:
+                    os.mkdir(tmp)
+                    break
+                except FileExistsError:
+                    continue
+            try:
+                config = self._write_files(tmp)
+                _swap_in(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        logger.info("saved %r to %s (%s index, %d entities)", self, target, config["kind"], len(self))
+
+    def _write_files(self, directory: str) -> dict:
+        """The index files in ``directory`` (a fresh temp folder), ``index_config.json`` last; returns the config."""
+        files: dict[str, dict] = {}
+
+        def record(name: str, sha256: str | None = None) -> None:
+            path = os.path.join(directory, name)
+            _fsync(path)
+            files[name] = {"sha256": sha256 or _sha256_file(path), "bytes": os.path.getsize(path)}
+
         dropped = 0
-        with open(os.path.join(directory, ENTITIES_NAME), "w", encoding="utf-8") as f:
+        h = hashlib.sha256()
+        with open(os.path.join(directory, ENTITIES_NAME), "wb") as f:
             for e in self.entities:
                 safe = _json_safe(e)
                 dropped += sum(1 for im in e.get("images") or [] if not isinstance(im, (str, os.PathLike)))
                 safe["images"] = [im for im in safe.get("images") or [] if im is not None]
-                f.write(json.dumps(safe, ensure_ascii=False) + "\n")
+                line = (json.dumps(safe, ensure_ascii=False) + "\n").encode("utf-8")
+                h.update(line)
+                f.write(line)
+        record(ENTITIES_NAME, h.hexdigest())
         if dropped:
             logger.warning(
                 "%d in-memory entity images (not file paths) are not saved in %s; the vectors already include them",
                 dropped, directory,
             )
-        config = dict(self.config, images_not_saved=dropped)
+        stale = ("files", "faiss_ntotal", "kind", "num_entities", "images_not_saved")
+        config = {k: v for k, v in self.config.items() if k not in stale}
+        config.update(format_version=FORMAT_VERSION, num_entities=len(self.entities), images_not_saved=dropped)
         if self.vectors is not None:
             from safetensors.numpy import save_file
 
+            if self.faiss_index.ntotal != len(self.vectors):
+                raise ValueError(f"the FAISS index holds {self.faiss_index.ntotal} vectors for {len(self.vectors)} entities")
             save_file({"vectors": self.vectors}, os.path.join(directory, VECTORS_NAME))
-            if self.faiss_index is None:
-                self.index_data(config.get("index_type", "flat"))
+            record(VECTORS_NAME)
             _faiss().write_index(self.faiss_index, os.path.join(directory, FAISS_NAME))
+            record(FAISS_NAME)
+            config.update(kind="dense", faiss_ntotal=int(self.faiss_index.ntotal), dim=int(self.vectors.shape[1]))
+        else:
+            config.update(kind="bm25")
+        config["files"] = files
         with open(os.path.join(directory, INDEX_CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        logger.info("saved %r to %s", self, directory)
+        _fsync(os.path.join(directory, INDEX_CONFIG_NAME))
+        _fsync(directory)
+        return config
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: Any = None, processor: Any = None, mmap: bool = False) -> "EntityIndex":
         """Load a saved index; with ``model`` check that it was built by that model (``ValueError`` naming both
-        config hashes, or both weights fingerprints, otherwise)."""
+        config hashes, or both weights fingerprints, otherwise).
+
+        Every file is checked against ``index_config.json`` (entity count, checksums, vector shape, FAISS ``ntotal``,
+        index kind): ``ValueError`` naming the file and what differs when the folder was modified, truncated or
+        mixed with another index's files. Folders written before checksums existed (format 1) load with a warning.
+        A folder left mid-swap by a killed writer is restored from its backup first.
+        """
         directory = os.fspath(directory)
+        for attempt in range(3):
+            source = _recover_for_load(directory)
+            try:
+                before = os.stat(source)
+            except OSError:
+                before = None
+            try:
+                return cls._load_verified(source, model, processor, mmap)
+            except (ValueError, OSError):
+                try:
+                    after = os.stat(source)
+                except OSError:
+                    after = None
+                same = (before is None) == (after is None) and (
+                    before is None or (before.st_ino, before.st_dev) == (after.st_ino, after.st_dev)
+                )
+                if same or attempt == 2:
+                    raise
+                logger.info("entity index %s was replaced while it was being read; reading it again", directory)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_verified(cls, directory: str, model: Any, processor: Any, mmap: bool) -> "EntityIndex":
         path = os.path.join(directory, INDEX_CONFIG_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"{directory!r} is not an entity index directory (no {INDEX_CONFIG_NAME}); build one with `mel index`")
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{INDEX_CONFIG_NAME} in {directory!r} is not valid JSON ({_one_line(err)}); {_REBUILD}") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{INDEX_CONFIG_NAME} in {directory!r} is not a JSON object; {_REBUILD}")
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
             raise ValueError(f"index format {config.get('format_version')} is newer than this modeling-mel ({FORMAT_VERSION}); upgrade")
         if model is not None and config.get("config_hash") is not None:
             check_index_compatible(config, model, where=f"entity index {directory!r}")
-        entities = kb_records(directory)
-        vectors = None
-        if os.path.isfile(os.path.join(directory, VECTORS_NAME)):
-            from safetensors.numpy import load_file
-
-            vectors = load_file(os.path.join(directory, VECTORS_NAME))["vectors"]
+        entities, vectors, searcher = _verify_index_files(directory, config, mmap=mmap)
         index = cls(entities, vectors, config, model=model, processor=processor)
         if vectors is not None:
-            faiss_path = os.path.join(directory, FAISS_NAME)
-            if os.path.isfile(faiss_path):
-                flags = _faiss().IO_FLAG_MMAP if mmap else 0
-                index.faiss_index = _faiss().read_index(faiss_path, flags)
+            if searcher is not None:
+                index.faiss_index = searcher
             else:
                 index.index_data(config.get("index_type", "flat"), **config.get("index_params", {}))
         return index

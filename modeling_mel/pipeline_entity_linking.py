@@ -168,7 +168,7 @@ def model_fingerprint(model: Any) -> str:
 def check_index_compatible(index_config: Mapping[str, Any], model: Any, where: str = "entity index") -> None:
     """``ValueError`` naming both hashes when an index was built by another model than ``model``."""
     built_hash = index_config.get("config_hash")
-    if built_hash is None:
+    if built_hash is None or index_config.get("kind") == "bm25":
         return  # a BM25 / metadata-only index holds no vectors
     own_hash = model_config_hash(model)
     if own_hash != built_hash:
@@ -324,9 +324,11 @@ class LinkingKB:
 
 
 def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | None, Any, dict]:
-    """Entities, vectors, searcher and config of a saved entity index (FAISS when modeling_mel is installed)."""
-    with open(os.path.join(path, INDEX_CONFIG_NAME), encoding="utf-8") as f:
-        config = json.load(f)
+    """Entities, vectors, searcher and config of a saved entity index (FAISS when modeling_mel is installed).
+
+    The files are checked against ``index_config.json`` (entity count, sha256 checksums, vector shape, index kind;
+    FAISS ``ntotal`` too with the package): ``ValueError`` naming the file and what differs.
+    """
     try:
         from modeling_mel.entity_index import EntityIndex
     except ImportError:
@@ -334,15 +336,65 @@ def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | N
     if EntityIndex is not None:
         index = EntityIndex.load(path, model=model)
         vectors = torch.from_numpy(index.vectors) if index.vectors is not None else None
-        return index.entities, vectors, (index if index.has_vectors else None), config
-    # Model code only: exact search over the saved vectors, no FAISS.
-    check_index_compatible(config, model, where=f"entity index {path!r}")
-    entities = kb_records(path)
-    vectors = None
-    if os.path.isfile(os.path.join(path, VECTORS_NAME)):
-        from safetensors.torch import load_file
+        return index.entities, vectors, (index if index.has_vectors else None), index.config
+    # Model code only: exact search over the saved vectors, no FAISS; the same checks as EntityIndex.load.
+    rebuild = "rebuild it with `mel index`"
+    modified = f"the folder was modified after `mel index` wrote it; {rebuild}"
+    try:
+        with open(os.path.join(path, INDEX_CONFIG_NAME), encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{INDEX_CONFIG_NAME} in {path!r} is not valid JSON ({err}); {rebuild}") from err
+    if model is not None:
+        check_index_compatible(config, model, where=f"entity index {path!r}")
+    files = config.get("files") if isinstance(config.get("files"), dict) else {}
+    checksummed = int(config.get("format_version", 0)) >= 2
+    if not checksummed:
+        logger.warning("entity index %s has no checksums (an older format); it is loaded unchecked: %s", path, rebuild)
 
-        vectors = load_file(os.path.join(path, VECTORS_NAME))["vectors"].float()
+    def check_sha(name: str) -> None:
+        if not checksummed:
+            return
+        h = hashlib.sha256()
+        with open(os.path.join(path, name), "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        if h.hexdigest() != (files.get(name) or {}).get("sha256"):
+            raise ValueError(f"{name} checksum differs from {INDEX_CONFIG_NAME} in {path!r}: {modified}")
+
+    if not os.path.isfile(os.path.join(path, ENTITIES_NAME)):
+        raise ValueError(f"{ENTITIES_NAME} is missing from the entity index {path!r}; {rebuild}")
+    entities = kb_records(path)
+    count = config.get("num_entities", config.get("size"))
+    if count is not None and int(count) != len(entities):
+        raise ValueError(f"{ENTITIES_NAME} in {path!r} holds {len(entities)} entities, {INDEX_CONFIG_NAME} records {count}: {modified}")
+    check_sha(ENTITIES_NAME)
+    vec_path = os.path.join(path, VECTORS_NAME)
+    if (config.get("kind") or ("bm25" if config.get("index_type") == "bm25" else "dense")) == "bm25":
+        stale = [n for n in (VECTORS_NAME, "faiss.index") if os.path.exists(os.path.join(path, n))]
+        if stale:
+            raise ValueError(
+                f"{INDEX_CONFIG_NAME} in {path!r} describes a BM25-only index (no vectors), but the folder holds "
+                f"{' and '.join(stale)}, left from an earlier dense index of another KB; {rebuild}"
+            )
+        return entities, None, None, config
+    if not os.path.isfile(vec_path):
+        raise ValueError(f"{VECTORS_NAME} is missing from the dense entity index {path!r}; {rebuild}")
+    from safetensors.torch import load_file
+
+    try:
+        vectors = load_file(vec_path)["vectors"].float()
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(
+            f"{VECTORS_NAME} in {path!r} is truncated or corrupt ({os.path.getsize(vec_path)} bytes): "
+            f"{' '.join(str(err).split())}; {rebuild}"
+        ) from err
+    if vectors.ndim != 2 or len(vectors) != len(entities):
+        raise ValueError(
+            f"{VECTORS_NAME} in {path!r} holds vectors of shape {tuple(vectors.shape)}, but there are {len(entities)} "
+            f"entities in {ENTITIES_NAME}: {modified}"
+        )
+    check_sha(VECTORS_NAME)
     return entities, vectors, None, config
 
 
