@@ -474,6 +474,8 @@ def link_main(argv: list[str]) -> int:
     parser.add_argument("--retriever_model", default=None,
                         help="the ZEMEL model folder of --retriever (default: the model recorded in the index)")
     parser.add_argument("--strict_images", action="store_true", help="fail a line with an unreadable image")
+    parser.add_argument("--fp32", action="store_true",
+                        help="PFMEL: score pairs in fp32 (default: bf16 autocast where this machine runs it fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
     args = parser.parse_args(argv)
@@ -494,6 +496,7 @@ def link_main(argv: list[str]) -> int:
     model, processor = load_model_and_processor(args.model, args.trust_remote_code)
     extractor = build_image_extractor(args, model)
     init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}
+    init["bf16"] = False if args.fp32 else None  # None: bf16 autocast where this machine runs it fast
     if extractor is not None:
         init["image_extractor"] = extractor
     if args.retriever:

@@ -426,6 +426,10 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         index_batch_size: batch size used to encode the KB when no index is given (ZEMEL).
         exact_threshold: ZEMEL: KBs up to this size are poly-scored exhaustively for dense candidates; larger ones
             with an entity index search it with each poly code, then rerank the union (default 50000).
+        bf16: PFMEL: score pairs under bf16 autocast (about 3x faster on AVX-512/AMX CPUs and bf16 GPUs; scores then
+            agree with fp32 to about 1e-2 and may differ slightly between batch compositions). ``False`` (default):
+            fp32, batched results equal one-by-one results; ``None``: bf16 where ``modeling_mel.hardware.bf16_is_fast``
+            says this device runs it fast (what ``mel link`` uses unless ``--fp32``).
     Call-time parameters (also accepted at construction as defaults):
         top_k (`int`, default 5): results per input.
         candidates (`str`, default ``"auto"``): ZEMEL candidate source, ``"bm25"`` (BM25 + rules), ``"dense"``
@@ -455,6 +459,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         strict_images: bool = False,
         index_batch_size: int = 64,
         exact_threshold: int = 50000,
+        bf16: bool | None = False,
         **kwargs: Any,
     ):
         processor = kwargs.get("processor")
@@ -467,6 +472,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         # a PFMEL model fine-tuned text-only (NSP-BERT) takes no image tokens
         self.use_images = bool(use_images) and getattr(self.model.config, "pfmel_image_features", None) != "none"
         self.exact_threshold = int(exact_threshold)
+        self.bf16 = self._bf16_default(self.device) if bf16 is None else bool(bf16)
         self.strict_images = bool(strict_images)
         self.image_extractor = image_extractor
         self._entity_feature_cache: dict[int, torch.Tensor | None] = {}
@@ -494,6 +500,16 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.retriever = retriever
 
     # -- construction helpers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _bf16_default(device: Any) -> bool:
+        """bf16 autocast for the cross-encoder where this machine runs it fast (``modeling_mel.hardware``); fp32
+        without the package."""
+        try:
+            from modeling_mel.hardware import bf16_is_fast
+        except ImportError:  # remote code without the package
+            return False
+        return bf16_is_fast(getattr(device, "type", str(device)))
+
     @staticmethod
     def _default_processor(model: Any, trust_remote_code: bool | None) -> Any:
         name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
@@ -646,7 +662,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         **unknown: Any,
     ):
         if unknown:
-            fixed = {"kb", "retriever", "image_extractor", "use_images", "strict_images", "index_batch_size", "exact_threshold"}
+            fixed = {"kb", "retriever", "image_extractor", "use_images", "strict_images", "index_batch_size", "exact_threshold",
+                     "bf16", "retriever_model"}
             names = sorted(unknown)
             if set(names) & fixed:
                 raise ValueError(f"{names} can only be set when the pipeline is built, not per call")
@@ -823,15 +840,14 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             pairs += [(i, p) for p in row]
         scores = torch.empty(len(pairs))
         mention_sides = [templates.mention_prompt(ex["text"], ex["mention"]) for ex in examples]
-        entity_sides: dict[int, str] = {}
+        entity_sides: dict[int, str] = {p: self._entity_side(p) for _, p in pairs}
+        # length-sorted pair batches (least padding); each pair's score is independent of its batch
+        order = sorted(range(len(pairs)), key=lambda j: len(mention_sides[pairs[j][0]]) + len(entity_sides[pairs[j][1]]))
         for start in range(0, len(pairs), pair_batch_size):
-            chunk = pairs[start : start + pair_batch_size]
+            idx = order[start : start + pair_batch_size]
+            chunk = [pairs[j] for j in idx]
             text_a = [mention_sides[i] for i, _ in chunk]
-            text_b = []
-            for _, p in chunk:
-                if p not in entity_sides:
-                    entity_sides[p] = self._entity_side(p)
-                text_b.append(entity_sides[p])
+            text_b = [entity_sides[p] for _, p in chunk]
             images_a, images_b = [], []
             for i, p in chunk:
                 feats = examples[i]["image_features"]
@@ -841,8 +857,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 images_b.append(ent.numpy() if ent is not None else None)
             enc = self.processor(text_a, text_b, images=images_a, images_pair=images_b, max_length=max_length)
             enc = {k: v.to(self.device) for k, v in enc.items()}
-            logits = self.model(**enc).logits
-            scores[start : start + len(chunk)] = self.model.link_scores(logits).float().cpu()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(**enc).logits
+            scores[torch.tensor(idx)] = self.model.link_scores(logits).float().cpu()
         ranked, offset = [], 0
         for i, row in enumerate(cands):
             row_scores = scores[offset : offset + len(row)]

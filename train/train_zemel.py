@@ -175,13 +175,15 @@ class ZemelModelArguments:
 
 @dataclass
 class ZemelTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with ZEMEL defaults (the paper gives no schedule; these follow poly-encoder practice)."""
+    """``TrainingArguments`` with ZEMEL defaults. The paper gives no schedule; these were chosen on WikiMEL dev (text
+    only, MiniLM, whole 18,880-entity KB: 2 epochs of 18,088 mentions, batch 32, lr 3e-5, 3 mined hard negatives +
+    in-batch -> H@1 0.908, H@10 0.994 through ``mel index`` + ``mel link``; see README "Real-data quality")."""
 
     output_dir: str | None = field(default=None, metadata={"help": "where the model, processor and results go"})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "training epochs"})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "mentions per batch and device"})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "training epochs (hard negatives re-mined before each)"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "mentions per batch and device"})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "contexts / entities per encoding batch"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW peak learning rate (linear decay)"})
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW peak learning rate (linear decay)"})
     warmup_steps: float = field(default=0.1, metadata={"help": "linear warm-up: steps, or a share of the steps when < 1"})
     logging_steps: float = field(default=10, metadata={"help": "log the loss every N steps"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep raw rows for the ZEMEL collator"})
