@@ -168,6 +168,13 @@ def run(cmd: list[str], log: str) -> str:
     return proc.stdout
 
 
+def train_minutes(cmd: list[str], bf16: bool, log: str) -> float:
+    """Run a training command (``--bf16`` appended when asked); its wall time in minutes."""
+    t0 = time.perf_counter()
+    run(cmd + (["--bf16"] if bf16 else []), log)
+    return round((time.perf_counter() - t0) / 60, 1)
+
+
 MEL = [sys.executable, "-c", "import sys; from modeling_mel.cli import main; sys.exit(main())"]
 
 
@@ -231,13 +238,9 @@ def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
                "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
                "--context_max_length", "48", "--candidate_max_length", "48", "--save_strategy", "no",
                "--report_to", "none", "--logging_steps", "50", "--seed", str(args.seed), "--use_cpu"]
-        if args.bf16:
-            cmd.append("--bf16")
         if args.train_mentions:
             cmd += ["--max_train_samples", str(args.train_mentions)]
-        t0 = time.perf_counter()
-        run(cmd, os.path.join(work, "zemel_train.log"))
-        minutes = round((time.perf_counter() - t0) / 60, 1)
+        minutes = train_minutes(cmd, args.bf16, os.path.join(work, "zemel_train.log"))
     out = mel_link_metrics(model_dir, work, "zemel", data, dense=True)
     out["train_minutes"] = minutes
     return out
@@ -259,11 +262,7 @@ def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
                "--eval_splits", args.split, "--max_eval_samples", "1", "--save_strategy", "no", "--report_to", "none",
                "--seed", str(args.seed), "--use_cpu", "--bf16_eval", "--logging_steps", "25",
                "--max_train_samples", str(args.rerank_train_mentions)]
-        if args.bf16:
-            cmd.append("--bf16")
-        t0 = time.perf_counter()
-        run(cmd, os.path.join(work, "rerank_train.log"))
-        minutes = round((time.perf_counter() - t0) / 60, 1)
+        minutes = train_minutes(cmd, args.bf16, os.path.join(work, "rerank_train.log"))
     out = mel_link_metrics(model_dir, work, "rerank", data, dense=False, retriever=index)
     out["train_minutes"] = minutes
     with open(os.path.join(model_dir, "eval_results.json"), encoding="utf-8") as f:
@@ -284,11 +283,7 @@ def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
                "--max_length", "128", "--num_negatives", "8", "--eval_splits", args.split, "--save_strategy", "no",
                "--report_to", "none", "--seed", str(args.seed), "--use_cpu",
                "--max_train_samples", str(args.pfmel_train_mentions), "--max_eval_samples", "1"]
-        if args.bf16:
-            cmd.append("--bf16")
-        t0 = time.perf_counter()
-        run(cmd, os.path.join(work, "pfmel_train.log"))
-        minutes = round((time.perf_counter() - t0) / 60, 1)
+        minutes = train_minutes(cmd, args.bf16, os.path.join(work, "pfmel_train.log"))
     out = mel_link_metrics(model_dir, work, "pfmel", data, dense=False)
     out["train_minutes"] = minutes
     return out
@@ -373,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None, help="where models, indexes and logs go (default: a temp dir)")
     parser.add_argument("--name", default=None, help="result file name (default quality_<dataset>)")
+    parser.add_argument("--out_dir", default=RESULTS_DIR, help="where the result files go (default benchmarks/results)")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
@@ -413,11 +409,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if result["minutes"] > args.budget_minutes:
         print(f"WARNING: the run took {result['minutes']:.1f} min, over --budget_minutes {args.budget_minutes}", flush=True)
     name = args.name or f"quality_{args.dataset}"
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as f:
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     md = markdown(result)
-    with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{name}.md"), "w") as f:
         f.write(md)
     print(md)
     return result

@@ -60,6 +60,11 @@ ZEMEL_DATASETS = ("zemeld", "mel_jsonl", "wikimel", "richpedia_mel")  # the last
 IMAGE_FEATURE_MODES = ("resnet50", "none")
 EVAL_KB_MODES = ("unseen", "full", "gold_only", "split")  # "split": the default's former name, an alias of "unseen"
 DEFAULT_EVAL_KB = "unseen"
+EVAL_KB_HELP = (
+    "KB the candidates come from. unseen (default; alias: split): every KB entity not seen in training, unused ones "
+    "included (ZEMELD zero-shot setting; the whole KB on a corpus without a zero-shot split); full: the whole KB; "
+    "gold_only: only the gold entities of the evaluated split (a closed pool of answers: optimistic)"
+)
 _EVAL_KB_ALIASES = {"split": "unseen"}
 DEFAULT_NS = (5, 100)
 TINY_IMAGE_MODEL = "tiny"  # --image_model tiny: a small random-init ResNet with 64-d output (tests, quick runs)

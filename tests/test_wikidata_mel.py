@@ -310,3 +310,29 @@ def test_denominator_rule_of_the_metric_modules():
     z = linking_metrics(["a", None, "b", None], ["a", "x", "c", "y"], 5)
     assert z["r@1/5"] == 0.25 and z["precision/5"] == 0.5
 
+
+
+def test_quality_benchmark_counts_every_gold_mention(wikimel_dir, tmp_path):
+    """benchmarks/quality.py on a release-layout fixture: the candidate stage and the untrained ZEMEL through
+    ``mel index`` + ``mel link``; the denominator is every released dev mention (the one whose gold is outside the
+    KB counts as wrong)."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "benchmarks", "quality.py"), "--data_dir", wikimel_dir, "--stages",
+         "candidates,zemel_zero_shot", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path), "--name", "q"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.load(open(tmp_path / "q.json"))
+    assert result["n"] == 5 and result["kb_size"] == len(KB)  # dev: 103, 104, 105 and the two mentions of 200
+    cands = result["stages"]["candidates"]
+    assert cands["bm25_rules"]["n"] == 5 and cands["bm25_rules"]["H@100"] <= 4 / 5  # Q99 is not in the KB
+    zs = result["stages"]["zemel_zero_shot"]
+    assert zs["n"] == 5 and zs["errors"] == 0 and 0.0 <= zs["H@1"] <= zs["H@10"] <= 4 / 5
+    links = [json.loads(line) for line in open(tmp_path / "work" / "zemel_zero_shot_links.jsonl")]
+    assert len(links) == 5 and all(r["predictions"] for r in links)
+    assert "| ZEMEL untrained (bi)" in (tmp_path / "q.md").read_text()

@@ -20,6 +20,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 from modeling_mel.zemel_evaluation import (
+    EVAL_KB_HELP,
     EVAL_KB_MODES,
     IMAGE_FEATURE_MODES,
     ZEMEL_DATASETS,
@@ -42,10 +43,7 @@ class ZemelEvalArguments:
     eval_splits: str = field(default="dev,test", metadata={"help": "comma-separated splits to evaluate"})
     eval_kb: str = field(
         default="unseen",
-        metadata={"help": "KB the candidates come from. unseen (default; alias: split): every KB entity not seen in "
-                  "training, unused ones included (ZEMELD zero-shot setting; the whole KB on a corpus without a "
-                  "zero-shot split); full: the whole KB; gold_only: only the gold entities of the evaluated split "
-                  "(a closed pool of answers: optimistic)"},
+        metadata={"help": EVAL_KB_HELP},
     )
     eval_num_candidates: str = field(default="5,100", metadata={"help": "candidate counts N of the metrics at /N"})
     image_features: str | None = field(

@@ -30,6 +30,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from modeling_mel.candidates import Bm25RuleCandidates
 from modeling_mel.configuration_zemel import SCORING_MODES
 from modeling_mel.zemel_evaluation import (
+    EVAL_KB_HELP,
     EVAL_KB_MODES,
     IMAGE_FEATURE_MODES,
     ZEMEL_DATASETS,
@@ -62,10 +63,7 @@ class ZemelDataArguments:
     eval_splits: str = field(default="dev,test", metadata={"help": "comma-separated splits evaluated at the end ('' for none)"})
     eval_kb: str = field(
         default="unseen",
-        metadata={"help": "KB the candidates come from. unseen (default; alias: split): every KB entity not seen in "
-                  "training, unused ones included (ZEMELD zero-shot setting; the whole KB on a corpus without a "
-                  "zero-shot split); full: the whole KB; gold_only: only the gold entities of the evaluated split "
-                  "(a closed pool of answers: optimistic)"},
+        metadata={"help": EVAL_KB_HELP},
     )
     num_candidates: int = field(
         default=4,
