@@ -9,8 +9,13 @@ features). Pass a directory holding the real weights to reproduce the papers.
 
 Features are cached by content hash (SHA-1 of the file bytes or of the decoded pixels, plus the
 model's identity), in memory and optionally on disk, so each image is encoded once across epochs and
-runs. A missing or corrupt image gives a zero vector and is counted in :attr:`ImageFeatureExtractor.stats`
-with a warning, or raises in ``strict`` mode.
+runs. The model's identity includes a SHA-256 fingerprint of its weights, so new weights saved at the same path
+never reuse features cached for the old ones.
+
+A missing, truncated or corrupt image, a directory given as an image, or an image PIL refuses as a possible
+decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels; that limit is left as it is) gives a zero
+vector, is counted in :attr:`ImageFeatureExtractor.stats` and is reported with an :class:`ImageReadWarning` naming
+the file, or raises :class:`ImageReadError` (a ``ValueError``) naming the file in ``strict`` mode.
 """
 
 from __future__ import annotations
@@ -37,6 +42,59 @@ class ImageReadError(ValueError):
     """An image file is missing, empty or not decodable."""
 
 
+class ImageReadWarning(UserWarning):
+    """An unreadable image was replaced by a zero feature vector (non-strict mode)."""
+
+
+class UnreadableImage:
+    """Stand-in for an image value that could not even be opened (e.g. undecodable bytes of a ``datasets.Image``);
+    :func:`open_image` raises :class:`ImageReadError` for it and :meth:`ImageFeatureExtractor.encode` counts it as
+    corrupt."""
+
+    def __init__(self, description: str, error: BaseException) -> None:
+        self.description = description
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"UnreadableImage({self.description!r})"
+
+
+def _describe(image: Any) -> str:
+    """How an image value is named in messages: the path of a file, else a short repr."""
+    if isinstance(image, (str, os.PathLike)):
+        return repr(os.fspath(image))
+    if isinstance(image, UnreadableImage):
+        return image.description
+    filename = getattr(image, "filename", None)
+    if filename:
+        return repr(filename)
+    return f"{image!r:.120}"
+
+
+def _decode_error(image: Any, err: BaseException) -> ImageReadError:
+    """The :class:`ImageReadError` for a failure to decode ``image``, naming it and the cause."""
+    from PIL import Image
+
+    what = _describe(image)
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageReadError(
+            f"image {what} is too large to decode safely (possible decompression bomb: {err}); it exceeds PIL's "
+            "Image.MAX_IMAGE_PIXELS limit, which modeling-mel leaves as it is: downscale the image"
+        )
+    if isinstance(err, MemoryError):
+        return ImageReadError(f"image {what} is too large to decode in memory")
+    return ImageReadError(f"image {what} is corrupt, truncated or not an image: {type(err).__name__}: {err}")
+
+
+def _check_path(path: str) -> ImageReadError | None:
+    """An :class:`ImageReadError` when ``path`` is not a regular file, else ``None``."""
+    if os.path.isdir(path):
+        return ImageReadError(f"image path {path!r} is a directory, not an image file")
+    if not os.path.isfile(path):
+        return ImageReadError(f"image file {path!r} does not exist")
+    return None
+
+
 def spatial_features(boxes: Sequence[Sequence[float]], width: float, height: float) -> np.ndarray:
     """ZEMEL's 5-d spatial vector per box: ``(x1/W, y1/H, x2/W, y2/H, area/(W*H))``.
 
@@ -61,27 +119,34 @@ def spatial_features(boxes: Sequence[Sequence[float]], width: float, height: flo
 
 def open_image(image: ImageInput):
     """Open ``image`` (path or PIL image) as an RGB PIL image; ``ImageReadError`` if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if image is None:
         raise ImageReadError("no image given (None)")
+    if isinstance(image, UnreadableImage):
+        raise _decode_error(image, image.error) from image.error
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        try:
+            return image.convert("RGB")
+        except Exception as err:  # noqa: BLE001 - a lazily opened image decodes here; PIL raises many types
+            raise _decode_error(image, err) from err
     path = os.fspath(image)
-    if not os.path.isfile(path):
-        raise ImageReadError(f"image file {path!r} does not exist")
+    bad = _check_path(path)
+    if bad is not None:
+        raise bad
     try:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ImageReadError(f"image file {path!r} is corrupt or not an image: {err}") from err
+    except Exception as err:  # noqa: BLE001 - UnidentifiedImageError, OSError, DecompressionBombError / -Warning as error, ...
+        raise _decode_error(path, err) from err
 
 
 def image_source(value: Any) -> Any:
     """What :meth:`ImageFeatureExtractor.encode` takes, from a ``datasets.Image`` value (decoded or undecoded
     ``{"path", "bytes"}``), a path or a PIL image: the path when the file exists, else a PIL image from the bytes,
-    else ``None`` (counted as a missing image by the extractor)."""
+    else ``None`` (counted as a missing image by the extractor). Bytes PIL cannot open (corrupt, or a possible
+    decompression bomb) give an :class:`UnreadableImage`, reported by the extractor as a corrupt image."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, Mapping):
@@ -91,7 +156,11 @@ def image_source(value: Any) -> Any:
         if value.get("bytes"):
             from PIL import Image
 
-            return Image.open(io.BytesIO(value["bytes"]))
+            try:
+                return Image.open(io.BytesIO(value["bytes"]))
+            except Exception as err:  # noqa: BLE001 - incl. DecompressionBombError
+                name = f"{path!r} (bytes)" if path else "image bytes"
+                return UnreadableImage(name, err)
         return None
     return value  # a PIL image
 
@@ -113,6 +182,16 @@ def _content_key(image: ImageInput, model_key: str) -> str | None:
                 h.update(chunk)
     except OSError:
         return None
+    return h.hexdigest()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``model``'s state_dict tensors (computed once at load)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -180,7 +259,9 @@ class ImageFeatureExtractor:
             self.model_key = f"random-resnet:{seed}:{hashlib.sha1(config.to_json_string().encode()).hexdigest()[:12]}"
         self.model = model.eval().to(self.device)
         self.feature_dim = int(self.model.config.hidden_sizes[-1])
-        self.model_key += f":{self.image_size}"
+        # the cache key names the weights, not only their path: new weights at the same path never reuse features
+        self.weights_sha256 = weights_fingerprint(self.model)
+        self.model_key += f":w{self.weights_sha256[:16]}:{self.image_size}"
         # ImageNet normalisation as in microsoft/resnet-50's preprocessor.
         self._mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         self._std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -242,11 +323,15 @@ class ImageFeatureExtractor:
 
     def _bad_image(self, image: ImageInput, err: Exception, reason: str) -> np.ndarray:
         if self.strict:
-            raise err if isinstance(err, ImageReadError) else ImageReadError(str(err))
+            if isinstance(err, ImageReadError):
+                raise err
+            raise ImageReadError(str(err)) from err
         self.stats[reason] += 1
         n = self.stats[reason]
         if n <= 5 or n % 100 == 0:
-            logger.warning("%s image: %s; using a zero feature vector (%d so far)", reason, err, n)
+            msg = f"{reason} image: {err}; using a zero feature vector ({n} so far)"
+            logger.warning("%s", msg)
+            warnings.warn(msg, ImageReadWarning, stacklevel=3)
         return np.zeros(self.feature_dim, dtype=np.float32)
 
     # -- public API --------------------------------------------------------------------------
@@ -265,12 +350,21 @@ class ImageFeatureExtractor:
             if image is None:
                 feats[i] = self._bad_image(image, ImageReadError("no image given (None)"), "missing")
                 continue
-            if not isinstance(image, Image.Image) and not os.path.isfile(os.fspath(image)):
-                feats[i] = self._bad_image(image, ImageReadError(f"image file {os.fspath(image)!r} does not exist"), "missing")
+            if isinstance(image, UnreadableImage):
+                feats[i] = self._bad_image(image, _decode_error(image, image.error), "corrupt")
                 continue
-            key = _content_key(image, self.model_key)
+            if not isinstance(image, Image.Image):
+                bad = _check_path(os.fspath(image))
+                if bad is not None:
+                    feats[i] = self._bad_image(image, bad, "corrupt" if os.path.isdir(os.fspath(image)) else "missing")
+                    continue
+            try:
+                key = _content_key(image, self.model_key)
+            except Exception as err:  # noqa: BLE001 - a lazily opened PIL image decodes here
+                feats[i] = self._bad_image(image, _decode_error(image, err), "corrupt")
+                continue
             if key is None:
-                feats[i] = self._bad_image(image, ImageReadError(f"cannot read {image!r}"), "corrupt")
+                feats[i] = self._bad_image(image, ImageReadError(f"cannot read image {_describe(image)}"), "corrupt")
                 continue
             cached = self._lookup(key)
             if cached is not None:
@@ -340,6 +434,9 @@ def tiny_resnet_config(feature_dim: int = 2048):
 __all__ = [
     "ImageFeatureExtractor",
     "ImageReadError",
+    "ImageReadWarning",
+    "UnreadableImage",
+    "weights_fingerprint",
     "open_image",
     "spatial_features",
     "image_source",

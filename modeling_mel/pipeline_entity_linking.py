@@ -702,6 +702,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         try:
             if isinstance(image, (str, os.PathLike)):
                 path = os.fspath(image)
+                if os.path.isdir(path):
+                    raise OSError(f"image path {path!r} is a directory, not an image file")
                 if not os.path.isfile(path):
                     raise OSError(f"image file {path!r} does not exist")
                 return load_image(path).convert("RGB")
@@ -750,8 +752,12 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if not self.use_images:
             return None
         if position not in self._entity_feature_cache:
-            images = entity_images(self.kb.entities[position])
-            feats = _image_features_of(self._extractor(), images, None) if images else None
+            entity = self.kb.entities[position]
+            images = entity_images(entity)
+            try:
+                feats = _image_features_of(self._extractor(), images, None) if images else None
+            except ValueError as err:  # strict extractor: name the entity as well as the file
+                raise ValueError(f"image of entity {entity.get('entity_id')!r}: {err}") from err
             self._entity_feature_cache[position] = feats.mean(0) if feats is not None else None
         return self._entity_feature_cache[position]
 
