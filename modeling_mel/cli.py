@@ -107,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}; choose one of {sorted(COMMANDS)}")
     logging.basicConfig(level=os.environ.get("MEL_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    code = COMMANDS[name][1](rest)
+    try:
+        code = COMMANDS[name][1](rest)
+    except (ValueError, FileNotFoundError) as err:
+        # argument, data and checkpoint errors: one line naming the problem, no traceback (argparse's SystemExit and
+        # other exceptions pass through unchanged)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"mel {name}: {message}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

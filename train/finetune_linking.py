@@ -24,6 +24,8 @@ from modeling_mel.pfmel_training import (
     PFMELFinetuningArguments,
     PFMELModelArguments,
     load_corpus,
+    prepare_output_dir,
+    resolve_resume_checkpoint,
     run_finetuning,
 )
 
@@ -35,6 +37,11 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     parser = HfArgumentParser((PFMELDataArguments, PFMELModelArguments, PFMELFinetuningArguments))
     data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if train_args.should_log else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Refuse an --output_dir holding another run (model / checkpoint-*) unless --overwrite_output_dir (removes its
+    # checkpoints) or --resume_from_checkpoint; check the checkpoint to resume before loading anything.
+    with train_args.main_process_first(local=False, desc="output_dir check"):
+        prepare_output_dir(train_args.output_dir, train_args.overwrite_output_dir, train_args.resume_from_checkpoint)
+        train_args.resume_from_checkpoint = resolve_resume_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
 
     # 2. Load the corpus and its image features.
     corpus = load_corpus(data_args)
@@ -49,4 +56,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as err:  # argument, data and checkpoint errors: one line, no traceback
+        print(f"finetune_linking: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)

@@ -188,10 +188,18 @@ class ZemelTrainingArguments(TrainingArguments):
     in_batch_negatives: bool = field(
         default=True, metadata={"help": "also score each mention against the other mentions' candidates of the batch"}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "train into an --output_dir that holds another run's model or checkpoint-* folders (the old "
+                  "checkpoints are removed first); without it such a folder is refused unless resuming"},
+    )
 
     def __post_init__(self) -> None:
+        from modeling_mel.pfmel_training import check_output_dir_args
+
         if not self.output_dir:
             raise ValueError("--output_dir is required")
+        check_output_dir_args(self.output_dir, self.overwrite_output_dir, self.resume_from_checkpoint)
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("--remove_unused_columns must stay False: the ZEMEL collator reads the raw rows")
@@ -233,6 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
         level=logging.INFO if train_args.should_log else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     set_seed(train_args.seed)
+    # Refuse an --output_dir holding another run (model / checkpoint-*) unless --overwrite_output_dir (removes its
+    # checkpoints) or --resume_from_checkpoint; resolve "last" and check the checkpoint before loading anything.
+    from modeling_mel.pfmel_training import prepare_output_dir, resolve_resume_checkpoint
+
+    with train_args.main_process_first(local=False, desc="output_dir check"):
+        prepare_output_dir(train_args.output_dir, train_args.overwrite_output_dir, train_args.resume_from_checkpoint)
+        train_args.resume_from_checkpoint = resolve_resume_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
 
     # 2. Load the corpus (ZEMELD's zero-shot check raises here, before any training) and check the splits.
     data = load_zemel_data(data_args.dataset, data_args.data_dir, data_args.dataset_cache_dir)
