@@ -233,7 +233,7 @@ def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
     minutes = None
     if not args.zemel_model:
         cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "train_zemel.py"), "--dataset", args.dataset,
-               "--data_dir", args.data_dir, "--output_dir", model_dir, "--image_features", "none",
+               "--data_dir", args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--image_features", "none",
                "--eval_splits", "", "--num_train_epochs", str(args.zemel_epochs), "--learning_rate", str(args.zemel_lr),
                "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
                "--context_max_length", "48", "--candidate_max_length", "48", "--save_strategy", "no",
@@ -255,7 +255,7 @@ def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
     minutes = None
     if not args.rerank_model:
         cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "finetune_linking.py"), "--dataset", args.dataset,
-               "--data_dir", args.data_dir, "--output_dir", model_dir, "--backbone", "minilm", "--image_features", "none",
+               "--data_dir", args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--backbone", "minilm", "--image_features", "none",
                "--retriever", index, "--loss", "listwise", "--list_size", str(args.rerank_list_size),
                "--retriever_k", str(args.rerank_k), "--num_train_epochs", str(args.rerank_epochs),
                "--learning_rate", str(args.rerank_lr), "--per_device_train_batch_size", "16", "--max_length", "128",
@@ -278,7 +278,7 @@ def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
     minutes = None
     if not args.pfmel_model:
         cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "finetune_linking.py"), "--dataset", args.dataset,
-               "--data_dir", args.data_dir, "--output_dir", model_dir, "--backbone", "minilm",
+               "--data_dir", args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--backbone", "minilm",
                "--image_features", "none", "--num_train_epochs", "1", "--learning_rate", str(args.pfmel_lr),
                "--max_length", "128", "--num_negatives", "8", "--eval_splits", args.split, "--save_strategy", "no",
                "--report_to", "none", "--seed", str(args.seed), "--use_cpu",

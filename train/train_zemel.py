@@ -361,4 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as err:  # argument, data and checkpoint errors: one line, no traceback
+        print(f"train_zemel: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
