@@ -218,7 +218,9 @@ class MultimodalNSPProcessor(ProcessorMixin):
         n_images_b: int,
         max_length: int,
     ) -> tuple[list[int], list[int]]:
-        """Assemble one pair from token ids: ``(input_ids, token_type_ids)``, truncated to ``max_length``."""
+        """Assemble one pair from token ids: ``(input_ids, token_type_ids)``, truncated to ``max_length`` (longest side
+        first; a cut A keeps its first and last halves, so the mention at the end of the linking prompt stays; a cut
+        B keeps its head)."""
         fixed = 3 + n_images_a + n_images_b
         budget = max_length - fixed
         if budget < 0:
@@ -236,7 +238,14 @@ class MultimodalNSPProcessor(ProcessorMixin):
                 la, lb = half, budget - half
         tok = self.tokenizer
         img = [self.image_placeholder_id]
-        first = [tok.cls_token_id] + ids_a[:la] + img * n_images_a + [tok.sep_token_id]
+        if la < len(ids_a):
+            # A cut: keep its head and its tail. The linking prompt "<text>. <mention> is" ends with the mention, so
+            # cutting from the right would hide the mention in a long text (every mention would then score alike).
+            tail = la // 2
+            kept_a = ids_a[: la - tail] + (ids_a[-tail:] if tail else [])
+        else:
+            kept_a = ids_a
+        first = [tok.cls_token_id] + kept_a + img * n_images_a + [tok.sep_token_id]
         second = ids_b[:lb] + img * n_images_b + [tok.sep_token_id]
         return first + second, [0] * len(first) + [1] * len(second)
 
