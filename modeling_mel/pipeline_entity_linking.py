@@ -73,11 +73,19 @@ def _resolve_path(value: Any, base_dir: str | None) -> Any:
     return value
 
 
+def _as_int(value: Any) -> int:
+    """An integer value: ``int``, or a float with no fractional part; ``ValueError`` for 0.9, ``True``, "3"..."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{value!r} is not an integer")
+    return int(value)
+
+
 def normalize_entity(row: Mapping[str, Any], position: int, base_dir: str | None = None) -> dict:
     """One KB row as ``{"entity_id", "name", "description", "screen_name", "location", "images", "timeline", ...}``.
 
-    ``entity_id`` and ``name`` are required (``ValueError`` naming the row otherwise); relative image paths are
-    resolved against ``base_dir`` (the folder of ``kb.jsonl``).
+    ``entity_id`` and a name are required (``ValueError`` naming the row otherwise): ``name``, or a Twitter entity's
+    ``screen_name`` when the name is empty; relative image paths are resolved against ``base_dir`` (the folder of
+    ``kb.jsonl``).
     """
     if not isinstance(row, Mapping):
         raise ValueError(f"KB row {position} is a {type(row).__name__}, expected a mapping with entity_id and name")
@@ -87,7 +95,12 @@ def normalize_entity(row: Mapping[str, Any], position: int, base_dir: str | None
     entity["entity_id"] = str(entity["entity_id"])
     name = entity.get("name")
     if name is None or not str(name).strip():
-        name = entity.get("screen_name") or entity["entity_id"]
+        name = entity.get("screen_name")
+        if name is None or not str(name).strip():
+            raise ValueError(
+                f"KB row {position} (entity_id {entity['entity_id']!r}) has no name (nor screen_name); give every entity "
+                "a name: it is what the name rule, BM25 and the entity encoders read"
+            )
     entity["name"] = str(name)
     images = entity.get("images") or []
     if not isinstance(images, (list, tuple)):
@@ -611,8 +624,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         start, end = item.get("mention_start"), item.get("mention_end")
         if start is not None or end is not None:
             try:
-                start = int(start)
-                end = int(end) if end is not None else start + len(mention or "")
+                start = _as_int(start)
+                end = _as_int(end) if end is not None else start + len(mention or "")
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: mention_start/mention_end must be integers, got {start!r}/{end!r}") from None
             if not (0 <= start < end <= len(text)):
@@ -673,6 +686,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             )
         pre, fwd, post = {}, {}, {}
         if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int):
+                raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
             if int(top_k) < 1:
                 raise ValueError(f"top_k must be >= 1, got {top_k!r}")
             post["top_k"] = int(top_k)
@@ -681,6 +696,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 raise ValueError(f"unknown candidates {candidates!r}; expected one of {CANDIDATE_MODES}")
             fwd["candidates"] = candidates
         if num_candidates is not None:
+            if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
+                raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
             if int(num_candidates) < 1:
                 raise ValueError(f"num_candidates must be >= 1, got {num_candidates!r}")
             fwd["num_candidates"] = int(num_candidates)

@@ -36,3 +36,38 @@ def test_pfmel_long_text_keeps_the_mention_in_view():
         first = processor.tokenizer.decode(ids[mention][: ids[mention].index(processor.tokenizer.sep_token_id)])
         assert len(ids[mention]) <= 64 and first.endswith(f". {mention.lower()} is"), first
     assert ids["Wiggins"] != ids["Taylor"]
+
+
+def _pipe():
+    from transformers import pipeline
+
+    from inference_fixtures import register_all, tiny_nsp
+
+    register_all()
+    model, processor = tiny_nsp()
+    kb = [{"entity_id": "nasa", "name": "NASA"}, {"entity_id": "esa", "name": "European Space Agency"}]
+    return pipeline("multimodal-entity-linking", model=model, processor=processor, kb=kb, use_images=False)
+
+
+@pytest.mark.parametrize(
+    "item, call, message",
+    [
+        ({"text": "launch at NASA", "mention_start": 0.9, "mention_end": 6}, {}, "must be integers"),
+        ({"text": "launch at NASA", "mention_start": True, "mention_end": 6}, {}, "must be integers"),
+        ({"text": "launch at NASA", "mention": "NASA"}, {"top_k": 2.5}, "top_k must be an integer"),
+        ({"text": "launch at NASA", "mention": "NASA"}, {"num_candidates": True}, "num_candidates must be an integer"),
+    ],
+)
+def test_pipeline_refuses_non_integer_spans_and_counts(item, call, message):
+    with pytest.raises(ValueError, match=message):
+        _pipe()(item, **call)
+
+
+def test_pipeline_accepts_whole_float_spans_and_refuses_a_nameless_entity():
+    out = _pipe()({"text": "launch at NASA", "mention_start": 10.0, "mention_end": 14.0}, top_k=1)
+    assert out[0]["entity_id"] == "nasa"
+    from modeling_mel.pipeline_entity_linking import normalize_entity
+
+    assert normalize_entity({"entity_id": "u1", "name": "", "screen_name": "nasa"}, 0)["name"] == "nasa"
+    with pytest.raises(ValueError, match="KB row 3 .*'q7'.* has no name"):
+        normalize_entity({"entity_id": "q7", "name": " "}, 3)
