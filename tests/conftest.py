@@ -35,3 +35,27 @@ def minilm_tokenizer():
     from modeling_mel.backbones import load_tokenizer
 
     return load_tokenizer("minilm")
+
+
+def train_script(name: str, prefix: str = "test_script"):
+    """``train/<name>.py`` imported by path as a module (registered in ``sys.modules``: dataclasses look it up)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", os.path.join(REPO_ROOT, "train", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two torch threads on a shared 2-core machine are many times slower than one for tiny matrices (opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

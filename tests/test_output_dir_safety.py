@@ -15,6 +15,7 @@ import shutil
 import sys
 
 import pytest
+from conftest import train_script
 import torch
 
 from pfmel_fixtures import tiny_backbone  # noqa: F401
@@ -28,19 +29,10 @@ TRAIN_ARGV = ["--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "Tru
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_out_dir_test_{name}", os.path.join(REPO, "train", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return train_script(name, "_out_dir_test")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import train_script
 import torch
 from transformers import TrainerCallback
 
@@ -32,11 +33,7 @@ SCRIPTS = ["pretrain_nsp", "finetune_linking", "evaluate_linking", "ablations"]
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_pfmel_test_{name}", os.path.join(REPO, "train", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return train_script(name, "_pfmel_test")
 
 
 @pytest.fixture(scope="module")

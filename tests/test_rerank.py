@@ -13,6 +13,7 @@ import os
 import sys
 
 import pytest
+from conftest import train_script
 import torch
 
 from inference_fixtures import register_all, tiny_nsp, tiny_zemel
@@ -23,11 +24,7 @@ register_all()
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_rerank_test_{name}", os.path.join(REPO, "train", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return train_script(name, "_rerank_test")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import shutil
 import sys
 
 import pytest
+from conftest import train_script
 import torch
 
 TINY_MODEL_ARGS = [
@@ -25,21 +26,10 @@ METRIC_KEYS = ["precision", "r@1", "micro_f1", "vt_kg_precision", "v_t_kg_precis
 
 
 def _script(repo_root: str, name: str):
-    path = os.path.join(repo_root, "train", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"test_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return train_script(name, "test_script")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine are many times slower than one for these tiny matrices."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
