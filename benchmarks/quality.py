@@ -168,10 +168,14 @@ def run(cmd: list[str], log: str) -> str:
     return proc.stdout
 
 
-def train_minutes(cmd: list[str], bf16: bool, log: str) -> float:
-    """Run a training command (``--bf16`` appended when asked); its wall time in minutes."""
+def train_minutes(script: str, args: argparse.Namespace, model_dir: str, options: list[str], log: str) -> float:
+    """Run ``train/<script>.py`` text only, on the CPU, into ``model_dir`` with ``options`` beside the settings every
+    stage shares (``--bf16`` when asked); its wall time in minutes."""
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "train", f"{script}.py"), "--dataset", args.dataset, "--data_dir",
+           args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--image_features", "none",
+           "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--use_cpu", *options]
     t0 = time.perf_counter()
-    run(cmd + (["--bf16"] if bf16 else []), log)
+    run(cmd + (["--bf16"] if args.bf16 else []), log)
     return round((time.perf_counter() - t0) / 60, 1)
 
 
@@ -232,15 +236,12 @@ def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
     model_dir = args.zemel_model or os.path.join(work, "zemel")
     minutes = None
     if not args.zemel_model:
-        cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "train_zemel.py"), "--dataset", args.dataset,
-               "--data_dir", args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--image_features", "none",
-               "--eval_splits", "", "--num_train_epochs", str(args.zemel_epochs), "--learning_rate", str(args.zemel_lr),
-               "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
-               "--context_max_length", "48", "--candidate_max_length", "48", "--save_strategy", "no",
-               "--report_to", "none", "--logging_steps", "50", "--seed", str(args.seed), "--use_cpu"]
+        options = ["--eval_splits", "", "--num_train_epochs", str(args.zemel_epochs), "--learning_rate", str(args.zemel_lr),
+                   "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
+                   "--context_max_length", "48", "--candidate_max_length", "48", "--logging_steps", "50"]
         if args.train_mentions:
-            cmd += ["--max_train_samples", str(args.train_mentions)]
-        minutes = train_minutes(cmd, args.bf16, os.path.join(work, "zemel_train.log"))
+            options += ["--max_train_samples", str(args.train_mentions)]
+        minutes = train_minutes("train_zemel", args, model_dir, options, os.path.join(work, "zemel_train.log"))
     out = mel_link_metrics(model_dir, work, "zemel", data, dense=True)
     out["train_minutes"] = minutes
     return out
@@ -254,15 +255,12 @@ def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
     model_dir = args.rerank_model or os.path.join(work, "rerank")
     minutes = None
     if not args.rerank_model:
-        cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "finetune_linking.py"), "--dataset", args.dataset,
-               "--data_dir", args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--backbone", "minilm", "--image_features", "none",
-               "--retriever", index, "--loss", "listwise", "--list_size", str(args.rerank_list_size),
-               "--retriever_k", str(args.rerank_k), "--num_train_epochs", str(args.rerank_epochs),
-               "--learning_rate", str(args.rerank_lr), "--per_device_train_batch_size", "16", "--max_length", "128",
-               "--eval_splits", args.split, "--max_eval_samples", "1", "--save_strategy", "no", "--report_to", "none",
-               "--seed", str(args.seed), "--use_cpu", "--bf16_eval", "--logging_steps", "25",
-               "--max_train_samples", str(args.rerank_train_mentions)]
-        minutes = train_minutes(cmd, args.bf16, os.path.join(work, "rerank_train.log"))
+        options = ["--backbone", "minilm", "--retriever", index, "--loss", "listwise", "--list_size",
+                   str(args.rerank_list_size), "--retriever_k", str(args.rerank_k), "--num_train_epochs",
+                   str(args.rerank_epochs), "--learning_rate", str(args.rerank_lr), "--per_device_train_batch_size", "16",
+                   "--max_length", "128", "--eval_splits", args.split, "--max_eval_samples", "1", "--bf16_eval",
+                   "--logging_steps", "25", "--max_train_samples", str(args.rerank_train_mentions)]
+        minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "rerank_train.log"))
     out = mel_link_metrics(model_dir, work, "rerank", data, dense=False, retriever=index)
     out["train_minutes"] = minutes
     with open(os.path.join(model_dir, "eval_results.json"), encoding="utf-8") as f:
@@ -277,13 +275,10 @@ def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
     model_dir = args.pfmel_model or os.path.join(work, "pfmel")
     minutes = None
     if not args.pfmel_model:
-        cmd = [sys.executable, os.path.join(REPO_ROOT, "train", "finetune_linking.py"), "--dataset", args.dataset,
-               "--data_dir", args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--backbone", "minilm",
-               "--image_features", "none", "--num_train_epochs", "1", "--learning_rate", str(args.pfmel_lr),
-               "--max_length", "128", "--num_negatives", "8", "--eval_splits", args.split, "--save_strategy", "no",
-               "--report_to", "none", "--seed", str(args.seed), "--use_cpu",
-               "--max_train_samples", str(args.pfmel_train_mentions), "--max_eval_samples", "1"]
-        minutes = train_minutes(cmd, args.bf16, os.path.join(work, "pfmel_train.log"))
+        options = ["--backbone", "minilm", "--num_train_epochs", "1", "--learning_rate", str(args.pfmel_lr),
+                   "--max_length", "128", "--num_negatives", "8", "--eval_splits", args.split,
+                   "--max_train_samples", str(args.pfmel_train_mentions), "--max_eval_samples", "1"]
+        minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "pfmel_train.log"))
     out = mel_link_metrics(model_dir, work, "pfmel", data, dense=False)
     out["train_minutes"] = minutes
     return out

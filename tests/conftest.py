@@ -59,3 +59,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> str:
+    """The seeded synthetic Twitter MEL corpus (raw layout) in a temp folder."""
+    from modeling_mel.corpus import import_script
+
+    out = str(tmp_path_factory.mktemp("sample"))
+    import_script("sample", "generate_sample").generate_twitter_sample(out, seed=0)
+    return out

@@ -36,15 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> str:
-    from modeling_mel.corpus import import_script
-
-    out = str(tmp_path_factory.mktemp("sample"))
-    import_script("sample", "generate_sample").generate_twitter_sample(out, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
 def argv_of(sample_dir, tiny_backbone):  # noqa: F811
     """``argv_of(script, output_dir, *extra)``: the arguments of a tiny text-only run (refused ones load nothing)."""
 

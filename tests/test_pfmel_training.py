@@ -37,15 +37,6 @@ def _script(name: str):
 
 
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> str:
-    from modeling_mel.corpus import import_script
-
-    out = str(tmp_path_factory.mktemp("sample"))
-    import_script("sample", "generate_sample").generate_twitter_sample(out, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny_resnet_dir(tmp_path_factory) -> str:
     from transformers import ResNetModel
 
