@@ -4,8 +4,11 @@ Pre-training (paper, section 3.3). Each linked mention gives a *sentence*
 ``{text, image, entity_context, entity_image}``: the tweet text and image, and the context and image of its
 gold entity (``entity_context(profile, timeline)``; the entity image is the mean ResNet feature over the
 entity's timeline images). Every sentence ``s`` draws a next sentence ``n``: with probability 0.5 a random
-*other* sentence (label ``1`` = random; by default one whose gold entity differs, so that a "random" pair never
-shows the right entity), otherwise itself (label ``0`` = is next, BERT's convention). The tasks then make pairs
+*other* sentence (label ``1`` = random), otherwise itself (label ``0`` = is next, BERT's convention). By default
+(``negative_draw="distinct"``) the random sentence comes from another tweet and its entity is gold for no mention
+of either tweet, so that no identical input pair carries both labels (a tweet with two mentions would otherwise
+be drawn as its own "random" next sentence); ``"paper"`` is the paper's plain draw among all other sentences.
+The tasks then make pairs
 ``(A | B)``:
 
 * ``mixed`` (two pairs a sentence): ``(s.text | n.entity_image)`` and ``(s.entity_context | n.image)``;
@@ -19,10 +22,13 @@ kept, so swapping exactly doubles the data (``mixed``: ``2n -> 4n``, ``text`` an
 
 Linking (section 3.4). Sentence A is ``mention_prompt(text, mention)`` (``"<text>. <mention> is"``) plus the
 tweet image, sentence B ``entity_prompt(screen_name, entity_context)`` (``"@screen. <entity context>"``) plus
-the entity image. For a KB whose entities are not Twitter users (empty ``screen_name`` and no timeline),
-sentence B is ``generic_entity_prompt(name, description)`` plus the mean of the entity's ``images``. The
+the entity image (the mean feature of its timeline images, else of its ``images``). For a KB whose entities are
+not Twitter users (empty ``screen_name`` and no timeline), sentence B is ``generic_entity_prompt(name,
+description)`` plus the mean of the entity's ``images``. Training and the pipeline build sentence B and the entity
+image with the same functions (``kb_entity_prompt``, ``kb_entity_images`` of the processor module). The
 candidates of a mention are the entities whose ``name`` contains the mention (case-insensitive; the paper's
-"userName contains the mention" rule, for both kinds of KB). Training: the gold entity (label 0) plus up to
+"userName contains the mention" rule, for both kinds of KB), ordered by closeness of name (exact name, then shorter
+names, then KB order) and cut at ``max_candidates`` (32) in that order. Training: the gold entity (label 0) plus up to
 ``num_negatives`` other candidates (label 1). Evaluation: every candidate is scored; a mention whose gold entity
 is not a candidate (or that has none, or whose gold is not in the KB) counts as wrong and stays in the denominator.
 The prompt needs no span: a mention that is not verbatim in its text (``mention_start`` None) is linked the same.
@@ -45,9 +51,10 @@ import torch
 
 from .image_features import image_source
 from .processing_multimodal_nsp import (
-    entity_context,
-    entity_prompt,
-    generic_entity_prompt,
+    is_twitter_user,
+    kb_entity_context,
+    kb_entity_images,
+    kb_entity_prompt,
     mention_prompt,
 )
 
@@ -245,33 +252,70 @@ class NSPPair:
     swapped: bool = False
 
 
-def draw_next_sentences(sentences: Sequence[Sentence], seed: int = 0, avoid_same_entity: bool = True) -> list[tuple[int, int]]:
+NEGATIVE_DRAWS = ("distinct", "paper")
+
+
+def draw_next_sentences(sentences: Sequence[Sentence], seed: int = 0, negative_draw: str = "distinct") -> list[tuple[int, int]]:
     """For each sentence ``i`` a ``(next index, label)``: itself (0) or, with probability 0.5, another (1).
 
-    With ``avoid_same_entity`` the other sentence is drawn among those with a different gold entity (when any);
-    otherwise among all other sentences, as in the paper's text.
+    ``negative_draw="paper"`` draws the other sentence among all other sentences, as the paper's text says. With
+    several mentions in one tweet that draw can contradict itself: sentence ``(tweet T, entity E2)`` drawn as the
+    random next sentence of ``(T, E1)`` gives the input ``(T, E2)`` label 1, while ``(T, E2)`` itself carries
+    label 0. ``"distinct"`` (the default) draws from another tweet whose entity is not gold for any mention of
+    the first tweet, and the other way round (needed by the role-swapped pairs), comparing tweets by text and
+    by image: no identical ``(A, B)`` input carries both labels. A sentence for which no such sentence exists
+    (a tiny corpus) keeps label 0; the number is logged.
     """
+    if negative_draw not in NEGATIVE_DRAWS:
+        raise ValueError(f"unknown negative_draw {negative_draw!r}; choose one of {list(NEGATIVE_DRAWS)}")
     n = len(sentences)
     if n < 2:
         raise ValueError(f"NSP pre-training needs at least 2 linked sentences, got {n}")
     rng = random.Random(seed)
-    by_entity: dict[str, list[int]] = {}
+    gold_of_text: dict[str, set[str]] = {}
+    gold_of_image: dict[int, set[str]] = {}
+    for s in sentences:
+        gold_of_text.setdefault(s.text, set()).add(s.entity_id)
+        if s.image:  # row 0 is "no image"
+            gold_of_image.setdefault(s.image, set()).add(s.entity_id)
+
+    def golds(s: Sentence) -> set[str]:
+        return gold_of_text[s.text] | gold_of_image.get(s.image, set()) if s.image else gold_of_text[s.text]
+
+    def distinct(s: Sentence, t: Sentence) -> bool:
+        return (
+            t.text != s.text
+            and (not s.image or t.image != s.image)
+            and t.entity_id not in golds(s)
+            and s.entity_id not in golds(t)
+        )
+
+    out, stuck = [], 0
     for i, s in enumerate(sentences):
-        by_entity.setdefault(s.entity_id, []).append(i)
-    out = []
-    for i, s in enumerate(sentences):
-        if rng.random() < 0.5:
-            j = i
-            n_same = len(by_entity[s.entity_id])
-            if avoid_same_entity and n_same < n:
-                while sentences[j].entity_id == s.entity_id:
-                    j = rng.randrange(n)
-            else:
-                j = rng.randrange(n - 1)
-                j += j >= i
-            out.append((j, 1))
-        else:
+        if rng.random() >= 0.5:
             out.append((i, 0))
+            continue
+        if negative_draw == "paper":
+            j = rng.randrange(n - 1)
+            out.append((j + (j >= i), 1))
+            continue
+        j = -1
+        for _ in range(64):  # rejection sampling; a full scan only when the corpus is tiny or one-sided
+            k = rng.randrange(n)
+            if k != i and distinct(s, sentences[k]):
+                j = k
+                break
+        if j < 0:
+            valid = [k for k in range(n) if k != i and distinct(s, sentences[k])]
+            j = rng.choice(valid) if valid else -1
+        if j < 0:
+            stuck += 1
+            out.append((i, 0))
+        else:
+            out.append((j, 1))
+    if stuck:
+        logger.warning("%d of %d sentences have no distinct random next sentence (another tweet, another entity): "
+                       "they keep their own next sentence (label 0)", stuck, n)
     return out
 
 
@@ -294,12 +338,13 @@ def make_pretraining_pairs(
     tasks: str | Iterable[str] = TASKS,
     swap_roles: bool = True,
     seed: int = 0,
-    avoid_same_entity: bool = True,
+    negative_draw: str = "distinct",
 ) -> list[NSPPair]:
     """PFMEL's pre-training pairs (see the module docstring): per task, ``mixed`` 2n, ``text`` n, ``multi`` n pairs,
-    twice as many with ``swap_roles``. The next sentences are drawn once (seeded) and shared by all tasks."""
+    twice as many with ``swap_roles``. The next sentences are drawn once (seeded) and shared by all tasks;
+    ``negative_draw`` chooses how the random next sentence is drawn (see :func:`draw_next_sentences`)."""
     tasks = check_tasks(tasks)
-    draws = draw_next_sentences(sentences, seed=seed, avoid_same_entity=avoid_same_entity)
+    draws = draw_next_sentences(sentences, seed=seed, negative_draw=negative_draw)
     pairs: list[NSPPair] = []
     for task in tasks:
         for i, (j, label) in enumerate(draws):
@@ -405,6 +450,7 @@ class LinkingMention:
     text: str = ""
     span: tuple[int, int] | None = None
     retriever_scores: dict[str, float] | None = None  # first-stage scores of the candidates (retrieve-then-rerank)
+    gold_before_cap: bool | None = None  # gold among the name-rule candidates before the max_candidates cap
 
 
 @dataclass
@@ -458,11 +504,16 @@ class LinkingData:
             self._encoded[key] = (encode_pairs(processor, pairs, use_images=self.use_images), keys)
         return self._encoded[key]
 
-    def candidate_recall(self) -> float:
-        """Share of mentions whose gold entity is among their candidates."""
+    def candidate_recall(self, before_cap: bool = False) -> float:
+        """Share of mentions whose gold entity is among their candidates; ``before_cap``: among the name-rule
+        candidates before the ``max_candidates`` cap (the same when nothing was cut)."""
         if not self.mentions:
             return 0.0
-        return sum(m.gold in m.candidates for m in self.mentions) / len(self.mentions)
+        if before_cap:
+            hits = sum(m.gold in m.candidates if m.gold_before_cap is None else m.gold_before_cap for m in self.mentions)
+        else:
+            hits = sum(m.gold in m.candidates for m in self.mentions)
+        return hits / len(self.mentions)
 
     def unusable_counts(self) -> dict[str, int]:
         """Mentions that can only be wrong, counted (they stay in every denominator): ``n_gold_not_in_kb``,
@@ -502,7 +553,8 @@ class PFMELCorpus:
             or ``"none"`` (text only: NSP-BERT).
         extractor: an :class:`~modeling_mel.ImageFeatureExtractor` (built with defaults when needed and missing).
         features_path: the ``.safetensors``/``.npz`` map of :func:`save_precomputed_features`.
-        max_candidates: keep at most this many candidates per mention (KB order), ``None`` for all.
+        max_candidates: keep at most this many candidates per mention, closest names first (exact name, then
+            shorter names, then KB order), ``None`` for all.
         candidate_fn: ``mention -> list[entity_id]``; default: the name rule of the paper.
         feature_norm: how image vectors (a tweet image, or an entity's mean image) are normalised before the
             model's projection. ``"center_l2"`` (default): subtract a centre vector (the mean feature of the first
@@ -557,15 +609,21 @@ class PFMELCorpus:
             raise ValueError("the KB has no entities")
         ids = list(self.entities)
         if candidate_fn is None:
+            names = [self._rule_name(e) for e in ids]
             try:  # the shared implementation (fast on large KBs); same rule as _name_rule
                 from .candidates import NameRuleCandidates
 
-                candidate_fn = NameRuleCandidates({e: self.entities[e].get("name") or "" for e in ids})
+                candidate_fn = NameRuleCandidates(dict(zip(ids, names)))
             except ImportError:  # pragma: no cover
-                candidate_fn = _name_rule(ids, [self.entities[e].get("name") or "" for e in ids])
+                candidate_fn = _name_rule(ids, names)
         self.candidate_fn = candidate_fn
         self._entity_text: dict[str, str] = {}
         self._entity_context: dict[str, str] = {}
+
+    def _rule_name(self, eid: str) -> str:
+        """The name the name rule reads: ``name``, else the screen name (as the pipeline's KB reader)."""
+        row = self.entities.get(eid) or {}
+        return str(row.get("name") or row.get("screen_name") or "")
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -612,34 +670,22 @@ class PFMELCorpus:
         return self.entities[eid]
 
     def is_twitter_user(self, eid: str) -> bool:
-        row = self._check_entity(eid)
-        return bool(str(row.get("screen_name") or "").strip()) or bool(row.get("timeline"))
+        return is_twitter_user(self._check_entity(eid))
 
     def entity_context(self, eid: str) -> str:
-        """The pre-training entity context: the paper's template for Twitter users, ``name. description`` otherwise."""
+        """The pre-training entity context (:func:`~modeling_mel.processing_multimodal_nsp.kb_entity_context`)."""
         if eid not in self._entity_context:
-            row = self._check_entity(eid)
-            if self.is_twitter_user(eid):
-                self._entity_context[eid] = entity_context(row, row.get("timeline") or [])
-            else:
-                self._entity_context[eid] = generic_entity_prompt(row.get("name") or eid, row.get("description"))
+            self._entity_context[eid] = kb_entity_context(self._check_entity(eid))
         return self._entity_context[eid]
 
     def entity_text(self, eid: str) -> str:
-        """Sentence B of linking: ``@screen. <entity context>`` or ``generic_entity_prompt(name, description)``."""
+        """Sentence B of linking (:func:`~modeling_mel.processing_multimodal_nsp.kb_entity_prompt`, as the pipeline)."""
         if eid not in self._entity_text:
-            row = self._check_entity(eid)
-            if self.is_twitter_user(eid):
-                self._entity_text[eid] = entity_prompt(row.get("screen_name") or eid, self.entity_context(eid))
-            else:
-                self._entity_text[eid] = self.entity_context(eid)
+            self._entity_text[eid] = kb_entity_prompt(self._check_entity(eid))
         return self._entity_text[eid]
 
     def _entity_images(self, eid: str) -> list:
-        row = self.entities[eid]
-        images = [image_source(t.get("image")) for t in (row.get("timeline") or []) if t.get("image") is not None]
-        if not images:
-            images = [image_source(x) for x in (row.get("images") or []) if x is not None]
+        images = [image_source(x) for x in kb_entity_images(self.entities[eid])]
         return [x for x in images if x is not None]
 
     def ensure_entity_features(self, eids: Iterable[str]) -> None:
@@ -708,19 +754,21 @@ class PFMELCorpus:
         ]
 
     def candidates(self, mention: str) -> list[str]:
-        """Candidate entity ids of a mention (name rule), at most ``max_candidates``."""
-        cands = list(dict.fromkeys(str(c) for c in self.candidate_fn(mention)))
-        if self.max_candidates is not None:
-            cands = cands[: self.max_candidates]
-        return cands
+        """Candidate entity ids of a mention (name rule), closest names first, at most ``max_candidates``.
+
+        The cap cuts the ordered list (:meth:`closest_names`: exact name, then shorter names, then KB order), as the
+        pipeline does, never the KB order: a gold entity late in the KB is not lost to the cap when its name is close.
+        """
+        return self.closest_names(mention, self.max_candidates)
 
     def closest_names(self, mention: str, k: int | None = None) -> list[str]:
-        """Name-rule candidates ordered as the pipeline orders them (exact name first, then shorter names, then KB
-        order), the first ``k``: the name-rule side of retrieve-then-rerank."""
+        """Name-rule candidates ordered by closeness of name (exact name first, then shorter names, then KB order,
+        as the pipeline orders them), the first ``k`` (all when ``k`` is ``None``)."""
         key = str(mention or "").strip().lower()
-        names = {e: str(self.entities[e].get("name") or "").lower() for e in self.candidate_fn(mention)}
+        cands = dict.fromkeys(str(c) for c in self.candidate_fn(mention))
+        names = {e: self._rule_name(e).lower() for e in cands}
         order = sorted(names, key=lambda e: (names[e] != key, len(names[e])))  # stable: KB order within ties
-        return order[:k] if k else order
+        return order[:k] if k is not None else order
 
     def linking_data(
         self, split: str, max_samples: int | None = None, retriever: Any = None, retriever_k: int = 10
@@ -738,10 +786,13 @@ class PFMELCorpus:
         ends = ds["mention_end"] if "mention_end" in ds.column_names else [None] * len(ds)
         for mid, text, mention, gold, row, a, b in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], rows, starts, ends):
             gold = str(gold)
+            ranked = self.closest_names(mention)
             mentions.append(
-                LinkingMention(str(mid), mention_prompt(text, mention), row, gold, self.candidates(mention), mention,
+                LinkingMention(str(mid), mention_prompt(text, mention), row, gold, ranked[: self.max_candidates]
+                               if self.max_candidates is not None else ranked, mention,
                                gold_in_kb=gold in self.entities, text=str(text),
-                               span=(int(a), int(b)) if a is not None and b is not None else None)
+                               span=(int(a), int(b)) if a is not None and b is not None else None,
+                               gold_before_cap=gold in ranked)
             )
         if retriever is not None:
             scored = retriever.retrieve_scored(
@@ -755,6 +806,12 @@ class PFMELCorpus:
                 ranked = [(e, s) for e, s in ranked if e in self.entities]
                 m.candidates = [e for e, _ in ranked]
                 m.retriever_scores = dict(ranked)
+        if self.max_candidates is not None and retriever is None:
+            data = LinkingData(mentions, {}, {}, self.table)
+            before, after = data.candidate_recall(before_cap=True), data.candidate_recall()
+            cut = sum(m.gold_before_cap and m.gold not in m.candidates for m in mentions)
+            logger.info("%s: name-rule candidate recall %.4f before the cap of %d (closest names first), %.4f after "
+                        "(%d gold entities cut)", split, before, self.max_candidates, after, cut)
         missing = sum(not m.gold_in_kb for m in mentions)
         if missing:
             logger.warning("%s: %d of %d mentions link to an entity not in the KB (scored as wrong)", split, missing,
@@ -782,6 +839,7 @@ __all__ = [
     "load_precomputed_features",
     "Sentence",
     "NSPPair",
+    "NEGATIVE_DRAWS",
     "draw_next_sentences",
     "make_pretraining_pairs",
     "encode_pairs",

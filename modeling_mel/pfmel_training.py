@@ -28,6 +28,7 @@ from transformers import Trainer, TrainingArguments
 
 from .pfmel_data import (
     IMAGE_FEATURE_MODES,
+    NEGATIVE_DRAWS,
     TASK_LOSS_NAMES,
     TASKS,
     LinkingData,
@@ -474,8 +475,16 @@ class PFMELPretrainingArguments(PFMELTrainingArguments):
     swap_roles: bool = field(default=True, metadata={"help": "add the role-swapped pairs (doubles the data)"})
     pretrain_split: str = field(default="train", metadata={"help": "split whose linked mentions make the sentences"})
     pair_seed: int | None = field(default=None, metadata={"help": "seed of the next-sentence draw (default: --seed)"})
+    negative_draw: str = field(
+        default="distinct",
+        metadata={"help": "random next sentence: 'distinct' (default: another tweet whose entity is gold for no mention "
+                  "of either tweet, so no input pair carries both labels) or 'paper' (any other sentence, the paper's "
+                  "text; contradictory pairs possible with multi-mention tweets)", "choices": list(NEGATIVE_DRAWS)},
+    )
 
     def __post_init__(self) -> None:
+        if self.negative_draw not in NEGATIVE_DRAWS:
+            raise ValueError(f"unknown --negative_draw {self.negative_draw!r}; choose one of {list(NEGATIVE_DRAWS)}")
         self.tasks = list(check_tasks(self.tasks))
         if self.pretrain_split not in SPLITS:
             raise ValueError(f"unknown --pretrain_split {self.pretrain_split!r}; choose one of {list(SPLITS)}")
@@ -679,7 +688,8 @@ def evaluate_splits(
     for split in splits:
         data = corpus.linking_data(split, max_samples, retriever=retriever, retriever_k=retriever_k)
         preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, progress=len(data.mentions) > 200)
-        results[split] = {**linking_metrics(preds), **data.unusable_counts()}
+        results[split] = {**linking_metrics(preds), "candidate_recall_before_cap": data.candidate_recall(before_cap=True),
+                          **data.unusable_counts()}
         predictions[split] = preds
         logger.info("%s: %s", split, results[split])
     return results, predictions
@@ -820,7 +830,8 @@ def run_pretraining(
     model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
     _mark_image_mode(model, corpus)
     pairs = make_pretraining_pairs(
-        sentences, tasks, swap_roles=args.swap_roles, seed=args.seed if args.pair_seed is None else args.pair_seed
+        sentences, tasks, swap_roles=args.swap_roles, seed=args.seed if args.pair_seed is None else args.pair_seed,
+        negative_draw=args.negative_draw,
     )
     features = encode_pairs(processor, pairs, use_images=corpus.use_images)
     counts = {t: sum(p.task == t for p in pairs) for t in tasks}
@@ -829,6 +840,7 @@ def run_pretraining(
     trainer.save_model(args.output_dir)
     summary = {
         "pairs": len(pairs),
+        "negative_draw": args.negative_draw,
         "pairs_per_task": counts,
         "sentences": len(sentences),
         "global_step": trainer.state.global_step,
@@ -875,13 +887,14 @@ def run_finetuning(
         features = encode_pairs(processor, pairs, use_images=corpus.use_images)
         n_pairs = len(pairs)
     logger.info(
-        "fine-tuning (%s loss) on %d pairs from %d mentions (candidate recall %.3f)", args.loss, n_pairs,
-        len(data.mentions), data.candidate_recall(),
+        "fine-tuning (%s loss) on %d pairs from %d mentions (candidate recall %.3f, %.3f before the cap)", args.loss,
+        n_pairs, len(data.mentions), data.candidate_recall(), data.candidate_recall(before_cap=True),
     )
     trainer = train_pairs(model, processor, features, corpus.table, args, args.resume_from_checkpoint, callbacks, listwise)
     trained = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
     train_summary: dict[str, Any] = {"pairs": n_pairs, "mentions": len(data.mentions), "global_step": trainer.state.global_step,
-                                     "loss": args.loss, "candidate_recall": round(data.candidate_recall(), 4)}
+                                     "loss": args.loss, "candidate_recall": round(data.candidate_recall(), 4),
+                                     "candidate_recall_before_cap": round(data.candidate_recall(before_cap=True), 4)}
     if calibration is not None:
         weight, table = calibrate_retriever_weight(trained, processor, calibration, batch_size=args.per_device_eval_batch_size,
                                                    bf16=args.bf16_eval)

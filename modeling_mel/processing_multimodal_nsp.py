@@ -138,6 +138,40 @@ def generic_entity_prompt(name: str, description: str | None = None) -> str:
     return f"{name.strip()}. {_field(description)}"
 
 
+def is_twitter_user(entity: Mapping[str, Any]) -> bool:
+    """A KB row is a Twitter user (the paper's templates) when it has a ``screen_name`` or a ``timeline``."""
+    return bool(str(entity.get("screen_name") or "").strip()) or bool(entity.get("timeline"))
+
+
+def kb_entity_context(entity: Mapping[str, Any]) -> str:
+    """The entity context of a KB row (pre-training sentence B): :func:`entity_context` of a Twitter user,
+    :func:`generic_entity_prompt` (``"<name>. <description>"``) otherwise. Used by training and the pipeline alike."""
+    if is_twitter_user(entity):
+        # an empty name reads as the screen name, as the pipeline's KB reader fills it
+        profile = dict(entity, name=entity.get("name") or entity.get("screen_name"))
+        return entity_context(profile, entity.get("timeline") or [])
+    name = entity.get("name") or entity.get("screen_name") or entity.get("entity_id")
+    return generic_entity_prompt(str(name or ""), entity.get("description"))
+
+
+def kb_entity_prompt(entity: Mapping[str, Any]) -> str:
+    """PFMEL's linking sentence B of a KB row: ``"@<screen>. <entity context>"`` for a Twitter user (the screen
+    name, else the entity id), the generic ``"<name>. <description>"`` otherwise. One function for training
+    (:class:`~modeling_mel.pfmel_data.PFMELCorpus`) and inference (the pipeline)."""
+    if is_twitter_user(entity):
+        return entity_prompt(entity.get("screen_name") or entity.get("entity_id"), kb_entity_context(entity))
+    return kb_entity_context(entity)
+
+
+def kb_entity_images(entity: Mapping[str, Any]) -> list:
+    """The images whose mean feature is PFMEL's entity image: the timeline images (the paper: "mean of the features
+    of all timeline images"), else the row's ``images``. Entries as stored (paths, image dicts or PIL images)."""
+    images = [t.get("image") for t in entity.get("timeline") or [] if isinstance(t, Mapping) and t.get("image") is not None]
+    if not images:
+        images = [x for x in entity.get("images") or [] if x is not None]
+    return images
+
+
 class MultimodalNSPProcessor(ProcessorMixin):
     """Builds ``(sentence A, sentence B)`` inputs with image tokens for :class:`BertForMultimodalNSP`.
 
@@ -353,5 +387,9 @@ __all__ = [
     "mention_prompt",
     "entity_prompt",
     "generic_entity_prompt",
+    "is_twitter_user",
+    "kb_entity_context",
+    "kb_entity_prompt",
+    "kb_entity_images",
     "recent_tweets",
 ]

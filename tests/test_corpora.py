@@ -108,7 +108,7 @@ def write_raw_fixture(d: str) -> None:
     lists = {
         "Train_ids.txt": "1000\n1002\n9999\nxyz\n",  # 9999: unknown tweet; xyz: malformed line
         "Dev_ids.txt": "1001\n1005\n",
-        "Test_ids.txt": "1003-12\n1001\n1004\n",  # a mention id; 1001 also in dev (note)
+        "Test_ids.txt": "1003-12\n1001\n1004\n",  # a mention id; 1001 also in dev: kept in dev only (note)
     }
     for name, text in lists.items():
         with open(os.path.join(d, name), "w") as f:
@@ -138,7 +138,7 @@ MENTION_SKIPS = {
 }
 MENTION_NOTES = {
     "header line": 1,
-    "in several split lists": 1,
+    "in several split lists: kept in the first (train, dev, test order)": 1,
     "no image": 3,  # 1001, 1004, 1005 (notes count kept rows only: 1010 has none but is not in any list)
     "offsets repaired": 2,
     "unaligned": 1,  # 1004
@@ -181,10 +181,10 @@ def test_raw_fixture_mentions_exact_counts(raw_dir, tmp_path, caplog):
     assert {s: sorted(dd[s]["id"]) for s in dd} == {
         "train": ["1000", "1002-0", "1002-11"],
         "dev": ["1001", "1005"],
-        "test": ["1001", "1003", "1004"],
+        "test": ["1003", "1004"],  # 1001 is in Dev_ids.txt too: dev only, never in two splits
     }
     report = _skipped(raw_dir, "mentions")
-    assert report["kept"] == {"train": 3, "dev": 2, "test": 3}
+    assert report["kept"] == {"train": 3, "dev": 2, "test": 2}
     assert report["skipped"] == MENTION_SKIPS
     assert report["notes"] == MENTION_NOTES
     # the same counts in one log line and in the dataset description
@@ -265,6 +265,22 @@ def test_profiles_from_sqlite_and_adjali_split_files(raw_dir, tmp_path):
         f.writelines(lines[5:6])  # 1003
     dd = load_mel_corpus("twitter_mel", raw_dir, cache_dir=str(tmp_path / "c2"))
     assert {s: dd[s]["id"] for s in dd} == {"train": ["1000", "1001", "1002-0", "1002-11"], "test": ["1003"]}
+
+
+def test_split_lists_never_leak_a_row_into_two_splits(raw_dir, tmp_path, caplog):
+    # issue 13 point 5: 1001 is in Dev_ids.txt and Test_ids.txt; Train07_ids.txt names a train row and a dev row
+    with open(os.path.join(raw_dir, "Train07_ids.txt"), "w") as f:
+        f.write("1000\n1005\n")
+    with caplog.at_level(logging.WARNING):
+        dd = load_mel_corpus("twitter_mel", raw_dir, cache_dir=str(tmp_path / "cache"))
+    ids = {s: set(dd[s]["id"]) for s in dd}
+    assert ids["dev"] & ids["test"] == set() and "1001" in ids["dev"]
+    assert ids["train"] & (ids["dev"] | ids["test"]) == set()
+    assert ids["train07"] == {"1000"}  # 1005 is a dev row: never trained on through the subset
+    notes = _skipped(raw_dir, "mentions")["notes"]
+    assert notes["in several split lists: kept in the first (train, dev, test order)"] == 1
+    assert notes["in a train subset list but in split dev: left out of the subset"] == 1
+    assert any("1001 in dev+test" in r.getMessage() for r in caplog.records)
 
 
 def test_errors(raw_dir, tmp_path):

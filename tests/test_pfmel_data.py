@@ -55,10 +55,55 @@ def test_draws_are_seeded_and_other_without_entity_rule():
     s = _sentences(300, n_entities=300)
     assert draw_next_sentences(s, seed=3) == draw_next_sentences(s, seed=3)
     assert draw_next_sentences(s, seed=3) != draw_next_sentences(s, seed=4)
-    for i, (j, label) in enumerate(draw_next_sentences(s, seed=0, avoid_same_entity=False)):
+    for i, (j, label) in enumerate(draw_next_sentences(s, seed=0, negative_draw="paper")):
         assert (label == 1) == (j != i)
     with pytest.raises(ValueError, match="at least 2"):
         draw_next_sentences(s[:1])
+
+
+def _multi_mention_sentences(n_tweets: int = 120, n_entities: int = 30) -> list[Sentence]:
+    """Tweets with 1-3 mentions each: the sentences of one tweet share its text and image row."""
+    rng = np.random.default_rng(0)
+    out = []
+    for t in range(n_tweets):
+        golds = rng.choice(n_entities, size=1 + t % 3, replace=False)
+        for g in golds:
+            out.append(Sentence(f"t{t}-{g}", f"tweet {t}", 1 + t, f"e{g}", f"context of e{g}", 1000 + int(g)))
+    return out
+
+
+def _contradictions(pairs) -> set:
+    labels: dict = {}
+    for p in pairs:
+        labels.setdefault((p.text_a, p.images_a, p.text_b, p.images_b), set()).add(p.label)
+    return {k for k, v in labels.items() if len(v) > 1}
+
+
+def test_distinct_draw_never_gives_one_input_both_labels():
+    # issue 13 point 3: a tweet with two mentions drawn as its own "random" next sentence made the pair
+    # (tweet, entity 2) label 1 beside the same pair label 0 from the tweet's other sentence
+    sents = _multi_mention_sentences()
+    for seed in range(3):
+        pairs = make_pretraining_pairs(sents, swap_roles=True, seed=seed)  # default draw, every task
+        assert _contradictions(pairs) == set()
+        share = np.mean([p.label for p in pairs if p.task == "text" and not p.swapped])
+        assert 0.4 < share < 0.6  # still the paper's 50% random next sentences
+        for p in pairs:
+            if p.label == 1:
+                a, b = sents[p.sentence], sents[p.next]
+                assert a.text != b.text and a.entity_id != b.entity_id
+    # the paper's plain draw on the same corpus does produce contradictions: the option is the paper's text
+    assert _contradictions(make_pretraining_pairs(sents, swap_roles=True, seed=0, negative_draw="paper"))
+    with pytest.raises(ValueError, match="negative_draw 'nope'.*distinct"):
+        make_pretraining_pairs(sents, negative_draw="nope")
+
+
+def test_distinct_draw_keeps_label_0_when_no_other_tweet_exists(caplog):
+    sents = [Sentence("a", "one tweet", 1, "e1", "c1", 5), Sentence("b", "one tweet", 1, "e2", "c2", 6)]
+    with caplog.at_level("WARNING"):
+        draws = draw_next_sentences(sents, seed=4)  # seed 4: the first sentence draws "random"
+    assert draws == [(0, 0), (1, 0)]  # the only other sentence is the same tweet: no random pair possible
+    assert "no distinct random next sentence" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -231,3 +276,29 @@ def test_precomputed_features_roundtrip(tmp_path, toy_corpus):
         assert corpus.table.dim == 16
     with pytest.raises(ValueError, match="does not exist"):
         PFMELCorpus(mentions, kb, image_features="precomputed", features_path=str(tmp_path / "nope.npz"))
+
+
+def test_candidate_cap_keeps_the_closest_names_not_the_kb_order(caplog):
+    # issue 13 point 4: 40 entities contain "paris"; the gold (exact name) is the 40th of the KB. The old cap at 32
+    # in KB order always lost it; ordered by closeness of name it is the first candidate.
+    from datasets import Dataset, DatasetDict
+
+    kb = Dataset.from_list(
+        [{"entity_id": f"E{i}", "name": f"Paris Hilton Hotel number {i:02d}", "description": "a hotel"} for i in range(39)]
+        + [{"entity_id": "E39", "name": "Paris", "description": "capital of France"},
+           {"entity_id": "E40", "name": "Paris Texas", "description": "a film"}]
+    )
+    mentions = DatasetDict({"dev": Dataset.from_list([
+        {"id": "m0", "text": "We moved to Paris last year", "mention": "Paris", "entity_id": "E39", "image": None},
+        {"id": "m1", "text": "Saw Paris Texas again", "mention": "Paris Texas", "entity_id": "E40", "image": None},
+        {"id": "m2", "text": "Booked paris hilton hotel number 38", "mention": "Paris", "entity_id": "E38", "image": None},
+    ])})
+    corpus = PFMELCorpus(mentions, kb, image_features="none", max_candidates=32)
+    assert corpus.candidates("Paris")[:2] == ["E39", "E40"]  # exact name, then the shortest containing name
+    assert len(corpus.candidates("Paris")) == 32
+    with caplog.at_level("INFO", logger="modeling_mel.pfmel_data"):
+        data = corpus.linking_data("dev")
+    assert [m.gold in m.candidates for m in data.mentions] == [True, True, False]  # E38: longest name, cut
+    assert data.candidate_recall(before_cap=True) == 1.0
+    assert data.candidate_recall() == pytest.approx(2 / 3)
+    assert "recall 1.0000 before the cap of 32" in caplog.text and "(1 gold entities cut)" in caplog.text

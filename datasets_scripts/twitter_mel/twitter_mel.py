@@ -491,15 +491,30 @@ class TwitterMel(MelCorpusBuilder):
                 ids.add(value)
             lists[split] = ids
         out: dict[str, list[dict]] = {s: [] for s in ID_LIST_FILES if s in lists}
+        overlaps: list[tuple[str, list[str]]] = []
         for k in kept:
             keys = {k["tweet_id"], k["row"]["id"], f"{k['tweet_id']}-{k['id_start']}"}
             in_core = [s for s in core if keys & lists[s]]
             if not in_core:
                 report.skip("not in any split list", k["where"])
                 continue
+            first = in_core[0]  # train, then dev, then test: a row is never in two evaluation splits
             if len(in_core) > 1:
-                report.note("in several split lists", k["where"])
+                report.note("in several split lists: kept in the first (train, dev, test order)", k["where"])
+                overlaps.append((k["row"]["id"], in_core))
+            out[first].append(k)
             for s in out:
-                if keys & lists[s]:
+                if s in core or not keys & lists[s]:
+                    continue
+                if first == "train":  # train07 / train05 are subsets of train
                     out[s].append(k)
+                else:
+                    report.note(f"in a train subset list but in split {first}: left out of the subset", k["where"])
+        if overlaps:
+            logger.warning(
+                "TwitterMel: %d mentions are listed in several of %s (e.g. %s); each is kept in its first split only, "
+                "so no row leaks from training into evaluation",
+                len(overlaps), "/".join(ID_LIST_FILES[s] for s in core),
+                ", ".join(f"{i} in {'+'.join(ss)}" for i, ss in overlaps[:5]),
+            )
         return out
