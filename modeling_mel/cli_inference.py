@@ -127,6 +127,8 @@ def index_main(argv: list[str]) -> int:
     parser.add_argument("--hnsw_threshold", type=int, default=100_000, help="KB size from which 'auto' uses HNSW")
     parser.add_argument("--ef_search", type=int, default=512, help="HNSW search depth (recall vs speed)")
     parser.add_argument("--bm25_only", action="store_true", help="metadata-only index, no model needed")
+    parser.add_argument("--fp32", action="store_true",
+                        help="encode the KB in fp32 (default: bf16 autocast where this machine runs it fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
     args = parser.parse_args(argv)
@@ -135,6 +137,7 @@ def index_main(argv: list[str]) -> int:
         parser.error("--model is required (or --bm25_only for a metadata-only index)")
 
     from .entity_index import EntityIndex, check_index_destination, index_write_lock
+    from .hardware import bf16_is_fast
     from .pipeline_entity_linking import model_family
 
     # The folder is locked and checked before the (possibly long) encoding; the index is written atomically, so a
@@ -155,7 +158,7 @@ def index_main(argv: list[str]) -> int:
             index = EntityIndex.build(
                 model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
                 hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
-                ef_search=args.ef_search,
+                ef_search=args.ef_search, bf16=False if args.fp32 or model is None else bf16_is_fast(model.device.type),
             )
             index.save(args.out)
     except (ValueError, OSError) as err:
@@ -475,7 +478,7 @@ def link_main(argv: list[str]) -> int:
                         help="the ZEMEL model folder of --retriever (default: the model recorded in the index)")
     parser.add_argument("--strict_images", action="store_true", help="fail a line with an unreadable image")
     parser.add_argument("--fp32", action="store_true",
-                        help="PFMEL: score pairs in fp32 (default: bf16 autocast where this machine runs it fast)")
+                        help="run the model in fp32 (default: bf16 autocast where this machine runs it fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
     args = parser.parse_args(argv)

@@ -465,13 +465,15 @@ class EntityIndex:
         ivf_nlist: int | None = None,
         ivf_nprobe: int | None = None,
         progress: bool = True,
+        bf16: bool = False,
     ) -> "EntityIndex":
         """Encode a KB once with the model's candidate encoder and index the vectors.
 
         ``kb``: a ``kb.jsonl`` path, a ``datasets.Dataset`` or a list of entity rows. ``model=None`` builds a
         metadata-only index (BM25 / name-rule candidates, no vectors). ``index_type``: ``"flat"`` (exact),
         ``"hnsw"``, ``"ivf"``, or ``"auto"`` (flat below ``hnsw_threshold`` entities, HNSW at or above).
-        ``image_extractor``: encodes entity images as regions (text-only without one).
+        ``image_extractor``: encodes entity images as regions (text-only without one). ``bf16``: encode under bf16
+        autocast (``mel index`` does where :func:`~modeling_mel.hardware.bf16_is_fast`; ``--fp32`` turns it off).
         """
         if index_type not in INDEX_TYPES:
             raise ValueError(f"unknown index_type {index_type!r}; expected one of {INDEX_TYPES}")
@@ -497,7 +499,7 @@ class EntityIndex:
             raise ValueError("processor is required to encode the KB (a ZemelProcessor)")
         vectors = encode_entities(
             model, processor, entities, batch_size=batch_size, image_extractor=image_extractor,
-            max_length=max_length, progress=progress,
+            max_length=max_length, progress=progress, bf16=bf16,
         ).numpy()
         config.update(
             config_hash=model_config_hash(model),
@@ -507,6 +509,7 @@ class EntityIndex:
             scoring=getattr(model.config, "scoring", None),
             image_model=getattr(image_extractor, "model_key", None),
             max_length=int(max_length),
+            bf16=bool(bf16),
         )
         index = cls(entities, vectors, config, model=model, processor=processor)
         chosen = index_type if index_type != "auto" else ("hnsw" if len(entities) >= hnsw_threshold else "flat")

@@ -259,14 +259,16 @@ def encode_kb_vectors(
     batch_size: int = 128,
     autocast_dtype: torch.dtype | None | str = "auto",
 ) -> torch.Tensor:
-    """Text-only candidate vectors ``(N, H)`` (float32, KB order): batched tokenisation, length-sorted batches,
-    inference mode, bf16 autocast where it is fast (``autocast_dtype="auto"``)."""
+    """Text-only candidate vectors ``(N, H)`` (float32, KB order) through the one KB encoder of the product
+    (:func:`~modeling_mel.pipeline_entity_linking.encode_entities`, what ``mel index`` runs): batched tokenisation,
+    length-sorted batches, inference mode, bf16 autocast where it is fast (``autocast_dtype="auto"``)."""
+    from .pipeline_entity_linking import encode_entities
+
     if autocast_dtype == "auto":
         autocast_dtype = _autocast_dtype(model)
-    ids = processor.tokenize_candidates(
-        [str(e.get("name") or "") for e in entities], [e.get("description") for e in entities], max_length=max_length
-    )
-    return model.fast_encode_candidates(ids, batch_size=batch_size, autocast_dtype=autocast_dtype).cpu()
+    rows = [{"name": str(e.get("name") or ""), "description": e.get("description")} for e in entities]
+    return encode_entities(model, processor, rows, batch_size=batch_size, max_length=max_length,
+                           bf16=autocast_dtype == torch.bfloat16)
 
 
 @torch.no_grad()

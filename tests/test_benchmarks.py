@@ -69,6 +69,17 @@ def test_index_build_quick(tmp_path):
                                                "naive_over_sentence_transformers"])
     assert payload["accuracy"]["bf16_cosine_min"] > 0.99
     assert payload["accuracy"]["fast_fp32_max_abs_diff"] < 1e-4
+    assert_positive_finite(payload["ratios"], ["product_over_sentence_transformers", "product_over_fast"])
+    assert payload["accuracy"]["product_cosine_min"] > 0.99  # mel index's vectors are the model's
+
+
+def test_link_path_quick(tmp_path):
+    run_benchmark("link_path", tmp_path, "--tiny")
+    payload = load(tmp_path, "link_path_tiny_quick")
+    assert_positive_finite(payload["ratios"], ["pipeline_over_fast", "mel_link_over_fast", "index_entities_per_s"])
+    # the three paths link alike (bf16 may swap near ties on random captions)
+    assert payload["agreement"]["pipeline_top1_agrees_with_fast"] >= 0.75
+    assert payload["agreement"]["mel_link_top1_agrees_with_fast"] >= 0.75
 
 
 def test_pfmel_throughput_quick(tmp_path):
