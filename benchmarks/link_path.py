@@ -46,13 +46,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n_entities", type=int, default=None, help="KB size (default 18880; 2000 with --quick)")
-    parser.add_argument("--n_mentions", type=int, default=None, help="mentions linked (default 512; 128 with --quick)")
+    parser.add_argument("--n_mentions", type=int, default=None, help="mentions linked (default 2048; 128 with --quick)")
     parser.add_argument("--batch_size", type=int, default=32, help="mentions per batch on every path")
     parser.add_argument("--tiny", action="store_true", help="64 entities, 8 mentions, 1 repeat (tests: same code paths)")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     n_kb = args.n_entities or (64 if args.tiny else 2000 if args.quick else 18_880)
-    n_m = args.n_mentions or (8 if args.tiny else 128 if args.quick else 512)
+    n_m = args.n_mentions or (8 if args.tiny else 128 if args.quick else 2048)
     repeats = args.repeats or (1 if args.tiny else 3)
     from transformers import pipeline
 

@@ -383,16 +383,18 @@ def link_file(
 
     def write_out(out: Any, progress: Any) -> None:
         if pending:
+            # length-sorted batches (least padding, fewer distinct shapes); outputs go back to their lines
+            ordered = sorted(pending, key=lambda p: len(str(p[1].get("text") or "")))
             try:
-                outputs = list(pipe([item for _, item in pending], batch_size=batch_size, **call_kwargs))
-                if len(outputs) != len(pending):
-                    raise RuntimeError(f"{len(outputs)} outputs for {len(pending)} inputs")
+                outputs = list(pipe([item for _, item in ordered], batch_size=batch_size, **call_kwargs))
+                if len(outputs) != len(ordered):
+                    raise RuntimeError(f"{len(outputs)} outputs for {len(ordered)} inputs")
             except Exception as err:  # noqa: BLE001 - find the bad line(s) one by one
                 logger.warning("a batch failed (%s); retrying its %d lines one by one", err, len(pending))
                 for idx, item in pending:
                     run_one(idx, item)
             else:
-                for (idx, _), output in zip(pending, outputs):
+                for (idx, _), output in zip(ordered, outputs):
                     records[idx]["predictions"] = output
         for record in records:
             if "error" in record:
