@@ -1,0 +1,77 @@
+"""Evaluation equals the product (issue 14): for the same model and KB, the PFMEL evaluation code
+(``pfmel_training.evaluate_splits``, what ``evaluate_linking.py`` runs) and ``pipeline()`` rank the same candidates
+with the same scores on the sample's test split."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import pipeline
+
+from inference_fixtures import register_all, tiny_nsp
+from modeling_mel.pfmel_data import PFMELCorpus
+from modeling_mel.pfmel_training import evaluate_splits
+from modeling_mel.pipeline_entity_linking import TASK
+
+register_all()
+
+
+def _kb_rows(corpus: PFMELCorpus) -> list[dict]:
+    """The corpus KB as plain rows (text fields; the linkers below are text only)."""
+    keep = ("entity_id", "name", "screen_name", "location", "description")
+    return [{**{k: row.get(k) for k in keep},
+             "timeline": [{"tweet_id": t.get("tweet_id"), "text": t.get("text")} for t in row.get("timeline") or []]}
+            for row in corpus.kb]
+
+
+def test_pfmel_evaluation_ranks_as_the_pipeline(sample_dir, tmp_path):
+    corpus = PFMELCorpus.load("twitter_mel", sample_dir, cache_dir=str(tmp_path / "cache"), image_features="none")
+    model, processor = tiny_nsp()
+    _, predictions = evaluate_splits(model, processor, corpus, ["test"])
+    preds = predictions["test"]
+    ds = corpus.split("test")
+    inputs = [{"text": t, "mention": m} for t, m in zip(ds["text"], ds["mention"])]
+    pipe = pipeline(TASK, model=model, processor=processor, kb=_kb_rows(corpus), use_images=False)
+    outputs = pipe(inputs, top_k=1000)
+    assert len(preds) == len(outputs) == len(ds) > 10
+    compared = 0
+    for pred, out in zip(preds, outputs):
+        assert [e for e, _ in pred.ranked] == [r["entity_id"] for r in out], pred.mention_id
+        assert [s for _, s in pred.ranked] == pytest.approx([r["score"] for r in out], abs=1e-4)
+        compared += len(out)
+    assert compared > len(preds)  # mentions with several candidates were ranked
+
+
+@pytest.fixture(scope="module")
+def zemeld(tmp_path_factory, repo_root):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
+    from generate_zemeld_sample import generate
+
+    out = tmp_path_factory.mktemp("zemeld") / "raw"
+    generate(str(out), seed=0)
+    return str(out)
+
+
+def test_zemel_evaluation_ranks_as_the_pipeline(zemeld, tmp_path):
+    # text only: evaluate_split's BM25 + rules top 5 over the evaluation KB, scored by the model, against
+    # pipeline(candidates="bm25", num_candidates=5) over the same KB
+    from inference_fixtures import tiny_zemel
+    from modeling_mel.zemel_evaluation import evaluate_split, load_zemel_data
+
+    data = load_zemel_data("zemeld", zemeld, cache_dir=str(tmp_path / "cache"))
+    rows, kb = data.split("test"), data.kb_for("test")
+    model, processor = tiny_zemel()
+    result = evaluate_split(model, processor, rows, kb, ns=[5], vt_kg=False, return_predictions=True)
+    lists, scores = result["_predictions"]["candidates"], result["_predictions"]["scores"]
+    kb_rows = [{"entity_id": e, "name": v.get("name"), "description": v.get("description")} for e, v in kb.items()]
+    pipe = pipeline(TASK, model=model, processor=processor, kb=kb_rows, use_images=False)
+    inputs = [{"text": r["text"], "mention": r["mention"], "mention_start": r.get("mention_start"),
+               "mention_end": r.get("mention_end")} for r in rows]
+    outputs = pipe(inputs, top_k=5, candidates="bm25", num_candidates=5)
+    assert len(outputs) == len(rows) > 10
+    for cands, sc, out in zip(lists, scores, outputs):
+        expected = sorted(zip(cands, sc), key=lambda p: -p[1])
+        assert [r["entity_id"] for r in out] == [e for e, _ in expected]
+        assert [r["score"] for r in out] == pytest.approx([s for _, s in expected], abs=1e-4)
