@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .pipeline_entity_linking import (
+from .knowledge_base import (
     ENTITIES_NAME,
     INDEX_CONFIG_NAME,
     VECTORS_NAME,
@@ -865,4 +865,25 @@ def synthetic_recall(
     }
 
 
-__all__ = ["EntityIndex", "exact_recall", "synthetic_recall", "INDEX_TYPES"]
+def load_retriever(index_dir: str, model_dir: str | None = None):
+    """An :class:`~modeling_mel.entity_index.EntityIndex` with its ZEMEL model and processor attached (the model
+    recorded in the index config unless ``model_dir`` is given); ``ValueError`` when neither can be loaded."""
+    from transformers import AutoModel, AutoProcessor
+
+    config_path = os.path.join(index_dir, "index_config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{index_dir!r} is not an entity index directory (no index_config.json); build one with `mel index`")
+    with open(config_path, encoding="utf-8") as f:
+        recorded = json.load(f).get("model_name_or_path")
+    path = model_dir or recorded
+    if not path or not os.path.isdir(path):
+        raise ValueError(
+            f"the ZEMEL model of index {index_dir!r} ({path!r}) is not a directory; pass its folder "
+            "(--retriever_model / retriever_model=)"
+        )
+    model = AutoModel.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return EntityIndex.load(index_dir, model=model, processor=processor)
+
+
+__all__ = ["EntityIndex", "exact_recall", "synthetic_recall", "load_retriever", "INDEX_TYPES"]

@@ -39,6 +39,7 @@ from .pfmel_data import (
     encode_pairs,
     make_pretraining_pairs,
 )
+from .entity_index import load_retriever  # noqa: F401 - re-exported (it lived here before)
 
 logger = logging.getLogger(__name__)
 
@@ -785,30 +786,6 @@ def calibrate_retriever_weight(
         if acc > best_acc:
             best, best_acc = float(w), acc
     return best, table
-
-
-def load_retriever(index_dir: str, model_dir: str | None = None):
-    """An :class:`~modeling_mel.entity_index.EntityIndex` with its ZEMEL model and processor attached (the model
-    recorded in the index config unless ``model_dir`` is given); ``ValueError`` when neither can be loaded."""
-    from transformers import AutoModel, AutoProcessor
-
-    from .entity_index import EntityIndex
-
-    config_path = os.path.join(index_dir, "index_config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{index_dir!r} is not an entity index directory (no index_config.json); build one with `mel index`")
-    with open(config_path, encoding="utf-8") as f:
-        recorded = json.load(f).get("model_name_or_path")
-    path = model_dir or recorded
-    if not path or not os.path.isdir(path):
-        raise ValueError(
-            f"the ZEMEL model of index {index_dir!r} ({path!r}) is not a directory; pass its folder "
-            "(--retriever_model / retriever_model=)"
-        )
-    model = AutoModel.from_pretrained(path).eval()
-    processor = AutoProcessor.from_pretrained(path)
-    return EntityIndex.load(index_dir, model=model, processor=processor)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -260,9 +260,9 @@ def encode_kb_vectors(
     autocast_dtype: torch.dtype | None | str = "auto",
 ) -> torch.Tensor:
     """Text-only candidate vectors ``(N, H)`` (float32, KB order) through the one KB encoder of the product
-    (:func:`~modeling_mel.pipeline_entity_linking.encode_entities`, what ``mel index`` runs): batched tokenisation,
+    (:func:`~modeling_mel.knowledge_base.encode_entities`, what ``mel index`` runs): batched tokenisation,
     length-sorted batches, inference mode, bf16 autocast where it is fast (``autocast_dtype="auto"``)."""
-    from .pipeline_entity_linking import encode_entities
+    from .knowledge_base import encode_entities
 
     if autocast_dtype == "auto":
         autocast_dtype = _autocast_dtype(model)
