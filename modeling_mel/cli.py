@@ -15,7 +15,6 @@ one line::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -38,11 +37,9 @@ def _load_train_script(name: str):
             f"mel: {path} not found; the training subcommands need a source checkout of modeling-mel "
             "(pip install -e .), or run the train/ scripts directly"
         )
-    spec = importlib.util.spec_from_file_location(f"modeling_mel_train_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses of the script look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+    from .corpus import import_file
+
+    return import_file(path, f"modeling_mel_train_{name}")  # registered: the script's dataclasses look it up
 
 
 def _script(name: str) -> Command:

@@ -11,7 +11,6 @@ Each function takes ``argv`` (its own arguments, so ``mel <name> --help`` shows 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -41,11 +40,9 @@ def script_command(relative_path: str, function: str, description: str) -> Comma
         path = Path(__file__).resolve().parents[1] / relative_path
         target = None
         if path.is_file():
-            spec = importlib.util.spec_from_file_location(f"modeling_mel_script_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            target = getattr(module, function, None)
+            from .corpus import import_file
+
+            target = getattr(import_file(path, f"modeling_mel_script_{path.stem}"), function, None)
         if target is None:
             where = f"{path}:{function}()" if path.is_file() else str(path)
             note = f"{description}\n\nProvided by {where}, which is not available in this install " \

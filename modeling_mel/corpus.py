@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -734,6 +735,21 @@ def datasets_scripts_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "datasets_scripts"
 
 
+def import_file(path: str | os.PathLike, module: str):
+    """Import the Python file ``path`` as module ``module`` (registered in ``sys.modules`` while it executes, as
+    dataclasses and ``datasets`` builders need; removed again when it fails). The one loader of the scripts that are
+    not packages: ``datasets_scripts/*``, ``train/*`` (``mel`` subcommands)."""
+    spec = importlib.util.spec_from_file_location(module, os.fspath(path))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(module, None)
+        raise
+    return mod
+
+
 def import_script(folder: str, module: str | None = None):
     """Import ``datasets_scripts/<folder>/<module>.py`` (module defaults to the folder name).
 
@@ -747,15 +763,7 @@ def import_script(folder: str, module: str | None = None):
     existing = sys.modules.get(module)
     if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == str(path.resolve()):
         return existing
-    spec = importlib.util.spec_from_file_location(module, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(module, None)
-        raise
-    return mod
+    return import_file(path, module)
 
 
 def get_builder_class(dataset: str) -> type[datasets.DatasetBuilder]:
@@ -803,3 +811,18 @@ def load_mel_corpus(
     if config == "kb" and isinstance(dd, datasets.DatasetDict) and list(dd) == ["train"]:
         return dd["train"]
     return dd
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A list of example dicts as a torch dataset, for ``Trainer`` (both families' training rows and features;
+    ``LengthGroupedSampler`` reads ``input_ids`` where they have them)."""
+
+    def __init__(self, features: list[dict]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
+

@@ -8,6 +8,7 @@ works" is not a reason to use it; :func:`bf16_is_fast` checks the kernels and ti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -69,3 +70,12 @@ def bf16_is_fast(device: str | None = None) -> bool:
 
 
 __all__ = ["bf16_is_fast"]
+
+
+def autocast(bf16: bool, device: torch.device | str):
+    """``torch.autocast`` to bfloat16 on ``device``'s type when ``bf16``, else a no-op context (package code; the
+    model file ``modeling_zemel.py`` keeps its own, as files shipped with a model import only torch and transformers)."""
+    if bf16:
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+

@@ -49,6 +49,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .candidates import NameRuleCandidates
+from .corpus import ListDataset  # noqa: F401 - re-exported
 from .image_features import image_source
 from .processing_multimodal_nsp import (
     is_twitter_user,
@@ -397,19 +399,6 @@ def encode_pairs(processor, pairs: Sequence[NSPPair], max_length: int | None = N
     return features
 
 
-class ListDataset(torch.utils.data.Dataset):
-    """A list of feature dicts as a torch dataset (``Trainer`` and ``LengthGroupedSampler`` read ``input_ids``)."""
-
-    def __init__(self, features: list[dict]) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.features[i]
-
-
 class PFMELCollator:
     """Dynamic padding (``processor.pad``) plus image features gathered from a :class:`FeatureTable`.
 
@@ -530,19 +519,6 @@ class LinkingData:
 # ---------------------------------------------------------------------------------------------------------------------
 # Corpus access
 # ---------------------------------------------------------------------------------------------------------------------
-def _name_rule(entity_ids: Sequence[str], names: Sequence[str]) -> Callable[[str], list[str]]:
-    """Entities whose name contains the mention (case-insensitive), in KB order."""
-    lowered = [(e, str(n or "").lower()) for e, n in zip(entity_ids, names)]
-
-    def candidates(mention: str) -> list[str]:
-        key = str(mention or "").strip().lower()
-        if not key:
-            return []
-        return [e for e, n in lowered if key in n]
-
-    return candidates
-
-
 class PFMELCorpus:
     """A MEL corpus prepared for PFMEL: entity texts, image features and candidates, computed once.
 
@@ -609,13 +585,7 @@ class PFMELCorpus:
             raise ValueError("the KB has no entities")
         ids = list(self.entities)
         if candidate_fn is None:
-            names = [self._rule_name(e) for e in ids]
-            try:  # the shared implementation (fast on large KBs); same rule as _name_rule
-                from .candidates import NameRuleCandidates
-
-                candidate_fn = NameRuleCandidates(dict(zip(ids, names)))
-            except ImportError:  # pragma: no cover
-                candidate_fn = _name_rule(ids, names)
+            candidate_fn = NameRuleCandidates({e: self._rule_name(e) for e in ids})
         self.candidate_fn = candidate_fn
         self._entity_text: dict[str, str] = {}
         self._entity_context: dict[str, str] = {}

@@ -14,7 +14,6 @@ ablations and ``mel`` subcommands share one implementation.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
+from .hardware import autocast
 from .pfmel_data import (
     IMAGE_FEATURE_MODES,
     NEGATIVE_DRAWS,
@@ -135,12 +135,6 @@ class LinkingPrediction:
         return self.ranked[0][0] if self.ranked else None
 
 
-def _autocast(bf16: bool, device: torch.device):
-    if bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def predict_linking(
     model,
     processor,
@@ -173,7 +167,7 @@ def predict_linking(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="scoring candidates", unit="batch")
-    with torch.inference_mode(), _autocast(bf16, device):
+    with torch.inference_mode(), autocast(bf16, device):
         for start in starts:
             idx = order[start : start + batch_size]
             batch = collator([features[i] for i in idx])

@@ -37,7 +37,6 @@ The offline ``evaluate`` module :class:`ZemelLinkingMetric` computes the linking
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 
 from .candidates import Bm25RuleCandidates
+from .hardware import autocast
 from .image_features import image_source
 from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
@@ -169,23 +169,9 @@ class ZemelData:
 
 
 def _import_zemeld():
-    try:
-        from .corpus import import_script
+    from .corpus import import_script
 
-        return import_script("zemeld").Zemeld
-    except ImportError:  # pragma: no cover - corpus.py absent: import the builder by path
-        import importlib.util
-        import sys
-        from pathlib import Path
-
-        path = Path(__file__).resolve().parents[1] / "datasets_scripts" / "zemeld" / "zemeld.py"
-        if not path.is_file():
-            raise ValueError(f"the ZEMELD builder {path} is missing; a source checkout of modeling-mel is needed")
-        spec = importlib.util.spec_from_file_location("zemeld", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["zemeld"] = module
-        spec.loader.exec_module(module)
-        return module.Zemeld
+    return import_script("zemeld").Zemeld
 
 
 def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
@@ -412,10 +398,6 @@ class RegionFeatures:
 # ======================================================================================================================
 
 
-def _autocast(bf16: bool, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 def _batches(n: int, batch_size: int, lengths: Sequence[int], progress: bool, desc: str) -> Iterable[list[int]]:
     order = sorted(range(n), key=lambda i: lengths[i])
     starts = range(0, n, batch_size)
@@ -466,7 +448,7 @@ def encode_kb(
     vectors = torch.zeros(len(ids), model.config.hidden_size)
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), _autocast(bf16, device):
+    with torch.inference_mode(), autocast(bf16, device):
         for idx in _batches(len(ids), batch_size, lengths, progress, "encoding KB"):
             feats = [entity_features(ids[i]) for i in idx] if entity_features is not None else None
             enc = processor.encode_candidates(
@@ -508,7 +490,7 @@ def score_contexts(
     lengths = [len(r.get("text") or r.get("caption") or "") for r in rows]
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), _autocast(bf16, device):
+    with torch.inference_mode(), autocast(bf16, device):
         for idx in _batches(len(rows), batch_size, lengths, progress, "scoring contexts"):
             idx = [i for i in idx if candidate_lists[i]]
             if not idx:

@@ -23,12 +23,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import torch
-from torch.utils.data import Dataset
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from modeling_mel.candidates import Bm25RuleCandidates
 from modeling_mel.configuration_zemel import SCORING_MODES
+from modeling_mel.corpus import ListDataset
 from modeling_mel.zemel_evaluation import (
     EVAL_KB_HELP,
     EVAL_KB_MODES,
@@ -208,19 +207,6 @@ class ZemelTrainingArguments(TrainingArguments):
 # ----------------------------------------------------------------------------------------------------------------------
 # Training pieces
 # ----------------------------------------------------------------------------------------------------------------------
-class RowDataset(Dataset):
-    """A list of row dicts as a torch dataset."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
-
-
 def build_model(model_args: ZemelModelArguments, processor, feature_dim: int):
     """``ZemelPolyEncoder.from_text_backbone`` with the requested head and visual sizes, resized for the processor."""
     from modeling_mel.modeling_zemel import ZemelPolyEncoder
@@ -321,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = ZemelTrainer(
         model=model,
         args=train_args,
-        train_dataset=RowDataset(train_rows),
+        train_dataset=ListDataset(train_rows),
         data_collator=collator,
         processing_class=processor,
         in_batch_negatives=train_args.in_batch_negatives,
