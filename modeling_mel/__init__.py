@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
-
 from .backbones import DEFAULT_BACKBONE, load_tokenizer, resolve_backbone
 from .candidates import Bm25RuleCandidates
 from .configuration_multimodal_nsp import MultimodalNSPConfig
@@ -27,35 +25,13 @@ from .processing_multimodal_nsp import (
 from .processing_zemel import ZemelProcessor
 from .entity_index import EntityIndex
 from .pipeline_entity_linking import MultimodalEntityLinkingPipeline, register_pipeline
+from .registry import register_all, register_family
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-
-def _register(config_cls, model_cls, processor_cls=None) -> None:
-    """Register a family with the Auto classes and for Hub-style saving; safe to call twice."""
-    try:
-        AutoConfig.register(config_cls.model_type, config_cls)
-    except ValueError:
-        pass  # already registered
-    try:
-        AutoModel.register(config_cls, model_cls)
-    except ValueError:
-        pass
-    if processor_cls is not None:
-        try:
-            AutoProcessor.register(config_cls, processor_cls)
-        except ValueError:
-            pass
-        processor_cls.register_for_auto_class("AutoProcessor")
-    config_cls.register_for_auto_class()
-    model_cls.register_for_auto_class("AutoModel")
-
-
-_register(MultimodalNSPConfig, BertForMultimodalNSP, MultimodalNSPProcessor)
-_register(ZemelConfig, ZemelPolyEncoder, ZemelProcessor)
-register_pipeline()
+register_all()  # the Auto classes and the pipeline (modeling_mel/registry.py)
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -79,4 +55,6 @@ __all__ = [
     "EntityIndex",
     "MultimodalEntityLinkingPipeline",
     "register_pipeline",
+    "register_all",
+    "register_family",
 ]

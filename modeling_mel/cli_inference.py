@@ -492,9 +492,7 @@ def link_main(argv: list[str]) -> int:
         return 2
     from transformers import pipeline
 
-    from .pipeline_entity_linking import MultimodalEntityLinkingPipeline, register_pipeline
-
-    register_pipeline()
+    from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
     model, processor = load_model_and_processor(args.model, args.trust_remote_code)
     extractor = build_image_extractor(args, model)
     init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}

@@ -314,7 +314,6 @@ def config_hash(config: ZemelConfig) -> str:
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
-ZemelConfig.register_for_auto_class()
 
 __all__ = [
     "ZemelConfig",

@@ -995,20 +995,4 @@ def backbone_pooling(path: str) -> dict[str, Any]:
     return settings
 
 
-def register_zemel() -> None:
-    """Register ZEMEL with AutoConfig/AutoModel so `AutoModel.from_pretrained(dir)` works without remote code."""
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        AutoConfig.register(ZemelConfig.model_type, ZemelConfig)
-    except ValueError:  # already registered
-        pass
-    try:
-        AutoModel.register(ZemelConfig, ZemelPolyEncoder)
-    except ValueError:
-        pass
-
-
-ZemelPolyEncoder.register_for_auto_class("AutoModel")
-
-__all__ = ["ZemelPreTrainedModel", "ZemelPolyEncoder", "ZemelOutput", "ZemelContextOutput", "register_zemel"]
+__all__ = ["ZemelPreTrainedModel", "ZemelPolyEncoder", "ZemelOutput", "ZemelContextOutput"]

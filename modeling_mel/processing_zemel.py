@@ -496,7 +496,6 @@ class ZemelProcessor(ProcessorMixin):
         model.resize_for_processor(self)
 
 
-ZemelProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "ZemelProcessor",

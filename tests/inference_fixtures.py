@@ -110,21 +110,10 @@ def tiny_zemel(seed: int = 0, **overrides):
 
 
 def register_all() -> None:
-    """Auto-class and pipeline registration (idempotent; the package __init__ may already do it)."""
-    from modeling_mel.modeling_zemel import register_zemel
-    from modeling_mel.pipeline_entity_linking import register_pipeline
+    """Auto-class and pipeline registration (idempotent; importing modeling_mel already does it)."""
+    from modeling_mel.registry import register_all as register
 
-    register_zemel()
-    try:
-        from transformers import AutoProcessor
-
-        from modeling_mel.configuration_zemel import ZemelConfig
-        from modeling_mel.processing_zemel import ZemelProcessor
-
-        AutoProcessor.register(ZemelConfig, ZemelProcessor)
-    except ValueError:
-        pass
-    register_pipeline()
+    register()
 
 
 def assert_ranked(results, top_k: int) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from modeling_mel.configuration_zemel import ZemelConfig, config_hash
-from modeling_mel.modeling_zemel import ZemelContextOutput, ZemelPolyEncoder, register_zemel
+from modeling_mel.modeling_zemel import ZemelContextOutput, ZemelPolyEncoder
+from modeling_mel.registry import register_all
 
 TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)
@@ -209,7 +210,7 @@ def test_save_and_auto_model_load(tmp_path):
     assert {"configuration_zemel.py", "modeling_zemel.py", "config.json"} <= set(os.listdir(tmp_path))
     remote = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
     torch.testing.assert_close(remote(**x).scores, ref)
-    register_zemel()
+    register_all()
     local = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(local, ZemelPolyEncoder)
     torch.testing.assert_close(local(**x).scores, ref)
