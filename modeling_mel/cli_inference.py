@@ -135,7 +135,7 @@ def index_main(argv: list[str]) -> int:
 
     from .entity_index import EntityIndex, check_index_destination, index_write_lock
     from .hardware import bf16_is_fast
-    from .pipeline_entity_linking import model_family
+    from .knowledge_base import linking_method
 
     # The folder is locked and checked before the (possibly long) encoding; the index is written atomically, so a
     # failure or a kill leaves the previous index as it was. Errors: one line on stderr, exit code 2.
@@ -146,7 +146,7 @@ def index_main(argv: list[str]) -> int:
             model = processor = extractor = None
             if not args.bm25_only:
                 model, processor = load_model_and_processor(args.model, args.trust_remote_code)
-                if model_family(model) != "zemel":
+                if linking_method(model) != "dense":
                     logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
                     model = processor = None
                 else:

@@ -42,7 +42,7 @@ from .knowledge_base import (
     encode_entities,
     kb_records,
     model_config_hash,
-    model_family,
+    linking_method,
     model_fingerprint,
 )
 
@@ -490,7 +490,7 @@ class EntityIndex:
             config.update(index_type="bm25", config_hash=None)
             logger.info("metadata-only (BM25) index of %d entities", len(entities))
             return cls(entities, None, config)
-        if model_family(model) != "zemel":
+        if linking_method(model) != "dense":
             raise ValueError(
                 f"{type(model).__name__} has no candidate encoder; build a dense index with a ZemelPolyEncoder, "
                 "or pass model=None for a metadata-only (BM25) index"

@@ -29,7 +29,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .pipeline_entity_linking import TASK, MultimodalEntityLinkingPipeline, model_family
+from .knowledge_base import linking_method
+from .pipeline_entity_linking import TASK, MultimodalEntityLinkingPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def save_for_hub(
 ) -> str:
     """Write a self-contained model folder (model, processor, code, pipeline, README card); returns its path."""
     save_directory = os.fspath(save_directory)
-    model_family(model)  # ValueError for a model of another kind
+    linking_method(model)  # ValueError for a model that does not link
     if getattr(type(model), "_auto_class", None) is None:
         type(model).register_for_auto_class("AutoModel")
     if getattr(type(model.config), "_auto_class", None) is None:

@@ -126,22 +126,44 @@ def entity_images(entity: Mapping[str, Any]) -> list:
     return images
 
 
-def model_family(model: Any) -> str:
-    """``"zemel"`` (poly/bi encoder with a candidate cache) or ``"nsp"`` (PFMEL cross-encoder)."""
+LINKING_METHODS = ("dense", "cross")
+
+
+def linking_method(model: Any) -> str:
+    """How a model links, as its class declares it (``linking_method``): ``"dense"`` (a context encoder, a candidate
+    encoder whose vectors are cached and indexed, and ``score(context, cache)``: ZEMEL, or any bi/poly-encoder
+    with ``encode_context`` / ``encode_candidates`` / ``score``) or ``"cross"`` (each (mention, candidate) pair
+    scored by ``link_scores(logits)``: PFMEL). The pipeline, ``EntityIndex``, ``mel index`` / ``mel link`` and the
+    model card dispatch on it, never on a family name. Undeclared models are recognised by those methods."""
+    declared = getattr(model, "linking_method", None)
+    if isinstance(declared, str):
+        if declared not in LINKING_METHODS:
+            raise ValueError(f"{type(model).__name__}.linking_method is {declared!r}; expected one of {LINKING_METHODS}")
+        return declared
     if hasattr(model, "encode_candidates") and hasattr(model, "encode_context") and hasattr(model, "score"):
-        return "zemel"
+        return "dense"
     if hasattr(model, "link_scores"):
-        return "nsp"
+        return "cross"
     raise ValueError(
-        f"model {type(model).__name__} is not a modeling-mel linking model; expected BertForMultimodalNSP or "
-        "ZemelPolyEncoder"
+        f"model {type(model).__name__} is not a linking model: declare linking_method = 'dense' (with encode_context, "
+        "encode_candidates and score) or 'cross' (with link_scores), as ZemelPolyEncoder and BertForMultimodalNSP do"
     )
 
 
+def model_family(model: Any) -> str:
+    """Deprecated name of :func:`linking_method`."""
+    return linking_method(model)
+
+
 def model_config_hash(model: Any) -> str | None:
-    """The architecture hash of a ZEMEL model's config (``config.config_hash()``), ``None`` for other models."""
+    """The architecture hash of a model's config: ``config.config_hash()`` where the config defines it (ZEMEL), else
+    SHA-1 over the config's JSON without its name, version and runtime fields."""
     fn = getattr(model.config, "config_hash", None)
-    return fn() if callable(fn) else None
+    if callable(fn):
+        return fn()
+    skip = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "auto_map", "custom_pipelines"}
+    payload = {k: v for k, v in model.config.to_dict().items() if k not in skip}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def model_fingerprint(model: Any) -> str:
@@ -283,6 +305,8 @@ __all__ = [
     "normalize_entity",
     "kb_records",
     "entity_images",
+    "LINKING_METHODS",
+    "linking_method",
     "model_family",
     "model_config_hash",
     "model_fingerprint",

@@ -55,6 +55,9 @@ class BertForMultimodalNSP(BertPreTrainedModel):
     config_class = MultimodalNSPConfig
     # `forward` takes no **kwargs: Trainer must not pass `num_items_in_batch` (multi-process loss bug).
     accepts_loss_kwargs = False
+    #: how this family links (read by the pipeline and `mel link`): each (mention, candidate) pair is scored by
+    #: `link_scores(logits)`.
+    linking_method = "cross"
 
     def __init__(self, config: MultimodalNSPConfig):
         super().__init__(config)

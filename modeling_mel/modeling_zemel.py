@@ -550,6 +550,9 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
 
     accepts_loss_kwargs = False
     _tied_weights_keys = None
+    #: how this family links (read by the pipeline, `EntityIndex`, `mel index` / `mel link`): candidate vectors are
+    #: encoded once, cached and indexed; a context is scored against them with `score`.
+    linking_method = "dense"
 
     def __init__(self, config: ZemelConfig):
         super().__init__(config)

@@ -54,6 +54,7 @@ from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB lay
     entity_images,
     kb_records,
     model_config_hash,
+    linking_method,
     model_family,
     model_fingerprint,
     normalize_entity,
@@ -280,7 +281,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         kwargs.pop("trust_remote_code", None)
         super().__init__(model, *args, **kwargs)
         self.model.eval()
-        self.family = model_family(self.model)
+        self.family = linking_method(self.model)  # "dense" or "cross", as the model class declares
         # a PFMEL model fine-tuned text-only (NSP-BERT) takes no image tokens
         self.use_images = bool(use_images) and getattr(self.model.config, "pfmel_image_features", None) != "none"
         self.exact_threshold = int(exact_threshold)
@@ -294,7 +295,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 "when building the pipeline"
             )
         self.kb = self._build_kb(kb, int(index_batch_size))
-        if retriever is not None and self.family != "nsp":
+        if retriever is not None and self.family != "cross":
             raise ValueError("retriever= is for BertForMultimodalNSP models; ZEMEL models retrieve with candidates=")
         if isinstance(retriever, (str, os.PathLike)) and str(retriever) != "bm25":
             if not os.path.isfile(os.path.join(os.fspath(retriever), INDEX_CONFIG_NAME)):
@@ -336,7 +337,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                     from modeling_mel.processing_multimodal_nsp import MultimodalNSPProcessor
                     from modeling_mel.processing_zemel import ZemelProcessor
 
-                    cls = ZemelProcessor if model_family(model) == "zemel" else MultimodalNSPProcessor
+                    cls = ZemelProcessor if linking_method(model) == "dense" else MultimodalNSPProcessor
                     return cls.from_pretrained(name)
                 except ImportError:
                     pass
@@ -348,13 +349,13 @@ class MultimodalEntityLinkingPipeline(Pipeline):
     def _build_kb(self, kb: Any, index_batch_size: int) -> LinkingKB:
         if hasattr(kb, "entities") and hasattr(kb, "has_vectors") and not isinstance(kb, (str, os.PathLike)):
             # An EntityIndex object.
-            if self.family == "zemel" and getattr(kb, "has_vectors", False):
+            if self.family == "dense" and getattr(kb, "has_vectors", False):
                 kb.check_model(self.model)
                 return LinkingKB(list(kb.entities), torch.from_numpy(kb.vectors), kb)
             entities = list(kb.entities)
             vectors = None
         elif isinstance(kb, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(kb), INDEX_CONFIG_NAME)):
-            entities, vectors, searcher, config = _load_index_dir(os.fspath(kb), self.model if self.family == "zemel" else None)
+            entities, vectors, searcher, config = _load_index_dir(os.fspath(kb), self.model if self.family == "dense" else None)
             built_with = config.get("image_model")
             used = getattr(self.image_extractor, "model_key", None)
             if built_with and used and built_with != used:
@@ -362,14 +363,14 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                     "entity index %s was built with image model %s but this pipeline uses %s; entity vectors and "
                     "mention features come from different image encoders", kb, built_with, used,
                 )
-            if self.family == "zemel" and vectors is not None:
+            if self.family == "dense" and vectors is not None:
                 return LinkingKB(entities, vectors, searcher)
         else:
             entities = kb_records(kb)
             vectors = None
         if len(entities) == 0:
             raise ValueError(f"the knowledge base {kb!r:.80} is empty (0 entities); give a KB with at least one entity")
-        if self.family == "zemel":
+        if self.family == "dense":
             if len(entities) > 10000:
                 logger.warning(
                     "encoding %d KB entities now; build an index once with `mel index` and pass its directory as kb",
@@ -595,10 +596,10 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         batch = model_inputs["example"]
         single = isinstance(batch, Mapping)
         examples = [batch] if single else list(batch)
-        if self.family == "zemel":
-            ranked = self._forward_zemel(examples, candidates, num_candidates, max_length)
+        if self.family == "dense":
+            ranked = self._forward_dense(examples, candidates, num_candidates, max_length)
         else:
-            ranked = self._forward_nsp(examples, num_candidates, pair_batch_size, max_length)
+            ranked = self._forward_cross(examples, num_candidates, pair_batch_size, max_length)
         return {"ranked": ranked[0] if single else ranked}
 
     def postprocess(self, model_outputs: dict, top_k: int = 5) -> list[dict]:
@@ -629,7 +630,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         # the training data's sentence B (PFMELCorpus.entity_text calls the same function)
         return self._templates().kb_entity_prompt(self.kb.entities[position])
 
-    def _nsp_candidates(self, examples: list[dict], num_candidates: int) -> tuple[list[list[int]], list[dict[int, float]] | None]:
+    def _cross_candidates(self, examples: list[dict], num_candidates: int) -> tuple[list[list[int]], list[dict[int, float]] | None]:
         """Candidate positions of each example and, with a scoring retriever, their first-stage scores."""
         cands = [self.kb.name_rule(ex["mention"], num_candidates) for ex in examples]
         if self.retriever is None:
@@ -650,9 +651,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         extra = [[self.kb.position[e] for e in row if e in self.kb.position] for row in ids]
         return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)], None
 
-    def _forward_nsp(self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None) -> list:
+    def _forward_cross(self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None) -> list:
         templates = self._templates()
-        cands, first_stage = self._nsp_candidates(examples, num_candidates)
+        cands, first_stage = self._cross_candidates(examples, num_candidates)
         weight = float(getattr(self.model.config, "retriever_score_weight", 0.0) or 0.0)
         pairs = []  # (example index, position)
         for i, row in enumerate(cands):
@@ -689,7 +690,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         return ranked
 
     # -- ZEMEL ---------------------------------------------------------------------------------------------------
-    def _zemel_candidates(self, examples: list[dict], context: Any, mode: str, k: int) -> list[list[int]]:
+    def _dense_candidates(self, examples: list[dict], context: Any, mode: str, k: int) -> list[list[int]]:
         if mode == "auto":
             import importlib.util
 
@@ -720,7 +721,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 rows[i] += top[i]
         return [list(dict.fromkeys(r)) for r in rows]
 
-    def _forward_zemel(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
+    def _forward_dense(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
         regions = None
         feature_dim = int(getattr(self.processor, "feature_dim", 0))
         if any(ex["image_features"] is not None for ex in examples):
@@ -742,7 +743,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             context = self.model.inference_context(**enc, autocast_dtype=torch.bfloat16 if self.bf16 else None)
         else:
             context = self.model.encode_context(**enc)
-        rows = self._zemel_candidates(examples, context, mode, k)
+        rows = self._dense_candidates(examples, context, mode, k)
         kmax = max((len(r) for r in rows), default=0)
         if kmax == 0:
             return [[] for _ in examples]

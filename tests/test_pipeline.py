@@ -312,7 +312,7 @@ def test_not_a_linking_model(kb_dir):
     from modeling_mel.processing_multimodal_nsp import MultimodalNSPProcessor
 
     model = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37))
-    with pytest.raises(ValueError, match="BertModel is not a modeling-mel linking model"):
+    with pytest.raises(ValueError, match="BertModel is not a linking model: declare linking_method"):
         pipeline(TASK, model=model, processor=MultimodalNSPProcessor(load_tokenizer("minilm")), kb=os.path.join(kb_dir, "kb.jsonl"))
     torch.manual_seed(0)
 
