@@ -52,6 +52,7 @@ import torch
 from .candidates import Bm25RuleCandidates
 from .hardware import autocast
 from .image_features import image_source
+from .knowledge_base import encode_entities
 from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
 logger = logging.getLogger(__name__)
@@ -432,31 +433,19 @@ def encode_kb(
     bf16: bool = False,
     progress: bool = False,
 ) -> CandidateCache:
-    """Encode every KB entity once (``[CLS] name [ENT] description [SEP]`` + its images) into a cache.
-
-    Length-sorted batches under ``torch.inference_mode`` (and bf16 autocast with ``bf16=True``).
+    """Encode every KB entity once (``[CLS] name [ENT] description [SEP]`` + its images) into a cache, with the one KB
+    encoder of the package (:func:`~modeling_mel.knowledge_base.encode_entities`, what ``mel index`` and the
+    pipeline run): length-sorted batches under ``torch.inference_mode`` (and bf16 autocast with ``bf16=True``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     ids = list(kb)
     if not ids:
         raise ValueError("the KB is empty: nothing to encode")
-    device = next(model.parameters()).device
-    names = [str(kb[e].get("name") or "") for e in ids]
-    descriptions = [kb[e].get("description") for e in ids]
-    lengths = [len(n) + len(d or "") for n, d in zip(names, descriptions)]
-    vectors = torch.zeros(len(ids), model.config.hidden_size)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), autocast(bf16, device):
-        for idx in _batches(len(ids), batch_size, lengths, progress, "encoding KB"):
-            feats = [entity_features(ids[i]) for i in idx] if entity_features is not None else None
-            enc = processor.encode_candidates(
-                [names[i] for i in idx], [descriptions[i] for i in idx], feats, max_length=max_length
-            )
-            enc = {k: v.to(device) for k, v in enc.items()}
-            vectors[idx] = model.encode_candidates(**enc).float().cpu()  # (b, H)
-    model.train(was_training)
+    rows = [{"entity_id": e, "name": str(kb[e].get("name") or ""), "description": kb[e].get("description")} for e in ids]
+    features = (lambda i: entity_features(ids[i])) if entity_features is not None else None
+    vectors = encode_entities(model, processor, rows, batch_size=batch_size, max_length=max_length,
+                              progress=progress, bf16=bf16, entity_features=features)
     return CandidateCache(ids, vectors)
 
 
