@@ -82,6 +82,7 @@ COMMANDS["build-dataset"] = INFERENCE_COMMANDS["build-dataset"]
 COMMANDS["export-dataset"] = INFERENCE_COMMANDS["export-dataset"]
 COMMANDS["index"] = INFERENCE_COMMANDS["index"]
 COMMANDS["link"] = INFERENCE_COMMANDS["link"]
+COMMANDS["calibrate"] = INFERENCE_COMMANDS["calibrate"]
 COMMANDS["model-card"] = INFERENCE_COMMANDS["model-card"]
 
 

@@ -612,9 +612,81 @@ def export_dataset_main(argv: list[str]) -> int:
 
 
 #: The lines cli.py adds to its COMMANDS table.
+# ----------------------------------------------------------------------------------------------------------------------
+# mel calibrate
+# ----------------------------------------------------------------------------------------------------------------------
+def calibrate_main(argv: list[str]) -> int:
+    """``mel calibrate``: choose the NIL threshold of a model on labelled dev mentions (``modeling_mel.nil``)."""
+    parser = argparse.ArgumentParser(
+        prog="mel calibrate",
+        description="Choose a NIL ('not in the KB') score threshold on labelled dev mentions: a seeded fraction of their "
+                    "gold entities is removed from the KB, the model links every mention against the reduced KB, and "
+                    "the threshold with the best overall accuracy that costs in-KB mentions at most --max_in_kb_drop "
+                    "is saved as nil_calibration.json in the model folder (pipeline() and mel link then use it).",
+    )
+    parser.add_argument("--model", required=True, help="saved model folder (either family)")
+    parser.add_argument("--kb", required=True, help="kb.jsonl of the entities")
+    parser.add_argument("--data", required=True, help="dev mentions (JSONL with text, mention or spans, entity_id)")
+    parser.add_argument("--nil_fraction", type=float, default=0.2, help="share of the gold entities removed from the KB")
+    parser.add_argument("--max_in_kb_drop", type=float, default=0.02, help="most in-KB accuracy the threshold may cost")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the removed entities")
+    parser.add_argument("--batch_size", type=int, default=32, help="mentions per batch")
+    parser.add_argument("--candidates", default=None, help="ZEMEL candidate source (pipeline default: auto)")
+    parser.add_argument("--out", default=None, help="folder of nil_calibration.json (default: --model)")
+    parser.add_argument("--fp32", action="store_true", help="run the model in fp32 (default: bf16 where fast)")
+    parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_image_args(parser)
+    args = parser.parse_args(argv)
+    from transformers import pipeline
+
+    from .knowledge_base import kb_records, read_jsonl
+    from .nil import choose_threshold, nil_metrics, save_calibration, simulate_nil
+    from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
+
+    try:
+        kb = kb_records(args.kb)
+        rows = [r for r in read_jsonl(args.data) if r.get("entity_id") is not None]
+        if not rows:
+            raise ValueError(f"--data {args.data!r} has no mention with an entity_id")
+        reduced, removed = simulate_nil(kb, rows, args.nil_fraction, args.seed)
+        model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+        extractor = build_image_extractor(args, model)
+        init: dict[str, Any] = {"use_images": not args.no_images, "bf16": False if args.fp32 else None}
+        if extractor is not None:
+            init["image_extractor"] = extractor
+        pipe = pipeline("multimodal-entity-linking", model=model, processor=processor, kb=reduced,
+                        pipeline_class=MultimodalEntityLinkingPipeline, nil_threshold=None, **init)
+    except (ValueError, OSError) as err:
+        print(f"mel calibrate: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    keys = ("text", "mention", "mention_start", "mention_end", "image", "boxes")
+    items = [{k: r[k] for k in keys if r.get(k) is not None} for r in rows]
+    call: dict[str, Any] = {"top_k": 1, "batch_size": args.batch_size}
+    if args.candidates:
+        call["candidates"] = args.candidates
+    outputs = pipe(items, **call)
+    best_ids = [out[0]["entity_id"] if out else None for out in outputs]
+    best_scores = [out[0]["score"] if out else None for out in outputs]
+    golds = [str(r["entity_id"]) for r in rows]
+    is_nil = [g in removed for g in golds]
+    threshold, calibrated = choose_threshold(best_ids, best_scores, golds, is_nil, args.max_in_kb_drop)
+    payload = {
+        "threshold": threshold,
+        "protocol": {"nil_fraction": args.nil_fraction, "seed": args.seed, "max_in_kb_drop": args.max_in_kb_drop,
+                     "removed_entities": len(removed), "kb": os.path.abspath(args.kb), "data": os.path.abspath(args.data)},
+        "uncalibrated": nil_metrics(best_ids, best_scores, golds, is_nil, None),
+        "calibrated": calibrated,
+    }
+    path = save_calibration(args.out or args.model, payload)
+    logger.info("mel calibrate: threshold %s -> %s", threshold, path)
+    print(json.dumps(payload, sort_keys=True))
+    return 0
+
+
 INFERENCE_COMMANDS: dict[str, tuple[str, Command]] = {
     "index": ("encode a KB with a ZEMEL model into a FAISS entity index", index_main),
     "link": ("link the mentions of a JSONL file to a KB or an entity index", link_main),
+    "calibrate": ("choose and save a model's NIL ('not in the KB') threshold on labelled dev mentions", calibrate_main),
     "model-card": ("render the model card (README.md) of a saved model with its evaluation results", model_card_main),
     "train-zemel": (
         "ZEMEL training (train/train_zemel.py)",
@@ -630,6 +702,7 @@ INFERENCE_COMMANDS: dict[str, tuple[str, Command]] = {
 __all__ = [
     "index_main",
     "link_main",
+    "calibrate_main",
     "model_card_main",
     "build_dataset_main",
     "export_dataset_main",

@@ -39,6 +39,8 @@ from transformers import Pipeline
 logger = logging.getLogger(__name__)
 
 TASK = "multimodal-entity-linking"
+NIL_CALIBRATION_NAME = "nil_calibration.json"  # written by `mel calibrate` into the model folder
+_NOT_GIVEN = object()
 CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
 WHOLE_IMAGE_SPATIAL = [0.0, 0.0, 1.0, 1.0, 1.0]
 
@@ -251,6 +253,10 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         num_candidates (`int`, default 100): candidates per source before reranking.
         pair_batch_size (`int`, default 64): PFMEL pairs per forward pass.
         max_length (`int`, optional): token limit (default: the processor's).
+        nil_threshold (`float` or `None`): "not in the KB" decision: when the best candidate scores below it (or there
+            is no candidate) the output starts with ``{"entity_id": None, "name": None, "score": best, "nil": True}``,
+            followed by the candidates. Default: the threshold ``mel calibrate`` saved in the model folder
+            (``nil_calibration.json``), else off; ``None`` turns it off.
     ``batch_size`` (pipeline argument) batches inputs; results equal one-by-one results.
     """
 
@@ -282,6 +288,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         super().__init__(model, *args, **kwargs)
         self.model.eval()
         self.family = linking_method(self.model)  # "dense" or "cross", as the model class declares
+        if "nil_threshold" not in self._postprocess_params:  # default: the calibrated threshold, when there is one
+            self._postprocess_params["nil_threshold"] = self._calibrated_nil_threshold()
         # a PFMEL model fine-tuned text-only (NSP-BERT) takes no image tokens
         self.use_images = bool(use_images) and getattr(self.model.config, "pfmel_image_features", None) != "none"
         self.exact_threshold = int(exact_threshold)
@@ -313,6 +321,19 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.retriever = retriever
 
     # -- construction helpers ------------------------------------------------------------------------------------
+    def _calibrated_nil_threshold(self) -> float | None:
+        """The threshold ``mel calibrate`` saved in the model folder (``nil_calibration.json``), else ``None`` (off)."""
+        folder = str(getattr(self.model, "name_or_path", "") or "")
+        path = os.path.join(folder, NIL_CALIBRATION_NAME)
+        if not folder or not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f).get("threshold")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable NIL calibration ({err}); run `mel calibrate` again") from err
+        return None if value is None else float(value)
+
     @staticmethod
     def _bf16_default(device: Any) -> bool:
         """bf16 autocast for the cross-encoder where this machine runs it fast (``modeling_mel.hardware``); fp32
@@ -472,6 +493,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         num_candidates: int | None = None,
         pair_batch_size: int | None = None,
         max_length: int | None = None,
+        nil_threshold: Any = _NOT_GIVEN,
         **unknown: Any,
     ):
         if unknown:
@@ -482,7 +504,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 raise ValueError(f"{names} can only be set when the pipeline is built, not per call")
             raise ValueError(
                 f"unknown pipeline parameter(s) {names}; known: top_k, candidates, num_candidates, pair_batch_size, "
-                "max_length, batch_size"
+                "max_length, nil_threshold, batch_size"
             )
         pre, fwd, post = {}, {}, {}
         if top_k is not None:
@@ -507,6 +529,10 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             fwd["pair_batch_size"] = int(pair_batch_size)
         if max_length is not None:
             fwd["max_length"] = int(max_length)
+        if nil_threshold is not _NOT_GIVEN:
+            if nil_threshold is not None and (isinstance(nil_threshold, bool) or not isinstance(nil_threshold, (int, float))):
+                raise ValueError(f"nil_threshold must be a number or None (off), got {nil_threshold!r}")
+            post["nil_threshold"] = None if nil_threshold is None else float(nil_threshold)
         return pre, fwd, post
 
     # -- images --------------------------------------------------------------------------------------------------
@@ -602,9 +628,12 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             ranked = self._forward_cross(examples, num_candidates, pair_batch_size, max_length)
         return {"ranked": ranked[0] if single else ranked}
 
-    def postprocess(self, model_outputs: dict, top_k: int = 5) -> list[dict]:
+    def postprocess(self, model_outputs: dict, top_k: int = 5, nil_threshold: float | None = None) -> list[dict]:
         ranked = model_outputs["ranked"]
         out = []
+        if nil_threshold is not None and (not ranked or ranked[0][1] < nil_threshold):
+            # "not in the KB": the best candidate scores below the (calibrated) threshold, or there is none
+            out.append({"entity_id": None, "name": None, "score": float(ranked[0][1]) if ranked else None, "nil": True})
         for position, score in ranked[:top_k]:
             entity = self.kb.entities[position]
             out.append({"entity_id": entity["entity_id"], "name": entity["name"], "score": float(score)})

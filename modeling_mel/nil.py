@@ -1,0 +1,98 @@
+"""NIL prediction ("not in the KB"): the simulation protocol, the threshold choice and the NIL metrics.
+
+Protocol (``mel calibrate``): on a dev split whose mentions have gold entities, a seeded fraction (``nil_fraction``,
+default 0.2) of the distinct gold entities is removed from the KB; their mentions become out-of-KB (NIL) mentions.
+The linker ranks every mention against the reduced KB; each mention's best score decides: below the threshold it
+is predicted NIL. The threshold is the one with the best overall accuracy among those that cost the in-KB
+mentions at most ``max_in_kb_drop`` (default 0.02) of accuracy against no threshold; ties go to the lower one.
+
+Metrics (:func:`nil_metrics`): ``in_kb_accuracy`` (in-KB mentions whose best candidate is the gold and is not
+predicted NIL), ``nil_precision`` / ``nil_recall`` / ``nil_f1`` (NIL predictions against NIL mentions) and
+``accuracy`` over all mentions (an in-KB mention is right when its gold is predicted, a NIL mention when NIL is).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Any, Mapping, Sequence
+
+CALIBRATION_NAME = "nil_calibration.json"
+
+
+def simulate_nil(
+    kb: Sequence[Mapping[str, Any]], mentions: Sequence[Mapping[str, Any]], fraction: float = 0.2, seed: int = 0
+) -> tuple[list[dict], set[str]]:
+    """The reduced KB and the removed entity ids: a seeded ``fraction`` of the distinct gold entities of ``mentions``
+    (their ``entity_id``) that are in ``kb``. ``ValueError`` for a fraction outside (0, 1) or no gold entity."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"nil_fraction must be in (0, 1), got {fraction!r}")
+    ids = {str(e["entity_id"]) for e in kb}
+    gold = sorted({str(m["entity_id"]) for m in mentions if m.get("entity_id") is not None} & ids)
+    if not gold:
+        raise ValueError("no mention has a gold entity_id in the KB: NIL calibration needs labelled dev mentions")
+    n_removed = max(1, round(len(gold) * float(fraction)))
+    removed = set(random.Random(seed).sample(gold, n_removed))
+    return [dict(e) for e in kb if str(e["entity_id"]) not in removed], removed
+
+
+def nil_metrics(
+    best_ids: Sequence[str | None], best_scores: Sequence[float | None], golds: Sequence[str], is_nil: Sequence[bool],
+    threshold: float | None,
+) -> dict[str, float]:
+    """In-KB accuracy, NIL precision / recall / F1 and overall accuracy at ``threshold`` (``None``: never NIL; a
+    mention without candidates is always predicted NIL)."""
+    n = len(golds)
+    predicted_nil = [s is None or (threshold is not None and s < threshold) for s in best_scores]
+    in_kb = [i for i in range(n) if not is_nil[i]]
+    nil = [i for i in range(n) if is_nil[i]]
+    in_kb_right = sum(1 for i in in_kb if not predicted_nil[i] and best_ids[i] == golds[i])
+    nil_hits = sum(1 for i in nil if predicted_nil[i])
+    n_pred_nil = sum(predicted_nil)
+    precision = nil_hits / n_pred_nil if n_pred_nil else 0.0
+    recall = nil_hits / len(nil) if nil else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": n,
+        "n_in_kb": len(in_kb),
+        "n_nil": len(nil),
+        "in_kb_accuracy": in_kb_right / len(in_kb) if in_kb else 0.0,
+        "nil_precision": precision,
+        "nil_recall": recall,
+        "nil_f1": f1,
+        "accuracy": (in_kb_right + nil_hits) / n if n else 0.0,
+    }
+
+
+def choose_threshold(
+    best_ids: Sequence[str | None], best_scores: Sequence[float | None], golds: Sequence[str], is_nil: Sequence[bool],
+    max_in_kb_drop: float = 0.02,
+) -> tuple[float | None, dict[str, float]]:
+    """The threshold of the protocol (module docstring) and its metrics; ``None`` when no threshold helps."""
+    base = nil_metrics(best_ids, best_scores, golds, is_nil, None)
+    best_t, best = None, base
+    scores = sorted({float(s) for s in best_scores if s is not None})
+    # candidates: just above each observed best score (a mention scoring exactly t is NOT NIL)
+    for low, high in zip(scores, scores[1:] + [scores[-1] + 1.0] if scores else []):
+        t = (low + high) / 2.0
+        m = nil_metrics(best_ids, best_scores, golds, is_nil, t)
+        if base["in_kb_accuracy"] - m["in_kb_accuracy"] > max_in_kb_drop + 1e-12:
+            continue
+        if m["accuracy"] > best["accuracy"] + 1e-12:
+            best_t, best = t, m
+    return best_t, best
+
+
+def save_calibration(directory: str, payload: Mapping[str, Any]) -> str:
+    """Write ``nil_calibration.json`` (threshold, protocol, metrics) into ``directory``; returns its path."""
+    path = os.path.join(directory, CALIBRATION_NAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(dict(payload), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["CALIBRATION_NAME", "simulate_nil", "nil_metrics", "choose_threshold", "save_calibration"]
