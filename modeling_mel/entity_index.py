@@ -39,10 +39,11 @@ from .knowledge_base import (
     INDEX_CONFIG_NAME,
     VECTORS_NAME,
     check_index_compatible,
+    dense_candidates,
     encode_entities,
     kb_records,
-    model_config_hash,
     linking_method,
+    model_config_hash,
     model_fingerprint,
 )
 
@@ -650,11 +651,9 @@ class EntityIndex:
                 )
                 context = model.encode_context(**{key: v.to(device) for key, v in enc.items()})
                 poly = getattr(model.config, "scoring", "poly") == "poly"
-                queries = context.poly_codes if poly else context.pooled_output[:, None, :]  # (B, q, H)
-                _, pos = self.search(queries.reshape(-1, queries.shape[-1]).float().cpu().numpy(), k)
-                q = queries.shape[1]
+                found = dense_candidates(context, k, lambda x, n: self.search(x.float().cpu().numpy(), n)[1].tolist(), poly)
                 for b in range(len(b_texts)):
-                    dense = list(dict.fromkeys(int(p) for row in pos[b * q : (b + 1) * q] for p in row if p >= 0))
+                    dense = found[b]
                     added = [position[e] for e in (extra[start + b] if extra is not None else []) if e in position]
                     union = list(dict.fromkeys(dense + added))
                     if not union:

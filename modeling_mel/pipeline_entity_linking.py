@@ -52,6 +52,7 @@ from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB lay
     _as_int,
     _image_features_of,
     check_index_compatible,
+    dense_candidates,
     encode_entities,
     entity_images,
     kb_records,
@@ -737,15 +738,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 # Exact: poly-score the whole cache, keep the best k.
                 scores = self.model.score(context, self.kb.vectors.to(self.device))  # (B, N)
                 top = scores.topk(min(k, n), dim=1).indices.tolist()
-            elif self.model.config.scoring == "poly":
-                # Each poly code searches the index; the poly score is a convex combination of the codes' dot
-                # products, so it never exceeds the best code's: the union over codes holds the strong candidates.
-                codes = context.poly_codes  # (B, m, H)
-                hits = self.kb.dense_search(codes.reshape(-1, codes.shape[-1]), k)
-                m = codes.shape[1]
-                top = [list(dict.fromkeys(p for row in hits[b * m : (b + 1) * m] for p in row)) for b in range(len(examples))]
-            else:
-                top = self.kb.dense_search(context.pooled_output, k)
+            else:  # the index searched with each poly code (or the pooled vector), the union rescored below
+                poly = getattr(self.model.config, "scoring", "poly") == "poly"
+                top = dense_candidates(context, k, self.kb.dense_search, poly)
             for i in range(len(examples)):
                 rows[i] += top[i]
         return [list(dict.fromkeys(r)) for r in rows]
