@@ -33,6 +33,14 @@ class MultimodalNSPConfig(BertConfig):
     """
 
     model_type = "multimodal_nsp_bert"
+    #: the family's model-card facts (read by `modeling_mel.hub.render_model_card`)
+    model_card_facts = {
+        "architecture": "BertForMultimodalNSP",
+        "family": "PFMEL (BERT next-sentence prediction over text and image tokens)",
+        "dataset_id": "twitter_mel",
+        "dataset_name": "Twitter MEL (Adjali et al. 2020)",
+        "paper": "pfmel",
+    }
 
     def __init__(
         self,

@@ -160,6 +160,14 @@ class ZemelConfig(PretrainedConfig):
     """
 
     model_type = "zemel"
+    #: the family's model-card facts (read by `modeling_mel.hub.render_model_card`)
+    model_card_facts = {
+        "architecture": "ZemelPolyEncoder",
+        "family": "ZEMEL (co-attentional two-stream encoders with a poly-encoder head)",
+        "dataset_id": "zemeld",
+        "dataset_name": "ZEMELD",
+        "paper": "zemel",
+    }
     sub_configs = {"text_config": BertConfig}
 
     def __init__(

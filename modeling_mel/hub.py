@@ -42,22 +42,24 @@ _SKIP_METRICS = {
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
-FAMILY_INFO = {
-    "nsp": {
-        "architecture": "BertForMultimodalNSP",
-        "family": "PFMEL (BERT next-sentence prediction over text and image tokens)",
-        "dataset_id": "twitter_mel",
-        "dataset_name": "Twitter MEL (Adjali et al. 2020)",
-        "paper": "pfmel",
-    },
-    "zemel": {
-        "architecture": "ZemelPolyEncoder",
-        "family": "ZEMEL (co-attentional two-stream encoders with a poly-encoder head)",
-        "dataset_id": "zemeld",
-        "dataset_name": "ZEMELD",
-        "paper": "zemel",
-    },
-}
+CARD_FACT_KEYS = ("architecture", "family", "dataset_id", "dataset_name", "paper")
+
+
+def card_facts(model_type: str | None) -> dict[str, str]:
+    """The model-card facts a family's config class declares (``model_card_facts``), by ``model_type``."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config_cls = CONFIG_MAPPING[model_type]
+    except KeyError:
+        config_cls = None
+    facts = getattr(config_cls, "model_card_facts", None)
+    if not isinstance(facts, Mapping) or any(k not in facts for k in CARD_FACT_KEYS):
+        raise ValueError(
+            f"model type {model_type!r} declares no model card facts; a family's config class needs "
+            f"model_card_facts with {list(CARD_FACT_KEYS)} (as MultimodalNSPConfig and ZemelConfig have)"
+        )
+    return dict(facts)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def _results_table(entries: list[dict]) -> str:
 def render_card_text(
     template_text: str,
     model_name: str,
-    family: str,
+    facts: Mapping[str, Any],
     entries: list[dict],
     fields: Mapping[str, Any] | None = None,
 ) -> str:
@@ -294,9 +296,7 @@ def render_card_text(
 
     Raises ``ValueError`` naming a placeholder left without a value.
     """
-    if family not in FAMILY_INFO:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_INFO)}")
-    info = FAMILY_INFO[family]
+    info = dict(facts)
     metadata, body = split_front_matter(template_text)
     values = {
         "model_name": model_name,
@@ -377,11 +377,7 @@ def render_model_card(
         raise ValueError(f"{model_dir!r} holds no config.json; pass the directory of a saved model")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    model_type = config.get("model_type")
-    family = "zemel" if model_type == "zemel" else "nsp" if model_type == "multimodal_nsp_bert" else None
-    if family is None:
-        raise ValueError(f"{model_dir!r} holds a {model_type!r} model; expected multimodal_nsp_bert or zemel")
-    info = FAMILY_INFO[family]
+    info = card_facts(config.get("model_type"))
     default_dataset = {"type": info["dataset_id"], "name": info["dataset_name"], "split": "test"}
     default_dataset.update(dataset or {})
     entries = parse_results(results, default_dataset)
@@ -393,7 +389,7 @@ def render_model_card(
     if not name_or_path or os.path.exists(name_or_path) or name_or_path.startswith(("/", ".")):
         name_or_path = "not recorded (the package default is all-MiniLM-L6-v2)"
     fields.setdefault("base_model", name_or_path)
-    text = render_card_text(template_text, model_name, family, entries, fields)
+    text = render_card_text(template_text, model_name, info, entries, fields)
     split_front_matter(text)  # the result must parse
     output = os.fspath(output) if output is not None else os.path.join(model_dir, "README.md")
     with open(output, "w", encoding="utf-8") as f:

@@ -122,3 +122,14 @@ def test_push_refuses_an_incomplete_folder(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="README.md"):
         push_model_to_hub(tmp_path, "user/repo")  # fails before any network call
+
+
+def test_card_facts_come_from_the_family_config(tmp_path):
+    # the card reads the facts the family's config class declares (model_card_facts), not a table of family names
+    from modeling_mel.configuration_zemel import ZemelConfig
+    from modeling_mel.hub import card_facts, render_model_card
+
+    assert card_facts("zemel") == ZemelConfig.model_card_facts
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="model type 'bert' declares no model card facts"):
+        render_model_card(str(tmp_path))
