@@ -58,6 +58,7 @@ from .processing_multimodal_nsp import (
     kb_entity_images,
     kb_entity_prompt,
     mention_prompt,
+    normalize_image_features,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,14 +138,7 @@ class FeatureTable:
 
     def normalized(self, rows: Sequence[int]) -> np.ndarray:
         """Rows as the model receives them: ``(len(rows), dim)``."""
-        out = self.array[list(rows)].copy()
-        present = np.abs(out).sum(1) > 0
-        if self.center is not None:
-            out[present] -= self.center
-        if self.l2:
-            norm = np.linalg.norm(out, axis=1, keepdims=True)
-            out = np.where(norm > 0, out / np.maximum(norm, 1e-12), out)
-        return out.astype(np.float32)
+        return normalize_image_features(self.array[list(rows)], self.center, self.l2)
 
     def gather(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """Normalised features of per-example row lists, zero padded: ``(B, n_max, dim)``."""
@@ -534,12 +528,12 @@ class PFMELCorpus:
         candidate_fn: ``mention -> list[entity_id]``; default: the name rule of the paper.
         feature_norm: how image vectors (a tweet image, or an entity's mean image) are normalised before the
             model's projection. ``"center_l2"`` (default): subtract a centre vector (the mean feature of the first
-            training run's images, stored in ``config.pfmel_feature_mean`` and reused by every later run of that
+            training run's images, stored in the processor (``feature_mean``) and reused by every later run of that
             model), then divide by the L2 norm. ``"l2"``: only the L2 norm. ``"none"``: raw ResNet features, as in
             the paper. Raw pooled ResNet features share a large common component (cosine ~0.95 between any two
             images) and have norms of hundreds against word embeddings of norm ~1; the new projection learns badly
             from them. Centred unit vectors keep what tells images apart at the scale of the text tokens. A model
-            records its normalisation (``config.pfmel_feature_norm``) and later runs must use the same.
+            records its normalisation (the processor's ``feature_norm``) and later runs must use the same.
     """
 
     def __init__(

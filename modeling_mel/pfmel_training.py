@@ -611,34 +611,42 @@ def load_model_and_processor(model_args: PFMELModelArguments, feature_dim: int =
     return model, processor
 
 
-def _mark_image_mode(model, corpus: PFMELCorpus) -> None:
-    """Record in the config whether the model was trained with image tokens; refuse a mismatch."""
-    previous = getattr(model.config, "pfmel_image_features", None)
+def _image_setting(processor, model, name: str):
+    """A trained image setting: the processor's (``feature_norm`` ...), else the model config's ``pfmel_<name>``
+    (where models saved before the settings moved to the processor kept it)."""
+    value = getattr(processor, name, None)
+    return value if value is not None else getattr(model.config, f"pfmel_{name}", None)
+
+
+def _mark_image_mode(model, processor, corpus: PFMELCorpus) -> None:
+    """Record in the processor (saved with the model) the image settings of training: whether the model takes image
+    tokens, the feature normalisation and its centre, the ResNet input side; refuse a mismatch with earlier runs."""
+    previous = _image_setting(processor, model, "image_features")
     if previous is not None and (previous == "none") != (not corpus.use_images):
         raise ValueError(
             f"the model was trained with --image_features {previous!r} but this run uses {corpus.image_mode!r}; "
             "pass the same --image_features (text-only models need 'none')"
         )
-    model.config.pfmel_image_features = corpus.image_mode
-    norm = getattr(model.config, "pfmel_feature_norm", None)
+    processor.image_features = corpus.image_mode
+    norm = _image_setting(processor, model, "feature_norm")
     if corpus.use_images and norm is not None and norm != corpus.feature_norm:
         raise ValueError(
             f"the model was trained with --feature_norm {norm!r} but this run uses {corpus.feature_norm!r}; pass --feature_norm {norm}"
         )
     if corpus.use_images and corpus.feature_norm == "center_l2":
-        mean = getattr(model.config, "pfmel_feature_mean", None)
+        mean = _image_setting(processor, model, "feature_mean")
         if mean is None:  # a new model: the corpus's centre, or the mean of the (training) images loaded so far
             centre = corpus.table.center if corpus.table.center is not None else corpus.table.nonzero_mean()
             mean = [round(float(v), 6) for v in centre]
         if len(mean) != corpus.table.dim:
-            raise ValueError(f"config.pfmel_feature_mean has {len(mean)} values; the image features are {corpus.table.dim}-d")
+            raise ValueError(f"the recorded feature_mean has {len(mean)} values; the image features are {corpus.table.dim}-d")
         corpus.table.center = np.asarray(mean, np.float32)
-        model.config.pfmel_feature_mean = list(mean)
-    model.config.pfmel_feature_norm = corpus.feature_norm
+        processor.feature_mean = [float(v) for v in mean]
+    processor.feature_norm = corpus.feature_norm
     extractor = getattr(corpus, "extractor", None) if corpus.use_images else None  # the property builds a ResNet
     if extractor is not None and hasattr(extractor, "image_size"):
         # what the inference pipeline needs to rebuild the same image features
-        model.config.pfmel_image_size = int(extractor.image_size)
+        processor.image_size = int(extractor.image_size)
 
 
 def train_pairs(
@@ -799,7 +807,7 @@ def run_pretraining(
         raise ValueError(f"pre-training tasks {list(tasks)} need images; with --image_features none use --tasks text")
     sentences = corpus.sentences(args.pretrain_split, data_args.max_train_samples)
     model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
-    _mark_image_mode(model, corpus)
+    _mark_image_mode(model, processor, corpus)
     pairs = make_pretraining_pairs(
         sentences, tasks, swap_roles=args.swap_roles, seed=args.seed if args.pair_seed is None else args.pair_seed,
         negative_draw=args.negative_draw,
@@ -848,7 +856,7 @@ def run_finetuning(
         calibration = dataclasses.replace(data, mentions=data.mentions[-n_cal:], _encoded={})
         data = dataclasses.replace(data, mentions=data.mentions[:-n_cal], _encoded={})
     model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
-    _mark_image_mode(model, corpus)
+    _mark_image_mode(model, processor, corpus)
     listwise = args.loss == "listwise"
     if listwise:
         features = listwise_groups(data, args.list_size, processor, use_images=corpus.use_images)
@@ -899,7 +907,7 @@ def run_evaluation(
     for s in splits:
         corpus.split(s)
     model, processor = load_model_and_processor(PFMELModelArguments(init_from=model_dir), corpus.table.dim)
-    _mark_image_mode(model, corpus)
+    _mark_image_mode(model, processor, corpus)
     results, predictions = evaluate_splits(model, processor, corpus, splits, batch_size, bf16, data_args.max_eval_samples)
     _write_json(output_file or os.path.join(model_dir, "eval_results.json"), results)
     if predictions_file:

@@ -292,7 +292,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if "nil_threshold" not in self._postprocess_params:  # default: the calibrated threshold, when there is one
             self._postprocess_params["nil_threshold"] = self._calibrated_nil_threshold()
         # a PFMEL model fine-tuned text-only (NSP-BERT) takes no image tokens
-        self.use_images = bool(use_images) and getattr(self.model.config, "pfmel_image_features", None) != "none"
+        self.use_images = bool(use_images) and self._image_setting("image_features") != "none"
         self.exact_threshold = int(exact_threshold)
         self.bf16 = self._bf16_default(self.device) if bf16 is None else bool(bf16)
         self.strict_images = bool(strict_images)
@@ -417,7 +417,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 )
             from .image_features import ImageFeatureExtractor
 
-            size = getattr(self.model.config, "pfmel_image_size", None) or getattr(self.model.config, "image_size", None)
+            size = self._image_setting("image_size") or getattr(self.model.config, "image_size", None)
             self.image_extractor = ImageFeatureExtractor(strict=self.strict_images, image_size=int(size or 224))
         dim = int(getattr(self.image_extractor, "feature_dim", expected))
         if dim != expected:
@@ -579,17 +579,23 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             regions += list(torch.as_tensor(extractor.encode(crops), dtype=torch.float32))
         return {"feature": feature, "regions": torch.stack(regions), "spatial": torch.tensor(spatial)}
 
+    def _image_setting(self, name: str) -> Any:
+        """A PFMEL image setting of training: the processor's (``image_features``, ``feature_norm``,
+        ``feature_mean``, ``image_size``), else the model config's ``pfmel_<name>`` (models saved before the
+        settings moved to the processor)."""
+        value = getattr(self.processor, name, None)
+        return value if value is not None else getattr(self.model.config, f"pfmel_{name}", None)
+
     def _pfmel_normalize(self, feature: torch.Tensor | None) -> torch.Tensor | None:
-        """Apply the image normalisation a PFMEL model was trained with (``config.pfmel_feature_norm``)."""
+        """The image normalisation a PFMEL model was trained with (the processor's, as ``FeatureTable`` applies it)."""
         if feature is None:
             return None
-        norm = getattr(self.model.config, "pfmel_feature_norm", "none") or "none"
-        if norm == "none" or not bool(feature.ne(0).any()):
-            return feature
-        mean = getattr(self.model.config, "pfmel_feature_mean", None)
-        if norm == "center_l2" and mean is not None:
-            feature = feature - torch.as_tensor(mean, dtype=feature.dtype)
-        return feature / feature.norm().clamp_min(1e-12)
+        norm = self._image_setting("feature_norm") or "none"
+        mean = self._image_setting("feature_mean")
+        center = mean if norm == "center_l2" and mean is not None else None
+        templates = self._templates()
+        out = templates.normalize_image_features(feature.detach().cpu().numpy(), center, norm != "none")
+        return torch.from_numpy(out[0]).to(feature.dtype)
 
     def _entity_feature(self, position: int) -> torch.Tensor | None:
         """PFMEL's entity image: the mean feature of the entity's readable images (cached); ``None`` without images."""
@@ -651,7 +657,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         import sys
 
         module = sys.modules[type(self.processor).__module__]
-        needed = ("mention_prompt", "kb_entity_prompt", "kb_entity_images")
+        needed = ("mention_prompt", "kb_entity_prompt", "kb_entity_images", "normalize_image_features")
         if not all(hasattr(module, n) for n in needed):
             raise ValueError(f"processor {type(self.processor).__name__} is not a MultimodalNSPProcessor (no PFMEL templates)")
         return module

@@ -138,6 +138,20 @@ def generic_entity_prompt(name: str, description: str | None = None) -> str:
     return f"{name.strip()}. {_field(description)}"
 
 
+def normalize_image_features(features: Any, center: Any = None, l2: bool = False) -> np.ndarray:
+    """Image feature rows ``(n, D)`` as the model receives them: ``center`` subtracted, then divided by the L2 norm
+    when ``l2``; a zero row (no image) stays zero. The one normalisation of training (``FeatureTable``) and inference
+    (the pipeline, through :meth:`MultimodalNSPProcessor.normalize_image_features`)."""
+    out = np.array(features, dtype=np.float32, copy=True).reshape(-1, np.shape(features)[-1])
+    present = np.abs(out).sum(1) > 0
+    if center is not None:
+        out[present] -= np.asarray(center, np.float32).reshape(1, -1)
+    if l2:
+        norm = np.linalg.norm(out, axis=1, keepdims=True)
+        out = np.where(norm > 0, out / np.maximum(norm, 1e-12), out)
+    return out.astype(np.float32)
+
+
 def is_twitter_user(entity: Mapping[str, Any]) -> bool:
     """A KB row is a Twitter user (the paper's templates) when it has a ``screen_name`` or a ``timeline``."""
     return bool(str(entity.get("screen_name") or "").strip()) or bool(entity.get("timeline"))
@@ -188,15 +202,38 @@ class MultimodalNSPProcessor(ProcessorMixin):
         image_token: str = DEFAULT_IMAGE_TOKEN,
         max_length: int = 300,
         image_feature_dim: int = 2048,
+        image_features: str | None = None,
+        feature_norm: str | None = None,
+        feature_mean: Sequence[float] | None = None,
+        image_size: int | None = None,
         **kwargs,
     ):
         self.image_token = image_token
         self.max_length = int(max_length)
         self.image_feature_dim = int(image_feature_dim)
+        # the image settings a model was trained with (written by training, saved in processor_config.json):
+        # the feature source ("resnet50", "precomputed", "none" = text only), the normalisation ("center_l2", "l2",
+        # "none") and its centre, and the ResNet input side
+        self.image_features = image_features
+        self.feature_norm = feature_norm
+        self.feature_mean = None if feature_mean is None else [float(v) for v in feature_mean]
+        self.image_size = None if image_size is None else int(image_size)
         super().__init__(tokenizer, **kwargs)
         if self.tokenizer.convert_tokens_to_ids(image_token) in (None, self.tokenizer.unk_token_id):
             self.tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
         self.image_placeholder_id = int(self.tokenizer.convert_tokens_to_ids(image_token))
+
+    def image_normalization(self) -> tuple[np.ndarray | None, bool]:
+        """``(center, l2)`` of :func:`normalize_image_features` for this processor's ``feature_norm``."""
+        norm = self.feature_norm or "none"
+        center = np.asarray(self.feature_mean, np.float32) if norm == "center_l2" and self.feature_mean else None
+        return center, norm != "none"
+
+    def normalize_image_features(self, features: Any) -> np.ndarray:
+        """Image feature rows normalised as in training (:func:`normalize_image_features` with this processor's
+        ``feature_norm`` / ``feature_mean``)."""
+        center, l2 = self.image_normalization()
+        return normalize_image_features(features, center, l2)
 
     @classmethod
     def from_backbone(cls, backbone: str | None = None, **kwargs) -> "MultimodalNSPProcessor":
@@ -387,6 +424,7 @@ __all__ = [
     "mention_prompt",
     "entity_prompt",
     "generic_entity_prompt",
+    "normalize_image_features",
     "is_twitter_user",
     "kb_entity_context",
     "kb_entity_prompt",

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import torch
 import pytest
 from transformers import pipeline
 
@@ -94,3 +95,24 @@ def test_the_kinds_of_rows_give_the_expected_templates(setup):
     timeline = [t["image"] for t in corpus.entities["u_full"]["timeline"]]
     expected = np.asarray(corpus.extractor.encode(timeline)).mean(0)
     assert np.allclose(corpus.table.array[corpus.table.row("entity:u_full")], expected, atol=1e-5)
+
+
+def test_pipeline_normalises_image_features_as_training(setup):
+    # one normalisation: the processor's settings (written by training) applied by the pipeline equal FeatureTable's
+    from modeling_mel.pfmel_data import FeatureTable
+
+    corpus, pipe = setup
+    rng = np.random.default_rng(0)
+    rows = rng.random((3, corpus.table.dim)).astype(np.float32)
+    rows[1] = 0.0  # no image: stays zero
+    mean = rng.random(corpus.table.dim).astype(np.float32)
+    pipe.processor.feature_norm, pipe.processor.feature_mean = "center_l2", mean.tolist()
+    try:
+        table = FeatureTable(corpus.table.dim, l2=True, center=mean)
+        keys = [table.add(f"k{i}", r) for i, r in enumerate(rows)]
+        expected = table.normalized(keys)
+        served = np.stack([pipe._pfmel_normalize(torch.from_numpy(r)).numpy() for r in rows])
+        np.testing.assert_allclose(served, expected, atol=1e-6)
+        assert not served[1].any() and np.allclose(np.linalg.norm(served[[0, 2]], axis=1), 1.0)
+    finally:
+        pipe.processor.feature_norm, pipe.processor.feature_mean = None, None

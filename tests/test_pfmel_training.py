@@ -158,7 +158,10 @@ def test_end_to_end_pretrain_finetune_evaluate(base_argv, tiny_backbone, tmp_pat
         assert 0.0 <= saved[split]["accuracy"] <= saved[split]["candidate_recall"] <= 1.0
         assert saved[split] == results[split]
     config = json.load(open(os.path.join(fine_dir, "config.json")))
-    assert "auto_map" in config and config["pfmel_image_features"] == "resnet50"
+    assert "auto_map" in config and "pfmel_image_features" not in config  # image settings live in the processor
+    processor_config = json.load(open(os.path.join(fine_dir, "processor_config.json")))
+    assert processor_config["image_features"] == "resnet50" and processor_config["feature_norm"] == "center_l2"
+    assert len(processor_config["feature_mean"]) == json.load(open(os.path.join(fine_dir, "config.json")))["image_feature_dim"]
     out = str(tmp_path / "eval.json")
     ev = _script("evaluate_linking").main(base_argv[:10] + ["--model", fine_dir, "--split", "dev", "--output_file", out,
                                                             "--max_eval_samples", "10"])
@@ -278,7 +281,8 @@ def test_demo_beats_name_match(tmp_path, capsys):
     for split in ("dev", "test"):
         r = acc[split]
         assert f"| {split} | {r['PFMEL']:.3f} | {r['NSP-BERT']:.3f} | {r['name-match']:.3f} |" in printed
-    model = BertForMultimodalNSP.from_pretrained(results["model_dir"])
-    assert model.config.pfmel_image_features == "resnet50"
+    from modeling_mel.processing_multimodal_nsp import MultimodalNSPProcessor
+
+    assert MultimodalNSPProcessor.from_pretrained(results["model_dir"]).image_features == "resnet50"
     ranked = results["example"]["ranked"]
     assert len(ranked) > 2 and [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
