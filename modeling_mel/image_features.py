@@ -96,25 +96,11 @@ def _check_path(path: str) -> ImageReadError | None:
 
 
 def spatial_features(boxes: Sequence[Sequence[float]], width: float, height: float) -> np.ndarray:
-    """ZEMEL's 5-d spatial vector per box: ``(x1/W, y1/H, x2/W, y2/H, area/(W*H))``.
+    """ZEMEL's 5-d spatial vector per box: ``(x1/W, y1/H, x2/W, y2/H, area/(W*H))``, as an array ``(n, 5)``
+    (:func:`~modeling_mel.processing_zemel.box_spatial`, the one definition). ``ValueError`` naming a bad box."""
+    from .processing_zemel import box_spatial
 
-    Raises ``ValueError`` naming the box for a box outside the image or with ``x2 <= x1`` / ``y2 <= y1``.
-    """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got width={width!r}, height={height!r}")
-    out = np.zeros((len(boxes), 5), dtype=np.float32)
-    for i, box in enumerate(boxes):
-        if len(box) != 4:
-            raise ValueError(f"box {i} is {list(box)!r}; expected [x1, y1, x2, y2]")
-        x1, y1, x2, y2 = (float(v) for v in box)
-        if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"box {i} {list(box)!r} is empty: expected x2 > x1 and y2 > y1")
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise ValueError(
-                f"box {i} {list(box)!r} lies outside the image of size {width}x{height}; clip it to the image"
-            )
-        out[i] = (x1 / width, y1 / height, x2 / width, y2 / height, (x2 - x1) * (y2 - y1) / (width * height))
-    return out
+    return np.asarray(box_spatial(boxes, width, height), dtype=np.float32).reshape(-1, 5)
 
 
 def open_image(image: ImageInput):

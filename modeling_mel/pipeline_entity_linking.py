@@ -42,7 +42,6 @@ TASK = "multimodal-entity-linking"
 NIL_CALIBRATION_NAME = "nil_calibration.json"  # written by `mel calibrate` into the model folder
 _NOT_GIVEN = object()
 CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
-WHOLE_IMAGE_SPATIAL = [0.0, 0.0, 1.0, 1.0, 1.0]
 
 
 from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB layer
@@ -565,19 +564,17 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         """Mention image features: ``{"feature": (D,), "regions": (R, D), "spatial": (R, 5)}`` or ``None``."""
         if pil is None:
             return None
+        from .processing_zemel import box_spatial, make_regions  # the one region builder (whole image, then boxes)
+
         extractor = self._extractor()
         feature = torch.as_tensor(extractor.encode([pil])[0], dtype=torch.float32)
-        regions, spatial = [feature], [WHOLE_IMAGE_SPATIAL]
+        box_feats = None
         if boxes:
-            width, height = pil.size
-            for box in boxes:
-                x1, y1, x2, y2 = box
-                if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-                    raise ValueError(f"box {box!r} is empty or lies outside the {width}x{height} image")
-                spatial.append([x1 / width, y1 / height, x2 / width, y2 / height, (x2 - x1) * (y2 - y1) / (width * height)])
+            box_spatial(boxes, *pil.size)  # ValueError naming a box outside the image, before any crop is encoded
             crops = [pil.crop(tuple(int(round(v)) for v in b)) for b in boxes]
-            regions += list(torch.as_tensor(extractor.encode(crops), dtype=torch.float32))
-        return {"feature": feature, "regions": torch.stack(regions), "spatial": torch.tensor(spatial)}
+            box_feats = torch.as_tensor(extractor.encode(crops), dtype=torch.float32)
+        regions = make_regions(feature, box_feats, boxes or None, pil.size)
+        return {"feature": feature, "regions": regions["features"], "spatial": regions["spatial"]}
 
     def _image_setting(self, name: str) -> Any:
         """A PFMEL image setting of training: the processor's (``image_features``, ``feature_norm``,

@@ -34,7 +34,8 @@ def box_spatial(boxes: Sequence[Sequence[float]], width: float, height: float) -
     """5-d spatial vectors of pixel boxes ``[x1, y1, x2, y2]`` in a ``width`` x ``height`` image.
 
     Raises ValueError naming the box for a box outside the image or with ``x2 <= x1`` / ``y2 <= y1``.
-    (Same definition as ``modeling_mel.image_features.spatial_features``, kept here so this file ships alone.)
+    The one definition of the spatial vector (``image_features.spatial_features``, the pipeline and the evaluation
+    call it).
     """
     width, height = float(width), float(height)
     if width <= 0 or height <= 0:
@@ -45,9 +46,9 @@ def box_spatial(boxes: Sequence[Sequence[float]], width: float, height: float) -
             raise ValueError(f"box {list(box)!r} must have 4 numbers [x1, y1, x2, y2]")
         x1, y1, x2, y2 = (float(v) for v in box)
         if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"box {list(box)!r} has x2<=x1 or y2<=y1")
+            raise ValueError(f"box {list(box)!r} is empty: expected [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise ValueError(f"box {list(box)!r} lies outside the {width:g}x{height:g} image")
+            raise ValueError(f"box {list(box)!r} lies outside the image of size {width:g}x{height:g}; clip it to the image")
         out.append([x1 / width, y1 / height, x2 / width, y2 / height, (x2 - x1) * (y2 - y1) / (width * height)])
     return out
 

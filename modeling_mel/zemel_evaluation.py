@@ -326,7 +326,7 @@ class RegionFeatures:
     def add_rows(self, rows: Sequence[Mapping[str, Any]], progress: bool = False) -> None:
         """Encode the images (and box crops) of `rows` not seen yet, in batches."""
         from .image_features import ImageReadError, open_image
-        from .processing_zemel import WHOLE_IMAGE_SPATIAL, box_spatial
+        from .processing_zemel import make_regions
 
         todo: dict[str, Mapping] = {}
         for r in rows:
@@ -358,12 +358,8 @@ class RegionFeatures:
             whole_feats = self.extractor.encode(wholes)  # (n_images, D)
             crop_feats = self.extractor.encode(crops) if crops else np.zeros((0, self.feature_dim), np.float32)
             for (key, size, boxes, first), whole in zip(owners, whole_feats):
-                feats = [torch.from_numpy(whole)[None]]
-                spatial = [torch.tensor([WHOLE_IMAGE_SPATIAL])]
-                if boxes:
-                    feats.append(torch.from_numpy(crop_feats[first : first + len(boxes)]))
-                    spatial.append(torch.tensor(box_spatial(boxes, *size), dtype=torch.float32))
-                self._images[key] = {"features": torch.cat(feats), "spatial": torch.cat(spatial)}
+                box_feats = crop_feats[first : first + len(boxes)] if boxes else None
+                self._images[key] = make_regions(whole, box_feats, boxes, size)  # the processor's region builder
 
     def add_entities(self, kb: Mapping[str, Mapping[str, Any]], progress: bool = False) -> None:
         """Encode the KB images (at most ``max_entity_images`` each) of entities not seen yet."""
