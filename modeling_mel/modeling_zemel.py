@@ -877,16 +877,35 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         candidate_visual_attention_mask: torch.Tensor | None = None,
         candidate_embeddings: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        candidate_entity_index: torch.LongTensor | None = None,
         return_dict: bool | None = None,
     ) -> ZemelOutput | tuple:
         r"""Score contexts against candidates; cross-entropy loss with `labels` (or in-batch negatives).
 
-        Returns a :class:`ZemelOutput`: `loss` `()`, `scores` `(B, K)` or `(B, C)`, `context_embeddings`
-        `(B, m, H)` / `(B, H)`, `candidate_embeddings` `(B, K, H)` / `(C, H)`.
+        `candidate_entity_index` `(B, K)` (the entity of each per-example candidate, with `labels`): the training
+        loss with in-batch negatives: every context is scored against the candidates of the whole batch (`scores`
+        `(B, B*K)`, target `b*K + labels[b]`), other copies of its gold entity masked out (they are not negatives).
+
+        Returns a :class:`ZemelOutput`: `loss` `()`, `scores` `(B, K)`, `(B, C)` or `(B, B*K)`,
+        `context_embeddings` `(B, m, H)` / `(B, H)`, `candidate_embeddings` `(B, K, H)` / `(C, H)`.
         """
         if input_ids is None:
             raise ValueError("input_ids (the mention contexts) are required")
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        shared_target = false_negative = None
+        if candidate_entity_index is not None and labels is not None and candidate_input_ids is not None:
+            if candidate_input_ids.dim() != 3:
+                raise ValueError("candidate_entity_index needs per-example candidates: candidate_input_ids (B, K, T)")
+            b, k = candidate_input_ids.shape[:2]
+            flat = lambda x: None if x is None else x.flatten(0, 1)  # noqa: E731 - (B*K, ...): one shared set
+            candidate_input_ids, candidate_attention_mask, candidate_token_type_ids = (
+                flat(candidate_input_ids), flat(candidate_attention_mask), flat(candidate_token_type_ids))
+            candidate_visual_features, candidate_visual_spatial, candidate_visual_attention_mask = (
+                flat(candidate_visual_features), flat(candidate_visual_spatial), flat(candidate_visual_attention_mask))
+            shared_target = torch.arange(b, device=labels.device) * k + labels.long()  # (B,)
+            entities = candidate_entity_index.reshape(-1).to(labels.device)  # (B*K,)
+            false_negative = entities[None, :] == entities[shared_target][:, None]  # (B, B*K)
+            false_negative[torch.arange(b, device=labels.device), shared_target] = False
         context = self.encode_context(
             input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask
         )
@@ -904,7 +923,12 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         scores = self.score(context, candidate_embeddings)  # (B, K) or (B, C)
 
         loss = None
-        if labels is None and self.config.in_batch_negatives and candidate_embeddings.dim() == 2:
+        if shared_target is not None:
+            logits = scores.float() * float(getattr(self.config, "logit_scale", 1.0))
+            logits = logits.masked_fill(false_negative.to(logits.device), torch.finfo(logits.dtype).min)
+            loss = F.cross_entropy(logits, shared_target.to(logits.device))
+            labels = None
+        if labels is None and loss is None and self.config.in_batch_negatives and candidate_embeddings.dim() == 2:
             if candidate_embeddings.shape[0] == scores.shape[0]:
                 labels = torch.arange(scores.shape[0], device=scores.device)  # in-batch negatives
         if labels is not None:

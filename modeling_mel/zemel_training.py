@@ -212,28 +212,15 @@ class ZemelTrainingCollator:
 
 
 def zemel_loss(model, inputs: Mapping[str, Any], in_batch_negatives: bool = True):
-    """The ZEMEL training loss: cross-entropy of ``logit_scale * score`` of each context against its own candidates
-    and, with ``in_batch_negatives``, those of the whole batch (scores ``(B, B*K)``, target ``b*K + label_b``, other
-    copies of the gold entity masked out). Returns ``(loss, outputs)``."""
+    """The ZEMEL training loss, computed by the model itself (its ``forward`` owns the loss): cross-entropy of
+    ``logit_scale * score`` of each context against its own candidates and, with ``in_batch_negatives``, those of the
+    whole batch (``candidate_entity_index`` passed on: scores ``(B, B*K)``, other copies of the gold masked out).
+    Returns ``(loss, outputs)``."""
     inputs = dict(inputs)
-    labels = inputs.pop("labels")  # (B,)
-    cand_index = inputs.pop("candidate_entity_index", None)  # (B, K)
-    if not in_batch_negatives or cand_index is None:
-        outputs = model(**inputs, labels=labels)
-        return outputs.loss, outputs
-    b, k = inputs["candidate_input_ids"].shape[:2]
-    for key in [k_ for k_ in inputs if k_.startswith("candidate_")]:
-        inputs[key] = inputs[key].flatten(0, 1)  # (B*K, ...): one shared candidate set
+    if not in_batch_negatives:
+        inputs.pop("candidate_entity_index", None)
     outputs = model(**inputs)
-    scale = float(getattr(getattr(model, "config", None), "logit_scale", 1.0) or 1.0)
-    scores = outputs.scores.float() * scale  # (B, B*K)
-    target = torch.arange(b, device=scores.device) * k + labels.to(scores.device)
-    flat = cand_index.reshape(-1).to(scores.device)  # (B*K,)
-    gold = flat[target]  # (B,)
-    false_negative = flat[None, :] == gold[:, None]  # (B, B*K)
-    false_negative[torch.arange(b, device=scores.device), target] = False
-    scores = scores.masked_fill(false_negative, torch.finfo(scores.dtype).min)
-    return torch.nn.functional.cross_entropy(scores, target), outputs
+    return outputs.loss, outputs
 
 
 class ZemelTrainer(Trainer):

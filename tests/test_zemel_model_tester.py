@@ -185,3 +185,37 @@ def test_training_reaches_every_parameter(scoring):
     unreached = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()}
     expected = {n for n, _ in model.named_parameters() if n.startswith(UNUSED[scoring])}
     assert unreached == expected
+
+
+def _reference_in_batch_loss(model, x, labels, entity_index):
+    """The in-batch loss as training computed it beside the model before the model owned it (stop 21)."""
+    b, k = x["candidate_input_ids"].shape[:2]
+    flat = {n: (v.flatten(0, 1) if n.startswith("candidate_") else v) for n, v in x.items()}
+    scores = model(**flat).scores.float() * float(model.config.logit_scale)  # (B, B*K)
+    target = torch.arange(b) * k + labels
+    ids = entity_index.reshape(-1)
+    false_negative = ids[None, :] == ids[target][:, None]
+    false_negative[torch.arange(b), target] = False
+    return torch.nn.functional.cross_entropy(scores.masked_fill(false_negative, torch.finfo(scores.dtype).min), target)
+
+
+@pytest.mark.parametrize("scoring", ["poly", "bi"])
+def test_the_model_owns_the_in_batch_loss(scoring):
+    # one loss owner: forward(candidate_entity_index=...) is the training loss with in-batch negatives, the other
+    # copies of a row's gold entity masked out (row 0's gold entity 7 is also a candidate of row 2)
+    from modeling_mel.zemel_training import zemel_loss
+
+    model = tester.model(scoring=scoring)
+    x = tester.inputs()
+    labels = torch.tensor([0, 1, 2, 0])
+    entity_index = torch.tensor([[7, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
+    with torch.no_grad():
+        out = model(**x, labels=labels, candidate_entity_index=entity_index)
+        assert out.scores.shape == (tester.batch_size, tester.batch_size * tester.num_candidates)
+        torch.testing.assert_close(out.loss, _reference_in_batch_loss(model, x, labels, entity_index))
+        loss, _ = zemel_loss(model, {**x, "labels": labels, "candidate_entity_index": entity_index})
+        torch.testing.assert_close(loss, out.loss)
+        # without in-batch negatives: each row against its own candidates only
+        own, _ = zemel_loss(model, {**x, "labels": labels, "candidate_entity_index": entity_index}, in_batch_negatives=False)
+        torch.testing.assert_close(own, model(**x, labels=labels).loss)
+        assert not torch.allclose(own, out.loss)
