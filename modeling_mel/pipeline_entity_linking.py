@@ -694,6 +694,10 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         scores = torch.empty(len(pairs))
         mention_sides = [templates.mention_prompt(ex["text"], ex["mention"]) for ex in examples]
         entity_sides: dict[int, str] = {p: self._entity_side(p) for _, p in pairs}
+        # image features normalised once per mention and per entity (not once per pair)
+        mention_images = [self._pfmel_normalize(ex["image_features"]["feature"]) if ex["image_features"] is not None
+                          else None for ex in examples]
+        entity_images = {p: self._pfmel_normalize(self._entity_feature(p)) for p in entity_sides}
         # length-sorted pair batches (least padding); each pair's score is independent of its batch
         order = sorted(range(len(pairs)), key=lambda j: len(mention_sides[pairs[j][0]]) + len(entity_sides[pairs[j][1]]))
         for start in range(0, len(pairs), pair_batch_size):
@@ -701,13 +705,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             chunk = [pairs[j] for j in idx]
             text_a = [mention_sides[i] for i, _ in chunk]
             text_b = [entity_sides[p] for _, p in chunk]
-            images_a, images_b = [], []
-            for i, p in chunk:
-                feats = examples[i]["image_features"]
-                mention_feature = self._pfmel_normalize(feats["feature"]) if feats is not None else None
-                images_a.append(mention_feature.numpy() if mention_feature is not None else None)
-                ent = self._pfmel_normalize(self._entity_feature(p))
-                images_b.append(ent.numpy() if ent is not None else None)
+            images_a = [None if mention_images[i] is None else mention_images[i].numpy() for i, _ in chunk]
+            images_b = [None if entity_images[p] is None else entity_images[p].numpy() for _, p in chunk]
             enc = self.processor(text_a, text_b, images=images_a, images_pair=images_b, max_length=max_length)
             enc = {k: v.to(self.device) for k, v in enc.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
