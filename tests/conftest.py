@@ -69,3 +69,14 @@ def sample_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("sample"))
     import_script("sample", "generate_sample").generate_twitter_sample(out, seed=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def zemeld_raw(tmp_path_factory) -> str:
+    """The seeded synthetic ZEMELD corpus (raw layout: annotations, KB, images) in a temp folder."""
+    from modeling_mel.corpus import import_script
+
+    out = tmp_path_factory.mktemp("zemeld") / "raw"
+    import_script("zemeld", "generate_zemeld_sample").generate(str(out), seed=0)
+    return str(out)
+

@@ -41,26 +41,13 @@ def test_pfmel_evaluation_ranks_as_the_pipeline(sample_dir, tmp_path):
     assert compared > len(preds)  # mentions with several candidates were ranked
 
 
-@pytest.fixture(scope="module")
-def zemeld(tmp_path_factory, repo_root):
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    from generate_zemeld_sample import generate
-
-    out = tmp_path_factory.mktemp("zemeld") / "raw"
-    generate(str(out), seed=0)
-    return str(out)
-
-
-def test_zemel_evaluation_ranks_as_the_pipeline(zemeld, tmp_path):
+def test_zemel_evaluation_ranks_as_the_pipeline(zemeld_raw, tmp_path):
     # text only: evaluate_split's BM25 + rules top 5 over the evaluation KB, scored by the model, against
     # pipeline(candidates="bm25", num_candidates=5) over the same KB
     from inference_fixtures import tiny_zemel
     from modeling_mel.zemel_evaluation import evaluate_split, load_zemel_data
 
-    data = load_zemel_data("zemeld", zemeld, cache_dir=str(tmp_path / "cache"))
+    data = load_zemel_data("zemeld", zemeld_raw, cache_dir=str(tmp_path / "cache"))
     rows, kb = data.split("test"), data.kb_for("test")
     model, processor = tiny_zemel()
     result = evaluate_split(model, processor, rows, kb, ns=[5], vt_kg=False, return_predictions=True)

@@ -4,8 +4,6 @@ pipeline's NIL output."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 from transformers import pipeline
@@ -65,7 +63,7 @@ def test_pipeline_nil_output_and_parameter(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory, repo_root):
+def calibration(tmp_path_factory, zemeld_raw):
     """The generated ZEMELD sample as kb.jsonl + dev.jsonl, the untrained MiniLM ZEMEL (bi, text only) saved, and a
     `mel calibrate` run on it."""
     from modeling_mel import ZemelPolyEncoder, ZemelProcessor
@@ -73,11 +71,7 @@ def calibration(tmp_path_factory, repo_root):
     from modeling_mel.zemel_evaluation import load_zemel_data
 
     root = tmp_path_factory.mktemp("nil")
-    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    from generate_zemeld_sample import generate
-
-    generate(str(root / "raw"), seed=0)
-    data = load_zemel_data("zemeld", str(root / "raw"), cache_dir=str(root / "cache"))
+    data = load_zemel_data("zemeld", zemeld_raw, cache_dir=str(root / "cache"))
     with open(root / "kb.jsonl", "w", encoding="utf-8") as f:
         for e, v in data.full_kb.items():
             f.write(json.dumps({"entity_id": e, "name": v.get("name"), "description": v.get("description")}) + "\n")

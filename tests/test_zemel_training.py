@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 
 import pytest
 from conftest import train_script
@@ -52,16 +51,6 @@ def tiny_backbone(tmp_path_factory):
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(out)
     minilm_tokenizer.save_pretrained(out)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def zemeld_raw(tmp_path_factory, repo_root):
-    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    from generate_zemeld_sample import generate
-
-    out = tmp_path_factory.mktemp("zemeld") / "raw"
-    generate(str(out), seed=0)
     return str(out)
 
 
