@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from .configuration_zemel import SCORING_MODES
+from .run_outputs import SafeOutputTrainingArguments
 from .zemel_evaluation import EVAL_KB_HELP, EVAL_KB_MODES, IMAGE_FEATURE_MODES, ZEMEL_DATASETS
 
 logger = logging.getLogger(__name__)
@@ -491,7 +492,7 @@ class ZemelModelArguments:
 
 
 @dataclass
-class ZemelTrainingArguments(TrainingArguments):
+class ZemelTrainingArguments(SafeOutputTrainingArguments):
     """``TrainingArguments`` with ZEMEL defaults. The paper gives no schedule; these were chosen on WikiMEL dev (text
     only, MiniLM, whole 18,880-entity KB: 2 epochs of 18,088 mentions, batch 32, lr 3e-5, 3 mined hard negatives +
     in-batch -> H@1 0.908, H@10 0.994 through ``mel index`` + ``mel link``; see README "Real-data quality")."""
@@ -507,19 +508,11 @@ class ZemelTrainingArguments(TrainingArguments):
     in_batch_negatives: bool = field(
         default=True, metadata={"help": "also score each mention against the other mentions' candidates of the batch"}
     )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "train into an --output_dir that holds another run's model or checkpoint-* folders (the old "
-                  "checkpoints are removed first); without it such a folder is refused unless resuming"},
-    )
 
     def __post_init__(self) -> None:
-        from .pfmel_training import check_output_dir_args
-
         if not self.output_dir:
             raise ValueError("--output_dir is required")
-        check_output_dir_args(self.output_dir, self.overwrite_output_dir, self.resume_from_checkpoint)
-        super().__post_init__()
+        super().__post_init__()  # the --output_dir check (SafeOutputTrainingArguments)
         if self.remove_unused_columns:
             raise ValueError("--remove_unused_columns must stay False: the ZEMEL collator reads the raw rows")
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(train_args.seed)
     # 2. Refuse an --output_dir holding another run (model / checkpoint-*) unless --overwrite_output_dir (removes its
     #    checkpoints) or --resume_from_checkpoint; resolve "last" and check the checkpoint before loading anything.
-    from modeling_mel.pfmel_training import prepare_output_dir, resolve_resume_checkpoint
+    from modeling_mel.run_outputs import prepare_output_dir, resolve_resume_checkpoint
 
     with train_args.main_process_first(local=False, desc="output_dir check"):
         prepare_output_dir(train_args.output_dir, train_args.overwrite_output_dir, train_args.resume_from_checkpoint)
