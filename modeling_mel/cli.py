@@ -83,6 +83,7 @@ COMMANDS["export-dataset"] = INFERENCE_COMMANDS["export-dataset"]
 COMMANDS["index"] = INFERENCE_COMMANDS["index"]
 COMMANDS["link"] = INFERENCE_COMMANDS["link"]
 COMMANDS["calibrate"] = INFERENCE_COMMANDS["calibrate"]
+COMMANDS["serve"] = INFERENCE_COMMANDS["serve"]
 COMMANDS["model-card"] = INFERENCE_COMMANDS["model-card"]
 
 

@@ -11,6 +11,7 @@ Each function takes ``argv`` (its own arguments, so ``mel <name> --help`` shows 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -447,27 +448,13 @@ def _link_argument_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def link_main(argv: list[str]) -> int:
-    """``mel link``: link the mentions of a JSONL file against a KB or an entity index."""
-    parser = argparse.ArgumentParser(
-        prog="mel link",
-        description="Link mentions ({text, mention | mention_start/mention_end, image?} per line) to a KB. Writes one "
-        "output line per input line, in order; a bad line gets an 'error' field instead of stopping the run. Lines "
-        f"go to OUTPUT{PARTIAL_SUFFIX} as they finish, renamed to OUTPUT at the end (--resume continues a killed run).",
-    )
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments that build a linking pipeline (``mel link``, ``mel serve``): model, KB or index, retriever,
+    images, precision; :func:`build_pipeline` reads them."""
     parser.add_argument("--model", required=True, help="saved PFMEL or ZEMEL model folder")
     kb_group = parser.add_mutually_exclusive_group(required=True)
     kb_group.add_argument("--index", help="entity index directory (mel index)")
     kb_group.add_argument("--kb", help="kb.jsonl (ZEMEL models encode it at start-up)")
-    parser.add_argument("--input", required=True, help="mentions.jsonl")
-    parser.add_argument("--output", required=True, help="output JSONL (one line per input line)")
-    parser.add_argument("--resume", action="store_true",
-                        help=f"keep the complete lines of OUTPUT{PARTIAL_SUFFIX} of a killed run; link the rest")
-    parser.add_argument("--top_k", type=int, default=5, help="predictions per mention")
-    parser.add_argument("--batch_size", type=int, default=8, help="mentions per batch")
-    parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
-                        help="ZEMEL candidate source (default auto: BM25+rules and dense)")
-    parser.add_argument("--num_candidates", type=int, default=None, help="candidates per source before reranking")
     parser.add_argument(
         "--retriever", default=None,
         help="PFMEL (retrieve-then-rerank): 'bm25' adds BM25 candidates to the name rule; an entity index dir built by "
@@ -475,24 +462,31 @@ def link_main(argv: list[str]) -> int:
     )
     parser.add_argument("--retriever_model", default=None,
                         help="the ZEMEL model folder of --retriever (default: the model recorded in the index)")
-    parser.add_argument("--strict_images", action="store_true", help="fail a line with an unreadable image")
+    parser.add_argument("--strict_images", action="store_true", help="fail a mention with an unreadable image")
     parser.add_argument("--fp32", action="store_true",
                         help="run the model in fp32 (default: bf16 autocast where this machine runs it fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
-    args = parser.parse_args(argv)
 
-    problem = _link_argument_error(args)  # before any model is loaded
-    if problem is None and args.retriever and args.retriever != "bm25" and not os.path.isfile(
-        os.path.join(args.retriever, "index_config.json")
-    ):
-        problem = f"--retriever {args.retriever!r} is neither 'bm25' nor an entity index directory (build one with mel index)"
-    if problem is not None:
-        print(f"mel link: {problem}", file=sys.stderr)
-        return 2
+
+def pipeline_argument_error(args: argparse.Namespace) -> str | None:
+    """A one-line problem with the :func:`add_pipeline_args` arguments found before any model is loaded, or ``None``."""
+    if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
+        return f"--index {args.index!r} is not an entity index directory (no index_config.json); build one with mel index"
+    if args.kb and not os.path.exists(args.kb):
+        return f"--kb {args.kb!r} does not exist"
+    if args.retriever and args.retriever != "bm25" and not os.path.isfile(os.path.join(args.retriever, "index_config.json")):
+        return f"--retriever {args.retriever!r} is neither 'bm25' nor an entity index directory (build one with mel index)"
+    return None
+
+
+def build_pipeline(args: argparse.Namespace) -> Any:
+    """The ``multimodal-entity-linking`` pipeline of the :func:`add_pipeline_args` arguments (``ValueError`` for a
+    bad KB, index or retriever)."""
     from transformers import pipeline
 
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
+
     model, processor = load_model_and_processor(args.model, args.trust_remote_code)
     extractor = build_image_extractor(args, model)
     init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}
@@ -503,11 +497,38 @@ def link_main(argv: list[str]) -> int:
         init["retriever"] = args.retriever
         if args.retriever_model:
             init["retriever_model"] = args.retriever_model
+    return pipeline(
+        "multimodal-entity-linking", model=model, processor=processor, kb=args.index or _load_kb_arg(args.kb),
+        pipeline_class=MultimodalEntityLinkingPipeline, **init,
+    )
+
+
+def link_main(argv: list[str]) -> int:
+    """``mel link``: link the mentions of a JSONL file against a KB or an entity index."""
+    parser = argparse.ArgumentParser(
+        prog="mel link",
+        description="Link mentions ({text, mention | mention_start/mention_end, image?} per line) to a KB. Writes one "
+        "output line per input line, in order; a bad line gets an 'error' field instead of stopping the run. Lines "
+        f"go to OUTPUT{PARTIAL_SUFFIX} as they finish, renamed to OUTPUT at the end (--resume continues a killed run).",
+    )
+    add_pipeline_args(parser)
+    parser.add_argument("--input", required=True, help="mentions.jsonl")
+    parser.add_argument("--output", required=True, help="output JSONL (one line per input line)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep the complete lines of OUTPUT{PARTIAL_SUFFIX} of a killed run; link the rest")
+    parser.add_argument("--top_k", type=int, default=5, help="predictions per mention")
+    parser.add_argument("--batch_size", type=int, default=8, help="mentions per batch")
+    parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
+                        help="ZEMEL candidate source (default auto: BM25+rules and dense)")
+    parser.add_argument("--num_candidates", type=int, default=None, help="candidates per source before reranking")
+    args = parser.parse_args(argv)
+
+    problem = _link_argument_error(args) or pipeline_argument_error(args)  # before any model is loaded
+    if problem is not None:
+        print(f"mel link: {problem}", file=sys.stderr)
+        return 2
     try:
-        pipe = pipeline(
-            "multimodal-entity-linking", model=model, processor=processor, kb=args.index or _load_kb_arg(args.kb),
-            pipeline_class=MultimodalEntityLinkingPipeline, **init,
-        )
+        pipe = build_pipeline(args)
     except ValueError as err:
         print(f"mel link: {err}", file=sys.stderr)
         return 2
@@ -620,40 +641,59 @@ def calibrate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mel calibrate",
         description="Choose a NIL ('not in the KB') score threshold on labelled dev mentions: a seeded fraction of their "
-                    "gold entities is removed from the KB, the model links every mention against the reduced KB, and "
-                    "the threshold with the best overall accuracy that costs in-KB mentions at most --max_in_kb_drop "
-                    "is saved as nil_calibration.json in the model folder (pipeline() and mel link then use it).",
+                    "gold entities is removed from the KB (and from the --index / --retriever index, without "
+                    "re-encoding), the linker links every mention against the reduced KB, and the threshold with the "
+                    "best overall accuracy that costs in-KB mentions at most --max_in_kb_drop is saved as "
+                    "nil_calibration.json (in the --index folder when given, else the model folder); pipeline() and "
+                    "mel link then use it.",
     )
     parser.add_argument("--model", required=True, help="saved model folder (either family)")
-    parser.add_argument("--kb", required=True, help="kb.jsonl of the entities")
+    kb_group = parser.add_mutually_exclusive_group(required=True)
+    kb_group.add_argument("--kb", help="kb.jsonl of the entities")
+    kb_group.add_argument("--index", help="entity index directory (mel index) of the model, used as the KB")
+    parser.add_argument("--retriever", default=None,
+                        help="PFMEL two-stage linker: 'bm25' or an entity index dir built by a ZEMEL model (mel index)")
+    parser.add_argument("--retriever_model", default=None, help="the ZEMEL model folder of --retriever")
     parser.add_argument("--data", required=True, help="dev mentions (JSONL with text, mention or spans, entity_id)")
     parser.add_argument("--nil_fraction", type=float, default=0.2, help="share of the gold entities removed from the KB")
     parser.add_argument("--max_in_kb_drop", type=float, default=0.02, help="most in-KB accuracy the threshold may cost")
     parser.add_argument("--seed", type=int, default=0, help="seed of the removed entities")
     parser.add_argument("--batch_size", type=int, default=32, help="mentions per batch")
     parser.add_argument("--candidates", default=None, help="ZEMEL candidate source (pipeline default: auto)")
-    parser.add_argument("--out", default=None, help="folder of nil_calibration.json (default: --model)")
+    parser.add_argument("--out", default=None, help="folder of nil_calibration.json (default: --index, else --model)")
     parser.add_argument("--fp32", action="store_true", help="run the model in fp32 (default: bf16 where fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
     args = parser.parse_args(argv)
     from transformers import pipeline
 
-    from .knowledge_base import kb_records, read_jsonl
-    from .nil import choose_threshold, nil_metrics, save_calibration, simulate_nil
+    from .entity_index import EntityIndex, load_retriever
+    from .knowledge_base import kb_records, linking_method, read_jsonl
+    from .nil import choose_threshold, nil_metrics, removed_entities, save_calibration
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
     try:
-        kb = kb_records(args.kb)
         rows = [r for r in read_jsonl(args.data) if r.get("entity_id") is not None]
         if not rows:
             raise ValueError(f"--data {args.data!r} has no mention with an entity_id")
-        reduced, removed = simulate_nil(kb, rows, args.nil_fraction, args.seed)
+        if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
+            raise ValueError(f"--index {args.index!r} is not an entity index directory (build one with mel index)")
         model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+        if args.index:
+            index = EntityIndex.load(args.index, model=model if linking_method(model) == "dense" else None)
+            kb_ids = index.entity_ids
+        else:
+            kb = kb_records(args.kb)
+            kb_ids = [e["entity_id"] for e in kb]
+        removed = removed_entities(kb_ids, (r["entity_id"] for r in rows), args.nil_fraction, args.seed)
+        reduced: Any = index.without(removed) if args.index else [e for e in kb if e["entity_id"] not in removed]
         extractor = build_image_extractor(args, model)
         init: dict[str, Any] = {"use_images": not args.no_images, "bf16": False if args.fp32 else None}
         if extractor is not None:
             init["image_extractor"] = extractor
+        if args.retriever:
+            init["retriever"] = (args.retriever if args.retriever == "bm25"
+                                 else load_retriever(args.retriever, args.retriever_model).without(removed))
         pipe = pipeline("multimodal-entity-linking", model=model, processor=processor, kb=reduced,
                         pipeline_class=MultimodalEntityLinkingPipeline, nil_threshold=None, **init)
     except (ValueError, OSError) as err:
@@ -670,16 +710,62 @@ def calibrate_main(argv: list[str]) -> int:
     golds = [str(r["entity_id"]) for r in rows]
     is_nil = [g in removed for g in golds]
     threshold, calibrated = choose_threshold(best_ids, best_scores, golds, is_nil, args.max_in_kb_drop)
+    source = {"index": os.path.abspath(args.index)} if args.index else {"kb": os.path.abspath(args.kb)}
+    if args.retriever:
+        source["retriever"] = args.retriever if args.retriever == "bm25" else os.path.abspath(args.retriever)
     payload = {
         "threshold": threshold,
         "protocol": {"nil_fraction": args.nil_fraction, "seed": args.seed, "max_in_kb_drop": args.max_in_kb_drop,
-                     "removed_entities": len(removed), "kb": os.path.abspath(args.kb), "data": os.path.abspath(args.data)},
+                     "removed_entities": len(removed), "data": os.path.abspath(args.data), **source},
         "uncalibrated": nil_metrics(best_ids, best_scores, golds, is_nil, None),
         "calibrated": calibrated,
     }
-    path = save_calibration(args.out or args.model, payload)
+    path = save_calibration(args.out or args.index or args.model, payload)
     logger.info("mel calibrate: threshold %s -> %s", threshold, path)
     print(json.dumps(payload, sort_keys=True))
+    return 0
+
+
+def serve_main(argv: list[str]) -> int:
+    """``mel serve``: load a pipeline and serve it over HTTP until SIGINT / SIGTERM (``modeling_mel.serving``)."""
+    parser = argparse.ArgumentParser(
+        prog="mel serve",
+        description="Serve a linking model over HTTP: POST /link (one mention, a list, or {inputs, parameters}), "
+                    "GET /health, GET /info. Concurrent requests are merged into shared forward passes (dynamic "
+                    'batching). Needs the serve extra: pip install "modeling-mel[serve]".',
+    )
+    add_pipeline_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max_batch_size", type=int, default=32, help="most mentions merged into one forward pass")
+    parser.add_argument("--max_wait_ms", type=float, default=2.0,
+                        help="how long a batch waits for more requests after its first one")
+    parser.add_argument("--no_batching", action="store_true", help="run every request alone (dynamic batching off)")
+    parser.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body")
+    parser.add_argument("--max_list", type=int, default=64, help="most mentions in one request")
+    parser.add_argument("--max_top_k", type=int, default=100, help="largest top_k a request may ask for")
+    parser.add_argument("--graceful_timeout", type=float, default=30.0,
+                        help="seconds shutdown waits for the requests in flight")
+    parser.add_argument("--log_level", default="info", help="uvicorn log level")
+    args = parser.parse_args(argv)
+    problem = pipeline_argument_error(args)
+    for name in ("max_batch_size", "max_body_bytes", "max_list", "max_top_k"):
+        if getattr(args, name) < 1:
+            problem = f"--{name} must be >= 1, got {getattr(args, name)}"
+    if args.max_wait_ms < 0:
+        problem = f"--max_wait_ms must be >= 0, got {args.max_wait_ms}"
+    if not 0 <= args.port <= 65535:
+        problem = f"--port must be in 0..65535, got {args.port}"
+    if problem is None and (importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None):
+        problem = 'needs FastAPI and uvicorn: pip install "modeling-mel[serve]"'
+    if problem is not None:
+        print(f"mel serve: {problem}", file=sys.stderr)
+        return 2
+    from .serving import ServeLimits, run_server
+
+    pipe = build_pipeline(args)
+    run_server(pipe, args.host, args.port, args.max_batch_size, args.max_wait_ms, not args.no_batching,
+               ServeLimits(args.max_body_bytes, args.max_list, args.max_top_k), args.graceful_timeout, args.log_level)
     return 0
 
 
@@ -687,6 +773,7 @@ INFERENCE_COMMANDS: dict[str, tuple[str, Command]] = {
     "index": ("encode a KB with a ZEMEL model into a FAISS entity index", index_main),
     "link": ("link the mentions of a JSONL file to a KB or an entity index", link_main),
     "calibrate": ("choose and save a model's NIL ('not in the KB') threshold on labelled dev mentions", calibrate_main),
+    "serve": ("serve a linking model over HTTP with dynamic batching (FastAPI + uvicorn)", serve_main),
     "model-card": ("render the model card (README.md) of a saved model with its evaluation results", model_card_main),
     "train-zemel": (
         "ZEMEL training (train/train_zemel.py)",
@@ -703,6 +790,10 @@ __all__ = [
     "index_main",
     "link_main",
     "calibrate_main",
+    "serve_main",
+    "add_pipeline_args",
+    "build_pipeline",
+    "pipeline_argument_error",
     "model_card_main",
     "build_dataset_main",
     "export_dataset_main",

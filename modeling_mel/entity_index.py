@@ -30,7 +30,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -668,6 +668,25 @@ class EntityIndex:
                     keep.sort(key=lambda p: (-scores[p], p))
                     out.append([(self.entities[p]["entity_id"], float(scores[p])) for p in keep])
         return out
+
+    def without(self, entity_ids: Iterable[str]) -> "EntityIndex":
+        """A copy without ``entity_ids`` (unknown ids are ignored): the remaining entities and their stored vectors,
+        re-indexed with the same index type and parameters, the model and processor still attached. ``mel calibrate
+        --index`` simulates out-of-KB mentions with it, without re-encoding the KB."""
+        drop = {str(e) for e in entity_ids}
+        keep = [i for i, e in enumerate(self.entities) if e["entity_id"] not in drop]
+        if not keep:
+            raise ValueError(f"removing {len(drop)} entities leaves the index of {len(self)} entities empty")
+        config = dict(self.config, size=len(keep))
+        vectors = None if self.vectors is None else self.vectors[keep]
+        reduced = type(self)([self.entities[i] for i in keep], vectors, config, model=self.model, processor=self.processor)
+        if vectors is not None and self.faiss_index is not None:
+            kind = str(self.config.get("index_type") or "flat")
+            params = dict(self.config.get("index_params") or {})
+            if kind == "ivf":  # nlist is re-derived for the new size unless it still fits
+                params["ivf_nlist"] = min(int(params.get("ivf_nlist") or 1), max(1, len(keep) // 39))
+            reduced.index_data(kind, **params)
+        return reduced
 
     def _positions(self) -> dict[str, int]:
         cached = self.__dict__.get("_position_cache")

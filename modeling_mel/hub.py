@@ -39,6 +39,7 @@ PIPELINE_TAG = "text-ranking"  # the closest Hub task; the transformers task nam
 _SKIP_METRICS = {
     "epoch", "runtime", "samples_per_second", "steps_per_second", "n", "num_examples", "num_mentions", "seed",
     "kb_size", "n_unusable", "n_no_candidates", "n_gold_not_in_kb", "n_unaligned",  # counts, not metrics
+    "nil_threshold", "nil_fraction", "nil_seed", "nil_removed_entities", "nil_n_mentions",  # NIL protocol settings
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 

@@ -16,24 +16,32 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 CALIBRATION_NAME = "nil_calibration.json"
+
+
+def removed_entities(
+    kb_ids: Iterable[str], gold_ids: Iterable[str | None], fraction: float = 0.2, seed: int = 0
+) -> set[str]:
+    """The entity ids the protocol removes: a seeded ``fraction`` of the distinct gold ids that are in the KB (the
+    same set for ``mel calibrate`` and the evaluation scripts given the same KB, mentions, fraction and seed).
+    ``ValueError`` for a fraction outside (0, 1) or no gold entity in the KB."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"nil_fraction must be in (0, 1), got {fraction!r}")
+    ids = {str(e) for e in kb_ids}
+    gold = sorted({str(g) for g in gold_ids if g is not None} & ids)
+    if not gold:
+        raise ValueError("no mention has a gold entity_id in the KB: NIL calibration needs labelled dev mentions")
+    n_removed = max(1, round(len(gold) * float(fraction)))
+    return set(random.Random(seed).sample(gold, n_removed))
 
 
 def simulate_nil(
     kb: Sequence[Mapping[str, Any]], mentions: Sequence[Mapping[str, Any]], fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[dict], set[str]]:
-    """The reduced KB and the removed entity ids: a seeded ``fraction`` of the distinct gold entities of ``mentions``
-    (their ``entity_id``) that are in ``kb``. ``ValueError`` for a fraction outside (0, 1) or no gold entity."""
-    if not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"nil_fraction must be in (0, 1), got {fraction!r}")
-    ids = {str(e["entity_id"]) for e in kb}
-    gold = sorted({str(m["entity_id"]) for m in mentions if m.get("entity_id") is not None} & ids)
-    if not gold:
-        raise ValueError("no mention has a gold entity_id in the KB: NIL calibration needs labelled dev mentions")
-    n_removed = max(1, round(len(gold) * float(fraction)))
-    removed = set(random.Random(seed).sample(gold, n_removed))
+    """The reduced KB and the removed entity ids (:func:`removed_entities` of the mentions' ``entity_id``)."""
+    removed = removed_entities((e["entity_id"] for e in kb), (m.get("entity_id") for m in mentions), fraction, seed)
     return [dict(e) for e in kb if str(e["entity_id"]) not in removed], removed
 
 
@@ -101,6 +109,85 @@ def choose_threshold(
     return best_t, nil_metrics(best_ids, best_scores, golds, is_nil, best_t)
 
 
+def nil_evaluation(
+    ranked: Sequence[Sequence[tuple[str, float]]],
+    golds: Sequence[str],
+    kb_ids: Iterable[str],
+    threshold: float | None,
+    fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """NIL metrics of an evaluation run under the protocol, as flat ``nil_*`` entries of ``eval_results.json``.
+
+    ``ranked[i]``: mention ``i``'s candidates ``(entity_id, score)`` best first, as the evaluation scored them
+    against the whole KB; the protocol's removed entities (:func:`removed_entities` of ``golds``) are dropped from
+    each list and the best remaining candidate is the linker's answer (the candidate generator is not rerun on
+    the reduced KB, unlike ``mel calibrate``: a removed entity's slot is not refilled). ``threshold``: the NIL
+    threshold (``None``: never NIL, the uncalibrated linker)."""
+    golds = [str(g) for g in golds]
+    removed = removed_entities(kb_ids, golds, fraction, seed)
+    best_ids: list[str | None] = []
+    best_scores: list[float | None] = []
+    for row in ranked:
+        best = next(((str(e), float(s)) for e, s in row if str(e) not in removed), (None, None))
+        best_ids.append(best[0])
+        best_scores.append(best[1])
+    metrics = nil_metrics(best_ids, best_scores, golds, [g in removed for g in golds], threshold)
+    out: dict[str, Any] = {"nil_threshold": threshold, "nil_fraction": float(fraction), "nil_seed": int(seed),
+                           "nil_removed_entities": len(removed), "nil_n_mentions": metrics["n_nil"]}
+    out.update(nil_in_kb_accuracy=metrics["in_kb_accuracy"], nil_precision=metrics["nil_precision"],
+               nil_recall=metrics["nil_recall"], nil_f1=metrics["nil_f1"], nil_accuracy=metrics["accuracy"])
+    return out
+
+
+NIL_THRESHOLD_HELP = (
+    "NIL threshold of the NIL metrics: 'calibrated' (the model's nil_calibration.json, off when there is none), "
+    "'off', or a number"
+)
+
+
+def nil_settings(
+    directory: str | None, threshold: str | float | None = "calibrated", fraction: float | None = None,
+    seed: int | None = None,
+) -> tuple[float | None, float, int]:
+    """``(threshold, fraction, seed)`` of an evaluation's NIL metrics: ``threshold`` ``"calibrated"`` reads the
+    calibration in ``directory``, ``"off"``/``None`` turns NIL off, a number is used as is; ``fraction`` and ``seed``
+    default to the calibration's protocol (else 0.2 and 0), so the evaluation removes the entities calibration did
+    when it runs on the calibration's split."""
+    calibration = load_calibration(directory) or {}
+    protocol = calibration.get("protocol") or {}
+    if threshold is None or (isinstance(threshold, str) and threshold.strip().lower() in ("off", "none")):
+        value = None
+    elif isinstance(threshold, str) and threshold.strip().lower() == "calibrated":
+        value = calibration.get("threshold")
+    else:
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"nil_threshold must be 'calibrated', 'off' or a number, got {threshold!r}") from None
+    return (None if value is None else float(value), float(fraction if fraction is not None else protocol.get("nil_fraction", 0.2)),
+            int(seed if seed is not None else protocol.get("seed", 0)))
+
+
+def load_calibration(*directories: str | None) -> dict | None:
+    """The first ``nil_calibration.json`` found in ``directories`` (an index folder, then the model folder), or
+    ``None``; ``ValueError`` for an unreadable one."""
+    for directory in directories:
+        if not directory:
+            continue
+        path = os.path.join(os.fspath(directory), CALIBRATION_NAME)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    payload = json.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path} is not a readable NIL calibration ({err}); run `mel calibrate` again") from err
+            if not isinstance(payload, dict):
+                raise ValueError(f"{path} is not a NIL calibration (a JSON object); run `mel calibrate` again")
+            return payload
+    return None
+
+
 def save_calibration(directory: str, payload: Mapping[str, Any]) -> str:
     """Write ``nil_calibration.json`` (threshold, protocol, metrics) into ``directory``; returns its path."""
     path = os.path.join(directory, CALIBRATION_NAME)
@@ -112,4 +199,7 @@ def save_calibration(directory: str, payload: Mapping[str, Any]) -> str:
     return path
 
 
-__all__ = ["CALIBRATION_NAME", "simulate_nil", "nil_metrics", "choose_threshold", "save_calibration"]
+__all__ = [
+    "CALIBRATION_NAME", "removed_entities", "simulate_nil", "nil_metrics", "choose_threshold", "nil_evaluation",
+    "load_calibration", "save_calibration", "nil_settings", "NIL_THRESHOLD_HELP",
+]

@@ -753,14 +753,27 @@ def run_evaluation(
     output_file: str | None = None,
     corpus: PFMELCorpus | None = None,
     predictions_file: str | None = None,
+    nil_threshold: str | float | None = "calibrated",
+    nil_fraction: float | None = None,
+    nil_seed: int | None = None,
 ) -> dict:
-    """Evaluate a saved model on ``splits``; writes ``output_file`` (default ``<model_dir>/eval_results.json``)."""
+    """Evaluate a saved model on ``splits``; writes ``output_file`` (default ``<model_dir>/eval_results.json``).
+
+    Each split also gets the NIL metrics of :func:`modeling_mel.nil.nil_evaluation` (``nil_*`` entries) at
+    ``nil_threshold`` (default: the model's calibrated threshold, off without one)."""
+    from .nil import nil_evaluation, nil_settings
+
+    threshold, fraction, seed = nil_settings(model_dir, nil_threshold, nil_fraction, nil_seed)
     corpus = corpus or load_corpus(data_args)
     for s in splits:
         corpus.split(s)
     model, processor = load_model_and_processor(PFMELModelArguments(init_from=model_dir), corpus.table.dim)
     _mark_image_mode(model, processor, corpus)
     results, predictions = evaluate_splits(model, processor, corpus, splits, batch_size, bf16, data_args.max_eval_samples)
+    kb_ids = [str(row["entity_id"]) for row in corpus.kb]
+    for split, preds in predictions.items():
+        results[split].update(nil_evaluation([p.ranked for p in preds], [p.gold for p in preds], kb_ids, threshold,
+                                             fraction, seed))
     _write_json(output_file or os.path.join(model_dir, "eval_results.json"), results)
     if predictions_file:
         rows = [

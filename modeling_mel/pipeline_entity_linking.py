@@ -289,7 +289,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.model.eval()
         self.family = linking_method(self.model)  # "dense" or "cross", as the model class declares
         if "nil_threshold" not in self._postprocess_params:  # default: the calibrated threshold, when there is one
-            self._postprocess_params["nil_threshold"] = self._calibrated_nil_threshold()
+            self._postprocess_params["nil_threshold"] = self._calibrated_nil_threshold(kb)
         # a PFMEL model fine-tuned text-only (NSP-BERT) takes no image tokens
         self.use_images = bool(use_images) and self._image_setting("image_features") != "none"
         self.exact_threshold = int(exact_threshold)
@@ -321,18 +321,22 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.retriever = retriever
 
     # -- construction helpers ------------------------------------------------------------------------------------
-    def _calibrated_nil_threshold(self) -> float | None:
-        """The threshold ``mel calibrate`` saved in the model folder (``nil_calibration.json``), else ``None`` (off)."""
-        folder = str(getattr(self.model, "name_or_path", "") or "")
-        path = os.path.join(folder, NIL_CALIBRATION_NAME)
-        if not folder or not os.path.isfile(path):
-            return None
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = json.load(f).get("threshold")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable NIL calibration ({err}); run `mel calibrate` again") from err
-        return None if value is None else float(value)
+    def _calibrated_nil_threshold(self, kb: Any = None) -> float | None:
+        """The threshold ``mel calibrate`` saved (``nil_calibration.json``) in the entity index folder given as
+        ``kb``, else in the model folder; ``None`` (off) when neither has one."""
+        folders = [os.fspath(kb)] if isinstance(kb, (str, os.PathLike)) and os.path.isdir(os.fspath(kb)) else []
+        folders.append(str(getattr(self.model, "name_or_path", "") or ""))
+        for folder in folders:
+            path = os.path.join(folder, NIL_CALIBRATION_NAME)
+            if not folder or not os.path.isfile(path):
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = json.load(f).get("threshold")
+            except (OSError, ValueError, AttributeError) as err:
+                raise ValueError(f"{path} is not a readable NIL calibration ({err}); run `mel calibrate` again") from err
+            return None if value is None else float(value)
+        return None
 
     @staticmethod
     def _bf16_default(device: Any) -> bool:

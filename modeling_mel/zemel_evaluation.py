@@ -53,6 +53,7 @@ from .candidates import Bm25RuleCandidates
 from .hardware import autocast
 from .image_features import image_source
 from .knowledge_base import encode_entities
+from .nil import nil_evaluation
 from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
 logger = logging.getLogger(__name__)
@@ -593,8 +594,13 @@ def evaluate_split(
     vt_kg: bool = True,
     progress: bool = False,
     return_predictions: bool = False,
+    nil_threshold: float | None = None,
+    nil_fraction: float = 0.2,
+    nil_seed: int = 0,
 ) -> dict[str, Any]:
-    """Metrics of one split at each ``N`` in ``ns`` (see the module docstring); V-T-KG when rows have boxes."""
+    """Metrics of one split at each ``N`` in ``ns`` (see the module docstring); V-T-KG when rows have boxes; the NIL
+    metrics (``nil_*``, :func:`modeling_mel.nil.nil_evaluation`) over the top ``max(ns)`` candidates at
+    ``nil_threshold`` (``None``: the uncalibrated linker)."""
     ns = sorted({int(n) for n in ns})
     if not ns or ns[0] < 1:
         raise ValueError(f"ns must be positive candidate counts, got {ns!r}")
@@ -635,6 +641,9 @@ def evaluate_split(
         results[f"vt_kg_precision/{n}"] = m[f"precision/{n}"]
         results[f"candidate_recall@{n}"] = sum(g in c[:n] for c, g in zip(lists, gold)) / len(rows)
         results[f"random_r@1/{n}"] = sum((1.0 / len(c[:n])) if g in c[:n] else 0.0 for c, g in zip(lists, gold)) / len(rows)
+
+    ranked = [sorted(zip(c[:top], sc[:top]), key=lambda p: -p[1]) for c, sc in zip(lists, scores)]
+    results.update(nil_evaluation(ranked, gold, list(kb), nil_threshold, nil_fraction, nil_seed))
 
     has_boxes = any(r.get("image_boxes") for r in rows)
     if vt_kg and has_boxes:

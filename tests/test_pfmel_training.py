@@ -167,6 +167,19 @@ def test_end_to_end_pretrain_finetune_evaluate(base_argv, tiny_backbone, tmp_pat
                                                             "--max_eval_samples", "10"])
     assert ev["dev"]["accuracy"] == pytest.approx(results["dev"]["accuracy"])
     assert json.load(open(out))["dev"]["n"] == 10
+    # NIL metrics under the protocol: off without a calibration; with one, its threshold and protocol are used
+    # (uncalibrated, a NIL mention is still found when none of its candidates is left in the reduced KB)
+    assert ev["dev"]["nil_threshold"] is None and ev["dev"]["nil_fraction"] == 0.2 and ev["dev"]["nil_recall"] < 1.0
+    from modeling_mel.nil import save_calibration
+
+    save_calibration(fine_dir, {"threshold": 1e9, "protocol": {"nil_fraction": 0.5, "seed": 1}})
+    ev = _script("evaluate_linking").main(base_argv[:10] + ["--model", fine_dir, "--split", "dev", "--output_file", out,
+                                                            "--max_eval_samples", "10"])
+    saved = json.load(open(out))["dev"]
+    assert saved["nil_threshold"] == 1e9 and saved["nil_fraction"] == 0.5 and saved["nil_removed_entities"] > 0
+    assert saved["nil_recall"] == 1.0 and saved["nil_in_kb_accuracy"] == 0.0  # every mention predicted NIL
+    assert saved["accuracy"] == pytest.approx(results["dev"]["accuracy"])  # linking accuracy unchanged
+    os.remove(os.path.join(fine_dir, "nil_calibration.json"))
     # the text-only model of the same run must be evaluated text-only
     with pytest.raises(ValueError, match="--image_features 'resnet50'"):
         _script("evaluate_linking").main(base_argv[:10] + ["--model", fine_dir, "--image_features", "none"])

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Evaluate a saved PFMEL linker: accuracy (argmax over the name-rule candidates) and candidate recall.
+"""Evaluate a saved PFMEL linker: accuracy (argmax over the name-rule candidates), candidate recall, and the NIL
+metrics (``nil_*``: in-KB accuracy, NIL precision / recall / F1, overall accuracy) under the NIL protocol of
+``modeling_mel.nil`` at the model's calibrated threshold (``mel calibrate``).
 
     python train/evaluate_linking.py --model O/linker --dataset twitter_mel --data_dir D --split test
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from modeling_mel.nil import NIL_THRESHOLD_HELP
 from modeling_mel.pfmel_training import SPLITS, PFMELDataArguments, load_corpus, run_evaluation
 
 
@@ -27,6 +30,10 @@ class EvaluationArguments:
     bf16: bool = field(default=False, metadata={"help": "score under bf16 autocast (CPU or GPU)"})
     output_file: str | None = field(default=None, metadata={"help": "results JSON (default <model>/eval_results.json)"})
     predictions_file: str | None = field(default=None, metadata={"help": "also write ranked candidates as JSONL"})
+    nil_threshold: str = field(default="calibrated", metadata={"help": NIL_THRESHOLD_HELP})
+    nil_fraction: float | None = field(default=None, metadata={"help": "NIL protocol: share of gold entities removed "
+                                                                        "(default: the calibration's, else 0.2)"})
+    nil_seed: int | None = field(default=None, metadata={"help": "NIL protocol seed (default: the calibration's, else 0)"})
 
     def __post_init__(self) -> None:
         if not self.model or not os.path.isfile(os.path.join(self.model, "config.json")):
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = run_evaluation(
         eval_args.model, data_args, eval_args.split, eval_args.batch_size, eval_args.bf16,
         eval_args.output_file, corpus=corpus, predictions_file=eval_args.predictions_file,
+        nil_threshold=eval_args.nil_threshold, nil_fraction=eval_args.nil_fraction, nil_seed=eval_args.nil_seed,
     )
 
     # 4. Report.

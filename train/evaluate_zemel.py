@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Evaluate a saved ZEMEL model: precision / R@1 / micro-F1 at 5 and 100 candidates, V&T-KG and V-T-KG.
+"""Evaluate a saved ZEMEL model: precision / R@1 / micro-F1 at 5 and 100 candidates, V&T-KG and V-T-KG, and the
+NIL metrics (``nil_*``) under the protocol of ``modeling_mel.nil`` at the model's calibrated threshold.
 
     python train/evaluate_zemel.py --model_path O --dataset zemeld --data_dir D [--eval_splits dev,test]
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, set_seed
 
+from modeling_mel.nil import NIL_THRESHOLD_HELP, nil_settings
 from modeling_mel.zemel_evaluation import (
     EVAL_KB_HELP,
     EVAL_KB_MODES,
@@ -61,6 +63,10 @@ class ZemelEvalArguments:
     output_dir: str | None = field(default=None, metadata={"help": "where eval_results.json goes (default: --model_path)"})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Arrow cache of the corpus builder"})
     seed: int = field(default=42, metadata={"help": "seed (random-init image model fallback)"})
+    nil_threshold: str = field(default="calibrated", metadata={"help": NIL_THRESHOLD_HELP})
+    nil_fraction: float | None = field(default=None, metadata={"help": "NIL protocol: share of gold entities removed "
+                                                                        "(default: the calibration's, else 0.2)"})
+    nil_seed: int | None = field(default=None, metadata={"help": "NIL protocol seed (default: the calibration's, else 0)"})
 
     def __post_init__(self) -> None:
         if not self.model_path or not os.path.isfile(os.path.join(self.model_path, "config.json")):
@@ -122,13 +128,15 @@ def main(argv: list[str] | None = None) -> dict:
             )
         regions = RegionFeatures(extractor, args.max_entity_images or getattr(config, "max_entity_images", 9))
 
-    # 5. Evaluate every split with a candidate cache.
+    # 5. Evaluate every split with a candidate cache (NIL metrics at the calibrated threshold unless overridden).
+    nil_threshold, nil_fraction, nil_seed = nil_settings(args.model_path, args.nil_threshold, args.nil_fraction,
+                                                         args.nil_seed)
     results = evaluate_splits(
         model, processor, data, args.split_list, regions=regions, eval_kb=args.eval_kb,
         max_samples=args.max_eval_samples, ns=args.ns, batch_size=args.batch_size,
         context_max_length=args.context_max_length or getattr(config, "context_max_length", 64),
         candidate_max_length=args.candidate_max_length or getattr(config, "candidate_max_length", 64), bf16=args.bf16,
-        progress=True,
+        progress=True, nil_threshold=nil_threshold, nil_fraction=nil_fraction, nil_seed=nil_seed,
     )
 
     # 6. Write and report.
