@@ -738,8 +738,9 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max_batch_size", type=int, default=32, help="most mentions merged into one forward pass")
-    parser.add_argument("--max_wait_ms", type=float, default=2.0,
-                        help="how long a batch waits for more requests after its first one")
+    parser.add_argument("--max_wait_ms", type=float, default=10.0,
+                        help="how long a batch waits for more requests after its first one, under concurrent load "
+                             "(a lone client never waits)")
     parser.add_argument("--no_batching", action="store_true", help="run every request alone (dynamic batching off)")
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body")
     parser.add_argument("--max_list", type=int, default=64, help="most mentions in one request")

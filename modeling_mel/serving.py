@@ -13,9 +13,10 @@ Endpoints:
 - ``GET /health``: ``{"status": "ok"}`` once the model and KB are loaded.
 - ``GET /info``: model, linking method, KB size, index type, NIL threshold, batching settings, limits, counters.
 
-Dynamic batching (:class:`DynamicBatcher`): one worker thread runs the model; requests that arrive while it waits
-(``max_wait_ms``, default 2) or while it runs are merged into one pipeline call of up to ``max_batch_size`` mentions
-(requests with different parameters are never merged). When a merged call fails, each request of it is run alone, so
+Dynamic batching (:class:`DynamicBatcher`): one worker thread runs the model; requests that arrive while it runs, or
+while it waits for more (``max_wait_ms``, default 10, only under concurrent load: a lone client never waits), are
+merged into one pipeline call of up to ``max_batch_size`` mentions (requests with different parameters are never
+merged). When a merged call fails, each request of it is run alone, so
 a bad request gets its own error and never another request's results.
 
 Errors: a body over ``max_body_bytes`` gets 413; a body that is not JSON gets 400; a bad mention or parameter
@@ -77,12 +78,13 @@ class DynamicBatcher:
     Args:
         link: the linking function (the pipeline called on a list).
         max_batch_size: most mentions merged into one call (a single larger request still runs whole).
-        max_wait_ms: how long the worker waits for more requests after the first one of a batch.
+        max_wait_ms: how long the worker waits for more requests after the first one of a batch, when the previous
+            batch merged several requests (under concurrent load); a lone client never waits.
         enabled: ``False`` runs every request alone, in arrival order (dynamic batching off).
     """
 
     def __init__(
-        self, link: Callable[[list[dict], dict], list], max_batch_size: int = 32, max_wait_ms: float = 2.0,
+        self, link: Callable[[list[dict], dict], list], max_batch_size: int = 32, max_wait_ms: float = 10.0,
         enabled: bool = True,
     ):
         if int(max_batch_size) < 1:
@@ -97,6 +99,7 @@ class DynamicBatcher:
         self._queue: "queue.Queue[_Job | None]" = queue.Queue()
         self._held: collections.deque[_Job] = collections.deque()  # taken from the queue, not merged yet
         self._thread: threading.Thread | None = None
+        self._concurrent = False  # whether the last batch merged several requests
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,7 +160,9 @@ class DynamicBatcher:
                 return
             batch, size = [first], first.size
             if self.enabled:
-                deadline = time.monotonic() + self.max_wait
+                # wait for more requests only under concurrent load (the previous batch merged several requests):
+                # a lone client never waits; otherwise the queue fills while the model runs
+                deadline = time.monotonic() + (self.max_wait if self._concurrent else 0.0)
                 skipped: list[_Job] = []
                 while size < self.max_batch_size:
                     job = self._next(max(0.0, deadline - time.monotonic()))
@@ -174,6 +179,7 @@ class DynamicBatcher:
                     batch.append(job)
                     size += job.size
                 self._held.extendleft(reversed(skipped))
+                self._concurrent = len(batch) > 1
             self._execute(batch)
 
     def _execute(self, batch: list[_Job]) -> None:
@@ -355,7 +361,7 @@ def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = 
 
 
 def run_server(
-    pipe: Any, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32, max_wait_ms: float = 2.0,
+    pipe: Any, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32, max_wait_ms: float = 10.0,
     batching: bool = True, limits: ServeLimits | None = None, graceful_timeout: float = 30.0, log_level: str = "info",
 ) -> None:
     """Serve ``pipe`` with uvicorn until SIGINT / SIGTERM (then finish the requests in flight and return)."""

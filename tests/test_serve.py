@@ -240,7 +240,6 @@ def test_batcher_merges_isolates_failures_and_separates_parameters():
         return [[f"{item}:{params.get('top_k', 5)}"] for item in items]
 
     batcher = DynamicBatcher(link, max_batch_size=8, max_wait_ms=50)
-    batcher.start()
     done: dict[str, tuple] = {}
 
     def collect(name: str):
@@ -251,6 +250,7 @@ def test_batcher_merges_isolates_failures_and_separates_parameters():
     batcher.submit(["d"], {"top_k": 2}, collect("d"))  # other parameters: its own call
     batcher.submit(["bad"], {}, collect("bad"))
     batcher.submit(["e"], {}, collect("e"))
+    batcher.start()  # every job is queued before the worker looks
     gate.set()
     batcher.stop()
     assert done["a"] == ([["a:5"]], None) and done["bc"] == ([["b:5"], ["c:5"]], None)
