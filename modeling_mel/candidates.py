@@ -1,8 +1,13 @@
-"""Candidate generation for multimodal entity linking.
+"""Candidate generation for multimodal entity linking: the one owner of every candidate source.
 
 * ZEMEL (zero-shot): :class:`Bm25RuleCandidates`, BM25 over entity names merged with three rules.
 * PFMEL name rule: :func:`name_contains_candidates`, :class:`NameRuleCandidates` (entities whose user name
-  contains the mention) and :func:`candidate_report` (recall / size of any generator); section at the end.
+  contains the mention), :func:`closest_first` (its order: exact name, shorter names, KB order) and
+  :func:`candidate_report` (recall / size of any generator).
+* Dense: :func:`dense_candidates`, the poly-code (or pooled-vector) search over cached entity vectors.
+
+This file is shipped with saved models (the pipeline imports it), so it imports only the standard library and numpy
+at module level; ``bm25s`` is imported when a BM25 generator is built (``ValueError`` naming the fix without it).
 """
 
 from __future__ import annotations
@@ -70,7 +75,13 @@ class Bm25RuleCandidates:
         k1: float = 1.5,
         b: float = 0.75,
     ):
-        import bm25s
+        try:
+            import bm25s
+        except ImportError as err:  # the model's code without the package's dependencies
+            raise ValueError(
+                "BM25 candidates need the bm25s package (pip install modeling-mel, or pip install bm25s); "
+                "use candidates='dense' or 'rule' without it"
+            ) from err
 
         if len(entity_ids) != len(names):
             raise ValueError(f"{len(entity_ids)} entity ids but {len(names)} names")
@@ -230,6 +241,14 @@ def name_contains_candidates(mention: str, kb_names: _Sequence[str]) -> list[int
     return [i for i, name in enumerate(kb_names) if needle in str(name or "").lower()]
 
 
+def closest_first(hits: _Iterable[int], lower_names: _Sequence[str], mention: str) -> list[int]:
+    """Name-rule hits (KB positions) ordered by closeness of name to ``mention``: the exact name first, then shorter
+    names, then KB order. The one order of PFMEL's candidates (training data, evaluation, pipeline), so that a cap on
+    the number of candidates cuts the same list everywhere."""
+    key = str(mention or "").strip().lower()
+    return sorted(dict.fromkeys(hits), key=lambda i: (lower_names[i] != key, len(lower_names[i]), i))
+
+
 def _pfmel_kb_records(kb: _Any) -> list[_Mapping[str, _Any]]:
     """KB rows as mappings: a ``datasets.Dataset``, a list of dicts, or ``{entity_id: name}``."""
     if isinstance(kb, _Mapping):
@@ -270,6 +289,8 @@ class NameRuleCandidates:
                 owners.append(i)
                 pieces.append(text)
                 pos += len(text) + 1
+        self._first_field = [r.get(self.fields[0]) if self.fields else "" for r in records]
+        self._lower_first: list[str] | None = None
         self._haystack = self._SEP.join(pieces)
         self._starts = starts
         self._owners = owners
@@ -306,6 +327,14 @@ class NameRuleCandidates:
     def __call__(self, mention: str) -> list[str]:
         """Entity ids whose name contains ``mention`` (case-insensitive), in KB order."""
         return [self.entity_ids[i] for i in self.indices(mention)]
+
+    def closest(self, mention: str, k: int | None = None) -> list[int]:
+        """KB positions of the candidates of ``mention`` in :func:`closest_first` order (by the first searched
+        field), the first ``k`` (all when ``k`` is ``None`` or 0)."""
+        if self._lower_first is None:
+            self._lower_first = [str(r or "").lower() for r in self._first_field]
+        ranked = closest_first(self.indices(mention), self._lower_first, mention)
+        return ranked[:k] if k else ranked
 
 
 # -- report (works for any generator, including Bm25RuleCandidates) ---------------------------------------------------
@@ -352,3 +381,21 @@ def candidate_report(
         "empty": empty,
         "n_mentions": n,
     }
+
+
+# ======================================================================================================================
+# Dense candidates: the poly-code search over cached entity vectors (pipeline and EntityIndex.retrieve_scored)
+# ======================================================================================================================
+
+
+def dense_candidates(context: _Any, k: int, search: _Any, poly: bool) -> list[list[int]]:
+    """The dense candidates of each context of a batch: the top ``k`` KB positions of its pooled vector (bi), or the
+    union over its poly codes of each code's top ``k`` (poly: the poly score is a convex combination of the codes'
+    dot products, so it never exceeds the best code's; the union holds the strong candidates, to be rescored).
+    ``search(queries (Q, H), k) -> [[position, ...], ...]`` (negative positions are ignored). The one poly-code search
+    of the pipeline and ``EntityIndex.retrieve_scored``."""
+    queries = context.poly_codes if poly else context.pooled_output[:, None, :]  # (B, q, H)
+    rows = search(queries.reshape(-1, queries.shape[-1]), int(k))
+    q = queries.shape[1]
+    return [list(dict.fromkeys(int(p) for row in rows[b * q : (b + 1) * q] for p in row if int(p) >= 0))
+            for b in range(queries.shape[0])]

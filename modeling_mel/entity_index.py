@@ -34,12 +34,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .candidates import dense_candidates
 from .knowledge_base import (
     ENTITIES_NAME,
     INDEX_CONFIG_NAME,
     VECTORS_NAME,
     check_index_compatible,
-    dense_candidates,
     encode_entities,
     kb_records,
     linking_method,

@@ -303,19 +303,6 @@ def encode_entities(
     return out
 
 
-
-def dense_candidates(context: Any, k: int, search: Any, poly: bool) -> list[list[int]]:
-    """The dense candidates of each context of a batch: the top ``k`` KB positions of its pooled vector (bi), or the
-    union over its poly codes of each code's top ``k`` (poly: the poly score is a convex combination of the codes'
-    dot products, so it never exceeds the best code's; the union holds the strong candidates, to be rescored).
-    ``search(queries (Q, H), k) -> [[position, ...], ...]`` (negative positions are ignored). The one poly-code search
-    of the pipeline and ``EntityIndex.retrieve_scored``."""
-    queries = context.poly_codes if poly else context.pooled_output[:, None, :]  # (B, q, H)
-    rows = search(queries.reshape(-1, queries.shape[-1]), int(k))
-    q = queries.shape[1]
-    return [list(dict.fromkeys(int(p) for row in rows[b * q : (b + 1) * q] for p in row if int(p) >= 0))
-            for b in range(queries.shape[0])]
-
 __all__ = [
     "INDEX_CONFIG_NAME",
     "ENTITIES_NAME",
@@ -331,5 +318,4 @@ __all__ = [
     "model_fingerprint",
     "check_index_compatible",
     "encode_entities",
-    "dense_candidates",
 ]

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .candidates import NameRuleCandidates
+from .candidates import NameRuleCandidates, closest_first
 from .corpus import ListDataset  # noqa: F401 - re-exported
 from .image_features import image_source
 from .processing_multimodal_nsp import (
@@ -728,10 +728,8 @@ class PFMELCorpus:
     def closest_names(self, mention: str, k: int | None = None) -> list[str]:
         """Name-rule candidates ordered by closeness of name (exact name first, then shorter names, then KB order,
         as the pipeline orders them), the first ``k`` (all when ``k`` is ``None``)."""
-        key = str(mention or "").strip().lower()
-        cands = dict.fromkeys(str(c) for c in self.candidate_fn(mention))
-        names = {e: self._rule_name(e).lower() for e in cands}
-        order = sorted(names, key=lambda e: (names[e] != key, len(names[e])))  # stable: KB order within ties
+        cands = list(dict.fromkeys(str(c) for c in self.candidate_fn(mention)))  # KB order
+        order = [cands[i] for i in closest_first(range(len(cands)), [self._rule_name(e).lower() for e in cands], mention)]
         return order[:k] if k is not None else order
 
     def linking_data(

@@ -44,6 +44,7 @@ _NOT_GIVEN = object()
 CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
 
 
+from .candidates import NameRuleCandidates, dense_candidates
 from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB layer
     ENTITIES_NAME,
     INDEX_CONFIG_NAME,
@@ -51,7 +52,6 @@ from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB lay
     _as_int,
     _image_features_of,
     check_index_compatible,
-    dense_candidates,
     encode_entities,
     entity_images,
     kb_records,
@@ -90,38 +90,27 @@ class LinkingKB:
             if e["entity_id"] in self.position:
                 raise ValueError(f"entity_id {e['entity_id']!r} occurs twice in the KB (rows {self.position[e['entity_id']]} and {i})")
             self.position[e["entity_id"]] = i
-        self._lower_names = [e["name"].lower() for e in entities]
         self.vectors = vectors
         self.searcher = searcher
+        self._rule: NameRuleCandidates | None = None
         self._bm25 = None
 
     def __len__(self) -> int:
         return len(self.entities)
 
     def name_rule(self, mention: str, k: int | None = None) -> list[int]:
-        """PFMEL's rule: positions of entities whose name contains the mention (case-insensitive).
-
-        The same set as ``modeling_mel.candidates.NameRuleCandidates`` (kept here so that the model's code runs
-        without the package), ordered by closeness: exact name first, then shorter names, then KB order; the first
-        ``k`` are returned (PFMEL scores every candidate, so only very common mentions are cut).
-        """
-        m = str(mention or "").strip().lower()  # as modeling_mel.candidates.NameRuleCandidates
-        if not m:
-            return []
-        hits = [i for i, name in enumerate(self._lower_names) if m in name]
-        hits.sort(key=lambda i: (self._lower_names[i] != m, len(self._lower_names[i]), i))
-        return hits[:k] if k else hits
+        """PFMEL's rule (``candidates.NameRuleCandidates``): positions of entities whose name contains the mention
+        (case-insensitive), closest names first (``candidates.closest_first``: exact name, shorter names, KB order);
+        the first ``k`` (PFMEL scores every candidate, so only very common mentions are cut)."""
+        if self._rule is None:
+            self._rule = NameRuleCandidates(self.entities)
+        return self._rule.closest(mention, k)
 
     def bm25(self, mention: str, k: int) -> list[int]:
-        """ZEMEL's BM25 + rules candidates (``modeling_mel.candidates.Bm25RuleCandidates``; needs the package)."""
+        """ZEMEL's BM25 + rules candidates (``candidates.Bm25RuleCandidates``; needs the ``bm25s`` package)."""
         if self._bm25 is None:
-            try:
-                from modeling_mel.candidates import Bm25RuleCandidates
-            except ImportError as err:  # remote code without the package
-                raise ValueError(
-                    "candidates='bm25' needs the modeling-mel package (pip install modeling-mel); "
-                    "with the model's code only, use candidates='dense' or 'rule'"
-                ) from err
+            from .candidates import Bm25RuleCandidates
+
             self._bm25 = Bm25RuleCandidates([e["entity_id"] for e in self.entities], [e["name"] for e in self.entities])
         return [self.position[e] for e in self._bm25(mention, k)]
 
@@ -249,7 +238,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         top_k (`int`, default 5): results per input.
         candidates (`str`, default ``"auto"``): ZEMEL candidate source, ``"bm25"`` (BM25 + rules), ``"dense"``
             (the cache), ``"all"`` (both), ``"rule"`` (name contains the mention); ``"auto"`` is ``"all"`` when
-            the modeling_mel package is importable, else ``"dense"``. PFMEL always uses the name rule (+ retriever).
+            the bm25s package is installed, else ``"dense"``. PFMEL always uses the name rule (+ retriever).
         num_candidates (`int`, default 100): candidates per source before reranking.
         pair_batch_size (`int`, default 64): PFMEL pairs per forward pass.
         max_length (`int`, optional): token limit (default: the processor's).
@@ -730,7 +719,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if mode == "auto":
             import importlib.util
 
-            mode = "all" if importlib.util.find_spec("modeling_mel") is not None else "dense"
+            mode = "all" if importlib.util.find_spec("bm25s") is not None else "dense"  # BM25 needs bm25s
         n = len(self.kb)
         rows: list[list[int]] = [[] for _ in examples]
         if mode in ("bm25", "all"):
