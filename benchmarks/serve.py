@@ -3,7 +3,7 @@ against off, in one run on 127.0.0.1.
 
 Two `mel serve` processes run side by side over the same entity index (ZEMEL MiniLM poly, text only, a synthetic KB
 of ``--n_entities`` names + descriptions, built with ``EntityIndex.build`` as `mel index` does, bf16 where this
-machine runs it fast, the pipeline's default candidates: BM25 + rules and dense): one with dynamic batching
+machine runs it fast (probed once, both servers get the same ``--bf16`` or ``--fp32``), the pipeline's default candidates: BM25 + rules and dense): one with dynamic batching
 (``--max_batch_size 32 --max_wait_ms 10``, the defaults), one with ``--no_batching``. Each client is a thread with a keep-alive HTTP
 connection that sends one mention per request (captions of 20-30 words) and waits for the answer. The levels are
 measured interleaved (on, off, on, off ...) so that machine noise hits both servers alike; each answer's top entity
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--max_batch_size", type=int, default=32, help="the batching server's --max_batch_size")
     parser.add_argument("--max_wait_ms", type=float, default=10.0, help="the batching server's --max_wait_ms")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where bf16_is_fast() says this machine runs it fast")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     levels = [int(c) for c in args.clients.split(",") if c.strip()]
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     processor = ZemelProcessor(load_tokenizer("minilm"))
     model = zemel_model("minilm", processor)
-    bf16 = bf16_is_fast("cpu")
+    bf16 = bf16_is_fast("cpu") if args.precision == "auto" else args.precision == "bf16"
     work = tempfile.mkdtemp(prefix="serve-bench-")
     model_dir, index_dir = os.path.join(work, "model"), os.path.join(work, "index")
     model.save_pretrained(model_dir)
@@ -130,10 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
     EntityIndex.build(model, processor, entities(n_kb, seed=7), index_type="flat", progress=False, bf16=bf16).save(index_dir)
     del model
 
+    precision = "--bf16" if bf16 else "--fp32"  # decided once here: both servers run the same precision
     servers = {
-        "on": start_server(model_dir, index_dir, "--max_batch_size", str(args.max_batch_size), "--max_wait_ms",
-                           str(args.max_wait_ms)),
-        "off": start_server(model_dir, index_dir, "--no_batching"),
+        "on": start_server(model_dir, index_dir, precision, "--max_batch_size", str(args.max_batch_size),
+                           "--max_wait_ms", str(args.max_wait_ms)),
+        "off": start_server(model_dir, index_dir, precision, "--no_batching"),
     }
     results: dict[tuple[str, int], list[dict]] = {}
     try:

@@ -463,8 +463,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retriever_model", default=None,
                         help="the ZEMEL model folder of --retriever (default: the model recorded in the index)")
     parser.add_argument("--strict_images", action="store_true", help="fail a mention with an unreadable image")
-    parser.add_argument("--fp32", action="store_true",
-                        help="run the model in fp32 (default: bf16 autocast where this machine runs it fast)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp32", action="store_true",
+                           help="run the model in fp32 (default: bf16 autocast where this machine runs it fast)")
+    precision.add_argument("--bf16", action="store_true",
+                           help="run the model under bf16 autocast without probing the machine (benchmarks, GPUs)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
     _add_image_args(parser)
 
@@ -490,7 +493,8 @@ def build_pipeline(args: argparse.Namespace) -> Any:
     model, processor = load_model_and_processor(args.model, args.trust_remote_code)
     extractor = build_image_extractor(args, model)
     init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}
-    init["bf16"] = False if args.fp32 else None  # None: bf16 autocast where this machine runs it fast
+    # None: bf16 autocast where this machine runs it fast
+    init["bf16"] = False if args.fp32 else (True if getattr(args, "bf16", False) else None)
     if extractor is not None:
         init["image_extractor"] = extractor
     if args.retriever:
