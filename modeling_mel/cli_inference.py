@@ -119,10 +119,22 @@ def index_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output directory of the index")
     parser.add_argument("--batch_size", type=int, default=64, help="entities per forward pass")
     parser.add_argument("--max_length", type=int, default=64, help="token limit of an entity (name + description)")
-    parser.add_argument("--index_type", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
-                        help="flat = exact inner product; auto = flat below --hnsw_threshold entities, HNSW above")
+    parser.add_argument("--index_type", choices=("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfsq8", "hnswsq8"),
+                        default="auto",
+                        help="flat = exact inner product; hnsw / ivf = approximate over float32 vectors; ivfpq, ivfsq8, "
+                        "hnswsq8 = compressed codes (PQ: pq_m bytes a vector; SQ8: 1 byte a dimension); auto = flat "
+                        "below --hnsw_threshold entities, HNSW above, or, with --memory_budget, the most exact that fits")
+    parser.add_argument("--memory_budget", default=None,
+                        help="memory for the index and the rerank vectors, e.g. 4GB; 'auto' picks the index type by it "
+                        "and vectors are kept for the exact rerank only when they fit")
+    parser.add_argument("--store_vectors", choices=("auto", "yes", "no"), default="auto",
+                        help="keep the exact float32 vectors for the poly rerank (auto: when they fit --memory_budget; "
+                        "no: the rerank runs on vectors decoded from the compressed codes)")
     parser.add_argument("--hnsw_threshold", type=int, default=100_000, help="KB size from which 'auto' uses HNSW")
     parser.add_argument("--ef_search", type=int, default=512, help="HNSW search depth (recall vs speed)")
+    parser.add_argument("--ivf_nlist", type=int, default=None, help="IVF lists (default 4 sqrt(N))")
+    parser.add_argument("--ivf_nprobe", type=int, default=None, help="IVF lists searched a query (default nlist / 8)")
+    parser.add_argument("--pq_m", type=int, default=None, help="PQ bytes a vector (a divisor of the dim; default dim / 4)")
     parser.add_argument("--bm25_only", action="store_true", help="metadata-only index, no model needed")
     parser.add_argument("--fp32", action="store_true",
                         help="encode the KB in fp32 (default: bf16 autocast where this machine runs it fast)")
@@ -133,9 +145,15 @@ def index_main(argv: list[str]) -> int:
     if not args.bm25_only and not args.model:
         parser.error("--model is required (or --bm25_only for a metadata-only index)")
 
-    from .entity_index import EntityIndex, check_index_destination, index_write_lock
+    from .entity_index import EntityIndex, check_index_destination, index_write_lock, parse_memory
     from .hardware import bf16_is_fast
     from .knowledge_base import linking_method
+
+    store_vectors = {"auto": None, "yes": True, "no": False}[args.store_vectors]
+    try:
+        parse_memory(args.memory_budget)
+    except ValueError as err:
+        parser.error(f"--memory_budget: {err}")
 
     # The folder is locked and checked before the (possibly long) encoding; the index is written atomically, so a
     # failure or a kill leaves the previous index as it was. Errors: one line on stderr, exit code 2.
@@ -156,6 +174,8 @@ def index_main(argv: list[str]) -> int:
                 model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
                 hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
                 ef_search=args.ef_search, bf16=False if args.fp32 or model is None else bf16_is_fast(model.device.type),
+                memory_budget=args.memory_budget, store_vectors=store_vectors, ivf_nlist=args.ivf_nlist,
+                ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
             )
             index.save(args.out)
     except (ValueError, OSError) as err:
