@@ -726,8 +726,10 @@ def build_faiss_from_chunks(
     if added != n:
         raise ValueError(f"the vector chunks held {added} vectors, expected {n}")
     k = min(RECALL_K, n)
-    if index_type == "flat" or not len(held):
+    if index_type == "flat":
         recall = {"k": k, "recall": 1.0, "queries": 0, "method": "exact index"}
+    elif not len(held):
+        recall = {"k": k, "recall": None, "queries": 0, "method": "not measured (recall_queries=0)"}
     else:
         queries = _gather_rows(chunks, held, dim)
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
@@ -790,8 +792,8 @@ def attach_index(
     if index_type == "auto":
         index.config["index_type_requested"] = "auto"
     logger.info(
-        "indexed %d vectors of dim %d (%s %s): recall@%d %.3f vs exact, %.1f MiB (%s)", n, dim, chosen, used,
-        recall["k"], recall["recall"], (faiss_bytes + vector_bytes) / 2**20,
+        "indexed %d vectors of dim %d (%s %s): recall@%d %s vs exact, %.1f MiB (%s)", n, dim, chosen, used,
+        recall["k"], "n/a" if recall["recall"] is None else f"{recall['recall']:.3f}", (faiss_bytes + vector_bytes) / 2**20,
         "exact vectors kept for the rerank" if store else "rerank on vectors decoded from the codes",
     )
 
