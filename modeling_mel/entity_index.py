@@ -9,11 +9,21 @@ Build once (``mel index`` or :meth:`EntityIndex.build`), then link many mentions
 
 A saved index directory holds ``vectors.safetensors`` (``(N, H)`` float32), ``faiss.index``, ``entities.jsonl`` (the
 entity metadata, JSON-serialisable fields only) and ``index_config.json`` (model config hash, weights fingerprint,
-index type and parameters). Index types: exact inner product (``IndexFlatIP``) for KBs smaller than
-``hnsw_threshold``, HNSW (``IndexHNSWFlat``, inner-product metric) above it with ``index_type="auto"``; ``"ivf"``
-(``IndexIVFFlat``) is available for very large KBs. Without a model the index holds metadata only (BM25 / name-rule
-candidates for PFMEL users). The BLINK indexer names (``index_data``, ``search_knn``, ``serialize``,
-``deserialize_from``) are aliases.
+index type and parameters, recall@64 measured at build time, memory). Index types: exact inner product
+(``IndexFlatIP``) for KBs smaller than ``hnsw_threshold``, HNSW (``IndexHNSWFlat``, inner-product metric) above it
+with ``index_type="auto"``; ``"ivf"`` (``IndexIVFFlat``) for very large KBs; and compressed codes for KBs whose float32
+vectors do not fit in memory: ``"ivfpq"`` (``IndexIVFPQ``, ``pq_m`` bytes a vector, dim/4 by default), ``"ivfsq8"``
+(``IndexIVFScalarQuantizer`` 8-bit, one byte a dimension) and ``"hnswsq8"`` (``IndexHNSWSQ``). With a
+``memory_budget``, ``"auto"`` picks the most exact type that fits (:func:`choose_index_type`).
+
+The poly rerank of the top-k reads :attr:`EntityIndex.vectors`: the exact float32 vectors when they are stored
+(``vectors.safetensors``; ``store_vectors=None`` keeps them when they fit the budget), else the rows decoded from the
+compressed codes (:class:`CodeVectors`, FAISS ``reconstruct_batch``; IVF indexes get a direct map, 8 bytes a vector,
+for it): the rerank then scores approximate vectors (SQ8: about 1e-2 off per dimension; PQ: more). Such a folder has
+no ``vectors.safetensors`` and ``index_config.json`` says ``"vectors_stored": false``. Without a model the index holds
+metadata only (BM25 / name-rule candidates for PFMEL users). The BLINK indexer names (``index_data``,
+``search_knn``, ``serialize``, ``deserialize_from``) are aliases. Sharded, resumable building over processes:
+:mod:`modeling_mel.sharded_index`.
 """
 
 from __future__ import annotations
