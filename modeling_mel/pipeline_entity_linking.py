@@ -137,10 +137,13 @@ class LinkingKB:
         return torch.as_tensor(rows, dtype=torch.float32).reshape(*positions.shape, -1)
 
     def all_vectors(self) -> torch.Tensor:
-        """The whole ``(N, H)`` cache as a tensor (decoded from the codes when the index stores no vectors)."""
+        """The whole ``(N, H)`` cache as a tensor (decoded from the codes once when the index stores no vectors:
+        the exhaustive path runs only below ``exact_threshold`` entities or without a searcher)."""
         if self.vectors is None or isinstance(self.vectors, torch.Tensor):
             return self.vectors
-        return self.gather(torch.arange(len(self)))
+        if self.__dict__.get("_decoded") is None:
+            self.__dict__["_decoded"] = self.gather(torch.arange(len(self)))
+        return self.__dict__["_decoded"]
 
     def dense_search(self, queries: torch.Tensor, k: int) -> list[list[int]]:
         """Top-``k`` positions by inner product for each query vector ``(Q, H)``."""
