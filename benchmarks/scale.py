@@ -81,7 +81,7 @@ def pick_nlist(n: int, max_nlist: int) -> int:
 
 def tune_nprobe(index, queries: np.ndarray, gold: np.ndarray, k: int, target: float) -> tuple[int, float, list]:
     """Smallest nprobe (powers of two) whose recall@k reaches ``target``, or, when the codes cap the recall below it
-    (PQ), the nprobe where doubling stops gaining (< 0.002); returns (nprobe, recall, sweep)."""
+    (PQ), the nprobe (from 8 on) where doubling stops gaining (< 0.002); returns (nprobe, recall, sweep)."""
     nlist = int(index.nlist)
     sweep, nprobe = [], 1
     while True:
@@ -90,7 +90,7 @@ def tune_nprobe(index, queries: np.ndarray, gold: np.ndarray, k: int, target: fl
         sweep.append((nprobe, recall))
         if recall >= target or nprobe >= nlist:
             break
-        if len(sweep) >= 2 and recall - sweep[-2][1] < 0.002:  # plateau: the codes, not the lists, limit recall
+        if nprobe >= 8 and recall - sweep[-2][1] < 0.002:  # plateau: the codes, not the lists, limit recall
             nprobe, recall = sweep[-2]
             break
         nprobe = min(nprobe * 2, nlist)
