@@ -227,6 +227,11 @@ def _load_index_dir_without_faiss(path: str, model: Any) -> tuple[list[dict], to
                 f"{' and '.join(stale)}, left from an earlier dense index of another KB; {rebuild}"
             )
         return entities, None, None, config
+    if config.get("vectors_stored", True) is False:
+        raise ValueError(
+            f"entity index {path!r} holds compressed FAISS codes only (built with --store_vectors no): reading it needs "
+            "the modeling-mel package with faiss (pip install 'modeling-mel[faiss]'), or rebuild it with its vectors"
+        )
     if not os.path.isfile(vec_path):
         raise ValueError(f"{VECTORS_NAME} is missing from the dense entity index {path!r}; {rebuild}")
     from safetensors.torch import load_file
