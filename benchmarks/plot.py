@@ -32,10 +32,13 @@ def plot_scale(runs: dict[str, dict], path: str) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, run in runs.items():
-        rows = run["rows"]
-        x = [r["entities"] for r in rows]
-        ax.plot(x, [r["ms/mention"] for r in rows], marker="o", label=f"{name}: total")
-        ax.plot(x, [r["search ms"] for r in rows], marker="x", linestyle="--", label=f"{name}: index search")
+        kinds = dict.fromkeys(r.get("kind", "") for r in run["rows"])  # one line per index type (older runs: one)
+        for kind in kinds:
+            rows = [r for r in run["rows"] if r.get("kind", "") == kind]
+            x = [r["entities"] for r in rows]
+            label = f"{name} {kind}".strip()
+            ax.plot(x, [r["ms/mention"] for r in rows], marker="o", label=f"{label}: total")
+            ax.plot(x, [r["search ms"] for r in rows], marker="x", linestyle="--", label=f"{label}: index search")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("KB entities")

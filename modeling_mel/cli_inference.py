@@ -120,10 +120,28 @@ def index_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output directory of the index")
     parser.add_argument("--batch_size", type=int, default=64, help="entities per forward pass")
     parser.add_argument("--max_length", type=int, default=64, help="token limit of an entity (name + description)")
-    parser.add_argument("--index_type", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
-                        help="flat = exact inner product; auto = flat below --hnsw_threshold entities, HNSW above")
+    parser.add_argument("--index_type", choices=("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfsq8", "hnswsq8"),
+                        default="auto",
+                        help="flat = exact inner product; hnsw / ivf = approximate over float32 vectors; ivfpq, ivfsq8, "
+                        "hnswsq8 = compressed codes (PQ: pq_m bytes a vector; SQ8: 1 byte a dimension); auto = flat "
+                        "below --hnsw_threshold entities, HNSW above, or, with --memory_budget, the most exact that fits")
+    parser.add_argument("--memory_budget", default=None,
+                        help="memory for the index and the rerank vectors, e.g. 4GB; 'auto' picks the index type by it "
+                        "and vectors are kept for the exact rerank only when they fit")
+    parser.add_argument("--store_vectors", choices=("auto", "yes", "no"), default="auto",
+                        help="keep the exact float32 vectors for the poly rerank (auto: when they fit --memory_budget; "
+                        "no: the rerank runs on vectors decoded from the compressed codes)")
     parser.add_argument("--hnsw_threshold", type=int, default=100_000, help="KB size from which 'auto' uses HNSW")
     parser.add_argument("--ef_search", type=int, default=512, help="HNSW search depth (recall vs speed)")
+    parser.add_argument("--ivf_nlist", type=int, default=None, help="IVF lists (default 4 sqrt(N))")
+    parser.add_argument("--ivf_nprobe", type=int, default=None, help="IVF lists searched a query (default nlist / 8)")
+    parser.add_argument("--pq_m", type=int, default=None, help="PQ bytes a vector (a divisor of the dim; default dim / 4)")
+    parser.add_argument("--shard_size", type=int, default=None,
+                        help="encode the KB in shards of this many entities, each saved with a completion marker in "
+                        "--shard_dir: a killed run restarted with the same command reuses finished shards; under "
+                        "torchrun / accelerate launch the shards are spread over the processes (default there 50000)")
+    parser.add_argument("--shard_dir", default=None, help="folder of the shards (default <out>.shards)")
+    parser.add_argument("--keep_shards", action="store_true", help="keep the shard folder after the index is saved")
     parser.add_argument("--bm25_only", action="store_true", help="metadata-only index, no model needed")
     parser.add_argument("--fp32", action="store_true",
                         help="encode the KB in fp32 (default: bf16 autocast where this machine runs it fast)")
@@ -134,10 +152,19 @@ def index_main(argv: list[str]) -> int:
     if not args.bm25_only and not args.model:
         parser.error("--model is required (or --bm25_only for a metadata-only index)")
 
-    from .entity_index import EntityIndex, check_index_destination, index_write_lock
+    from .entity_index import EntityIndex, check_index_destination, index_write_lock, parse_memory
     from .hardware import bf16_is_fast
     from .knowledge_base import linking_method
 
+    store_vectors = {"auto": None, "yes": True, "no": False}[args.store_vectors]
+    try:
+        parse_memory(args.memory_budget)
+    except ValueError as err:
+        parser.error(f"--memory_budget: {err}")
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.shard_size is not None or world > 1:
+        return _index_sharded(args, world)
     # The folder is locked and checked before the (possibly long) encoding; the index is written atomically, so a
     # failure or a kill leaves the previous index as it was. Errors: one line on stderr, exit code 2.
     try:
@@ -157,12 +184,49 @@ def index_main(argv: list[str]) -> int:
                 model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
                 hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
                 ef_search=args.ef_search, bf16=False if args.fp32 or model is None else bf16_is_fast(model.device.type),
+                memory_budget=args.memory_budget, store_vectors=store_vectors, ivf_nlist=args.ivf_nlist,
+                ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
             )
             index.save(args.out)
     except (ValueError, OSError) as err:
         print(f"mel index: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     logger.info("indexed %d entities in %.1f s -> %s (%r)", len(index), time.perf_counter() - start, args.out, index)
+    return 0
+
+
+def _index_sharded(args: argparse.Namespace, world: int) -> int:
+    """``mel index --shard_size`` / under torchrun or accelerate launch: sharded, resumable encoding
+    (:mod:`modeling_mel.sharded_index`); the main process merges the shards and saves the index."""
+    from .hardware import bf16_is_fast
+    from .knowledge_base import linking_method
+    from .sharded_index import build_sharded
+
+    rank = int(os.environ.get("RANK", "0"))
+    store_vectors = {"auto": None, "yes": True, "no": False}[args.store_vectors]
+    try:
+        model = processor = None
+        if not args.bm25_only:
+            model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+        if model is None or linking_method(model) != "dense":
+            if rank != 0:
+                return 0  # a metadata-only index: nothing to encode, the main process writes it
+            raise ValueError("sharded indexing encodes the KB with a ZEMEL model; drop --shard_size for a metadata-only index")
+        start = time.perf_counter()
+        index = build_sharded(
+            model, processor, _load_kb_arg(args.kb), args.out, shard_size=args.shard_size or 50_000,
+            shard_dir=args.shard_dir, keep_shards=args.keep_shards, batch_size=args.batch_size,
+            max_length=args.max_length, bf16=False if args.fp32 else bf16_is_fast(model.device.type),
+            image_extractor=build_image_extractor(args, model), index_type=args.index_type,
+            memory_budget=args.memory_budget, store_vectors=store_vectors, hnsw_threshold=args.hnsw_threshold,
+            ef_search=args.ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
+        )
+    except (ValueError, OSError) as err:
+        print(f"mel index: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    if index is not None:
+        logger.info("indexed %d entities in %.1f s over %d processes -> %s (%r)", len(index),
+                    time.perf_counter() - start, world, args.out, index)
     return 0
 
 

@@ -9,11 +9,21 @@ Build once (``mel index`` or :meth:`EntityIndex.build`), then link many mentions
 
 A saved index directory holds ``vectors.safetensors`` (``(N, H)`` float32), ``faiss.index``, ``entities.jsonl`` (the
 entity metadata, JSON-serialisable fields only) and ``index_config.json`` (model config hash, weights fingerprint,
-index type and parameters). Index types: exact inner product (``IndexFlatIP``) for KBs smaller than
-``hnsw_threshold``, HNSW (``IndexHNSWFlat``, inner-product metric) above it with ``index_type="auto"``; ``"ivf"``
-(``IndexIVFFlat``) is available for very large KBs. Without a model the index holds metadata only (BM25 / name-rule
-candidates for PFMEL users). The BLINK indexer names (``index_data``, ``search_knn``, ``serialize``,
-``deserialize_from``) are aliases.
+index type and parameters, recall@64 measured at build time, memory). Index types: exact inner product
+(``IndexFlatIP``) for KBs smaller than ``hnsw_threshold``, HNSW (``IndexHNSWFlat``, inner-product metric) above it
+with ``index_type="auto"``; ``"ivf"`` (``IndexIVFFlat``) for very large KBs; and compressed codes for KBs whose float32
+vectors do not fit in memory: ``"ivfpq"`` (``IndexIVFPQ``, ``pq_m`` bytes a vector, dim/4 by default), ``"ivfsq8"``
+(``IndexIVFScalarQuantizer`` 8-bit, one byte a dimension) and ``"hnswsq8"`` (``IndexHNSWSQ``). With a
+``memory_budget``, ``"auto"`` picks the most exact type that fits (:func:`choose_index_type`).
+
+The poly rerank of the top-k reads :attr:`EntityIndex.vectors`: the exact float32 vectors when they are stored
+(``vectors.safetensors``; ``store_vectors=None`` keeps them when they fit the budget), else the rows decoded from the
+compressed codes (:class:`CodeVectors`, FAISS ``reconstruct_batch``; IVF indexes get a direct map, 8 bytes a vector,
+for it): the rerank then scores approximate vectors (SQ8: about 1e-2 off per dimension; PQ: more). Such a folder has
+no ``vectors.safetensors`` and ``index_config.json`` says ``"vectors_stored": false``. Without a model the index holds
+metadata only (BM25 / name-rule candidates for PFMEL users). The BLINK indexer names (``index_data``,
+``search_knn``, ``serialize``, ``deserialize_from``) are aliases. Sharded, resumable building over processes:
+:mod:`modeling_mel.sharded_index`.
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ from .knowledge_base import (
 logger = logging.getLogger(__name__)
 
 FAISS_NAME = "faiss.index"
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "ivfsq8", "hnswsq8")
 #: 2: index_config.json records the entity count, file checksums and sizes, FAISS ntotal and the index kind.
 FORMAT_VERSION = 2
 
@@ -363,6 +373,8 @@ def _verify_index_files(
                 f"{' and '.join(stale)}, left from an earlier dense index of another KB; {_REBUILD}"
             )
         return entities, None, None
+    if config.get("vectors_stored", True) is False:
+        return entities, None, _read_codes_only(directory, config, entities, mmap, check_sha, corrupt, modified)
     if not os.path.isfile(vec_path):
         raise ValueError(f"{VECTORS_NAME} is missing from the dense entity index {directory!r}; {_REBUILD}")
     from safetensors.numpy import load_file
@@ -402,6 +414,400 @@ def _verify_index_files(
     return entities, vectors, searcher
 
 
+# -- compressed indexes: choice by size and memory budget, FAISS construction from vector chunks, build-time recall ----
+#: Index types that keep compressed codes instead of float32 vectors (their exact vectors may or may not be stored).
+COMPRESSED_TYPES = ("ivfpq", "ivfsq8", "hnswsq8")
+#: The k of the recall measured at build time and recorded in ``index_config.json``.
+RECALL_K = 64
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+                 "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_memory(value: Any) -> int | None:
+    """Bytes of a memory size: an int, or a string such as ``"4GB"``, ``"512MiB"``, ``"1.5g"`` (binary units);
+    ``None`` stays ``None`` (no budget). ``ValueError`` naming the value otherwise."""
+    if value is None or isinstance(value, bool):
+        if value is None:
+            return None
+        raise ValueError(f"memory size {value!r} is not a size; give bytes or a string like '4GB'")
+    if isinstance(value, (int, float)):
+        size = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        if unit not in _MEMORY_UNITS or not number:
+            raise ValueError(f"memory size {value!r} is not understood; give bytes or a number with a unit, e.g. '4GB', '512MB'")
+        size = float(number) * _MEMORY_UNITS[unit]
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError(f"memory size {value!r} must be positive")
+    return int(size)
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists for ``n`` vectors: ``4 sqrt(n)``, at most ``n / 39`` (FAISS wants >= 39 training points a list)."""
+    return max(1, min(int(n) // 39, int(4 * math.sqrt(max(1, int(n))))))
+
+
+def default_pq_m(dim: int) -> int:
+    """PQ sub-quantizers for vectors of ``dim``: the largest divisor of ``dim`` at most ``dim / 4`` (one byte per
+    four dimensions: 96 bytes for MiniLM's 384, 1/16 of float32)."""
+    return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+
+
+def estimate_index_bytes(
+    index_type: str, n: int, dim: int, hnsw_m: int = 32, pq_m: int | None = None, ivf_nlist: int | None = None,
+    direct_map: bool = False,
+) -> int:
+    """Estimated bytes of a FAISS index of ``n`` vectors of ``dim`` (codes, ids, centroids, graph links), without
+    the float32 vectors an :class:`EntityIndex` may keep beside it for the exact rerank."""
+    n, dim = int(n), int(dim)
+    nlist = int(ivf_nlist or default_nlist(n))
+    links = n * (2 * int(hnsw_m) * 4 + 12)  # level-0 links (2M ints) + levels, offsets, upper levels (approx.)
+    ids = n * 8 + (n * 8 if direct_map else 0)
+    if index_type == "flat":
+        return n * dim * 4
+    if index_type == "hnsw":
+        return n * dim * 4 + links
+    if index_type == "hnswsq8":
+        return n * dim + links + 8 * dim
+    if index_type == "ivf":
+        return n * dim * 4 + ids + nlist * dim * 4
+    if index_type == "ivfsq8":
+        return n * dim + ids + nlist * dim * 4 + 8 * dim
+    if index_type == "ivfpq":
+        m = int(pq_m or default_pq_m(dim))
+        return n * m + ids + nlist * dim * 4 + 256 * dim * 4
+    raise ValueError(f"unknown index_type {index_type!r}; expected one of {INDEX_TYPES[1:]}")
+
+
+def choose_index_type(
+    n: int,
+    dim: int,
+    memory_budget: Any = None,
+    hnsw_threshold: int = 100_000,
+    hnsw_m: int = 32,
+    pq_m: int | None = None,
+) -> tuple[str, bool]:
+    """``(index_type, store_vectors)`` that ``index_type="auto"`` picks for ``n`` vectors of ``dim``.
+
+    Without a budget: exact ``flat`` below ``hnsw_threshold`` entities, ``hnsw`` at or above it, exact vectors
+    stored. With ``memory_budget`` (bytes or ``"4GB"``), the first that fits, from the most to the least exact:
+    ``flat`` (below the threshold) or ``hnsw``, each with its float32 vectors; ``ivfsq8`` codes plus the float32
+    vectors for an exact rerank; then codes only, the rerank running on vectors decoded from the codes: ``hnswsq8``,
+    ``ivfsq8``, ``ivfpq``. ``ValueError`` naming the budget and the smallest size when nothing fits.
+    """
+    budget = parse_memory(memory_budget)
+    n, dim = int(n), int(dim)
+    first = "flat" if n < int(hnsw_threshold) else "hnsw"
+    if budget is None:
+        return first, True
+    exact = n * dim * 4
+    ladder = [(first, True), ("ivfsq8", True), ("hnswsq8", False), ("ivfsq8", False), ("ivfpq", False)]
+    for kind, store in ladder:
+        need = estimate_index_bytes(kind, n, dim, hnsw_m=hnsw_m, pq_m=pq_m, direct_map=not store and kind != "hnswsq8")
+        need += exact if store and kind != "flat" else 0
+        if kind == "flat":
+            need += exact  # the FAISS copy plus the EntityIndex copy
+        if need <= budget:
+            return kind, store
+    smallest = estimate_index_bytes("ivfpq", n, dim, pq_m=pq_m, direct_map=True)
+    raise ValueError(
+        f"memory_budget {memory_budget!r} ({budget / 2**20:.1f} MiB) is too small for {n} vectors of dim {dim}: the "
+        f"smallest index (ivfpq, {pq_m or default_pq_m(dim)} bytes a vector) needs about {smallest / 2**20:.1f} MiB; "
+        "raise --memory_budget or pass a smaller --pq_m"
+    )
+
+
+def faiss_index_bytes(index: Any) -> int:
+    """Bytes a built FAISS index holds in memory (codes, ids, direct map, centroids, quantizer tables, graph)."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    d = int(index.d)
+    if isinstance(index, faiss.IndexIVF):
+        total = index.ntotal * (int(index.code_size) + 8) + faiss_index_bytes(index.quantizer)
+        if index.direct_map.type != 0:
+            total += index.ntotal * 8
+        if isinstance(index, faiss.IndexIVFPQ):
+            total += int(index.pq.M) * int(index.pq.ksub) * int(index.pq.dsub) * 4
+        elif isinstance(index, faiss.IndexIVFScalarQuantizer):
+            total += 2 * d * 4
+        return int(total)
+    if isinstance(index, faiss.IndexHNSW):
+        hnsw = index.hnsw
+        graph = hnsw.neighbors.size() * 4 + hnsw.levels.size() * 4 + hnsw.offsets.size() * 8
+        return int(graph + faiss_index_bytes(index.storage))
+    if isinstance(index, faiss.IndexScalarQuantizer):
+        return int(index.ntotal * index.code_size + 2 * d * 4)
+    if isinstance(index, faiss.IndexFlatCodes):
+        return int(index.ntotal * index.code_size)
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def _read_codes_only(directory: str, config: dict, entities: list, mmap: bool, check_sha: Any, corrupt: Any,
+                     modified: str) -> Any:
+    """The FAISS index of a folder written without its exact vectors (``vectors_stored: false``), checked like
+    :func:`_verify_index_files` checks a full folder; it cannot be rebuilt, so a missing ``faiss.index`` is an error."""
+    vec_path, faiss_path = os.path.join(directory, VECTORS_NAME), os.path.join(directory, FAISS_NAME)
+    if os.path.exists(vec_path):
+        raise ValueError(
+            f"{INDEX_CONFIG_NAME} in {directory!r} describes a compressed index without stored vectors, but the folder "
+            f"holds {VECTORS_NAME}: {modified}"
+        )
+    if not os.path.isfile(faiss_path):
+        raise ValueError(
+            f"{FAISS_NAME} is missing from the compressed entity index {directory!r}; its exact vectors were not "
+            f"stored, so it cannot be rebuilt from them: {_REBUILD}"
+        )
+    faiss = _faiss()
+    try:
+        searcher = faiss.read_index(faiss_path, faiss.IO_FLAG_MMAP if mmap else 0)
+    except Exception as err:  # noqa: BLE001 - faiss raises RuntimeError with the C++ message
+        raise corrupt(FAISS_NAME, err) from err
+    ntotal, dim = config.get("faiss_ntotal"), config.get("dim")
+    if searcher.ntotal != len(entities) or (ntotal is not None and int(ntotal) != searcher.ntotal):
+        raise ValueError(
+            f"{FAISS_NAME} in {directory!r} holds {searcher.ntotal} vectors, but there are {len(entities)} entities in "
+            f"{ENTITIES_NAME}: it belongs to another index; {_REBUILD}"
+        )
+    if dim is not None and searcher.d != int(dim):
+        raise ValueError(f"{FAISS_NAME} in {directory!r} holds vectors of dim {searcher.d}, {INDEX_CONFIG_NAME} records {dim}: {modified}")
+    check_sha(FAISS_NAME)
+    return searcher
+
+
+class CodeVectors:
+    """Read-only ``(N, H)`` float32 rows decoded from a compressed FAISS index (``reconstruct_batch``): what an
+    :class:`EntityIndex` built without its exact vectors reranks with. Indexing with a position, a list or an array
+    of positions decodes those rows only; ``np.asarray`` decodes all of them."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, faiss_index: Any):
+        faiss = _faiss()
+        index = faiss.downcast_index(faiss_index)
+        if isinstance(index, faiss.IndexIVF) and index.direct_map.type == 0:
+            index.make_direct_map()  # id -> (list, offset), needed to decode rows by position
+        self.faiss_index = faiss_index
+        self.shape = (int(faiss_index.ntotal), int(faiss_index.d))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            key = range(*key.indices(len(self)))
+        positions = np.asarray(key, dtype=np.int64)
+        flat = positions.reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
+            raise IndexError(f"positions out of range for {len(self)} vectors")
+        rows = self.faiss_index.reconstruct_batch(flat) if flat.size else np.zeros((0, self.shape[1]), np.float32)
+        return rows.reshape(*positions.shape, self.shape[1])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.faiss_index.reconstruct_n(0, len(self)) if len(self) else np.zeros(self.shape, np.float32)
+        return out.astype(dtype) if dtype is not None else out
+
+    def __repr__(self) -> str:
+        return f"CodeVectors(shape={self.shape})"
+
+
+def _chunks_of(vectors: np.ndarray, size: int = 50_000):
+    """A chunk source over an in-memory array: a function returning an iterator of row blocks."""
+    return lambda: (vectors[s : s + size] for s in range(0, len(vectors), size))
+
+
+def _gather_rows(chunks: Any, positions: np.ndarray, dim: int) -> np.ndarray:
+    """Rows ``positions`` (sorted or not) of the vectors that ``chunks()`` yields in order."""
+    order = np.argsort(positions)
+    want = positions[order]
+    out = np.empty((len(positions), dim), dtype=np.float32)
+    offset = j = 0
+    for block in chunks():
+        end = offset + len(block)
+        k = np.searchsorted(want, end)
+        if k > j:
+            out[order[j:k]] = block[want[j:k] - offset]
+            j = k
+        offset = end
+        if j == len(want):
+            break
+    return out
+
+
+def _exact_topk(queries: np.ndarray, chunks: Any, k: int) -> np.ndarray:
+    """Exact top-``k`` positions by inner product over the vectors that ``chunks()`` yields (one pass, chunk by
+    chunk: the vectors never need to be in memory together)."""
+    faiss = _faiss()
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    offset = 0
+    for block in chunks():
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        s, i = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        best_s = np.concatenate([best_s, s], axis=1)
+        best_i = np.concatenate([best_i, i + offset], axis=1)
+        if best_s.shape[1] > k:
+            keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+        offset += len(block)
+    return best_i
+
+
+def build_faiss_from_chunks(
+    index_type: str,
+    n: int,
+    dim: int,
+    chunks: Any,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 512,
+    ivf_nlist: int | None = None,
+    ivf_nprobe: int | None = None,
+    pq_m: int | None = None,
+    seed: int = 0,
+    recall_queries: int = 200,
+    progress: bool = False,
+) -> tuple[Any, dict, dict]:
+    """A filled FAISS index of type ``index_type`` over ``n`` vectors of ``dim`` that ``chunks()`` yields in order
+    (called up to three times: training sample, adding, exact recall), plus its parameters and its build-time recall.
+
+    Recall: ``recall_queries`` KB vectors held out of the quantizer training, each perturbed by Gaussian noise of
+    10% of its norm, searched in the new index; the report is the mean overlap of its top-``k`` with the exact
+    top-``k`` (``k = min(64, n)``). Exact indexes record 1.0 without measuring.
+    """
+    if index_type not in INDEX_TYPES[1:]:
+        raise ValueError(f"unknown index_type {index_type!r}; expected one of {INDEX_TYPES[1:]}")
+    faiss = _faiss()
+    n, dim = int(n), int(dim)
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.choice(n, size=min(n, int(recall_queries)), replace=False)) if n else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(n), held) if n - len(held) >= 256 else np.arange(n)
+    params: dict[str, Any] = {}
+    needs_training = index_type not in ("flat", "hnsw")
+    nlist = int(ivf_nlist or default_nlist(n)) if index_type.startswith("ivf") else 0
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif index_type in ("hnsw", "hnswsq8"):
+        if index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
+        index.hnsw.efSearch = int(ef_search)
+        params = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+        if index_type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif index_type == "ivfsq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = int(pq_m or default_pq_m(dim))
+            if dim % m:
+                raise ValueError(f"pq_m {m} does not divide the vector dimension {dim}; pick a divisor of {dim}")
+            n_train = min(len(rest), 64 * nlist) if nlist > 1 else len(rest)
+            nbits = 8 if n_train >= 256 else max(1, int(math.log2(max(2, n_train))))
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            params.update(pq_m=m, pq_nbits=nbits)
+        nprobe = int(ivf_nprobe or max(1, nlist // 8))
+        index.nprobe = min(nprobe, nlist)
+        params.update(ivf_nlist=nlist, ivf_nprobe=int(index.nprobe))
+    if needs_training:
+        size = min(len(rest), max(64 * nlist, 10_000) if nlist else 100_000)
+        sample = _gather_rows(chunks, np.sort(rng.choice(rest, size=size, replace=False)), dim)
+        index.train(sample)
+        del sample
+    bar = None
+    if progress:
+        from transformers.utils.logging import tqdm
+
+        bar = tqdm(total=n, desc=f"filling the {index_type} index", unit="vector")
+    added = 0
+    for block in chunks():
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        index.add(block)
+        added += len(block)
+        if bar is not None:
+            bar.update(len(block))
+    if bar is not None:
+        bar.close()
+    if added != n:
+        raise ValueError(f"the vector chunks held {added} vectors, expected {n}")
+    k = min(RECALL_K, n)
+    if index_type == "flat":
+        recall = {"k": k, "recall": 1.0, "queries": 0, "method": "exact index"}
+    elif not len(held):
+        recall = {"k": k, "recall": None, "queries": 0, "method": "not measured (recall_queries=0)"}
+    else:
+        queries = _gather_rows(chunks, held, dim)
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        queries = queries + 0.1 * norms * rng.standard_normal(queries.shape).astype(np.float32) / math.sqrt(dim)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        gold = _exact_topk(queries, chunks, k)
+        if hasattr(index, "hnsw"):
+            index.hnsw.efSearch = max(int(ef_search), k)
+        found = index.search(queries, k)[1]
+        recall = {"k": k, "recall": exact_recall(found, gold), "queries": int(len(held)),
+                  "method": "held KB vectors + 10% Gaussian noise, top-k vs exact inner product"}
+    return index, params, recall
+
+
+def attach_index(
+    index: "EntityIndex",
+    n: int,
+    dim: int,
+    chunks: Any,
+    index_type: str = "auto",
+    store_vectors: bool | None = None,
+    memory_budget: Any = None,
+    hnsw_threshold: int = 100_000,
+    hnsw_m: int = 32,
+    pq_m: int | None = None,
+    **params: Any,
+) -> None:
+    """Build the FAISS index of ``index`` from ``n`` vectors of ``dim`` that ``chunks()`` yields in KB order
+    (:func:`build_faiss_from_chunks`), and set its :attr:`~EntityIndex.vectors`: the exact vectors when
+    ``store_vectors`` (``index.vectors`` must already hold them, or ``chunks`` is concatenated), else
+    :class:`CodeVectors` decoding the codes. Records type, parameters, recall, memory and budget in the config."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index_type {index_type!r}; expected one of {INDEX_TYPES}")
+    budget = parse_memory(memory_budget)
+    if index_type == "auto":
+        chosen, fits = choose_index_type(n, dim, budget, hnsw_threshold=hnsw_threshold, hnsw_m=hnsw_m, pq_m=pq_m)
+    else:
+        chosen = index_type
+        need = estimate_index_bytes(chosen, n, dim, hnsw_m=hnsw_m, pq_m=pq_m) + n * dim * 4
+        fits = budget is None or need <= budget
+        if budget is not None and not fits and chosen in ("flat", "hnsw", "ivf"):
+            logger.warning("a %s index of %d vectors needs about %.1f MiB, over the memory budget of %.1f MiB; "
+                           "use a compressed --index_type (ivfpq, ivfsq8, hnswsq8) or auto", chosen, n, need / 2**20,
+                           budget / 2**20)
+    store = fits if store_vectors is None else bool(store_vectors)
+    searcher, used, recall = build_faiss_from_chunks(chosen, n, dim, chunks, hnsw_m=hnsw_m, pq_m=pq_m, **params)
+    if store:
+        if not isinstance(index.vectors, np.ndarray):
+            index.vectors = np.ascontiguousarray(np.concatenate(list(chunks()), axis=0), dtype=np.float32)
+    else:
+        index.vectors = CodeVectors(searcher)
+    index.faiss_index = searcher
+    faiss_bytes = faiss_index_bytes(searcher)
+    vector_bytes = n * dim * 4 if store else 0
+    index.config.update(
+        index_type=chosen, dim=int(dim), size=int(n), index_params=used, vectors_stored=bool(store),
+        recall=recall, memory={"faiss_bytes": faiss_bytes, "vectors_bytes": vector_bytes,
+                               "total_bytes": faiss_bytes + vector_bytes, "budget_bytes": budget},
+    )
+    if index_type == "auto":
+        index.config["index_type_requested"] = "auto"
+    logger.info(
+        "indexed %d vectors of dim %d (%s %s): recall@%d %s vs exact, %.1f MiB (%s)", n, dim, chosen, used,
+        recall["k"], "n/a" if recall["recall"] is None else f"{recall['recall']:.3f}", (faiss_bytes + vector_bytes) / 2**20,
+        "exact vectors kept for the rerank" if store else "rerank on vectors decoded from the codes",
+    )
+
+
 class EntityIndex:
     """Entity vectors in a FAISS index plus entity metadata.
 
@@ -421,7 +827,10 @@ class EntityIndex:
         processor: Any = None,
     ):
         self.entities = entities
-        self.vectors = None if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors is None or isinstance(vectors, CodeVectors):
+            self.vectors = vectors
+        else:
+            self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.config = dict(config or {})
         self.model = model
         self.processor = processor
@@ -435,8 +844,13 @@ class EntityIndex:
 
     @property
     def has_vectors(self) -> bool:
-        """Whether the index holds candidate vectors (else it is metadata-only)."""
+        """Whether the index holds candidate vectors (else it is metadata-only); exact or decoded from codes."""
         return self.vectors is not None
+
+    @property
+    def vectors_stored(self) -> bool:
+        """Whether :attr:`vectors` are the exact float32 vectors (``False``: decoded from compressed codes)."""
+        return isinstance(self.vectors, np.ndarray)
 
     @property
     def entity_ids(self) -> list[str]:
@@ -467,12 +881,18 @@ class EntityIndex:
         ivf_nprobe: int | None = None,
         progress: bool = True,
         bf16: bool = False,
+        memory_budget: Any = None,
+        store_vectors: bool | None = None,
+        pq_m: int | None = None,
     ) -> "EntityIndex":
         """Encode a KB once with the model's candidate encoder and index the vectors.
 
         ``kb``: a ``kb.jsonl`` path, a ``datasets.Dataset`` or a list of entity rows. ``model=None`` builds a
         metadata-only index (BM25 / name-rule candidates, no vectors). ``index_type``: ``"flat"`` (exact),
-        ``"hnsw"``, ``"ivf"``, or ``"auto"`` (flat below ``hnsw_threshold`` entities, HNSW at or above).
+        ``"hnsw"``, ``"ivf"``, the compressed ``"ivfpq"``, ``"ivfsq8"``, ``"hnswsq8"``, or ``"auto"``
+        (:func:`choose_index_type`: by KB size, and by ``memory_budget`` when given). ``store_vectors``: keep the
+        exact float32 vectors for the rerank (``None``: when they fit the budget; ``False``: rerank on vectors decoded
+        from the compressed codes).
         ``image_extractor``: encodes entity images as regions (text-only without one). ``bf16``: encode under bf16
         autocast (``mel index`` does where :func:`~modeling_mel.hardware.bf16_is_fast`; ``--fp32`` turns it off).
         """
@@ -513,10 +933,10 @@ class EntityIndex:
             bf16=bool(bf16),
         )
         index = cls(entities, vectors, config, model=model, processor=processor)
-        chosen = index_type if index_type != "auto" else ("hnsw" if len(entities) >= hnsw_threshold else "flat")
         index.index_data(
-            chosen, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
-            ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe,
+            index_type, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
+            ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe, pq_m=pq_m, store_vectors=store_vectors,
+            memory_budget=memory_budget, hnsw_threshold=hnsw_threshold,
         )
         return index
 
@@ -542,37 +962,34 @@ class EntityIndex:
         ivf_nprobe: int | None = None,
         add_batch_size: int = 50_000,
         seed: int = 0,
+        pq_m: int | None = None,
+        pq_nbits: int | None = None,
+        store_vectors: bool | None = None,
+        memory_budget: Any = None,
+        hnsw_threshold: int = 100_000,
+        progress: bool = False,
     ) -> None:
-        """(Re)build the FAISS index over :attr:`vectors`, adding vectors in batches of ``add_batch_size``."""
+        """(Re)build the FAISS index over :attr:`vectors` (added in batches of ``add_batch_size``) and record its
+        type, parameters, build-time recall@64 and memory in :attr:`config`.
+
+        ``index_type="auto"`` picks by size and ``memory_budget`` (:func:`choose_index_type`). ``store_vectors=False``
+        drops the exact vectors after indexing: :attr:`vectors` then decodes rows from the compressed codes
+        (:class:`CodeVectors`), and the poly rerank runs on those. ``pq_nbits`` is derived from the training size.
+        """
         if self.vectors is None:
             raise ValueError("this index holds no vectors (metadata-only); build it with a ZEMEL model")
-        faiss = _faiss()
+        if not isinstance(self.vectors, np.ndarray):
+            raise ValueError(
+                "this index holds compressed codes only (built with store_vectors=False): its exact vectors are gone, "
+                "so it cannot be re-indexed; rebuild it from the KB with `mel index`"
+            )
         n, dim = self.vectors.shape
-        if index_type == "flat":
-            index = faiss.IndexFlatIP(dim)
-            params: dict[str, Any] = {}
-        elif index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(ef_construction)
-            index.hnsw.efSearch = int(ef_search)
-            params = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
-        elif index_type == "ivf":
-            nlist = int(ivf_nlist or max(1, min(n // 39, int(4 * math.sqrt(n)))))
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(seed)
-            train = self.vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-            index.train(train)
-            nprobe = int(ivf_nprobe or max(1, nlist // 8))
-            index.nprobe = nprobe
-            params = {"ivf_nlist": nlist, "ivf_nprobe": nprobe}
-        else:
-            raise ValueError(f"unknown index_type {index_type!r}; expected 'flat', 'hnsw' or 'ivf'")
-        for start in range(0, n, int(add_batch_size)):
-            index.add(self.vectors[start : start + int(add_batch_size)])
-        self.faiss_index = index
-        self.config.update(index_type=index_type, dim=int(dim), size=int(n), index_params=params)
-        logger.info("indexed %d vectors of dim %d (%s %s)", n, dim, index_type, params)
+        attach_index(
+            self, n, dim, _chunks_of(self.vectors, int(add_batch_size)), index_type=index_type, hnsw_m=hnsw_m,
+            ef_construction=ef_construction, ef_search=ef_search, ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe,
+            pq_m=pq_m, store_vectors=store_vectors, memory_budget=memory_budget, hnsw_threshold=hnsw_threshold,
+            seed=seed, progress=progress,
+        )
 
     # -- search --------------------------------------------------------------------------------------------------
     def search(self, query_vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -592,8 +1009,8 @@ class EntityIndex:
         if queries.ndim != 2 or queries.shape[1] != self.vectors.shape[1]:
             raise ValueError(f"query vectors of shape {tuple(queries.shape)}; expected (n, {self.vectors.shape[1]})")
         k = min(int(k), len(self))
-        if self.config.get("index_type") == "hnsw":
-            self.faiss_index.hnsw.efSearch = max(int(self.config["index_params"]["ef_search"]), k)
+        if hasattr(self.faiss_index, "hnsw"):
+            self.faiss_index.hnsw.efSearch = max(int(self.config.get("index_params", {}).get("ef_search", 16)), k)
         scores, positions = self.faiss_index.search(np.ascontiguousarray(queries), k)
         return scores, positions
 
@@ -759,11 +1176,13 @@ class EntityIndex:
 
             if self.faiss_index.ntotal != len(self.vectors):
                 raise ValueError(f"the FAISS index holds {self.faiss_index.ntotal} vectors for {len(self.vectors)} entities")
-            save_file({"vectors": self.vectors}, os.path.join(directory, VECTORS_NAME))
-            record(VECTORS_NAME)
+            if self.vectors_stored:
+                save_file({"vectors": self.vectors}, os.path.join(directory, VECTORS_NAME))
+                record(VECTORS_NAME)
             _faiss().write_index(self.faiss_index, os.path.join(directory, FAISS_NAME))
             record(FAISS_NAME)
-            config.update(kind="dense", faiss_ntotal=int(self.faiss_index.ntotal), dim=int(self.vectors.shape[1]))
+            config.update(kind="dense", faiss_ntotal=int(self.faiss_index.ntotal), dim=int(self.vectors.shape[1]),
+                          vectors_stored=self.vectors_stored)
         else:
             config.update(kind="bm25")
         config["files"] = files
@@ -823,7 +1242,10 @@ class EntityIndex:
             check_index_compatible(config, model, where=f"entity index {directory!r}")
         entities, vectors, searcher = _verify_index_files(directory, config, mmap=mmap)
         index = cls(entities, vectors, config, model=model, processor=processor)
-        if vectors is not None:
+        if vectors is None and searcher is not None:  # compressed codes only: rerank on decoded vectors
+            index.faiss_index = searcher
+            index.vectors = CodeVectors(searcher)
+        elif vectors is not None:
             if searcher is not None:
                 index.faiss_index = searcher
             else:
@@ -904,4 +1326,18 @@ def load_retriever(index_dir: str, model_dir: str | None = None):
     return EntityIndex.load(index_dir, model=model, processor=processor)
 
 
-__all__ = ["EntityIndex", "exact_recall", "synthetic_recall", "load_retriever", "INDEX_TYPES"]
+__all__ = [
+    "EntityIndex",
+    "CodeVectors",
+    "exact_recall",
+    "synthetic_recall",
+    "load_retriever",
+    "INDEX_TYPES",
+    "COMPRESSED_TYPES",
+    "parse_memory",
+    "choose_index_type",
+    "estimate_index_bytes",
+    "faiss_index_bytes",
+    "build_faiss_from_chunks",
+    "attach_index",
+]

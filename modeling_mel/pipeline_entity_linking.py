@@ -74,7 +74,8 @@ class LinkingKB:
 
     Args:
         entities: normalised entity records (see :func:`normalize_entity`).
-        vectors: optional ``(N, H)`` candidate cache (ZEMEL).
+        vectors: optional ``(N, H)`` candidate cache (ZEMEL): a tensor, or an index's ``CodeVectors`` (rows decoded
+            from compressed FAISS codes when the index was written without its exact vectors).
         searcher: optional object with ``search(query_vectors (Q, H) numpy/tensor, k) -> (scores, indices)``
             (an ``EntityIndex``); exact torch search over ``vectors`` otherwise.
     """
@@ -114,6 +115,25 @@ class LinkingKB:
             self._bm25 = Bm25RuleCandidates([e["entity_id"] for e in self.entities], [e["name"] for e in self.entities])
         return [self.position[e] for e in self._bm25(mention, k)]
 
+    def gather(self, positions: torch.Tensor) -> torch.Tensor:
+        """Candidate vectors ``(*positions.shape, H)`` at KB ``positions``: rows of the exact cache, or rows decoded
+        from the compressed FAISS codes of an index written without its vectors."""
+        if self.vectors is None:
+            raise ValueError("dense retrieval needs candidate vectors: pass a ZEMEL model or an entity index as kb")
+        if isinstance(self.vectors, torch.Tensor):
+            return self.vectors[positions.to(self.vectors.device)]
+        rows = self.vectors[positions.reshape(-1).tolist()]  # CodeVectors: decodes these rows only
+        return torch.as_tensor(rows, dtype=torch.float32).reshape(*positions.shape, -1)
+
+    def all_vectors(self) -> torch.Tensor:
+        """The whole ``(N, H)`` cache as a tensor (decoded from the codes once when the index stores no vectors:
+        the exhaustive path runs only below ``exact_threshold`` entities or without a searcher)."""
+        if self.vectors is None or isinstance(self.vectors, torch.Tensor):
+            return self.vectors
+        if self.__dict__.get("_decoded") is None:
+            self.__dict__["_decoded"] = self.gather(torch.arange(len(self)))
+        return self.__dict__["_decoded"]
+
     def dense_search(self, queries: torch.Tensor, k: int) -> list[list[int]]:
         """Top-``k`` positions by inner product for each query vector ``(Q, H)``."""
         k = min(int(k), len(self))
@@ -122,7 +142,8 @@ class LinkingKB:
             return [[int(i) for i in row if i >= 0] for row in idx]
         if self.vectors is None:
             raise ValueError("dense retrieval needs candidate vectors: pass a ZEMEL model or an entity index as kb")
-        scores = queries.float().to(self.vectors.device) @ self.vectors.T  # (Q, N)
+        vectors = self.all_vectors()
+        scores = queries.float().to(vectors.device) @ vectors.T  # (Q, N)
         return scores.topk(k, dim=1).indices.tolist()
 
 
@@ -138,8 +159,22 @@ def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | N
         EntityIndex = None
     if EntityIndex is not None:
         index = EntityIndex.load(path, model=model)
-        vectors = torch.from_numpy(index.vectors) if index.vectors is not None else None
-        return index.entities, vectors, (index if index.has_vectors else None), index.config
+        return index.entities, _cache_of(index.vectors), (index if index.has_vectors else None), index.config
+    return _load_index_dir_without_faiss(path, model)
+
+
+def _cache_of(vectors: Any) -> Any:
+    """The pipeline's candidate cache of an ``EntityIndex``'s vectors: a tensor over the exact float32 vectors, or
+    the index's lazy rows decoded from compressed FAISS codes (an index written without its vectors) as they are."""
+    if vectors is None or isinstance(vectors, torch.Tensor):
+        return vectors
+    if type(vectors).__module__ == "numpy":
+        return torch.from_numpy(vectors)
+    return vectors  # CodeVectors: rows decoded on demand
+
+
+def _load_index_dir_without_faiss(path: str, model: Any) -> tuple[list[dict], torch.Tensor | None, Any, dict]:
+    """:func:`_load_index_dir` with the model's code only (no modeling-mel package, no FAISS)."""
     # Model code only: exact search over the saved vectors, no FAISS; the same checks as EntityIndex.load.
     rebuild = "rebuild it with `mel index`"
     modified = f"the folder was modified after `mel index` wrote it; {rebuild}"
@@ -181,6 +216,11 @@ def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | N
                 f"{' and '.join(stale)}, left from an earlier dense index of another KB; {rebuild}"
             )
         return entities, None, None, config
+    if config.get("vectors_stored", True) is False:
+        raise ValueError(
+            f"entity index {path!r} holds compressed FAISS codes only (built with --store_vectors no): reading it needs "
+            "the modeling-mel package with faiss (pip install 'modeling-mel[faiss]'), or rebuild it with its vectors"
+        )
     if not os.path.isfile(vec_path):
         raise ValueError(f"{VECTORS_NAME} is missing from the dense entity index {path!r}; {rebuild}")
     from safetensors.torch import load_file
@@ -365,7 +405,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             # An EntityIndex object.
             if self.family == "dense" and getattr(kb, "has_vectors", False):
                 kb.check_model(self.model)
-                return LinkingKB(list(kb.entities), torch.from_numpy(kb.vectors), kb)
+                return LinkingKB(list(kb.entities), _cache_of(kb.vectors), kb)
             entities = list(kb.entities)
             vectors = None
         elif isinstance(kb, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(kb), INDEX_CONFIG_NAME)):
@@ -731,7 +771,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if mode in ("dense", "all"):
             if self.kb.searcher is None or n <= self.exact_threshold:
                 # Exact: poly-score the whole cache, keep the best k.
-                scores = self.model.score(context, self.kb.vectors.to(self.device))  # (B, N)
+                scores = self.model.score(context, self.kb.all_vectors().to(self.device))  # (B, N)
                 top = scores.topk(min(k, n), dim=1).indices.tolist()
             else:  # the index searched with each poly code (or the pooled vector), the union rescored below
                 poly = getattr(self.model.config, "scoring", "poly") == "poly"
@@ -766,12 +806,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         kmax = max((len(r) for r in rows), default=0)
         if kmax == 0:
             return [[] for _ in examples]
-        vectors = self.kb.vectors.to(self.device)
-        index = torch.zeros(len(examples), kmax, dtype=torch.long, device=self.device)
+        index = torch.zeros(len(examples), kmax, dtype=torch.long)
         for i, r in enumerate(rows):
             if r:
-                index[i, : len(r)] = torch.tensor(r, device=self.device)
-        scores = self.model.score(context, vectors[index]).float().cpu()  # (B, Kmax); padding columns ignored
+                index[i, : len(r)] = torch.tensor(r)
+        scores = self.model.score(context, self.kb.gather(index).to(self.device)).float().cpu()  # (B, Kmax); padding columns ignored
         return [self._rank(r, scores[i, : len(r)]) for i, r in enumerate(rows)]
 
 

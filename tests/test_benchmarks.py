@@ -55,11 +55,15 @@ def test_zemel_latency_quick(tmp_path):
 def test_scale_quick(tmp_path):
     run_benchmark("scale", tmp_path, "--tiny")
     payload = load(tmp_path, "scale_tiny_quick")
-    assert_positive_finite(payload["ratios"], ["growth_4000_over_1000", "search_ms_4000"])
-    kinds = [r["index"].split()[0] for r in payload["rows"]]
-    assert kinds == ["flat", "ivf"]  # both index paths ran
+    kinds = ("flat", "ivf", "ivfpq", "ivfsq8")
+    assert [(r["entities"], r["kind"]) for r in payload["rows"]] == [(n, k) for n in (1000, 4000) for k in kinds]
+    assert_positive_finite(payload["ratios"], [f"{m}_4000_{k}" for m in ("growth", "recall", "memory_over_flat") for k in kinds])
+    rows = {r["kind"]: r for r in payload["rows"] if r["entities"] == 4000}
+    assert rows["flat"]["recall@64"] == 1.0 and rows["flat"]["memory / flat"] == 1.0
+    assert rows["ivfpq"]["memory / flat"] < rows["ivfsq8"]["memory / flat"] < 0.5  # codes: 8 and 32 bytes vs 128
+    assert all(0 < r["recall@64"] <= 1 for r in rows.values()) and payload["target_check"]
     for row in payload["rows"]:
-        assert 0 < row["recall@k"] <= 1 and row["index MB"] > 0
+        assert 0 < row["recall@64 mention q"] <= 1 and row["index MB"] > 0
 
 
 def test_index_build_quick(tmp_path):
