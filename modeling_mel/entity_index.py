@@ -1100,7 +1100,7 @@ class EntityIndex:
         if vectors is not None and self.faiss_index is not None:
             kind = str(self.config.get("index_type") or "flat")
             params = dict(self.config.get("index_params") or {})
-            if kind == "ivf":  # nlist is re-derived for the new size unless it still fits
+            if kind.startswith("ivf"):  # nlist is capped for the new size
                 params["ivf_nlist"] = min(int(params.get("ivf_nlist") or 1), max(1, len(keep) // 39))
             reduced.index_data(kind, **params)
         return reduced
