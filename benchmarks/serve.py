@@ -106,6 +106,16 @@ def load(port: int, bodies: list[bytes], clients: int) -> dict:
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "tops": tops}
 
 
+def stats(port: int) -> dict:
+    """The server's counters (``GET /info``)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/info")
+        return json.loads(conn.getresponse().read())["stats"]
+    finally:
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n_entities", type=int, default=None, help="KB size (default 18880; 2000 with --quick)")
@@ -148,7 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
                 load(servers[mode][1], bodies[: min(len(bodies), 2 * clients)], clients)
             for _ in range(repeats):
                 for mode in ("on", "off"):
-                    results.setdefault((mode, clients), []).append(load(servers[mode][1], bodies, clients))
+                    before = stats(servers[mode][1])
+                    run = load(servers[mode][1], bodies, clients)
+                    after = stats(servers[mode][1])
+                    run["mean_batch"] = (after["mentions"] - before["mentions"]) / max(1, after["batches"] - before["batches"])
+                    results.setdefault((mode, clients), []).append(run)
     finally:
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
             runs = results[(mode, clients)]
             best = min(runs, key=lambda r: r["wall"])
             rows.append({"clients": clients, "dynamic batching": mode, "requests": best["n"],
-                         "mentions/s": best["n"] / best["wall"], "p50 ms": best["p50_ms"], "p99 ms": best["p99_ms"]})
+                         "mentions/s": best["n"] / best["wall"], "p50 ms": best["p50_ms"], "p99 ms": best["p99_ms"],
+                         "mentions per forward": best["mean_batch"]})
         on, off = results[("on", clients)][0]["tops"], results[("off", clients)][0]["tops"]
         agree[clients] = sum(on[i] == off[i] for i in on) / len(on)
     speed = {r["clients"]: {} for r in rows}
