@@ -27,7 +27,7 @@ test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow tests
 
 bench: $(VENV)/.installed
-	for b in zemel_latency scale pfmel_throughput features index_build link_path; do $(PY) benchmarks/$$b.py --quick || exit 1; done
+	for b in zemel_latency scale pfmel_throughput features index_build link_path serve; do $(PY) benchmarks/$$b.py --quick || exit 1; done
 	$(PY) benchmarks/plot.py
 
 clean:

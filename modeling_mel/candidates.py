@@ -122,20 +122,28 @@ class Bm25RuleCandidates:
     # -- rules -----------------------------------------------------------------------------------------------------
     def rule_hits(self, mention: str) -> dict[int, int]:
         """KB positions matched by the rules -> number of rules matched (1..3)."""
+        counts = self._rule_counts(mention)
+        hit = _np.flatnonzero(counts)
+        return dict(zip(hit.tolist(), counts[hit].tolist()))
+
+    def _rule_counts(self, mention: str) -> _np.ndarray:
+        """Number of rules (0..3) each KB position matches, as an array in KB order (vectorised: a common word can
+        match thousands of names)."""
+        counts = _np.zeros(len(self.entity_ids), dtype=_np.int64)
         ws = _zemel_words(mention)
         if not ws:
-            return {}
-        counts: dict[int, int] = {}
+            return counts
 
-        def add(ix) -> None:
-            for i in _np.unique(ix).tolist():
-                counts[i] = counts.get(i, 0) + 1
+        def add(ix) -> None:  # one count per position however often it occurs in ix
+            hit = _np.zeros(len(counts), dtype=bool)
+            hit[ix] = True
+            counts[hit] += 1
 
         # Rule 1: shared (non-stopword) words.
         content = [self._postings[w] for w in set(ws) if w not in ZEMEL_STOPWORDS and w in self._postings]
         if content:
-            ix, n = _np.unique(_np.concatenate(content), return_counts=True)
-            add(ix[n >= self.min_shared_words])
+            shared = _np.bincount(_np.concatenate(content), minlength=len(counts))  # shared words per name
+            add(_np.flatnonzero(shared >= self.min_shared_words))
         # Rule 2a: the name is contained in the mention (the name equals a contiguous n-gram of the mention).
         contained = [
             self._exact[g]
@@ -177,14 +185,14 @@ class Bm25RuleCandidates:
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k!r}")
         scores = self.bm25_scores(mention)
-        hits = self.rule_hits(mention)
+        counts = self._rule_counts(mention)
         positive = _np.flatnonzero(scores > 0)
         if positive.size > k:  # only the k best BM25-only entries can make the cut
             positive = positive[_np.argpartition(-scores[positive], k - 1)[:k]]
-        pool = _np.union1d(positive, _np.fromiter(hits.keys(), dtype=_np.int64, count=len(hits)))
+        pool = _np.union1d(positive, _np.flatnonzero(counts))
         if pool.size == 0:
             return []
-        n_rules = _np.asarray([hits.get(i, 0) for i in pool.tolist()], dtype=_np.int64)
+        n_rules = counts[pool]
         order = _np.lexsort((pool, -scores[pool], -n_rules))[:k]  # last key is primary
         return [(int(pool[o]), int(n_rules[o]), float(scores[pool[o]])) for o in order]
 

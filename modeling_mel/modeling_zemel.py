@@ -697,17 +697,20 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
             codes = self._poly_attend(context_outputs.sequence_output, context_outputs.attention_mask)
         cand = candidate_cache.to(codes.dtype)
         if cand.dim() == 2:
-            logits = torch.matmul(codes, cand.T).transpose(1, 2)  # (B, C, m): one product, no (B, C, H) copy
+            # (B, m, C): one product, no (B, C, H) copy; the softmax runs over the contiguous code axis (1)
+            logits, code_dim = torch.matmul(codes, cand.T), 1
         elif cand.shape[0] != codes.shape[0]:
             raise ValueError(f"per-example candidate cache has batch {cand.shape[0]}, contexts have {codes.shape[0]}")
         else:
-            logits = torch.bmm(cand, codes.transpose(1, 2))  # (B, K, m)
-        attn = logits.softmax(dim=-1)  # eq. 4
+            logits, code_dim = torch.bmm(cand, codes.transpose(1, 2)), -1  # (B, K, m)
+        attn = logits.softmax(dim=code_dim)  # eq. 4
         # eq. 3 + 5 without building ctx = attn @ codes (B, K, H): ctx . cand = sum_j attn_j (codes_j . cand).
-        dot = (attn * logits).sum(dim=-1)  # (B, K)
+        dot = (attn * logits).sum(dim=code_dim)  # (B, K)
         if getattr(self.config, "normalize_embeddings", False):
             # cosine scores, as the candidate vectors are normalised: |ctx|^2 = attn^T (codes codes^T) attn
             gram = torch.bmm(codes, codes.transpose(1, 2))  # (B, m, m)
+            if code_dim == 1:
+                attn = attn.transpose(1, 2)  # (B, C, m)
             norm2 = (torch.bmm(attn, gram) * attn).sum(dim=-1)  # (B, K)
             dot = dot / norm2.clamp_min(0).sqrt().clamp_min(1e-12)  # as F.normalize (eps 1e-12)
         return dot  # (B, K): eq. 5

@@ -785,7 +785,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if mode in ("dense", "all"):
             if self.kb.searcher is None or n <= self.exact_threshold:
                 # Exact: poly-score the whole cache, keep the best k.
-                scores = self.model.score(context, self.kb.all_vectors().to(self.device))  # (B, N)
+                scores = self._whole_kb_scores(context)  # (B, N)
                 top = scores.topk(min(k, n), dim=1).indices.tolist()
             else:  # the index searched with each poly code (or the pooled vector), the union rescored below
                 poly = getattr(self.model.config, "scoring", "poly") == "poly"
@@ -793,6 +793,19 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             for i in range(len(examples)):
                 rows[i] += top[i]
         return [list(dict.fromkeys(r)) for r in rows]
+
+    def _whole_kb_scores(self, context: Any) -> torch.Tensor:
+        """Scores ``(B, N)`` of a batch against the whole cache, for exact dense top-k selection. With ``bf16`` the
+        product runs on a bf16 copy of the cache (made once) under autocast; the kept candidates are then rescored
+        in full precision with the others (``_forward_dense``)."""
+        if not self.bf16:
+            return self.model.score(context, self.kb.all_vectors().to(self.device))
+        low = getattr(self.kb, "_bf16_vectors", None)
+        if low is None:
+            low = self.kb.all_vectors().to(self.device, torch.bfloat16)
+            self.kb._bf16_vectors = low
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.model.score(context, low).float()
 
     def _forward_dense(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
         regions = None
