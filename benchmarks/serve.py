@@ -118,19 +118,20 @@ def stats(port: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--n_entities", type=int, default=None, help="KB size (default 18880; 2000 with --quick)")
+    parser.add_argument("--n_entities", type=int, default=None, help="KB size (default 18880, WikiMEL's)")
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per client level and server (default 32 x clients, at least 64; half with --quick)")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--max_batch_size", type=int, default=32, help="the batching server's --max_batch_size")
     parser.add_argument("--max_wait_ms", type=float, default=10.0, help="the batching server's --max_wait_ms")
+    parser.add_argument("--tiny", action="store_true", help="200 entities, 1 and 4 clients, 16 requests (tests)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 where bf16_is_fast() says this machine runs it fast")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
-    levels = [int(c) for c in args.clients.split(",") if c.strip()]
-    n_kb = args.n_entities or (2000 if args.quick else 18_880)
-    repeats = args.repeats or 1
+    levels = [1, 4] if args.tiny else [int(c) for c in args.clients.split(",") if c.strip()]
+    n_kb = args.n_entities or (200 if args.tiny else 18_880)  # WikiMEL's size; --quick sends fewer requests
+    repeats = args.repeats or (1 if args.tiny else 2 if args.quick else 3)  # best of the repeats (single runs of a level are noisy)
 
     processor = ZemelProcessor(load_tokenizer("minilm"))
     model = zemel_model("minilm", processor)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[tuple[str, int], list[dict]] = {}
     try:
         for clients in levels:
-            n = args.requests or max(64, 32 * clients) // (2 if args.quick else 1)
+            n = args.requests or (16 if args.tiny else max(64, 32 * clients) // (2 if args.quick else 1))
             n = max(n, clients)
             bodies = [json.dumps({"text": t, "mention": m}).encode() for t, m in captions(n, seed=clients)]
             for mode in servers:  # warm-up: the first requests load lazy state (BM25, kernels)
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n{title}\n{table}")
     payload = {"rows": rows, "ratios": ratios, "agreement": {str(k): v for k, v in agree.items()}, "targets": TARGETS,
                "target_check": targets, "n_entities": n_kb, "bf16": bf16}
-    path = write_results("serve", payload, tables, args.out_dir, args.quick)
+    path = write_results("serve" + ("_tiny" if args.tiny else ""), payload, tables, args.out_dir, args.quick)
     print(f"\nwrote {path}")
     return payload
 

@@ -115,3 +115,13 @@ def test_plot(tmp_path):
     for name in ("scale_latency.png", "zemel_latency_modes.png"):
         path = tmp_path / "plots" / name
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_serve_quick(tmp_path):
+    run_benchmark("serve", tmp_path, "--tiny")
+    payload = load(tmp_path, "serve_tiny_quick")
+    assert_positive_finite(payload["ratios"], ["batching_speedup_at_1", "batching_speedup_at_4"])
+    rows = {(r["clients"], r["dynamic batching"]): r for r in payload["rows"]}
+    assert rows[(1, "off")]["mentions per forward"] == 1.0 and rows[(4, "off")]["mentions per forward"] == 1.0
+    assert 1.0 <= rows[(4, "on")]["mentions per forward"] <= 4.0
+    assert min(payload["agreement"].values()) >= 0.75  # both servers link alike (bf16 may swap near ties)
