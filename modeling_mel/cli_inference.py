@@ -704,6 +704,31 @@ def export_dataset_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 # mel calibrate
 # ----------------------------------------------------------------------------------------------------------------------
+def _calibration_rows(args: argparse.Namespace) -> list[dict]:
+    """The labelled mentions of ``mel calibrate --data``: a JSONL file, or ``--split`` of a corpus folder built
+    with ``--dataset`` (its mention image, when there is one, as the pipeline's ``image``)."""
+    from .knowledge_base import read_jsonl
+
+    if not os.path.isdir(args.data):
+        return read_jsonl(args.data)
+    if not args.dataset:
+        raise ValueError(f"--data {args.data!r} is a folder: give its builder with --dataset (e.g. mel_jsonl, wikimel)")
+    from .corpus import load_mel_corpus
+
+    splits = load_mel_corpus(args.dataset, args.data, config="mentions")
+    aliases = {"dev": ("dev", "validation", "valid"), "validation": ("validation", "dev", "valid")}
+    name = next((n for n in aliases.get(args.split, (args.split,)) if n in splits), None)
+    if name is None:
+        raise ValueError(f"--split {args.split!r} is not in {args.data!r}; its splits are {sorted(splits)}")
+    keep = ("text", "caption", "mention", "mention_start", "mention_end", "entity_id", "image")
+    ds = splits[name]
+    rows = []
+    for row in ds.select_columns([c for c in keep if c in ds.column_names]):
+        text = row.pop("caption", None)  # ZEMELD calls the text a caption
+        rows.append({**row, "text": row.get("text") or text})
+    return rows
+
+
 def calibrate_main(argv: list[str]) -> int:
     """``mel calibrate``: choose the NIL threshold of a model on labelled dev mentions (``modeling_mel.nil``)."""
     parser = argparse.ArgumentParser(
@@ -722,7 +747,12 @@ def calibrate_main(argv: list[str]) -> int:
     parser.add_argument("--retriever", default=None,
                         help="PFMEL two-stage linker: 'bm25' or an entity index dir built by a ZEMEL model (mel index)")
     parser.add_argument("--retriever_model", default=None, help="the ZEMEL model folder of --retriever")
-    parser.add_argument("--data", required=True, help="dev mentions (JSONL with text, mention or spans, entity_id)")
+    parser.add_argument("--data", required=True,
+                        help="dev mentions: a JSONL file (text, mention or spans, entity_id), or a corpus folder with "
+                             "--dataset and --split")
+    parser.add_argument("--dataset", default=None,
+                        help="builder of a corpus folder given as --data (twitter_mel, zemeld, mel_jsonl, wikimel, ...)")
+    parser.add_argument("--split", default="dev", help="split of the --data corpus folder (default dev)")
     parser.add_argument("--nil_fraction", type=float, default=0.2, help="share of the gold entities removed from the KB")
     parser.add_argument("--max_in_kb_drop", type=float, default=0.02, help="most in-KB accuracy the threshold may cost")
     parser.add_argument("--seed", type=int, default=0, help="seed of the removed entities")
@@ -736,12 +766,12 @@ def calibrate_main(argv: list[str]) -> int:
     from transformers import pipeline
 
     from .entity_index import EntityIndex, load_retriever
-    from .knowledge_base import kb_records, linking_method, read_jsonl
+    from .knowledge_base import kb_records, linking_method
     from .nil import choose_threshold, nil_metrics, removed_entities, save_calibration
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
     try:
-        rows = [r for r in read_jsonl(args.data) if r.get("entity_id") is not None]
+        rows = [r for r in _calibration_rows(args) if r.get("entity_id") is not None]
         if not rows:
             raise ValueError(f"--data {args.data!r} has no mention with an entity_id")
         if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
@@ -784,7 +814,8 @@ def calibrate_main(argv: list[str]) -> int:
     payload = {
         "threshold": threshold,
         "protocol": {"nil_fraction": args.nil_fraction, "seed": args.seed, "max_in_kb_drop": args.max_in_kb_drop,
-                     "removed_entities": len(removed), "data": os.path.abspath(args.data), **source},
+                     "removed_entities": len(removed), "data": os.path.abspath(args.data),
+                     **({"dataset": args.dataset, "split": args.split} if os.path.isdir(args.data) else {}), **source},
         "uncalibrated": nil_metrics(best_ids, best_scores, golds, is_nil, None),
         "calibrated": calibrated,
     }

@@ -242,3 +242,21 @@ def test_pfmel_calibration_and_evaluation_read_it(calibration, tmp_path):
     assert result["calibrated"]["accuracy"] >= result["uncalibrated"]["accuracy"]
     pipe = pipeline(TASK, model=str(tmp_path / "nsp"), kb=str(root / "kb.jsonl"), use_images=False)
     assert pipe._postprocess_params["nil_threshold"] == result["threshold"]
+
+
+def test_calibrate_reads_a_corpus_split(calibration, zemeld_raw):
+    """`mel calibrate --data CORPUS_DIR --dataset zemeld --split dev` calibrates on the same mentions as the JSONL
+    export of that split (same counts and metrics)."""
+    root, by_file = calibration
+    out = root / "from_corpus"
+    out.mkdir(exist_ok=True)
+    assert main(["calibrate", "--model", str(root / "model"), "--kb", str(root / "kb.jsonl"), "--data", zemeld_raw,
+                 "--dataset", "zemeld", "--split", "dev", "--no_images", "--fp32", "--candidates", "dense",
+                 "--out", str(out)]) == 0
+    with open(out / CALIBRATION_NAME, encoding="utf-8") as f:
+        by_corpus = json.load(f)
+    assert by_corpus["protocol"]["split"] == "dev" and by_corpus["protocol"]["dataset"] == "zemeld"
+    for key in ("n", "n_nil", "in_kb_accuracy", "nil_recall", "accuracy"):
+        assert by_corpus["uncalibrated"][key] == pytest.approx(by_file["uncalibrated"][key], abs=1e-9), key
+    assert main(["calibrate", "--model", str(root / "model"), "--kb", str(root / "kb.jsonl"), "--data", zemeld_raw,
+                 "--no_images"]) == 2  # a folder without --dataset: a one-line error
