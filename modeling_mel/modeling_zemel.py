@@ -726,9 +726,12 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         visual_attention_mask: torch.Tensor | None = None,
         batch_size: int = 64,
         autocast_dtype: torch.dtype | None = None,
+        cache_low_precision_weights: bool = True,
     ) -> torch.Tensor:
         """Candidate cache `(K, H)` (float32, input order) for many candidates: length-sorted batches, each cut to
-        its longest sequence, under `torch.inference_mode` and optional CPU/GPU autocast (`torch.bfloat16`).
+        its longest sequence, under `torch.inference_mode` and optional CPU/GPU autocast (`torch.bfloat16`). With
+        autocast the candidate encoder's linear weights are cast once and kept, as in :meth:`inference_context`
+        (autocast alone would cast them again for every batch).
 
         `input_ids` is a padded `(K, T)` tensor (with `attention_mask`) or a list of unpadded token-id lists (a
         cached tokenisation, e.g. `processor.tokenize_candidates`). In float32 the result equals
@@ -757,6 +760,9 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         if was_training:  # train()/eval() walk every submodule: ~ms per call on this model, so only when needed
             self.eval()
         try:
+            encoder = self.candidate_encoder
+            if cache_low_precision_weights and autocast_dtype not in (None, torch.float32):
+                encoder = self._low_precision_copy("candidate_encoder", autocast_dtype)
             with torch.inference_mode(), _autocast(autocast_dtype, device):
                 for start in range(0, n, int(batch_size)):
                     idx = order[start : start + int(batch_size)]
@@ -774,7 +780,7 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
                             mask[row, : lengths[i]] = 1
                         types = None
                     visual = [None if x is None else x[sel].to(device) for x in (visual_features, visual_spatial, visual_attention_mask)]
-                    pooled, _, _ = self.candidate_encoder(
+                    pooled, _, _ = encoder(
                         ids.to(device), mask.to(device), None if types is None else types.to(device), *visual
                     )
                     out[sel.to(device)] = pooled.float()

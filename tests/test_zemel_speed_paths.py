@@ -142,3 +142,18 @@ def test_link_low_precision_copy_equals_plain_autocast_and_follows_updates():
     fresh = model.link(cache, autocast_dtype=torch.bfloat16, cache_low_precision_weights=False, **x)
     torch.testing.assert_close(updated, fresh, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(updated, cached)
+
+
+def test_fast_encode_candidates_low_precision_copy_equals_plain_autocast_and_follows_updates():
+    model = tiny_model()
+    ids, mask = ragged_candidates()
+    plain = model.fast_encode_candidates(ids, mask, autocast_dtype=torch.bfloat16, cache_low_precision_weights=False)
+    cached = model.fast_encode_candidates(ids, mask, autocast_dtype=torch.bfloat16)
+    torch.testing.assert_close(cached, plain, atol=1e-6, rtol=1e-6)
+    assert "candidate_encoder" in model.__dict__["_low_precision_copies"]
+    with torch.no_grad():  # a training step between two KB encodings (negative mining) invalidates the copy
+        model.candidate_encoder.encoder.layer[0].intermediate.dense.weight.mul_(3.0)
+    updated = model.fast_encode_candidates(ids, mask, autocast_dtype=torch.bfloat16)
+    fresh = model.fast_encode_candidates(ids, mask, autocast_dtype=torch.bfloat16, cache_low_precision_weights=False)
+    torch.testing.assert_close(updated, fresh, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(updated, cached)
