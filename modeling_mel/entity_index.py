@@ -938,6 +938,9 @@ class EntityIndex:
             ivf_nlist=ivf_nlist, ivf_nprobe=ivf_nprobe, pq_m=pq_m, store_vectors=store_vectors,
             memory_budget=memory_budget, hnsw_threshold=hnsw_threshold,
         )
+        if ivf_nprobe is None and str(index.config.get("index_type", "")).startswith("ivf"):
+            queries = mention_like_queries(model, processor, entities, max_length=max_length)
+            index.tune_nprobe(vectors, queries)
         return index
 
     @classmethod
@@ -1085,6 +1088,41 @@ class EntityIndex:
                     keep.sort(key=lambda p: (-scores[p], p))
                     out.append([(self.entities[p]["entity_id"], float(scores[p])) for p in keep])
         return out
+
+    def tune_nprobe(self, exact_vectors: np.ndarray, queries: np.ndarray, target: float = 0.95,
+                    k: int = RECALL_K) -> dict:
+        """Set the smallest IVF ``nprobe`` (1, 2, 4, ... up to nlist) whose recall@``k`` on ``queries`` against exact
+        search over ``exact_vectors`` reaches ``target``, and record it in the config (``index_params.ivf_nprobe``,
+        ``query_recall``). ``mel index`` passes the model's own mention-like query vectors
+        (:func:`mention_like_queries`): the held-out KB vectors of the build-time recall sit near their own list
+        centroids, mention contexts often do not, so an nprobe chosen on KB vectors can miss most of a mention's
+        neighbours."""
+        faiss = _faiss()
+        ivf = faiss.extract_index_ivf(self.faiss_index)
+        if isinstance(self.config.get("recall"), dict):  # the build-time recall was measured at the former nprobe
+            self.config["recall"] = dict(self.config["recall"], measured_at_nprobe=int(ivf.nprobe))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(int(k), len(self))
+        gold = _exact_top_k(np.asarray(exact_vectors, dtype=np.float32), queries, k)
+        chosen, recall, tried = int(ivf.nlist), None, {}
+        nprobe = 1
+        while True:
+            ivf.nprobe = min(nprobe, int(ivf.nlist))
+            found = self.faiss_index.search(queries, k)[1]
+            recall = exact_recall(found, gold)
+            tried[int(ivf.nprobe)] = round(recall, 4)
+            if recall >= target or ivf.nprobe >= ivf.nlist:
+                chosen = int(ivf.nprobe)
+                break
+            nprobe *= 2
+        ivf.nprobe = chosen
+        params = dict(self.config.get("index_params") or {}, ivf_nprobe=chosen)
+        result = {"k": k, "recall": recall, "target": float(target), "queries": int(len(queries)), "nprobe": chosen,
+                  "sweep": tried, "method": "the model's context vectors of mention-like contexts from KB entities"}
+        self.config.update(index_params=params, query_recall=result)
+        logger.info("nprobe %d: recall@%d %.3f on %d mention-like queries (sweep %s)", chosen, k, recall, len(queries),
+                    tried)
+        return result
 
     def without(self, entity_ids: Iterable[str]) -> "EntityIndex":
         """A copy without ``entity_ids`` (unknown ids are ignored): the remaining entities and their stored vectors,
@@ -1258,6 +1296,47 @@ class EntityIndex:
     deserialize_from = load
 
 
+def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1_000_000) -> np.ndarray:
+    """Positions ``(Q, k)`` of the exact top ``k`` inner products of each query, over ``vectors`` in chunks."""
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_pos = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(vectors), chunk):
+        scores = queries @ vectors[start : start + chunk].T
+        pos = np.arange(start, start + scores.shape[1])[None].repeat(len(queries), 0)
+        scores, pos = np.concatenate([best_scores, scores], 1), np.concatenate([best_pos, pos], 1)
+        keep = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
+        best_scores, best_pos = np.take_along_axis(scores, keep, 1), np.take_along_axis(pos, keep, 1)
+    return best_pos
+
+
+def mention_like_queries(
+    model: Any, processor: Any, entities: Sequence[dict], n_contexts: int = 32, max_queries: int = 128,
+    max_length: int = 64, seed: int = 0,
+) -> np.ndarray:
+    """Query vectors as linking searches with them: ``n_contexts`` seeded KB entities written as mention contexts
+    (``"<name>. <description>"``, the name as the mention), encoded by the model's context encoder; its poly codes
+    (poly scoring: each code searches the index) or pooled vector (bi), at most ``max_queries`` of them."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(entities), size=min(int(n_contexts), len(entities)), replace=False)
+    texts, spans = [], []
+    for i in picked.tolist():
+        name = str(entities[i]["name"])
+        texts.append(f"{name}. {entities[i].get('description') or ''}".strip())
+        spans.append((0, len(name)))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        enc = processor.encode_contexts(texts, spans, max_length=int(max_length))
+        context = model.encode_context(**{key: v.to(device) for key, v in enc.items()})
+    poly = getattr(model.config, "scoring", "poly") == "poly" and context.poly_codes is not None
+    queries = (context.poly_codes if poly else context.pooled_output[:, None, :]).float().cpu().numpy()
+    queries = queries.reshape(-1, queries.shape[-1])
+    if len(queries) > int(max_queries):
+        queries = queries[np.sort(rng.choice(len(queries), size=int(max_queries), replace=False))]
+    return np.ascontiguousarray(queries, dtype=np.float32)
+
+
 def exact_recall(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean overlap |approx_i ∩ exact_i| / |exact_i| of two ``(Q, k)`` position arrays (recall@k vs exact search)."""
     if approx.shape[0] != exact.shape[0]:
@@ -1330,6 +1409,7 @@ __all__ = [
     "EntityIndex",
     "CodeVectors",
     "exact_recall",
+    "mention_like_queries",
     "synthetic_recall",
     "load_retriever",
     "INDEX_TYPES",

@@ -176,3 +176,30 @@ def test_mel_index_compressed_flags(kb_path, tmp_path):
     assert config["memory"]["faiss_bytes"] > 0 and not (out / "vectors.safetensors").exists()
     with pytest.raises(SystemExit):
         main(["index", "--model", str(tmp_path / "zemel"), "--kb", kb_path, "--out", str(out), "--memory_budget", "lots"])
+
+
+def test_build_tunes_nprobe_on_mention_like_queries(tmp_path):
+    """`mel index` (EntityIndex.build) of an IVF type without --ivf_nprobe picks the smallest nprobe (1, 2, 4, ...)
+    whose recall@64 on the model's own mention-like context vectors reaches 0.95, records it, and the saved index
+    searches with it; an explicit nprobe is kept as given."""
+    from modeling_mel.entity_index import EntityIndex, exact_recall, mention_like_queries
+
+    model, processor = tiny_zemel()
+    words = ["river", "city", "band", "club", "novel", "museum", "bridge", "singer", "island", "park"]
+    kb = [{"entity_id": f"e{i}", "name": f"{words[i % 10]} {words[(i // 10) % 10]} {i}",
+           "description": f"a {words[(i * 7) % 10]} near the {words[(i * 3) % 10]} number {i}"} for i in range(800)]
+    index = EntityIndex.build(model, processor, kb, index_type="ivfsq8", ivf_nlist=16, progress=False)
+    tuned = index.config["query_recall"]
+    nprobe = index.config["index_params"]["ivf_nprobe"]
+    assert tuned["nprobe"] == nprobe and tuned["queries"] > 0
+    assert tuned["recall"] >= 0.95 or nprobe == 16
+    sweep = {int(p): r for p, r in tuned["sweep"].items()}
+    assert all(r < 0.95 for p, r in sweep.items() if p < nprobe)  # the smallest that reaches the target
+    # the recorded recall is what a search with the saved index gives on the same queries
+    queries = mention_like_queries(model, processor, index.entities)
+    exact = EntityIndex.from_vectors(np.asarray(index.vectors), index_type="flat").search(queries, 64)[1]
+    index.save(tmp_path / "idx")
+    loaded = EntityIndex.load(tmp_path / "idx", model=model)
+    assert exact_recall(loaded.search(queries, 64)[1], exact) == pytest.approx(tuned["recall"], abs=1e-9)
+    given = EntityIndex.build(model, processor, kb, index_type="ivfsq8", ivf_nlist=16, ivf_nprobe=3, progress=False)
+    assert given.config["index_params"]["ivf_nprobe"] == 3 and "query_recall" not in given.config
