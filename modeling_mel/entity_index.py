@@ -1103,7 +1103,8 @@ class EntityIndex:
             self.config["recall"] = dict(self.config["recall"], measured_at_nprobe=int(ivf.nprobe))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(int(k), len(self))
-        gold = _exact_top_k(np.asarray(exact_vectors, dtype=np.float32), queries, k)
+        exact_vectors = np.asarray(exact_vectors, dtype=np.float32)
+        gold = _exact_topk(queries, lambda: (exact_vectors[i : i + 1_000_000] for i in range(0, len(exact_vectors), 1_000_000)), k)
         chosen, recall, tried = int(ivf.nlist), None, {}
         nprobe = 1
         while True:
@@ -1294,19 +1295,6 @@ class EntityIndex:
     search_knn = search
     serialize = save
     deserialize_from = load
-
-
-def _exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1_000_000) -> np.ndarray:
-    """Positions ``(Q, k)`` of the exact top ``k`` inner products of each query, over ``vectors`` in chunks."""
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_pos = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(vectors), chunk):
-        scores = queries @ vectors[start : start + chunk].T
-        pos = np.arange(start, start + scores.shape[1])[None].repeat(len(queries), 0)
-        scores, pos = np.concatenate([best_scores, scores], 1), np.concatenate([best_pos, pos], 1)
-        keep = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
-        best_scores, best_pos = np.take_along_axis(scores, keep, 1), np.take_along_axis(pos, keep, 1)
-    return best_pos
 
 
 def mention_like_queries(

@@ -105,6 +105,7 @@ class LinkingKB:
         self.searcher = searcher
         self._rule: NameRuleCandidates | None = None
         self._bm25 = None
+        self._bf16: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -143,6 +144,12 @@ class LinkingKB:
         if self.__dict__.get("_decoded") is None:
             self.__dict__["_decoded"] = self.gather(torch.arange(len(self)))
         return self.__dict__["_decoded"]
+
+    def bf16_vectors(self, device: Any) -> torch.Tensor:
+        """The whole cache in bf16 on ``device``, made once (the pipeline's bf16 exact top-k selection)."""
+        if self._bf16 is None or self._bf16.device != torch.device(device):
+            self._bf16 = self.all_vectors().to(device, torch.bfloat16)
+        return self._bf16
 
     def dense_search(self, queries: torch.Tensor, k: int) -> list[list[int]]:
         """Top-``k`` positions by inner product for each query vector ``(Q, H)``."""
@@ -800,12 +807,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         in full precision with the others (``_forward_dense``)."""
         if not self.bf16:
             return self.model.score(context, self.kb.all_vectors().to(self.device))
-        low = getattr(self.kb, "_bf16_vectors", None)
-        if low is None:
-            low = self.kb.all_vectors().to(self.device, torch.bfloat16)
-            self.kb._bf16_vectors = low
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.model.score(context, low).float()
+            return self.model.score(context, self.kb.bf16_vectors(self.device)).float()
 
     def _forward_dense(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
         regions = None
