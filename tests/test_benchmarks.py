@@ -123,5 +123,6 @@ def test_serve_quick(tmp_path):
     assert_positive_finite(payload["ratios"], ["batching_speedup_at_1", "batching_speedup_at_4"])
     rows = {(r["clients"], r["dynamic batching"]): r for r in payload["rows"]}
     assert rows[(1, "off")]["mentions per forward"] == 1.0 and rows[(4, "off")]["mentions per forward"] == 1.0
-    assert 1.0 <= rows[(4, "on")]["mentions per forward"] <= 4.0
+    # 4 concurrent clients: the batching server merges requests, the other never does
+    assert rows[(4, "on")]["mentions per forward"] > 1.0
     assert min(payload["agreement"].values()) >= 0.75  # both servers link alike (bf16 may swap near ties)
