@@ -848,16 +848,15 @@ def serve_main(argv: list[str]) -> int:
                         help="seconds shutdown waits for the requests in flight")
     parser.add_argument("--log_level", default="info", help="uvicorn log level")
     args = parser.parse_args(argv)
-    problem = pipeline_argument_error(args)
-    for name in ("max_batch_size", "max_body_bytes", "max_list", "max_top_k"):
-        if getattr(args, name) < 1:
-            problem = f"--{name} must be >= 1, got {getattr(args, name)}"
+    problems = [f"--{name} must be >= 1, got {getattr(args, name)}"
+                for name in ("max_batch_size", "max_body_bytes", "max_list", "max_top_k") if getattr(args, name) < 1]
     if args.max_wait_ms < 0:
-        problem = f"--max_wait_ms must be >= 0, got {args.max_wait_ms}"
+        problems.append(f"--max_wait_ms must be >= 0, got {args.max_wait_ms}")
     if not 0 <= args.port <= 65535:
-        problem = f"--port must be in 0..65535, got {args.port}"
-    if problem is None and (importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None):
-        problem = 'needs FastAPI and uvicorn: pip install "modeling-mel[serve]"'
+        problems.append(f"--port must be in 0..65535, got {args.port}")
+    if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
+        problems.append('needs FastAPI and uvicorn: pip install "modeling-mel[serve]"')
+    problem = problems[0] if problems else pipeline_argument_error(args)  # the first problem, before any model loads
     if problem is not None:
         print(f"mel serve: {problem}", file=sys.stderr)
         return 2
