@@ -239,8 +239,9 @@ def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
         options = ["--eval_splits", "", "--num_train_epochs", str(args.zemel_epochs), "--learning_rate", str(args.zemel_lr),
                    "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
                    "--context_max_length", "48", "--candidate_max_length", "48", "--logging_steps", "50"]
-        if args.train_mentions:
-            options += ["--max_train_samples", str(args.train_mentions)]
+        limit = min(args.train_mentions or data["n_train"], data["n_train"] - args.holdout_mentions)
+        if limit < data["n_train"]:
+            options += ["--max_train_samples", str(limit)]
         minutes = train_minutes("train_zemel", args, model_dir, options, os.path.join(work, "zemel_train.log"))
     out = mel_link_metrics(model_dir, work, "zemel", data, dense=True)
     out["train_minutes"] = minutes
@@ -357,6 +358,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rerank_list_size", type=int, default=8, help="reranker: candidates per training list")
     parser.add_argument("--rerank_k", type=int, default=10, help="dense candidates per mention for the reranker")
     parser.add_argument("--rerank_model", default=None, help="evaluate this reranker folder instead of training one")
+    parser.add_argument("--holdout_mentions", type=int, default=1000,
+                        help="the last N train mentions: never trained on by ZEMEL or the reranker; they choose the "
+                             "reranker's retriever-score weight (finetune_linking.py --calibration_mentions)")
     parser.add_argument("--dev_mentions", type=int, default=None, help="evaluate a seeded sample of N mentions (default all)")
     parser.add_argument("--budget_minutes", type=float, default=60.0, help="warn when the whole run exceeds this")
     parser.add_argument("--no_bf16", dest="bf16", action="store_false", help="train in fp32 (default: bf16 autocast)")

@@ -40,7 +40,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -1089,10 +1089,11 @@ class EntityIndex:
                     out.append([(self.entities[p]["entity_id"], float(scores[p])) for p in keep])
         return out
 
-    def tune_nprobe(self, exact_vectors: np.ndarray, queries: np.ndarray, target: float = 0.95,
-                    k: int = RECALL_K) -> dict:
+    def tune_nprobe(self, exact_vectors: np.ndarray | Callable[[], Iterable[np.ndarray]], queries: np.ndarray,
+                    target: float = 0.95, k: int = RECALL_K) -> dict:
         """Set the smallest IVF ``nprobe`` (1, 2, 4, ... up to nlist) whose recall@``k`` on ``queries`` against exact
-        search over ``exact_vectors`` reaches ``target``, and record it in the config (``index_params.ivf_nprobe``,
+        search over ``exact_vectors`` (an array, or a callable returning an iterable of row chunks in index order, as
+        the sharded build streams them) reaches ``target``, and record it in the config (``index_params.ivf_nprobe``,
         ``query_recall``). ``mel index`` passes the model's own mention-like query vectors
         (:func:`mention_like_queries`): the held-out KB vectors of the build-time recall sit near their own list
         centroids, mention contexts often do not, so an nprobe chosen on KB vectors can miss most of a mention's
@@ -1103,8 +1104,12 @@ class EntityIndex:
             self.config["recall"] = dict(self.config["recall"], measured_at_nprobe=int(ivf.nprobe))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(int(k), len(self))
-        exact_vectors = np.asarray(exact_vectors, dtype=np.float32)
-        gold = _exact_topk(queries, lambda: (exact_vectors[i : i + 1_000_000] for i in range(0, len(exact_vectors), 1_000_000)), k)
+        if callable(exact_vectors):
+            chunks = exact_vectors
+        else:
+            exact = np.asarray(exact_vectors, dtype=np.float32)
+            chunks = lambda: (exact[i : i + 1_000_000] for i in range(0, len(exact), 1_000_000))  # noqa: E731
+        gold = _exact_topk(queries, chunks, k)
         chosen, recall, tried = int(ivf.nlist), None, {}
         nprobe = 1
         while True:

@@ -609,8 +609,9 @@ class PFMELCorpus:
             self._extractor = ImageFeatureExtractor()
         return self._extractor
 
-    def split(self, name: str, max_samples: int | None = None):
-        """The mention rows of split ``name`` whose entity is linked, ``ValueError`` for a missing or empty split."""
+    def split(self, name: str, max_samples: int | None = None, rows: Sequence[int] | None = None):
+        """The mention rows of split ``name`` whose entity is linked (only the positions ``rows`` of them when
+        given, else the first ``max_samples``), ``ValueError`` for a missing or empty split."""
         available = list(self.mentions.keys())
         if name not in self.mentions:
             raise ValueError(f"split {name!r} does not exist; available splits: {available}")
@@ -620,9 +621,18 @@ class PFMELCorpus:
         ds = ds.filter(lambda e: bool(e) and str(e).strip() != "", input_columns="entity_id")
         if len(ds) == 0:
             raise ValueError(f"split {name!r} has no linked mentions (rows with an entity_id); nothing to train or evaluate")
+        if rows is not None:
+            bad = [r for r in rows if not 0 <= int(r) < len(ds)]
+            if bad:
+                raise ValueError(f"split {name!r} has {len(ds)} linked mentions; rows {bad[:5]} are out of range")
+            ds = ds.select([int(r) for r in rows])
         if max_samples is not None and max_samples < len(ds):
             ds = ds.select(range(int(max_samples)))
         return ds
+
+    def split_size(self, name: str) -> int:
+        """How many linked mentions split ``name`` has (what :meth:`split` returns in full)."""
+        return len(self.split(name))
 
     def _add(self, key: str, vector: np.ndarray) -> int:
         return self.table.add(key, np.asarray(vector, np.float32).reshape(-1))
@@ -733,15 +743,17 @@ class PFMELCorpus:
         return order[:k] if k is not None else order
 
     def linking_data(
-        self, split: str, max_samples: int | None = None, retriever: Any = None, retriever_k: int = 10
+        self, split: str, max_samples: int | None = None, retriever: Any = None, retriever_k: int = 10,
+        rows: Sequence[int] | None = None,
     ) -> LinkingData:
-        """Linking examples of ``split``: prompt, image, gold and candidates of each linked mention.
+        """Linking examples of ``split``: prompt, image, gold and candidates of each linked mention (the mentions
+        at positions ``rows`` only, when given).
 
         With ``retriever`` (an :class:`~modeling_mel.entity_index.EntityIndex` loaded with its ZEMEL model) the
         candidates are retrieve-then-rerank's: the retriever's dense top ``retriever_k`` merged with the name-rule
         candidates, ordered by retriever score, each score kept in ``retriever_scores``.
         """
-        ds = self.split(split, max_samples)
+        ds = self.split(split, max_samples, rows)
         rows = self.ensure_mention_features(ds)
         mentions = []
         starts = ds["mention_start"] if "mention_start" in ds.column_names else [None] * len(ds)

@@ -366,8 +366,10 @@ class PFMELFinetuningArguments(PFMELTrainingArguments):
     list_size: int = field(default=8, metadata={"help": "listwise: candidates per mention (gold included)"})
     calibration_mentions: int = field(
         default=500,
-        metadata={"help": "with --retriever: the last N training mentions are held out of training and choose "
-                  "config.retriever_score_weight (final score = NSP log-prob + weight * retriever score)"},
+        metadata={"help": "with --retriever: the last N mentions of the training split are held out of training "
+                  "(whatever --max_train_samples is) and choose config.retriever_score_weight (final score = NSP "
+                  "log-prob + weight * retriever score); train the retriever without them too "
+                  "(train_zemel.py --max_train_samples TOTAL-N) so that its scores there are not over-confident"},
     )
 
     def __post_init__(self) -> None:
@@ -699,14 +701,21 @@ def run_finetuning(
         corpus.split(s)
     retriever = load_retriever(args.retriever, args.retriever_model) if args.retriever else None
     n_cal = int(args.calibration_mentions) if retriever is not None else 0
-    limit = data_args.max_train_samples + n_cal if data_args.max_train_samples is not None else None
-    data = corpus.linking_data(args.train_split, limit, retriever=retriever, retriever_k=args.retriever_k)
     calibration = None
     if n_cal:
-        if len(data.mentions) <= n_cal:
-            raise ValueError(f"--calibration_mentions {n_cal} leaves no training mention of {len(data.mentions)}")
-        calibration = dataclasses.replace(data, mentions=data.mentions[-n_cal:], _encoded={})
-        data = dataclasses.replace(data, mentions=data.mentions[:-n_cal], _encoded={})
+        # The calibration mentions are the LAST n_cal of the split whatever --max_train_samples is, so that a
+        # retriever trained on the first (total - n_cal) mentions never saw them either (its scores on its own
+        # training mentions are over-confident and would choose too large a weight).
+        total = corpus.split_size(args.train_split)
+        if total <= n_cal:
+            raise ValueError(f"--calibration_mentions {n_cal} leaves no training mention of {total}")
+        n_train = total - n_cal if data_args.max_train_samples is None else min(int(data_args.max_train_samples), total - n_cal)
+        calibration = corpus.linking_data(args.train_split, retriever=retriever, retriever_k=args.retriever_k,
+                                          rows=range(total - n_cal, total))
+        data = corpus.linking_data(args.train_split, retriever=retriever, retriever_k=args.retriever_k, rows=range(n_train))
+    else:
+        data = corpus.linking_data(args.train_split, data_args.max_train_samples, retriever=retriever,
+                                   retriever_k=args.retriever_k)
     model, processor = load_model_and_processor(model_args, corpus.table.dim, seed=args.seed)
     _mark_image_mode(model, processor, corpus)
     listwise = args.loss == "listwise"
@@ -731,7 +740,8 @@ def run_finetuning(
                                                    bf16=args.bf16_eval)
         trained.config.retriever_score_weight = weight
         trained.config.retriever_k = int(args.retriever_k)
-        train_summary.update(retriever_score_weight=weight, calibration_accuracy=table, calibration_mentions=n_cal)
+        train_summary.update(retriever_score_weight=weight, calibration_accuracy=table, calibration_mentions=n_cal,
+                             calibration_ids=[m.mention_id for m in calibration.mentions])
         logger.info("retriever score weight %s (held-out accuracy by weight: %s)", weight, table)
     trainer.save_model(args.output_dir)
     results, _ = evaluate_splits(

@@ -253,15 +253,18 @@ def merge_shards(
     bf16: bool = False,
     image_extractor: Any = None,
     index_type: str = "auto",
+    processor: Any = None,
     **index_params: Any,
 ):
     """The :class:`~modeling_mel.entity_index.EntityIndex` of finished shards: entity metadata streamed from ``kb``
     (checked against each shard's marker), the FAISS index trained on a sample across shards and filled shard by
     shard (:func:`~modeling_mel.entity_index.attach_index`; exact vectors concatenated only when they are kept).
+    With ``processor``, an IVF index without a given ``ivf_nprobe`` gets it tuned on the model's mention-like
+    queries as :meth:`EntityIndex.build` does (exact search streamed over the shards).
     ``ValueError`` naming the first missing or stale shard."""
     from safetensors.numpy import load_file
 
-    from .entity_index import FORMAT_VERSION, EntityIndex, attach_index
+    from .entity_index import FORMAT_VERSION, EntityIndex, attach_index, mention_like_queries
 
     key = encoding_key(model, max_length, bf16, image_extractor)
     entities: list[dict] = []
@@ -299,6 +302,9 @@ def merge_shards(
     }
     index = EntityIndex(entities, None, config)
     attach_index(index, len(entities), dim, chunks, index_type=index_type, **index_params)
+    if (processor is not None and index_params.get("ivf_nprobe") is None
+            and str(index.config.get("index_type", "")).startswith("ivf")):
+        index.tune_nprobe(chunks, mention_like_queries(model, processor, entities, max_length=max_length))
     return index
 
 
@@ -357,7 +363,7 @@ def _build_sharded(model, processor, kb, out, shard_size, shard_dir, keep_shards
             return None
         index = merge_shards(
             model, kb, shard_dir, shard_size, max_length=max_length, bf16=bf16, image_extractor=image_extractor,
-            index_type=index_type, progress=progress, **index_params,
+            index_type=index_type, processor=processor, progress=progress, **index_params,
         )
         index.model, index.processor = model, processor
         index.save(out)

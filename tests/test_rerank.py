@@ -97,6 +97,12 @@ def test_finetune_on_retriever_candidates_listwise(sample, tiny_backbone, tmp_pa
     train = results["train"]
     assert train["loss"] == "listwise" and train["mentions"] == 16 and train["calibration_mentions"] == 6
     table = train["calibration_accuracy"]  # {weight: held-out accuracy}
+    # the calibration mentions are the split's last 6, whatever --max_train_samples is (a retriever trained on the
+    # first TOTAL-6 never saw them)
+    from modeling_mel.pfmel_data import PFMELCorpus as _Corpus
+
+    train_ids = [str(i) for i in _Corpus.load("twitter_mel", sample["data_dir"], image_features="none").split("train")["id"]]
+    assert len(train_ids) > 16 + 6 and train["calibration_ids"] == train_ids[-6:]
     assert table[str(train["retriever_score_weight"])] == max(table.values())
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)

@@ -126,3 +126,24 @@ def test_killed_run_resumes_without_reencoding(setup, tmp_path, monkeypatch, cap
     args[args.index("--kb") + 1] = str(kb)
     assert main(args) == 0
     assert encoded == [f"E{i}" for i in range(14, 21)]
+
+
+def test_sharded_ivf_index_tunes_nprobe_like_the_unsharded_build(setup, tmp_path):
+    """`mel index --shard_size` of an IVF type without --ivf_nprobe tunes nprobe on the model's mention-like queries,
+    its exact search streamed over the shards: the same choice and sweep as the unsharded `EntityIndex.build`."""
+    out = tmp_path / "ivf"
+    assert main(index_args(setup, out, "--index_type", "ivfsq8", "--ivf_nlist", "4")) == 0
+    with open(out / "index_config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    tuned = config["query_recall"]
+    assert config["index_params"]["ivf_nprobe"] == tuned["nprobe"] and tuned["queries"] > 0
+    model, processor = setup["zemel"]
+    whole = EntityIndex.build(model, processor, setup["kb"], batch_size=4, progress=False, index_type="ivfsq8",
+                              ivf_nlist=4, bf16=False)
+    assert {str(p): r for p, r in whole.config["query_recall"]["sweep"].items()} == tuned["sweep"]
+    assert whole.config["query_recall"]["nprobe"] == tuned["nprobe"]
+    given = tmp_path / "given"
+    assert main(index_args(setup, given, "--index_type", "ivfsq8", "--ivf_nlist", "4", "--ivf_nprobe", "3")) == 0
+    with open(given / "index_config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    assert config["index_params"]["ivf_nprobe"] == 3 and "query_recall" not in config
