@@ -260,7 +260,8 @@ def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
                    str(args.rerank_list_size), "--retriever_k", str(args.rerank_k), "--num_train_epochs",
                    str(args.rerank_epochs), "--learning_rate", str(args.rerank_lr), "--per_device_train_batch_size", "16",
                    "--max_length", "128", "--eval_splits", args.split, "--max_eval_samples", "1", "--bf16_eval",
-                   "--logging_steps", "25", "--max_train_samples", str(args.rerank_train_mentions)]
+                   "--logging_steps", "25", "--max_train_samples", str(args.rerank_train_mentions),
+                   "--calibration_mentions", str(args.holdout_mentions)]
         minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "rerank_train.log"))
     out = mel_link_metrics(model_dir, work, "rerank", data, dense=False, retriever=index)
     out["train_minutes"] = minutes

@@ -86,6 +86,16 @@ def test_link_path_quick(tmp_path):
     assert payload["agreement"]["mel_link_top1_agrees_with_fast"] >= 0.75
 
 
+def test_link_path_images_quick(tmp_path):
+    """--images: mentions with an image and 2 boxes go through pipeline() (raw images, tiny extractor) and the
+    model-level path (the same regions precomputed); both rank alike."""
+    run_benchmark("link_path", tmp_path, "--tiny", "--images")
+    payload = load(tmp_path, "link_path_tiny_images_quick")
+    assert payload["images"] is True and [r["path"] for r in payload["rows"]] == ["model-level fast path", "pipeline()"]
+    assert_positive_finite(payload["ratios"], ["pipeline_over_fast"])
+    assert payload["agreement"]["pipeline_top1_agrees_with_fast"] >= 0.75
+
+
 def test_pfmel_throughput_quick(tmp_path):
     run_benchmark("pfmel_throughput", tmp_path, "--tiny", "--n_pairs", "16", "--repeats", "1")
     payload = load(tmp_path, "pfmel_throughput_quick")
