@@ -21,7 +21,8 @@ context vectors of ``--n_queries`` generated captions (what ``mel link`` searche
 contexts (``"<name>. <description>"``, the product's ``mention_like_queries``); ``--tune_on entity`` tunes on the
 entity-like queries instead. ``--model DIR``: a trained ZEMEL folder (e.g. the one ``benchmarks/quality.py`` trains
 on WikiMEL) gives the base vectors and the queries; without it, the embedded MiniLM with untrained ZEMEL heads.
-``nlist``: the power of two nearest ``sqrt(N)``, at most ``--max_nlist``.
+``nlist``: the power of two nearest ``sqrt(N)``, at most ``--max_nlist``. The recall target (>= 0.95) is checked on
+the mention queries, the ones ``mel link`` searches with; the entity-like recall is shown beside it.
 
 Latency: each index is timed interleaved with the 1k flat index (median of ``--repeats``), so ``growth`` is a ratio
 within one pair of loops. Memory: the FAISS index's own bytes (codes, ids, direct map, centroids, tables), the float32
