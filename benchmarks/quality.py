@@ -22,6 +22,10 @@ use counts as wrong):
   stage's index> --loss listwise`` on the retriever's top-k + closest names, then
   ``mel link --model NSP --retriever INDEX`` (needs the ``zemel`` stage, or ``--zemel_model`` and its index).
 
+The last ``--holdout_mentions`` (1000) train mentions are trained on by neither ZEMEL nor the reranker; they choose
+the reranker's retriever-score weight (``finetune_linking.py --calibration_mentions``), where the retriever's
+scores are as confident as on unseen mentions.
+
 Writes ``benchmarks/results/<name>.json`` and ``.md`` (``--name``, default ``quality_<dataset>``). Mentions/s are
 end-to-end ``mel link`` figures (model loading excluded, KB/index loading included) on this machine.
 """
