@@ -48,7 +48,7 @@ from synthetic import captions, entities, regions, rss_bytes, timeit_many, zemel
 from modeling_mel import ZemelProcessor
 from modeling_mel.backbones import load_tokenizer
 from modeling_mel.hardware import bf16_is_fast
-from modeling_mel.entity_index import _exact_topk, build_faiss_from_chunks, exact_recall, faiss_index_bytes
+from modeling_mel.entity_index import NPROBE_TARGET_RECALL, _exact_topk, build_faiss_from_chunks, exact_recall, faiss_index_bytes
 from modeling_mel.knowledge_base import encode_entities
 
 TARGETS = {"growth_max": 2.0, "memory_gib_max": 4.0, "recall_min": 0.95, "ivfpq_memory_over_flat_max": 1 / 8}
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--types", nargs="+", default=["flat", "ivf", "ivfpq", "ivfsq8"],
                         choices=["flat", "ivf", "ivfpq", "ivfsq8", "hnswsq8"], help="index types measured at each size")
     parser.add_argument("--k", type=int, default=64, help="top-k retrieved and reranked (recall@k)")
-    parser.add_argument("--target_recall", type=float, default=0.95, help="recall@k the nprobe tuning aims for")
+    parser.add_argument("--target_recall", type=float, default=NPROBE_TARGET_RECALL,
+                        help="recall@k the nprobe tuning aims for on its tuning queries (default: mel index's, 0.97)")
     parser.add_argument("--n_queries", type=int, default=100, help="mention queries of the recall measurement")
     parser.add_argument("--n_mentions", type=int, default=8, help="distinct mentions cycled in the latency loop")
     parser.add_argument("--base_entities", type=int, default=None, help="entity texts encoded by the model (default 4000)")
