@@ -754,11 +754,12 @@ class PFMELCorpus:
         candidates, ordered by retriever score, each score kept in ``retriever_scores``.
         """
         ds = self.split(split, max_samples, rows)
-        rows = self.ensure_mention_features(ds)
+        feature_rows = self.ensure_mention_features(ds)
         mentions = []
         starts = ds["mention_start"] if "mention_start" in ds.column_names else [None] * len(ds)
         ends = ds["mention_end"] if "mention_end" in ds.column_names else [None] * len(ds)
-        for mid, text, mention, gold, row, a, b in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], rows, starts, ends):
+        for mid, text, mention, gold, row, a, b in zip(ds["id"], ds["text"], ds["mention"], ds["entity_id"], feature_rows,
+                                                     starts, ends):
             gold = str(gold)
             ranked = self.closest_names(mention)
             mentions.append(

@@ -14,7 +14,6 @@ ablations and ``mel`` subcommands share one implementation.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
