@@ -153,6 +153,14 @@ def encode_mentions(model, processor, batch: list[dict], dtype):
     return model.inference_context(**enc, autocast_dtype=dtype)
 
 
+def query_vectors(model, processor, batch: list[dict], dtype, step: int = 16) -> np.ndarray:
+    """Normalised pooled context vectors ``(len(batch), H)`` of mentions, what the latency loop searches with."""
+    with torch.inference_mode():
+        pooled = torch.cat([encode_mentions(model, processor, batch[s : s + step], dtype).pooled_output
+                            for s in range(0, len(batch), step)])
+    return np.ascontiguousarray(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="KB sizes (default 1k..100k with --quick, 1k..10M)")
@@ -202,18 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"encoded {len(base)} base entities in {encode_s:.1f} s; norms {np.linalg.norm(base, axis=1).mean():.2f}", flush=True)
     mentions = [{"caption": c, "mention": m, "region": regions(2, seed=i)}
                 for i, (c, m) in enumerate(captions(max(args.n_mentions, args.n_queries), seed=3))]
-    with torch.inference_mode():
-        pooled = torch.cat([encode_mentions(model, processor, mentions[s : s + 16], dtype).pooled_output
-                            for s in range(0, args.n_queries, 16)])
-    mention_queries = np.ascontiguousarray(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
+    mention_queries = query_vectors(model, processor, mentions[: args.n_queries], dtype)
     # the tuning set: base entities written as mention contexts (the name as the mention), as `mel index` tunes
     picked = np.random.default_rng(11).choice(len(base_kb), size=min(args.n_queries, len(base_kb)), replace=False)
     like = [{"caption": f"{base_kb[i]['name']}. {base_kb[i]['description']}", "mention": base_kb[i]["name"],
              "region": regions(2, seed=int(i))} for i in picked.tolist()]
-    with torch.inference_mode():
-        pooled = torch.cat([encode_mentions(model, processor, like[s : s + 16], dtype).pooled_output
-                            for s in range(0, len(like), 16)])
-    tuning_queries = np.ascontiguousarray(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
+    tuning_queries = query_vectors(model, processor, like, dtype)
     # entity-like queries: fresh draws of the KB distribution (a chunk number no KB chunk uses), i.e. what a trained
     # model's context vector is, close to its gold entity's vector; the untrained context head's vectors are not
     queries = gen.chunk(10**6, args.n_queries)
