@@ -738,6 +738,32 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         extra = [[self.kb.position[e] for e in row if e in self.kb.position] for row in ids]
         return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)], None
 
+    def _pair_batches(
+        self, pairs: list[tuple[int, int]], mention_sides: list[str], entity_sides: dict[int, str], pair_batch_size: int,
+        max_length: int | None,
+    ) -> list[list[int]]:
+        """Indices of ``pairs`` in batches: sorted by their text length in tokens (sentence A + B + 3 special tokens,
+        capped at ``max_length``), each batch at most ``pair_batch_size`` rows and ``pair_batch_size * 64`` padded
+        tokens."""
+        if not pairs:
+            return []
+        tokenizer = self.processor.tokenizer
+        positions = list(entity_sides)
+        a_len = [len(x) for x in tokenizer(mention_sides, add_special_tokens=False)["input_ids"]]
+        b_len = dict(zip(positions, (len(x) for x in tokenizer([entity_sides[p] for p in positions],
+                                                                add_special_tokens=False)["input_ids"])))
+        cap = int(max_length or getattr(self.processor, "max_length", None) or 512)
+        lengths = [min(cap, a_len[i] + b_len[p] + 3) for i, p in pairs]
+        order = sorted(range(len(pairs)), key=lambda j: lengths[j])
+        budget = int(pair_batch_size) * 64
+        batches: list[list[int]] = []
+        for j in order:  # ascending: the pair joining a batch sets its width
+            if batches and len(batches[-1]) < pair_batch_size and (len(batches[-1]) + 1) * lengths[j] <= budget:
+                batches[-1].append(j)
+            else:
+                batches.append([j])
+        return batches
+
     def _forward_cross(self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None) -> list:
         templates = self._templates()
         cands, first_stage = self._cross_candidates(examples, num_candidates)
@@ -752,10 +778,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         mention_images = [self._pfmel_normalize(ex["image_features"]["feature"]) if ex["image_features"] is not None
                           else None for ex in examples]
         entity_images = {p: self._pfmel_normalize(self._entity_feature(p)) for p in entity_sides}
-        # length-sorted pair batches (least padding); each pair's score is independent of its batch
-        order = sorted(range(len(pairs)), key=lambda j: len(mention_sides[pairs[j][0]]) + len(entity_sides[pairs[j][1]]))
-        for start in range(0, len(pairs), pair_batch_size):
-            idx = order[start : start + pair_batch_size]
+        # pair batches sorted by token length, cut by a token budget: each batch pads to about its own length, long
+        # pairs go in fewer rows (each pair's score is independent of its batch)
+        for idx in self._pair_batches(pairs, mention_sides, entity_sides, pair_batch_size, max_length):
             chunk = [pairs[j] for j in idx]
             text_a = [mention_sides[i] for i, _ in chunk]
             text_b = [entity_sides[p] for _, p in chunk]

@@ -85,6 +85,35 @@ def test_retrieve_scored_merges_dense_top_k_and_extras(sample):
     assert torch.allclose(direct, torch.tensor([s for _, s in merged]), atol=1e-5)
 
 
+def test_listwise_batches_are_grouped_by_list_length(tmp_path):
+    """``group_by_length`` over list items: each list's length is its longest pair, and the sampler's batches hold
+    lists of about one length (a random draw would pad every batch to about the longest list)."""
+    from transformers import TrainingArguments
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from modeling_mel.corpus import ListDataset
+    from modeling_mel.pfmel_training import ListwiseNSPTrainer
+
+    model, _ = tiny_nsp(seed=0)
+    # 640 lists of 3 pairs; list k's longest pair has 5 + k tokens (its other pairs are shorter)
+    n = 640
+    items = [{"features": [{"input_ids": [1] * 3}, {"input_ids": [1] * (5 + k)}, {"input_ids": [1] * 4}]} for k in range(n)]
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to="none",
+                             train_sampling_strategy="group_by_length")
+    trainer = ListwiseNSPTrainer(model=model, args=args, train_dataset=ListDataset(items))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == [5 + k for k in range(n)]
+    order = list(sampler)
+    assert sorted(order) == list(range(n))
+    spans = [max(order[i : i + 8]) - min(order[i : i + 8]) for i in range(0, n, 8)]  # length spread of each batch
+    # sorted mega-batches of 160 lists: about 8 / 160 of the range; a random permutation spreads about 500
+    assert sum(spans) / len(spans) < 100
+    args_random = TrainingArguments(str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to="none",
+                                    train_sampling_strategy="random")
+    assert not isinstance(ListwiseNSPTrainer(model=model, args=args_random, train_dataset=ListDataset(items))
+                          ._get_train_sampler(), LengthGroupedSampler)
+
+
 def test_finetune_on_retriever_candidates_listwise(sample, tiny_backbone, tmp_path):  # noqa: F811
     out = str(tmp_path / "reranker")
     results = _script("finetune_linking").main([

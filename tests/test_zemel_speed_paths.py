@@ -157,3 +157,36 @@ def test_fast_encode_candidates_low_precision_copy_equals_plain_autocast_and_fol
     fresh = model.fast_encode_candidates(ids, mask, autocast_dtype=torch.bfloat16, cache_low_precision_weights=False)
     torch.testing.assert_close(updated, fresh, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(updated, cached)
+
+
+def test_low_precision_cpu_attention_equals_sdpa_and_masks_padding():
+    """bf16 CPU inference takes the two-product attention with a float32 softmax (SDPA's CPU kernel is slow there):
+    it gives SDPA's float32 result up to bf16 rounding, keys masked out get no weight, and training keeps SDPA."""
+    from modeling_mel.modeling_zemel import ZemelSelfAttention, _additive_mask
+
+    torch.manual_seed(0)
+    attention = ZemelSelfAttention(hidden_size=32, num_attention_heads=4, attention_probs_dropout_prob=0.0).eval()
+    hidden = torch.randn(3, 7, 32)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    additive = _additive_mask(mask, torch.float32)
+    with torch.inference_mode():
+        reference = attention(hidden, additive)  # float32: SDPA
+        attention_bf16 = ZemelSelfAttention(32, 4, 0.0).eval()
+        attention_bf16.load_state_dict(attention.state_dict())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = attention_bf16(hidden, additive)
+        # the padded keys carry no weight: changing them leaves every output unchanged
+        changed = hidden.clone()
+        changed[1, 4:] = 100.0
+        changed[2, 2:] = -50.0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed_changed = attention_bf16(changed, additive)
+    assert mixed.dtype == torch.bfloat16
+    assert torch.allclose(mixed.float(), reference, atol=0.05, rtol=0.05)
+    assert torch.equal(mixed_changed[0], mixed[0])
+    assert torch.equal(mixed_changed[1, :4], mixed[1, :4]) and torch.equal(mixed_changed[2, :2], mixed[2, :2])
+    # training (dropout) and float32 inference stay on SDPA: same function, same numbers as torch's kernel
+    query = attention._heads(attention.query(hidden))
+    key, value = attention._heads(attention.key(hidden)), attention._heads(attention.value(hidden))
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=additive)
+    assert torch.allclose(reference, expected.transpose(1, 2).reshape(3, 7, 32), atol=1e-6)
