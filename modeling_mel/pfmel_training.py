@@ -25,6 +25,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from .hardware import autocast
+from .modeling_multimodal_nsp import MultimodalNSPOutput
 from .pfmel_data import (
     IMAGE_FEATURE_MODES,
     NEGATIVE_DRAWS,
@@ -363,6 +364,12 @@ class PFMELFinetuningArguments(PFMELTrainingArguments):
                   "gold + --list_size-1 hardest candidates (best with --retriever)"},
     )
     list_size: int = field(default=8, metadata={"help": "listwise: candidates per mention (gold included)"})
+    pairs_per_forward: int = field(
+        default=32,
+        metadata={"help": "listwise: a batch's pairs go through the model in length-sorted chunks of this many, each "
+                  "cut to its own longest pair (the pairs of one list differ in length; same loss, fewer padded tokens; "
+                  "0: one forward pass per batch)"},
+    )
     calibration_mentions: int = field(
         default=500,
         metadata={"help": "with --retriever: the last N mentions of the training split are held out of training "
@@ -379,6 +386,8 @@ class PFMELFinetuningArguments(PFMELTrainingArguments):
             raise ValueError(f"--num_negatives must be >= 0, got {self.num_negatives!r}")
         if self.loss not in ("binary", "listwise"):
             raise ValueError(f"unknown --loss {self.loss!r}; choose 'binary' or 'listwise'")
+        if self.pairs_per_forward < 0:
+            raise ValueError(f"--pairs_per_forward must be >= 0, got {self.pairs_per_forward!r}")
         for name in ("retriever_k", "list_size"):
             if int(getattr(self, name)) < (2 if name == "list_size" else 1):
                 raise ValueError(f"--{name} must be >= {2 if name == 'list_size' else 1}, got {getattr(self, name)!r}")
@@ -623,10 +632,31 @@ class ListwiseNSPTrainer(PFMELTrainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         inputs = dict(inputs)
         list_index = inputs.pop("list_index")
-        outputs = model(**inputs)
+        chunk = int(getattr(self.args, "pairs_per_forward", 0) or 0)
+        if chunk and len(list_index) > chunk and "attention_mask" in inputs:
+            outputs = MultimodalNSPOutput(logits=length_sorted_logits(model, inputs, chunk))
+        else:
+            outputs = model(**inputs)
         unwrapped = model.module if hasattr(model, "module") else model
         loss = listwise_loss(unwrapped.link_scores(outputs.logits), list_index)
         return (loss, outputs) if return_outputs else loss
+
+
+def length_sorted_logits(model, inputs: dict[str, torch.Tensor], chunk: int) -> torch.Tensor:
+    """``model(**inputs).logits`` computed in chunks of ``chunk`` pairs sorted by length, each chunk cut to its own
+    longest pair (a multiple of 8); rows in input order. Equal to one pass up to float rounding (padding is masked,
+    on the right), with fewer padded tokens when the pairs of a batch differ in length."""
+    lengths = inputs["attention_mask"].sum(1)
+    order = torch.argsort(lengths)
+    width = inputs["input_ids"].shape[1]
+    parts = []
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        cut = min(width, -(-int(lengths[idx].max()) // 8) * 8)
+        sub = {k: (v[idx, :cut] if k in ("input_ids", "attention_mask", "token_type_ids") else v[idx])
+               for k, v in inputs.items()}
+        parts.append(model(**sub).logits)
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 def calibrate_retriever_weight(
@@ -824,6 +854,7 @@ __all__ = [
     "listwise_groups",
     "ListwiseCollator",
     "listwise_loss",
+    "length_sorted_logits",
     "ListwiseNSPTrainer",
     "calibrate_retriever_weight",
     "load_retriever",

@@ -114,12 +114,47 @@ def test_listwise_batches_are_grouped_by_list_length(tmp_path):
                           ._get_train_sampler(), LengthGroupedSampler)
 
 
+def test_length_sorted_chunks_give_the_one_pass_loss_and_gradients():
+    """Listwise training forwards a batch's pairs in length-sorted chunks cut to their own length
+    (``--pairs_per_forward``): the loss and every gradient equal those of one padded pass."""
+    from modeling_mel.pfmel_training import length_sorted_logits, listwise_loss
+
+    model, _ = tiny_nsp(seed=0)
+    model.eval()  # no dropout: both ways see the same function
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 19, 7, 12, 30, 9, 16, 25, 6, 11]
+    ids = torch.zeros(len(lengths), 32, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(5, 90, (n,), generator=g)
+        mask[i, :n] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": (torch.arange(32) > 3).long().expand(10, 32) * mask}
+    owner = torch.tensor([0] * 4 + [1] * 3 + [2] * 3)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = listwise_loss(model.link_scores(fn()), owner)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    one_loss, one_grads = loss_and_grads(lambda: model(**inputs).logits)
+    one_logits = model(**inputs).logits.detach()
+    chunked = length_sorted_logits(model, inputs, chunk=3).detach()
+    assert torch.allclose(chunked, one_logits, atol=1e-5)  # rows back in input order
+    chunk_loss, chunk_grads = loss_and_grads(lambda: length_sorted_logits(model, inputs, chunk=3))
+    assert torch.allclose(chunk_loss, one_loss, atol=1e-5)
+    assert chunk_grads.keys() == one_grads.keys() and len(one_grads) > 10
+    for name, grad in one_grads.items():
+        assert torch.allclose(chunk_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
 def test_finetune_on_retriever_candidates_listwise(sample, tiny_backbone, tmp_path):  # noqa: F811
     out = str(tmp_path / "reranker")
     results = _script("finetune_linking").main([
         "--dataset", "twitter_mel", "--data_dir", sample["data_dir"], "--image_features", "none", "--backbone", tiny_backbone,
         "--output_dir", out, "--retriever", sample["index_dir"], "--retriever_k", "4", "--loss", "listwise",
-        "--list_size", "4", "--calibration_mentions", "6", "--max_train_samples", "16", "--max_eval_samples", "10",
+        "--list_size", "4", "--pairs_per_forward", "5", "--calibration_mentions", "6", "--max_train_samples", "16",
+        "--max_eval_samples", "10",
         "--eval_splits", "dev", "--max_length", "64", "--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "True",
         "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--max_steps", "3", "--save_strategy", "no",
     ])
