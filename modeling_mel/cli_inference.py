@@ -491,8 +491,8 @@ def link_file(
 
 def _link_argument_error(args: argparse.Namespace) -> str | None:
     """The first invalid ``mel link`` argument as a one-line message naming it and its value, or ``None``."""
-    for name in ("top_k", "num_candidates", "batch_size"):
-        value = getattr(args, name)
+    for name in ("top_k", "num_candidates", "batch_size", "retriever_k"):
+        value = getattr(args, name, None)
         if value is not None and value < 1:
             return f"--{name} must be >= 1, got {value}"
     if not os.path.exists(args.input):
@@ -589,6 +589,9 @@ def link_main(argv: list[str]) -> int:
     parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
                         help="ZEMEL candidate source (default auto: BM25+rules and dense)")
     parser.add_argument("--num_candidates", type=int, default=None, help="candidates per source before reranking")
+    parser.add_argument("--retriever_k", type=int, default=None,
+                        help="with --retriever: its dense top k (and the k closest names) are reranked (default: the "
+                             "reranker's config.retriever_k, the value it was trained with)")
     args = parser.parse_args(argv)
 
     problem = _link_argument_error(args) or pipeline_argument_error(args)  # before any model is loaded
@@ -605,6 +608,8 @@ def link_main(argv: list[str]) -> int:
         call["candidates"] = args.candidates
     if args.num_candidates is not None:
         call["num_candidates"] = args.num_candidates
+    if getattr(args, "retriever_k", None) is not None:
+        call["retriever_k"] = args.retriever_k
     start = time.perf_counter()
     counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, resume=args.resume, **call)
     elapsed = time.perf_counter() - start

@@ -297,8 +297,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             (the cache), ``"all"`` (both), ``"rule"`` (name contains the mention); ``"auto"`` is ``"all"`` when
             the bm25s package is installed, else ``"dense"``. PFMEL always uses the name rule (+ retriever).
         num_candidates (`int`, default 100): candidates per source before reranking.
-        pair_batch_size (`int`, default 64): PFMEL pairs per forward pass.
+        pair_batch_size (`int`, default 64): PFMEL pairs per forward pass (at most ``64 * pair_batch_size`` padded
+            tokens: longer pairs go fewer to a pass).
         max_length (`int`, optional): token limit (default: the processor's).
+        retriever_k (`int`, optional): PFMEL with a dense ``retriever``: its top k (and the k closest names) are the
+            reranked candidates (default: ``config.retriever_k``, the value the reranker was trained with).
         nil_threshold (`float` or `None`): "not in the KB" decision: when the best candidate scores below it (or there
             is no candidate) the output starts with ``{"entity_id": None, "name": None, "score": best, "nil": True}``,
             followed by the candidates. Default: the threshold ``mel calibrate`` saved in the model folder
@@ -544,6 +547,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         pair_batch_size: int | None = None,
         max_length: int | None = None,
         nil_threshold: Any = _NOT_GIVEN,
+        retriever_k: int | None = None,
         **unknown: Any,
     ):
         if unknown:
@@ -554,7 +558,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 raise ValueError(f"{names} can only be set when the pipeline is built, not per call")
             raise ValueError(
                 f"unknown pipeline parameter(s) {names}; known: top_k, candidates, num_candidates, pair_batch_size, "
-                "max_length, nil_threshold, batch_size"
+                "max_length, nil_threshold, retriever_k, batch_size"
             )
         pre, fwd, post = {}, {}, {}
         if top_k is not None:
@@ -579,6 +583,10 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             fwd["pair_batch_size"] = int(pair_batch_size)
         if max_length is not None:
             fwd["max_length"] = int(max_length)
+        if retriever_k is not None:
+            if isinstance(retriever_k, bool) or not isinstance(retriever_k, int) or retriever_k < 1:
+                raise ValueError(f"retriever_k must be an integer >= 1, got {retriever_k!r}")
+            fwd["retriever_k"] = int(retriever_k)
         if nil_threshold is not _NOT_GIVEN:
             if nil_threshold is not None and (isinstance(nil_threshold, bool) or not isinstance(nil_threshold, (int, float))):
                 raise ValueError(f"nil_threshold must be a number or None (off), got {nil_threshold!r}")
@@ -672,6 +680,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         num_candidates: int = 100,
         pair_batch_size: int = 64,
         max_length: int | None = None,
+        retriever_k: int | None = None,
     ) -> dict:
         batch = model_inputs["example"]
         single = isinstance(batch, Mapping)
@@ -679,7 +688,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if self.family == "dense":
             ranked = self._forward_dense(examples, candidates, num_candidates, max_length)
         else:
-            ranked = self._forward_cross(examples, num_candidates, pair_batch_size, max_length)
+            ranked = self._forward_cross(examples, num_candidates, pair_batch_size, max_length, retriever_k)
         # each ranking travels opaque: transformers' Pipeline.forward walks lists and tuples of its outputs element by
         # element looking for tensors (a third of a batch's time for 32 mentions x 200 candidates)
         rows = [_Ranking(r) for r in ranked]
@@ -717,8 +726,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         # the training data's sentence B (PFMELCorpus.entity_text calls the same function)
         return self._templates().kb_entity_prompt(self.kb.entities[position])
 
-    def _cross_candidates(self, examples: list[dict], num_candidates: int) -> tuple[list[list[int]], list[dict[int, float]] | None]:
-        """Candidate positions of each example and, with a scoring retriever, their first-stage scores."""
+    def _cross_candidates(
+        self, examples: list[dict], num_candidates: int, retriever_k: int | None = None
+    ) -> tuple[list[list[int]], list[dict[int, float]] | None]:
+        """Candidate positions of each example and, with a scoring retriever, their first-stage scores (dense top
+        ``retriever_k``: the call's value, else the reranker's ``config.retriever_k``, else ``num_candidates``)."""
         cands = [self.kb.name_rule(ex["mention"], num_candidates) for ex in examples]
         if self.retriever is None:
             return cands, None
@@ -727,7 +739,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)], None
         texts = [ex["text"] for ex in examples]
         spans = [{"mention": ex["mention"], "mention_start": ex["mention_start"], "mention_end": ex["mention_end"]} for ex in examples]
-        k = int(getattr(self.model.config, "retriever_k", 0) or num_candidates)
+        k = int(retriever_k or getattr(self.model.config, "retriever_k", 0) or num_candidates)
         if hasattr(self.retriever, "retrieve_scored"):
             # the k closest names (as in training: PFMELCorpus.closest_names) beside the dense top k
             names = [[self.kb.entities[p]["entity_id"] for p in row[:k]] for row in cands]
@@ -764,9 +776,12 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 batches.append([j])
         return batches
 
-    def _forward_cross(self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None) -> list:
+    def _forward_cross(
+        self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None,
+        retriever_k: int | None = None,
+    ) -> list:
         templates = self._templates()
-        cands, first_stage = self._cross_candidates(examples, num_candidates)
+        cands, first_stage = self._cross_candidates(examples, num_candidates, retriever_k)
         weight = float(getattr(self.model.config, "retriever_score_weight", 0.0) or 0.0)
         pairs = []  # (example index, position)
         for i, row in enumerate(cands):

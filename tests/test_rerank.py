@@ -205,6 +205,14 @@ def test_pipeline_retriever_dir_fuses_the_retriever_score(sample, weight):
     assert set(fused) == set(base) == set(first)  # dense top 3 + the closest names, nothing else
     for e in fused:
         assert fused[e] == pytest.approx(base[e] + weight * first[e], abs=1e-4)
+    # a call's retriever_k replaces config.retriever_k: the dense top 1 and the 1 closest name, with the same scores
+    narrow = {r["entity_id"]: r["score"] for r in plain(item, top_k=50, retriever_k=1)}
+    top1 = dict(load_retriever(sample["index_dir"]).retrieve_scored([item["text"]], [item["mention"]], 1, extra=[["nasa"]])[0])
+    assert set(narrow) == set(top1) and len(narrow) < len(fused)
+    for e in narrow:
+        assert narrow[e] == pytest.approx(fused[e], abs=1e-4)
+    with pytest.raises(ValueError, match="retriever_k must be an integer >= 1, got 0"):
+        plain(item, retriever_k=0)
 
 
 def test_mel_link_with_retriever_index(sample, tmp_path):
@@ -223,5 +231,11 @@ def test_mel_link_with_retriever_index(sample, tmp_path):
                       "--output", str(out), "--top_k", "3", "--no_images"]) == 0
     record = json.loads(out.read_text().splitlines()[0])
     assert len(record["predictions"]) == 3
+    assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", sample["index_dir"], "--input", str(inp),
+                      "--output", str(out), "--top_k", "50", "--no_images", "--retriever_k", "1"]) == 0
+    narrow = json.loads(out.read_text().splitlines()[0])["predictions"]
+    assert 1 <= len(narrow) <= 2  # the dense top 1 and the closest name (top_k 50 would show any other candidate)
+    assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", sample["index_dir"], "--input", str(inp),
+                      "--output", str(out), "--retriever_k", "0"]) == 2  # named, refused before loading the model
     assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", str(tmp_path), "--input", str(inp),
                       "--output", str(out)]) == 2  # not an index directory: refused before loading the model
