@@ -43,6 +43,9 @@ def test_build_encodes_every_entity_like_the_model(built, zemel):
     assert len(index) == len(KB_ROWS) and index.vectors.shape == (len(KB_ROWS), 32)
     assert index.config["index_type"] == "flat"  # small KB: exact search
     assert index.config["config_hash"] == model.config.config_hash()
+    from modeling_mel.knowledge_base import model_fingerprint  # hashed beside the encoding, same digest
+
+    assert index.config["weights_fingerprint"] == model_fingerprint(model) and len(index.config["weights_fingerprint"]) == 40
     # length-sorted batches give the same vectors as encoding one entity at a time (text-only entity here)
     row = KB_ROWS.index(next(r for r in KB_ROWS if r["entity_id"] == "nasa"))
     enc = processor.encode_candidates(["NASA"], ["space agency of the United States"], max_length=64)
