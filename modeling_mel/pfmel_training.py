@@ -368,7 +368,7 @@ class PFMELFinetuningArguments(PFMELTrainingArguments):
         default=32,
         metadata={"help": "listwise: a batch's pairs go through the model in length-sorted chunks of this many, each "
                   "cut to its own longest pair (the pairs of one list differ in length; same loss, fewer padded tokens; "
-                  "0: one forward pass per batch)"},
+                  "0: one forward pass per batch, as multi-process runs always do)"},
     )
     calibration_mentions: int = field(
         default=500,
@@ -633,7 +633,8 @@ class ListwiseNSPTrainer(PFMELTrainer):
         inputs = dict(inputs)
         list_index = inputs.pop("list_index")
         chunk = int(getattr(self.args, "pairs_per_forward", 0) or 0)
-        if chunk and len(list_index) > chunk and "attention_mask" in inputs:
+        # one process only: a DistributedDataParallel wrapper (``.module``) expects one forward per backward
+        if chunk and len(list_index) > chunk and "attention_mask" in inputs and not hasattr(model, "module"):
             outputs = MultimodalNSPOutput(logits=length_sorted_logits(model, inputs, chunk))
         else:
             outputs = model(**inputs)
