@@ -492,7 +492,7 @@ def link_file(
 def _link_argument_error(args: argparse.Namespace) -> str | None:
     """The first invalid ``mel link`` argument as a one-line message naming it and its value, or ``None``."""
     for name in ("top_k", "num_candidates", "batch_size", "retriever_k"):
-        value = getattr(args, name, None)
+        value = getattr(args, name)
         if value is not None and value < 1:
             return f"--{name} must be >= 1, got {value}"
     if not os.path.exists(args.input):
@@ -608,7 +608,7 @@ def link_main(argv: list[str]) -> int:
         call["candidates"] = args.candidates
     if args.num_candidates is not None:
         call["num_candidates"] = args.num_candidates
-    if getattr(args, "retriever_k", None) is not None:
+    if args.retriever_k is not None:
         call["retriever_k"] = args.retriever_k
     start = time.perf_counter()
     counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, resume=args.resume, **call)

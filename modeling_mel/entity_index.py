@@ -40,6 +40,7 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -922,8 +923,6 @@ class EntityIndex:
             )
         if processor is None:
             raise ValueError("processor is required to encode the KB (a ZemelProcessor)")
-        from concurrent.futures import ThreadPoolExecutor
-
         # the weights fingerprint (SHA-1 over the candidate encoder, about 3% of a 2,000-entity build) is hashed
         # beside the encoding: hashlib releases the GIL, the weights are only read
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -764,7 +764,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         a_len = [len(x) for x in tokenizer(mention_sides, add_special_tokens=False)["input_ids"]]
         b_len = dict(zip(positions, (len(x) for x in tokenizer([entity_sides[p] for p in positions],
                                                                 add_special_tokens=False)["input_ids"])))
-        cap = int(max_length or getattr(self.processor, "max_length", None) or 512)
+        cap = int(max_length or self.processor.max_length)  # the processor's own truncation length
         lengths = [min(cap, a_len[i] + b_len[p] + 3) for i, p in pairs]
         order = sorted(range(len(pairs)), key=lambda j: lengths[j])
         budget = int(pair_batch_size) * 64

@@ -234,7 +234,11 @@ def test_mel_link_with_retriever_index(sample, tmp_path):
     assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", sample["index_dir"], "--input", str(inp),
                       "--output", str(out), "--top_k", "50", "--no_images", "--retriever_k", "1"]) == 0
     narrow = json.loads(out.read_text().splitlines()[0])["predictions"]
-    assert 1 <= len(narrow) <= 2  # the dense top 1 and the closest name (top_k 50 would show any other candidate)
+    from modeling_mel.pfmel_training import load_retriever
+
+    # exactly the dense top 1 and the closest name (top_k 50 would show any other candidate)
+    top1 = load_retriever(sample["index_dir"]).retrieve_scored(["launch day at NASA"], ["NASA"], 1, extra=[["nasa"]])[0]
+    assert {p["entity_id"] for p in narrow} == {e for e, _ in top1}
     assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", sample["index_dir"], "--input", str(inp),
                       "--output", str(out), "--retriever_k", "0"]) == 2  # named, refused before loading the model
     assert link_main(["--model", nsp_dir, "--kb", sample["kb"], "--retriever", str(tmp_path), "--input", str(inp),
