@@ -1,90 +1,66 @@
 """``mel``: the command line of modeling-mel.
 
     mel demo [--output_dir outputs/demo] [--full]
-    mel pretrain  ...   (= python train/pretrain_nsp.py ...)
-    mel finetune  ...   (= python train/finetune_linking.py ...)
-    mel evaluate  ...   (= python train/evaluate_linking.py ...)
+    mel pretrain | finetune | evaluate ...          PFMEL (modeling_mel.scripts.*)
+    mel train-zemel | evaluate-zemel | ablations    ZEMEL (modeling_mel.scripts.*)
+    mel build-dataset | export-dataset | index | link | calibrate | serve | model-card
 
-Each subcommand is one entry of :data:`COMMANDS`: ``name -> (help, function)``, where ``function(argv)`` parses its
-own arguments (so ``mel <name> --help`` shows them) and returns an exit code or ``None``. Adding a subcommand is
-one line::
+Each subcommand is one entry of :data:`COMMANDS`: ``name -> (help, target)``, where ``target`` is a function
+``f(argv)`` or the string ``"module:function"`` of one, imported only when the subcommand runs (so ``mel --help`` and
+``mel <name> --help`` start without torch, transformers or the pipeline). ``f`` parses its own arguments (so
+``mel <name> --help`` shows them) and returns an exit code, ``None`` or a result (both meaning success). Adding a
+subcommand is one line::
 
-    COMMANDS["index"] = ("build a FAISS index of entity embeddings", _index_main)
+    COMMANDS["index"] = ("build a FAISS index of entity embeddings", "modeling_mel.cli_inference:index_main")
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Union
 
-Command = Callable[[list[str]], "int | None"]
+Command = Callable[[list[str]], Any]
 
-
-def _train_dir() -> Path:
-    """``<repo>/train`` (the scripts live beside the package in a source checkout / editable install)."""
-    return Path(__file__).resolve().parents[1] / "train"
-
-
-def _load_train_script(name: str):
-    """Import ``<repo>/train/<name>.py`` by path (``train/`` is not a package)."""
-    path = _train_dir() / f"{name}.py"
-    if not path.is_file():
-        raise SystemExit(
-            f"mel: {path} not found; the training subcommands need a source checkout of modeling-mel "
-            "(pip install -e .), or run the train/ scripts directly"
-        )
-    from .corpus import import_file
-
-    return import_file(path, f"modeling_mel_train_{name}")  # registered: the script's dataclasses look it up
-
-
-def _script(name: str) -> Command:
-    def run(argv: list[str]) -> int | None:
-        _load_train_script(name).main(argv)
-        return 0
-
-    return run
-
-
-def _demo(argv: list[str]) -> int | None:
-    parser = argparse.ArgumentParser(
-        prog="mel demo",
-        description="PFMEL end to end on the generated sample corpus (a few minutes on CPU): pre-train, fine-tune, "
-        "evaluate against NSP-BERT and a name-match baseline, save the model, link one mention.",
-    )
-    parser.add_argument("--output_dir", default="outputs/demo", help="where the sample, features and models go")
-    parser.add_argument("--full", action="store_true", help="the paper's settings instead of the quick CPU ones")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample corpus and of training")
-    parser.add_argument("--backbone", default=None, help="text backbone (default: embedded all-MiniLM-L6-v2)")
-    args = parser.parse_args(argv)
-    from .demo import run_demo
-
-    run_demo(args.output_dir, quick=not args.full, seed=args.seed, backbone=args.backbone)
-    return 0
-
-
-#: Subcommands: name -> (one-line help, function(argv) -> exit code).
-COMMANDS: dict[str, tuple[str, Command]] = {
-    "demo": ("PFMEL end to end on the sample corpus in a few minutes", _demo),
-    "pretrain": ("PFMEL NSP pre-training (train/pretrain_nsp.py)", _script("pretrain_nsp")),
-    "finetune": ("PFMEL NSP fine-tuning for linking + dev/test accuracy (train/finetune_linking.py)", _script("finetune_linking")),
-    "evaluate": ("evaluate a saved PFMEL linker (train/evaluate_linking.py)", _script("evaluate_linking")),
+#: Subcommands: name -> (one-line help, function(argv) or "module:function").
+COMMANDS: dict[str, tuple[str, Union[str, Command]]] = {
+    "demo": ("PFMEL end to end on the sample corpus in a few minutes", "modeling_mel.demo:demo_main"),
+    "build-dataset": (
+        "build a corpus (twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel) into datasets saved on disk",
+        "modeling_mel.cli_inference:build_dataset_main",
+    ),
+    "export-dataset": ("export a corpus as a code-free Hub dataset (Parquet + card)",
+                       "modeling_mel.cli_inference:export_dataset_main"),
+    "pretrain": ("PFMEL NSP pre-training (modeling_mel.scripts.pretrain_nsp)", "modeling_mel.scripts.pretrain_nsp:main"),
+    "finetune": ("PFMEL NSP fine-tuning for linking + dev/test accuracy (modeling_mel.scripts.finetune_linking)",
+                 "modeling_mel.scripts.finetune_linking:main"),
+    "evaluate": ("evaluate a saved PFMEL linker (modeling_mel.scripts.evaluate_linking)",
+                 "modeling_mel.scripts.evaluate_linking:main"),
+    "train-zemel": ("ZEMEL training, then evaluation (modeling_mel.scripts.train_zemel)",
+                    "modeling_mel.scripts.train_zemel:main"),
+    "evaluate-zemel": ("evaluate a saved ZEMEL model (modeling_mel.scripts.evaluate_zemel)",
+                       "modeling_mel.scripts.evaluate_zemel:main"),
+    "ablations": ("PFMEL ablation variants x seeds (modeling_mel.scripts.ablations)", "modeling_mel.scripts.ablations:main"),
+    "index": ("encode a KB with a ZEMEL model into a FAISS entity index", "modeling_mel.cli_inference:index_main"),
+    "link": ("link the mentions of a JSONL file to a KB or an entity index", "modeling_mel.cli_inference:link_main"),
+    "calibrate": ("choose and save a model's NIL ('not in the KB') threshold on labelled dev mentions",
+                  "modeling_mel.cli_inference:calibrate_main"),
+    "serve": ("serve a linking model over HTTP with dynamic batching (FastAPI + uvicorn)",
+              "modeling_mel.cli_inference:serve_main"),
+    "model-card": ("render the model card (README.md) of a saved model with its evaluation results",
+                   "modeling_mel.cli_inference:model_card_main"),
 }
 
-from .cli_inference import INFERENCE_COMMANDS  # noqa: E402  (inference, ZEMEL training and dataset subcommands)
 
-COMMANDS["train-zemel"] = INFERENCE_COMMANDS["train-zemel"]
-COMMANDS["build-dataset"] = INFERENCE_COMMANDS["build-dataset"]
-COMMANDS["export-dataset"] = INFERENCE_COMMANDS["export-dataset"]
-COMMANDS["index"] = INFERENCE_COMMANDS["index"]
-COMMANDS["link"] = INFERENCE_COMMANDS["link"]
-COMMANDS["calibrate"] = INFERENCE_COMMANDS["calibrate"]
-COMMANDS["serve"] = INFERENCE_COMMANDS["serve"]
-COMMANDS["model-card"] = INFERENCE_COMMANDS["model-card"]
+def resolve_command(target: Union[str, Command]) -> Command:
+    """The function of a :data:`COMMANDS` target (``"module:function"`` is imported now)."""
+    if callable(target):
+        return target
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown command {name!r}; choose one of {sorted(COMMANDS)}")
     logging.basicConfig(level=os.environ.get("MEL_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = COMMANDS[name][1](rest)
+        code = resolve_command(COMMANDS[name][1])(rest)
     except (ValueError, FileNotFoundError) as err:
         # argument, data and checkpoint errors: one line naming the problem, no traceback (argparse's SystemExit and
         # other exceptions pass through unchanged)
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"mel {name}: {message}", file=sys.stderr)
         return 2
-    return int(code or 0)
+    return int(code) if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,5 @@
-"""Inference subcommands of ``mel``: ``index``, ``link``, ``model-card``; plus lazy wiring of scripts that live beside
-the package (``train-zemel``, ``build-dataset``, ``export-dataset``).
+"""Inference and data subcommands of ``mel``: ``index``, ``link``, ``calibrate``, ``serve``, ``model-card``,
+``build-dataset``, ``export-dataset`` (listed in :data:`modeling_mel.cli.COMMANDS`).
 
 Each function takes ``argv`` (its own arguments, so ``mel <name> --help`` shows them) and returns an exit code.
 
@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
@@ -26,52 +25,20 @@ Command = Callable[[list[str]], "int | None"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Lazy wiring of scripts outside the package
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def script_command(relative_path: str, function: str, description: str) -> Command:
-    """A subcommand that runs ``<repo>/<relative_path>``'s ``function(argv)``, imported by path when called.
-
-    When the script (or the function) is missing, ``--help`` still exits 0 with a note and a real run exits 2 with a
-    message naming the file.
-    """
-
-    def run(argv: list[str]) -> int | None:
-        path = Path(__file__).resolve().parents[1] / relative_path
-        target = None
-        if path.is_file():
-            from .corpus import import_file
-
-            target = getattr(import_file(path, f"modeling_mel_script_{path.stem}"), function, None)
-        if target is None:
-            where = f"{path}:{function}()" if path.is_file() else str(path)
-            note = f"{description}\n\nProvided by {where}, which is not available in this install " \
-                   "(the subcommand needs a source checkout of modeling-mel: pip install -e .)."
-            if any(a in ("-h", "--help") for a in argv):
-                print(note)
-                return 0
-            print(f"mel: {where} not found; {description.splitlines()[0]} needs a source checkout", file=sys.stderr)
-            return 2
-        code = target(argv)
-        return int(code or 0) if isinstance(code, (int, type(None))) else 0
-
-    return run
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Shared loading
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_model_and_processor(path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """A saved linking model (PFMEL or ZEMEL) and its processor, on CPU, in eval mode."""
+def load_model_and_processor(path: str, trust_remote_code: bool = False, device: Any = None) -> tuple[Any, Any]:
+    """A saved linking model (PFMEL or ZEMEL) and its processor, in eval mode, on ``device`` (default CPU)."""
     import modeling_mel  # noqa: F401 - registers the Auto classes
     from transformers import AutoModel, AutoProcessor
 
     if not os.path.isdir(path) and not trust_remote_code and "/" not in path:
         raise SystemExit(f"mel: model {path!r} is not a directory; pass a saved model folder or a hub id")
     model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    if device is not None:
+        model = model.to(device)
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001
@@ -80,12 +47,15 @@ def load_model_and_processor(path: str, trust_remote_code: bool = False) -> tupl
 
 
 def build_image_extractor(args: argparse.Namespace, model: Any) -> Any:
-    """The image feature extractor asked for on the command line, or ``None`` (text only / pipeline default)."""
+    """The image feature extractor asked for on the command line, or ``None`` (text only / pipeline default); it
+    runs on the model's device."""
     if getattr(args, "no_images", False):
         return None
     from .image_features import ImageFeatureExtractor
 
-    kwargs = {"cache_dir": args.image_cache} if getattr(args, "image_cache", None) else {}
+    kwargs: dict[str, Any] = {"cache_dir": args.image_cache} if getattr(args, "image_cache", None) else {}
+    if getattr(model, "device", None) is not None:
+        kwargs["device"] = model.device
     if getattr(args, "image_model", None):
         return ImageFeatureExtractor(args.image_model, strict=getattr(args, "strict_images", False), **kwargs)
     expected = int(getattr(model.config, "image_feature_dim", getattr(model.config, "v_feature_dim", 2048)))
@@ -101,6 +71,23 @@ def _add_image_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_model", default=None, help="ResNet checkpoint dir or hub id (default microsoft/resnet-50)")
     parser.add_argument("--image_cache", default=None, help="directory of the on-disk image feature cache")
     parser.add_argument("--no_images", action="store_true", help="ignore images (text-only linking)")
+
+
+def _add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of the inference commands (:func:`modeling_mel.hardware.resolve_device`)."""
+    parser.add_argument(
+        "--device", default="auto",
+        help="where the model, the KB vectors and every batch run: auto (default: CUDA when available, else MPS, "
+        "else CPU), cpu, cuda, cuda:N or mps. FAISS search stays on the CPU. On a GPU with bf16 support the model "
+        "runs under bf16 autocast unless --fp32",
+    )
+
+
+def _device_of(args: argparse.Namespace, local_rank: int | None = None) -> Any:
+    """The ``torch.device`` of ``--device`` (``ValueError`` naming it and what this machine has: exit code 2)."""
+    from .hardware import resolve_device
+
+    return resolve_device(getattr(args, "device", "auto"), local_rank=local_rank)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -146,6 +133,7 @@ def index_main(argv: list[str]) -> int:
     parser.add_argument("--fp32", action="store_true",
                         help="encode the KB in fp32 (default: bf16 autocast where this machine runs it fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_device_arg(parser)
     _add_image_args(parser)
     args = parser.parse_args(argv)
 
@@ -163,8 +151,10 @@ def index_main(argv: list[str]) -> int:
         parser.error(f"--memory_budget: {err}")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    # under torchrun / accelerate launch each process takes its own GPU (cuda:LOCAL_RANK) with auto / cuda
+    device = _device_of(args, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)
     if args.shard_size is not None or world > 1:
-        return _index_sharded(args, world)
+        return _index_sharded(args, world, device)
     # The folder is locked and checked before the (possibly long) encoding; the index is written atomically, so a
     # failure or a kill leaves the previous index as it was. Errors: one line on stderr, exit code 2.
     try:
@@ -173,7 +163,7 @@ def index_main(argv: list[str]) -> int:
             kb = _load_kb_arg(args.kb)
             model = processor = extractor = None
             if not args.bm25_only:
-                model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+                model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
                 if linking_method(model) != "dense":
                     logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
                     model = processor = None
@@ -195,9 +185,10 @@ def index_main(argv: list[str]) -> int:
     return 0
 
 
-def _index_sharded(args: argparse.Namespace, world: int) -> int:
+def _index_sharded(args: argparse.Namespace, world: int, device: Any = None) -> int:
     """``mel index --shard_size`` / under torchrun or accelerate launch: sharded, resumable encoding
-    (:mod:`modeling_mel.sharded_index`); the main process merges the shards and saves the index."""
+    (:mod:`modeling_mel.sharded_index`) on ``device`` (this process's own); the main process merges the shards and
+    saves the index."""
     from .hardware import bf16_is_fast
     from .knowledge_base import linking_method
     from .sharded_index import build_sharded
@@ -207,7 +198,7 @@ def _index_sharded(args: argparse.Namespace, world: int) -> int:
     try:
         model = processor = None
         if not args.bm25_only:
-            model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+            model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
         if model is None or linking_method(model) != "dense":
             if rank != 0:
                 return 0  # a metadata-only index: nothing to encode, the main process writes it
@@ -220,6 +211,7 @@ def _index_sharded(args: argparse.Namespace, world: int) -> int:
             image_extractor=build_image_extractor(args, model), index_type=args.index_type,
             memory_budget=args.memory_budget, store_vectors=store_vectors, hnsw_threshold=args.hnsw_threshold,
             ef_search=args.ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
+            device=device,
         )
     except (ValueError, OSError) as err:
         print(f"mel index: {' '.join(str(err).split())}", file=sys.stderr)
@@ -533,11 +525,16 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     precision.add_argument("--bf16", action="store_true",
                            help="run the model under bf16 autocast without probing the machine (benchmarks, GPUs)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_device_arg(parser)
     _add_image_args(parser)
 
 
 def pipeline_argument_error(args: argparse.Namespace) -> str | None:
     """A one-line problem with the :func:`add_pipeline_args` arguments found before any model is loaded, or ``None``."""
+    try:
+        _device_of(args)
+    except ValueError as err:
+        return str(err)
     if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
         return f"--index {args.index!r} is not an entity index directory (no index_config.json); build one with mel index"
     if args.kb and not os.path.exists(args.kb):
@@ -548,13 +545,14 @@ def pipeline_argument_error(args: argparse.Namespace) -> str | None:
 
 
 def build_pipeline(args: argparse.Namespace) -> Any:
-    """The ``multimodal-entity-linking`` pipeline of the :func:`add_pipeline_args` arguments (``ValueError`` for a
-    bad KB, index or retriever)."""
+    """The ``multimodal-entity-linking`` pipeline of the :func:`add_pipeline_args` arguments on ``--device``
+    (``ValueError`` for a bad KB, index, retriever or device)."""
     from transformers import pipeline
 
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
-    model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+    device = _device_of(args)
+    model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
     extractor = build_image_extractor(args, model)
     init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}
     # None: bf16 autocast where this machine runs it fast
@@ -567,7 +565,7 @@ def build_pipeline(args: argparse.Namespace) -> Any:
             init["retriever_model"] = args.retriever_model
     return pipeline(
         "multimodal-entity-linking", model=model, processor=processor, kb=args.index or _load_kb_arg(args.kb),
-        pipeline_class=MultimodalEntityLinkingPipeline, **init,
+        pipeline_class=MultimodalEntityLinkingPipeline, device=device, **init,
     )
 
 
@@ -766,6 +764,7 @@ def calibrate_main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="folder of nil_calibration.json (default: --index, else --model)")
     parser.add_argument("--fp32", action="store_true", help="run the model in fp32 (default: bf16 where fast)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_device_arg(parser)
     _add_image_args(parser)
     args = parser.parse_args(argv)
     from transformers import pipeline
@@ -776,12 +775,13 @@ def calibrate_main(argv: list[str]) -> int:
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
     try:
+        device = _device_of(args)  # a device this machine lacks: exit 2 before anything is read
         rows = [r for r in _calibration_rows(args) if r.get("entity_id") is not None]
         if not rows:
             raise ValueError(f"--data {args.data!r} has no mention with an entity_id")
         if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
             raise ValueError(f"--index {args.index!r} is not an entity index directory (build one with mel index)")
-        model, processor = load_model_and_processor(args.model, args.trust_remote_code)
+        model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
         if args.index:
             index = EntityIndex.load(args.index, model=model if linking_method(model) == "dense" else None)
             kb_ids = index.entity_ids
@@ -796,9 +796,9 @@ def calibrate_main(argv: list[str]) -> int:
             init["image_extractor"] = extractor
         if args.retriever:
             init["retriever"] = (args.retriever if args.retriever == "bm25"
-                                 else load_retriever(args.retriever, args.retriever_model).without(removed))
+                                 else load_retriever(args.retriever, args.retriever_model, device).without(removed))
         pipe = pipeline("multimodal-entity-linking", model=model, processor=processor, kb=reduced,
-                        pipeline_class=MultimodalEntityLinkingPipeline, nil_threshold=None, **init)
+                        pipeline_class=MultimodalEntityLinkingPipeline, nil_threshold=None, device=device, **init)
     except (ValueError, OSError) as err:
         print(f"mel calibrate: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
@@ -873,23 +873,6 @@ def serve_main(argv: list[str]) -> int:
     return 0
 
 
-INFERENCE_COMMANDS: dict[str, tuple[str, Command]] = {
-    "index": ("encode a KB with a ZEMEL model into a FAISS entity index", index_main),
-    "link": ("link the mentions of a JSONL file to a KB or an entity index", link_main),
-    "calibrate": ("choose and save a model's NIL ('not in the KB') threshold on labelled dev mentions", calibrate_main),
-    "serve": ("serve a linking model over HTTP with dynamic batching (FastAPI + uvicorn)", serve_main),
-    "model-card": ("render the model card (README.md) of a saved model with its evaluation results", model_card_main),
-    "train-zemel": (
-        "ZEMEL training (train/train_zemel.py)",
-        script_command("train/train_zemel.py", "main", "mel train-zemel: ZEMEL training (train/train_zemel.py)"),
-    ),
-    "build-dataset": (
-        "build a corpus (twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel) into datasets saved on disk",
-        build_dataset_main,
-    ),
-    "export-dataset": ("export a corpus as a code-free Hub dataset (Parquet + card)", export_dataset_main),
-}
-
 __all__ = [
     "index_main",
     "link_main",
@@ -902,6 +885,4 @@ __all__ = [
     "build_dataset_main",
     "export_dataset_main",
     "link_file",
-    "script_command",
-    "INFERENCE_COMMANDS",
 ]

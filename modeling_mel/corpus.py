@@ -1,14 +1,15 @@
 """Shared corpus schema, the PFMEL split procedure and the corpus loader.
 
-Every corpus builder of ``datasets_scripts/`` (``twitter_mel``, ``mel_jsonl``, ...) produces the two
+Every corpus builder of :mod:`modeling_mel.builders` (``twitter_mel``, ``mel_jsonl``, ...) produces the two
 configs defined here:
 
 - ``mentions``: one row per mention, :data:`MENTION_FEATURES`;
 - ``kb``: one row per entity, :data:`KB_FEATURES`.
 
-:func:`load_mel_corpus` imports a builder from ``<repo>/datasets_scripts/<name>/<name>.py`` (dataset
-scripts are not supported by ``datasets.load_dataset`` since datasets 4.0, but a
-``GeneratorBasedBuilder`` instantiated directly works) and returns its ``DatasetDict``.
+:func:`load_mel_corpus` imports a builder from ``modeling_mel.builders.<name>`` (dataset scripts are not supported by
+``datasets.load_dataset`` since datasets 4.0, but a ``GeneratorBasedBuilder`` instantiated directly works) and
+returns its ``DatasetDict``. ``datasets_scripts/<name>/`` of the repository holds each corpus's card beside a
+thin script that re-exports the builder.
 
 The helpers below (:class:`SkipReport`, :func:`resolve_offsets`, :class:`ImageChecker`,
 :func:`url_cache_name`) are what the builders share to count every row they drop, by reason. No builder drops a
@@ -20,15 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
+import importlib
 import json
 import logging
 import os
 import random
-import re
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import datasets
@@ -458,7 +456,6 @@ class ImageChecker:
 # Loader
 # --------------------------------------------------------------------------------------------------
 
-# dataset name -> builder class name in datasets_scripts/<name>/<name>.py; add new corpora here.
 class MelCorpusBuilder(datasets.GeneratorBasedBuilder):
     """Shared base of the MEL corpus builders: :class:`MelCorpusConfig`, validation, the typed features.
 
@@ -718,6 +715,7 @@ class WikidataMelBuilder(MelCorpusBuilder):
         return [os.path.join(self._cache_dir_root, "mel_reports", self.name, self.config_id)]
 
 
+#: dataset name -> builder class name in ``modeling_mel/builders/<name>.py``; add new corpora here.
 DATASET_BUILDERS: dict[str, str] = {
     "twitter_mel": "TwitterMel",
     "mel_jsonl": "MelJsonl",
@@ -727,54 +725,13 @@ DATASET_BUILDERS: dict[str, str] = {
 }
 
 
-def datasets_scripts_dir() -> Path:
-    """Folder of the corpus builders: ``$MEL_DATASETS_SCRIPTS`` or ``<repo>/datasets_scripts``."""
-    env = os.environ.get("MEL_DATASETS_SCRIPTS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "datasets_scripts"
-
-
-def import_file(path: str | os.PathLike, module: str):
-    """Import the Python file ``path`` as module ``module`` (registered in ``sys.modules`` while it executes, as
-    dataclasses and ``datasets`` builders need; removed again when it fails). The one loader of the scripts that are
-    not packages: ``datasets_scripts/*``, ``train/*`` (``mel`` subcommands)."""
-    spec = importlib.util.spec_from_file_location(module, os.fspath(path))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(module, None)
-        raise
-    return mod
-
-
-def import_script(folder: str, module: str | None = None):
-    """Import ``datasets_scripts/<folder>/<module>.py`` (module defaults to the folder name).
-
-    The module is registered in ``sys.modules`` under its own name: a ``datasets`` builder takes its
-    name from its module name.
-    """
-    module = module or folder
-    path = datasets_scripts_dir() / folder / f"{module}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"No script {path}; expected datasets_scripts/{folder}/{module}.py in the repository.")
-    existing = sys.modules.get(module)
-    if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == str(path.resolve()):
-        return existing
-    return import_file(path, module)
-
-
 def get_builder_class(dataset: str) -> type[datasets.DatasetBuilder]:
-    """The builder class of a registered corpus name (see :data:`DATASET_BUILDERS`)."""
+    """The builder class of a registered corpus name (see :data:`DATASET_BUILDERS`), imported from
+    :mod:`modeling_mel.builders`."""
     if dataset not in DATASET_BUILDERS:
         raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(DATASET_BUILDERS)}.")
-    mod = import_script(dataset)
-    cls_name = DATASET_BUILDERS[dataset]
-    if not hasattr(mod, cls_name):
-        raise AttributeError(f"datasets_scripts/{dataset}/{dataset}.py defines no class {cls_name}.")
-    return getattr(mod, cls_name)
+    module = importlib.import_module(f"modeling_mel.builders.{dataset}")
+    return getattr(module, DATASET_BUILDERS[dataset])
 
 
 def load_mel_corpus(

@@ -57,7 +57,7 @@ def run_demo(
     os.environ["HF_HUB_OFFLINE"] = "1"
     hub_constants.HF_HUB_OFFLINE = True
 
-    from .corpus import import_script
+    from .builders import sample
     from .hardware import bf16_is_fast
     from .image_features import ImageFeatureExtractor
     from .pfmel_training import (
@@ -83,8 +83,7 @@ def run_demo(
     # 1. The sample corpus (seeded) in the raw Twitter MEL layout.
     data_dir = os.path.join(output_dir, "data")
     if not os.path.isfile(os.path.join(data_dir, "ground_truth.tsv")):
-        gen = import_script("sample", "generate_sample")
-        gen.generate_twitter_sample(data_dir, seed=seed)
+        sample.generate_twitter_sample(data_dir, seed=seed)
     data_args = PFMELDataArguments(
         dataset="twitter_mel", data_dir=data_dir, image_size=64 if quick else 224,
         image_cache_dir=os.path.join(output_dir, "image_features"), dataset_cache_dir=os.path.join(output_dir, "datasets_cache"),
@@ -201,3 +200,21 @@ def _print(results: dict) -> None:
 
 
 __all__ = ["run_demo"]
+
+
+def demo_main(argv: list[str]) -> int:
+    """``mel demo``: parse the arguments and run :func:`run_demo`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mel demo",
+        description="PFMEL end to end on the generated sample corpus (a few minutes on CPU): pre-train, fine-tune, "
+        "evaluate against NSP-BERT and a name-match baseline, save the model, link one mention.",
+    )
+    parser.add_argument("--output_dir", default="outputs/demo", help="where the sample, features and models go")
+    parser.add_argument("--full", action="store_true", help="the paper's settings instead of the quick CPU ones")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample corpus and of training")
+    parser.add_argument("--backbone", default=None, help="text backbone (default: embedded all-MiniLM-L6-v2)")
+    args = parser.parse_args(argv)
+    run_demo(args.output_dir, quick=not args.full, seed=args.seed, backbone=args.backbone)
+    return 0

@@ -1387,9 +1387,10 @@ def synthetic_recall(
     }
 
 
-def load_retriever(index_dir: str, model_dir: str | None = None):
+def load_retriever(index_dir: str, model_dir: str | None = None, device: Any = None):
     """An :class:`~modeling_mel.entity_index.EntityIndex` with its ZEMEL model and processor attached (the model
-    recorded in the index config unless ``model_dir`` is given); ``ValueError`` when neither can be loaded."""
+    recorded in the index config unless ``model_dir`` is given), the model on ``device`` (default CPU; the FAISS
+    search stays on the CPU); ``ValueError`` when neither can be loaded."""
     from transformers import AutoModel, AutoProcessor
 
     config_path = os.path.join(index_dir, "index_config.json")
@@ -1404,6 +1405,8 @@ def load_retriever(index_dir: str, model_dir: str | None = None):
             "(--retriever_model / retriever_model=)"
         )
     model = AutoModel.from_pretrained(path).eval()
+    if device is not None:
+        model = model.to(device)
     processor = AutoProcessor.from_pretrained(path)
     return EntityIndex.load(index_dir, model=model, processor=processor)
 

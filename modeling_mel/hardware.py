@@ -4,6 +4,9 @@ bf16 autocast on a CPU is only fast where the CPU has bf16 (or at least AVX-512)
 AVX-512/AMX machine a bf16 matrix product ran about 4x faster than fp32, on an AVX2-only machine about
 70x SLOWER (1.2 vs 84 GFLOP/s, benchmarks/common.py matmul_gflops on an idle 2-core AVX2 EPYC). So "autocast
 works" is not a reason to use it; :func:`bf16_is_fast` checks the kernels and times one small product of each kind.
+
+Where the inference commands run: :func:`resolve_device` turns a ``--device`` value (``auto``, ``cpu``, ``cuda``,
+``cuda:N``, ``mps``) into a ``torch.device``, or a one-line ``ValueError`` naming what this machine has.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import time
 
 import torch
@@ -69,7 +73,7 @@ def bf16_is_fast(device: str | None = None) -> bool:
     return fast
 
 
-__all__ = ["bf16_is_fast"]
+__all__ = ["autocast", "available_devices", "bf16_is_fast", "resolve_device"]
 
 
 def autocast(bf16: bool, device: torch.device | str):
@@ -79,3 +83,64 @@ def autocast(bf16: bool, device: torch.device | str):
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
+
+#: The ``--device`` values of the inference commands.
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use on this machine: ``cpu``, then ``cuda:0`` ... and ``mps`` where present."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
+    """The ``torch.device`` of a ``--device`` value: ``auto`` (CUDA when available, else MPS, else CPU), ``cpu``,
+    ``cuda``, ``cuda:N`` or ``mps``; CUDA devices always carry their index (``cuda`` -> the current one).
+
+    ``local_rank`` (one process of a torchrun / accelerate launch run): ``auto`` and ``cuda`` put the process on
+    ``cuda:<local_rank % device_count>``, its own GPU. ``ValueError`` (one line naming the requested device and what
+    this machine has) for an unknown value, an absent accelerator or a ``cuda:N`` beyond the device count.
+    """
+    raw = "auto" if spec is None else str(spec)
+    text = raw.strip().lower()
+    match = _DEVICE_RE.match(text)
+    available = ", ".join(available_devices())
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda" and text != "mps:0"):
+        raise ValueError(f"--device {raw}: unknown device; use {DEVICE_CHOICES} (available: {available})")
+    kind, index = match.group(1), match.group(2)
+    if kind == "auto":
+        if torch.cuda.is_available():
+            kind = "cuda"
+        elif _mps_available():
+            kind = "mps"
+        else:
+            return torch.device("cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not _mps_available():
+            raise ValueError(f"--device {raw}: MPS is not available on this machine (available: {available}); "
+                             "pass --device cpu or auto")
+        return torch.device("mps", 0)
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {raw}: CUDA is not available on this machine (available: {available}); "
+                         "pass --device cpu or auto")
+    count = torch.cuda.device_count()
+    if index is None:
+        n = int(local_rank) % count if local_rank is not None else torch.cuda.current_device()
+        return torch.device("cuda", n)
+    if int(index) >= count:
+        raise ValueError(f"--device {raw}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                         f"(available: {available}); pass one of them, cuda or auto")
+    return torch.device("cuda", int(index))

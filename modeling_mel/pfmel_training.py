@@ -7,8 +7,8 @@ task mix; with one task (fine-tuning: ``link``) the loss is the plain mean. The 
 ``loss_text``, ``loss_multi`` (and ``loss_link``): the mean per-example loss of each task since the previous
 log, summed over processes.
 
-The ``run_*`` functions hold the logic of ``train/pretrain_nsp.py``, ``train/finetune_linking.py`` and
-``train/evaluate_linking.py`` (the scripts are thin numbered-step wrappers over them), so the demo, the
+The ``run_*`` functions hold the logic of :mod:`modeling_mel.scripts.pretrain_nsp`, :mod:`modeling_mel.scripts.finetune_linking` and
+:mod:`modeling_mel.scripts.evaluate_linking` (the scripts are thin numbered-step wrappers over them), so the demo, the
 ablations and ``mel`` subcommands share one implementation.
 """
 
@@ -210,7 +210,7 @@ def name_match_baseline(examples: LinkingData, names: dict[str, str]) -> list[Li
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Arguments (HfArgumentParser dataclasses shared by the train/ scripts)
+# Arguments (HfArgumentParser dataclasses shared by the modeling_mel.scripts runs)
 # ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class PFMELDataArguments:
@@ -281,7 +281,7 @@ class PFMELModelArguments:
 
 
 
-from .run_outputs import (  # noqa: F401 - re-exported: the train/ scripts import them from here
+from .run_outputs import (  # noqa: F401 - re-exported: modeling_mel.scripts import them from here
     RESUME_LAST,
     SafeOutputTrainingArguments,
     check_checkpoint,

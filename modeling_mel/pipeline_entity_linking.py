@@ -88,9 +88,13 @@ class LinkingKB:
             from compressed FAISS codes when the index was written without its exact vectors).
         searcher: optional object with ``search(query_vectors (Q, H) numpy/tensor, k) -> (scores, indices)``
             (an ``EntityIndex``); exact torch search over ``vectors`` otherwise.
+        device: where the cache lives (the pipeline's device): a tensor cache is moved there once, rows decoded from
+            compressed codes go there; the searcher (FAISS) stays on the CPU. ``None``: where ``vectors`` are.
     """
 
-    def __init__(self, entities: list[dict], vectors: torch.Tensor | None = None, searcher: Any = None):
+    def __init__(
+        self, entities: list[dict], vectors: torch.Tensor | None = None, searcher: Any = None, device: Any = None
+    ):
         if len(entities) == 0:
             raise ValueError(
                 "the knowledge base is empty (0 entities); pass a kb.jsonl / Dataset / index with at least one entity"
@@ -101,6 +105,9 @@ class LinkingKB:
             if e["entity_id"] in self.position:
                 raise ValueError(f"entity_id {e['entity_id']!r} occurs twice in the KB (rows {self.position[e['entity_id']]} and {i})")
             self.position[e["entity_id"]] = i
+        self.device = torch.device(device) if device is not None else None
+        if self.device is not None and isinstance(vectors, torch.Tensor):
+            vectors = vectors.to(self.device)  # no copy when already there (the CPU)
         self.vectors = vectors
         self.searcher = searcher
         self._rule: NameRuleCandidates | None = None
@@ -134,7 +141,7 @@ class LinkingKB:
         if isinstance(self.vectors, torch.Tensor):
             return self.vectors[positions.to(self.vectors.device)]
         rows = self.vectors[positions.reshape(-1).tolist()]  # CodeVectors: decodes these rows only
-        return torch.as_tensor(rows, dtype=torch.float32).reshape(*positions.shape, -1)
+        return torch.as_tensor(rows, dtype=torch.float32, device=self.device).reshape(*positions.shape, -1)
 
     def all_vectors(self) -> torch.Tensor:
         """The whole ``(N, H)`` cache as a tensor (decoded from the codes once when the index stores no vectors:
@@ -142,7 +149,7 @@ class LinkingKB:
         if self.vectors is None or isinstance(self.vectors, torch.Tensor):
             return self.vectors
         if self.__dict__.get("_decoded") is None:
-            self.__dict__["_decoded"] = self.gather(torch.arange(len(self)))
+            self.__dict__["_decoded"] = self.gather(torch.arange(len(self)))  # on self.device
         return self.__dict__["_decoded"]
 
     def bf16_vectors(self, device: Any) -> torch.Tensor:
@@ -334,7 +341,12 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if processor is None:
             kwargs["processor"] = self._default_processor(model, kwargs.get("trust_remote_code"))
         kwargs.pop("trust_remote_code", None)
-        super().__init__(model, *args, **kwargs)
+        super().__init__(model, *args, **kwargs)  # moves the model to `device` (pipeline(..., device="cuda"))
+        if self.device.type != "cpu" and self.device.index is None:
+            # "cuda" / "mps": the indexed device the model landed on, so that cache and batches compare equal to it
+            param = next(self.model.parameters(), None)
+            if param is not None and param.device.type == self.device.type:
+                self.device = param.device
         self.model.eval()
         self.family = linking_method(self.model)  # "dense" or "cross", as the model class declares
         if "nil_threshold" not in self._postprocess_params:  # default: the calibrated threshold, when there is one
@@ -364,7 +376,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 from modeling_mel.entity_index import load_retriever
             except ImportError as err:  # remote code without the package
                 raise ValueError("retriever=<index dir> needs the modeling-mel package (pip install modeling-mel)") from err
-            retriever = load_retriever(os.fspath(retriever), retriever_model)
+            retriever = load_retriever(os.fspath(retriever), retriever_model, device=self.device)
         if retriever is not None and not isinstance(retriever, str) and not hasattr(retriever, "retrieve"):
             raise ValueError(f"retriever {type(retriever).__name__} has no retrieve(texts, mentions, k) method")
         self.retriever = retriever
@@ -425,7 +437,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             # An EntityIndex object.
             if self.family == "dense" and getattr(kb, "has_vectors", False):
                 kb.check_model(self.model)
-                return LinkingKB(list(kb.entities), _cache_of(kb.vectors), kb)
+                return LinkingKB(list(kb.entities), _cache_of(kb.vectors), kb, device=self.device)
             entities = list(kb.entities)
             vectors = None
         elif isinstance(kb, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(kb), INDEX_CONFIG_NAME)):
@@ -438,7 +450,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                     "mention features come from different image encoders", kb, built_with, used,
                 )
             if self.family == "dense" and vectors is not None:
-                return LinkingKB(entities, vectors, searcher)
+                return LinkingKB(entities, vectors, searcher, device=self.device)
         else:
             entities = kb_records(kb)
             vectors = None
@@ -455,7 +467,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 self.model, self.processor, entities, batch_size=index_batch_size, image_extractor=extractor,
                 progress=len(entities) > 1000, bf16=self.bf16,
             ).to(self.device)
-        return LinkingKB(entities, vectors)
+        return LinkingKB(entities, vectors, device=self.device)
 
     def _extractor(self) -> Any:
         """The image feature extractor (built on first use); ``ValueError`` when the default cannot serve the model."""
@@ -470,7 +482,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             from .image_features import ImageFeatureExtractor
 
             size = self._image_setting("image_size") or getattr(self.model.config, "image_size", None)
-            self.image_extractor = ImageFeatureExtractor(strict=self.strict_images, image_size=int(size or 224))
+            self.image_extractor = ImageFeatureExtractor(
+                strict=self.strict_images, image_size=int(size or 224), device=self.device
+            )
         dim = int(getattr(self.image_extractor, "feature_dim", expected))
         if dim != expected:
             raise ValueError(
@@ -854,9 +868,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         regions = None
         feature_dim = int(getattr(self.processor, "feature_dim", 0))
         if any(ex["image_features"] is not None for ex in examples):
+            # padded on the CPU by the processor (the Pipeline moved the preprocessed features to self.device); the
+            # padded batch goes to the device below
             regions = [
                 None if ex["image_features"] is None
-                else {"features": ex["image_features"]["regions"], "spatial": ex["image_features"]["spatial"]}
+                else {"features": ex["image_features"]["regions"].cpu(), "spatial": ex["image_features"]["spatial"].cpu()}
                 for ex in examples
             ]
             if feature_dim and regions[0] is not None and regions[0]["features"].shape[1] != feature_dim:

@@ -288,6 +288,7 @@ def service_info(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits) -> dic
         "retriever": None if pipe.retriever is None else (pipe.retriever if isinstance(pipe.retriever, str) else "dense index"),
         "nil_threshold": pipe._postprocess_params.get("nil_threshold"),
         "bf16": bool(pipe.bf16),
+        "device": str(getattr(pipe, "device", "cpu")),
         "batching": {"enabled": batcher.enabled, "max_batch_size": batcher.max_batch_size,
                      "max_wait_ms": batcher.max_wait * 1000.0},
         "limits": vars(limits).copy(),

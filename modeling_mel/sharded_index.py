@@ -68,6 +68,20 @@ def distributed_context() -> tuple[int, int, Any]:
     return rank, world, dist.barrier
 
 
+def process_device(spec: Any = "auto") -> Any:
+    """The ``torch.device`` of this process of a sharded run (:func:`~modeling_mel.hardware.resolve_device`): with
+    ``WORLD_SIZE > 1``, ``auto`` and ``cuda`` give each process its own GPU, ``cuda:<LOCAL_RANK % device_count>``;
+    CPU processes where there is no accelerator. A ``torch.device`` is kept as it is."""
+    import torch
+
+    from .hardware import resolve_device
+
+    if isinstance(spec, torch.device):
+        return spec
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return resolve_device(spec, local_rank=int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)
+
+
 # -- streaming the KB in shards ----------------------------------------------------------------------------------------
 def iter_kb_shards(kb: Any, shard_size: int, owned: Any = None) -> Iterator[tuple[int, int, list[dict], str]]:
     """``(shard, start, records, digest)`` for each shard of ``shard_size`` KB rows, in KB order, reading a
@@ -322,12 +336,24 @@ def build_sharded(
     image_extractor: Any = None,
     index_type: str = "auto",
     progress: bool = True,
+    device: Any = None,
     **index_params: Any,
 ):
     """Encode ``kb`` in shards over the processes of this run, then (main process) merge and save the index to
     ``out``. Returns the saved :class:`~modeling_mel.entity_index.EntityIndex` on the main process, ``None`` on the
     others. The main process holds ``out``'s writer lock from the start; the shard folder is removed after the save
-    unless ``keep_shards``."""
+    unless ``keep_shards``.
+
+    ``device``: where this process encodes (the model is moved there): a ``torch.device``, or a ``--device`` string
+    resolved by :func:`process_device` (``"auto"``: this process's own GPU, ``cuda:LOCAL_RANK``, when there are GPUs,
+    else the CPU); ``None`` leaves the model where it is. FAISS training and search stay on the CPU."""
+    if device is not None:
+        device = process_device(device)
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)  # this process's default GPU (its own under torchrun)
+        model = model.to(device)
     rank, world, barrier = distributed_context()
     try:
         return _build_sharded(
@@ -382,5 +408,6 @@ __all__ = [
     "finished_shard",
     "iter_kb_shards",
     "merge_shards",
+    "process_device",
     "shard_paths",
 ]

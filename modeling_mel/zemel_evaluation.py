@@ -1,5 +1,5 @@
 """ZEMEL evaluation (paper, section 5.1) with a candidate cache, plus the data and image-feature plumbing that the
-``train/train_zemel.py`` and ``train/evaluate_zemel.py`` scripts share.
+:mod:`modeling_mel.scripts.train_zemel` and :mod:`modeling_mel.scripts.evaluate_zemel` scripts share.
 
 Pipeline of :func:`evaluate_split` for one split:
 
@@ -171,9 +171,9 @@ class ZemelData:
 
 
 def _import_zemeld():
-    from .corpus import import_script
+    from .builders.zemeld import Zemeld
 
-    return import_script("zemeld").Zemeld
+    return Zemeld
 
 
 def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
@@ -263,7 +263,7 @@ def _load_mel_corpus(dataset: str, data_dir: str, cache_dir: str | None) -> Zeme
 
 
 def load_zemel_data(dataset: str, data_dir: str, cache_dir: str | None = None) -> ZemelData:
-    """Load a corpus for ZEMEL: ``zemeld`` (builder of ``datasets_scripts/zemeld``; its zero-shot check raises
+    """Load a corpus for ZEMEL: ``zemeld`` (builder of :mod:`modeling_mel.builders.zemeld`; its zero-shot check raises
     ValueError when a dev/test entity occurs in train) or a corpus of the generic schema (``mel_jsonl``, ``wikimel``,
     ``richpedia_mel``; one KB for all splits). Mentions kept without a span have ``mention_start`` None."""
     if dataset not in ZEMEL_DATASETS:

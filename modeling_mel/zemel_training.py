@@ -367,7 +367,7 @@ class HardNegativeCallback(TrainerCallback):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Arguments and run (``train/train_zemel.py`` is a thin script over these, as PFMEL's scripts are over pfmel_training)
+# Arguments and run (:mod:`modeling_mel.scripts.train_zemel` is a thin script over these, as PFMEL's scripts are over pfmel_training)
 # ----------------------------------------------------------------------------------------------------------------------
 def _split_list(value: str) -> list[str]:
     return [s.strip() for s in str(value).split(",") if s.strip()]
@@ -532,7 +532,7 @@ def build_model(model_args: ZemelModelArguments, processor, feature_dim: int):
 def run_zemel_training(
     data_args: ZemelDataArguments, model_args: ZemelModelArguments, train_args: ZemelTrainingArguments
 ) -> dict:
-    """ZEMEL training and evaluation (the steps of ``train/train_zemel.py``): load the corpus and check the zero-shot
+    """ZEMEL training and evaluation (the steps of :mod:`modeling_mel.scripts.train_zemel`): load the corpus and check the zero-shot
     splits, compute image features, build processor and model from the backbone, train with :class:`ZemelTrainer`
     (mined hard negatives + in-batch negatives), save model + processor + ``train_results.json``, evaluate the
     evaluation splits into ``eval_results.json``. Returns ``{"train", "eval", "splits"}``."""

@@ -38,15 +38,11 @@ def minilm_tokenizer():
 
 
 def train_script(name: str, prefix: str = "test_script"):
-    """``train/<name>.py`` imported by path as a module (registered in ``sys.modules``: dataclasses look it up)."""
-    import importlib.util
-    import sys
+    """The run module behind ``train/<name>.py``: :mod:`modeling_mel.scripts.<name>` (``prefix`` is kept for the
+    callers; the module is the package's own)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", os.path.join(REPO_ROOT, "train", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"modeling_mel.scripts.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -64,19 +60,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory) -> str:
     """The seeded synthetic Twitter MEL corpus (raw layout) in a temp folder."""
-    from modeling_mel.corpus import import_script
+    from modeling_mel.builders import sample
 
     out = str(tmp_path_factory.mktemp("sample"))
-    import_script("sample", "generate_sample").generate_twitter_sample(out, seed=0)
+    sample.generate_twitter_sample(out, seed=0)
     return out
 
 
 @pytest.fixture(scope="module")
 def zemeld_raw(tmp_path_factory) -> str:
     """The seeded synthetic ZEMELD corpus (raw layout: annotations, KB, images) in a temp folder."""
-    from modeling_mel.corpus import import_script
+    from modeling_mel.builders import zemeld_sample
 
     out = tmp_path_factory.mktemp("zemeld") / "raw"
-    import_script("zemeld", "generate_zemeld_sample").generate(str(out), seed=0)
+    zemeld_sample.generate(str(out), seed=0)
     return str(out)
 

@@ -136,3 +136,39 @@ def test_serve_quick(tmp_path):
     # 4 concurrent clients: the batching server merges requests, the other never does
     assert rows[(4, "on")]["mentions per forward"] > 1.0
     assert min(payload["agreement"].values()) >= 0.75  # both servers link alike (bf16 may swap near ties)
+
+
+def test_device_check_dry_run(tmp_path):
+    """device_check.py --dry-run: every row of the device check (ZEMEL latency, training steps through mel
+    train-zemel / mel finetune, mel index / mel link and pipeline() against the CPU) on the CPU at tiny sizes, one
+    markdown table on stdout and the results files; without an accelerator a normal run exits 2."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    script = os.path.join(BENCH_DIR, "device_check.py")
+    proc = subprocess.run([sys.executable, script, "--dry-run", "--out_dir", str(tmp_path)], cwd=BENCH_DIR, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"device_check --dry-run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    rows = ["zemel bi", "zemel poly", "zemel cross", "zemel train", "pfmel train", "mel index", "mel link", "pipeline"]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows) and proc.stdout.strip().splitlines() == table  # stdout: the table only
+    assert [line.split("|")[1].strip() for line in table[2:]] == rows
+    payload = load(tmp_path, "device_check_quick")
+    assert payload["dry_run"] is True and payload["device"] == "cpu" and not payload["failed"]
+    by_row = {r["row"]: r for r in payload["rows"]}
+    assert list(by_row) == rows
+    for name in rows:
+        assert_positive_finite(by_row[name], ["device"])
+    for name in ("zemel bi", "zemel poly", "zemel cross"):
+        assert_positive_finite(by_row[name], ["paper (2080Ti)", "paper / device"])
+    for name in ("zemel train", "pfmel train"):
+        assert_positive_finite(by_row[name], ["wall s"])
+    for name in ("mel index", "mel link", "pipeline"):
+        assert_positive_finite(by_row[name], ["cpu", "device / cpu"])
+    markdown = (tmp_path / "device_check_quick.md").read_text()
+    assert all(f"| {name} |" in markdown for name in rows)
+    # no accelerator here: a normal run says so and exits 2 (before loading anything)
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, script, "--out_dir", str(tmp_path / "none")], cwd=BENCH_DIR, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "no accelerator" in proc.stderr and not proc.stdout.strip()

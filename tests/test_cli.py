@@ -46,10 +46,10 @@ def test_top_level_help_lists_every_subcommand(capsys):
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> str:
-    from modeling_mel.corpus import import_script
+    from modeling_mel.builders import sample
 
     root = str(tmp_path_factory.mktemp("sample"))
-    import_script("sample", "generate_sample").generate_jsonl_sample(root, seed=0, n_entities=12, n_mentions=24, image_size=32)
+    sample.generate_jsonl_sample(root, seed=0, n_entities=12, n_mentions=24, image_size=32)
     return root
 
 

@@ -18,7 +18,6 @@ from modeling_mel.corpus import (
     MENTION_FEATURES,
     entity_display_name,
     get_builder_class,
-    import_script,
     load_mel_corpus,
 )
 
@@ -313,7 +312,7 @@ def test_errors(raw_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
-    gen = import_script("sample", "generate_sample")
+    from modeling_mel.builders import sample as gen
     root = tmp_path_factory.mktemp("samples")
     tw, js = str(root / "twitter"), str(root / "jsonl")
     counts = gen.generate_twitter_sample(tw, seed=0)
@@ -373,7 +372,7 @@ def test_sample_jsonl_layout_same_rows(samples):
 
 
 def test_sample_generation_is_seeded(tmp_path):
-    gen = import_script("sample", "generate_sample")
+    from modeling_mel.builders import sample as gen
     a, b, c = (str(tmp_path / x) for x in "abc")
     gen.generate_twitter_sample(a, seed=0, n_entities=12, n_mentions=40)
     gen.generate_twitter_sample(b, seed=0, n_entities=12, n_mentions=40)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from modeling_mel.corpus import KB_FEATURES, MENTION_FEATURES, import_script, load_mel_corpus
+from modeling_mel.builders import sample
+from modeling_mel.corpus import KB_FEATURES, MENTION_FEATURES, load_mel_corpus
 from modeling_mel.hub_dataset import build_export_parser, export_dataset, export_main
 
 
@@ -20,7 +21,7 @@ from modeling_mel.hub_dataset import build_export_parser, export_dataset, export
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     raw = str(root / "raw")
-    import_script("sample", "generate_sample").generate_twitter_sample(raw, seed=0, n_entities=12, n_mentions=60)
+    sample.generate_twitter_sample(raw, seed=0, n_entities=12, n_mentions=60)
     cache = str(root / "cache")
     mentions = load_mel_corpus("twitter_mel", raw, cache_dir=cache)
     kb = load_mel_corpus("twitter_mel", raw, config="kb", cache_dir=cache)

@@ -7,10 +7,8 @@ retriever-score weight chosen on held-out mentions, and the product paths (``pip
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 from conftest import train_script
@@ -32,12 +30,13 @@ def sample(tmp_path_factory) -> dict:
     """The Twitter sample corpus, a saved tiny ZEMEL model and its entity index over the sample's KB."""
     from transformers import AutoModel, AutoProcessor
 
-    from modeling_mel.corpus import import_script, load_mel_corpus
+    from modeling_mel.builders import sample
+    from modeling_mel.corpus import load_mel_corpus
     from modeling_mel.entity_index import EntityIndex
 
     root = tmp_path_factory.mktemp("rerank")
     data_dir = str(root / "sample")
-    import_script("sample", "generate_sample").generate_twitter_sample(data_dir, seed=0)
+    sample.generate_twitter_sample(data_dir, seed=0)
     kb = load_mel_corpus("twitter_mel", data_dir, config="kb")
     model, processor = tiny_zemel(seed=3)
     zdir = str(root / "zemel")

@@ -9,9 +9,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 
 import pytest
 import torch
@@ -24,8 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def zemeld_builder(repo_root):
-    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    import zemeld
+    from modeling_mel.builders import zemeld
 
     return zemeld
 
@@ -144,12 +141,8 @@ def test_default_evaluation_ranks_unused_entities_above_gold(decoy_corpus, tmp_p
 
 
 def test_scripts_accept_eval_kb_modes(repo_root, sample):
-    import importlib.util
+    from modeling_mel.scripts import train_zemel as module
 
-    spec = importlib.util.spec_from_file_location("eval_kb_train_zemel", os.path.join(repo_root, "train", "train_zemel.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     assert module.ZemelDataArguments(data_dir=str(sample)).eval_kb == "unseen"
     for mode in ("unseen", "split", "full", "gold_only"):
         assert module.ZemelDataArguments(data_dir=str(sample), eval_kb=mode).eval_kb == mode

@@ -4,7 +4,6 @@ save/load through AutoModel, bad input, and a tiny zero-shot training run on the
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
@@ -276,9 +275,8 @@ def _pixel_features(path: str, box=None):
 
 
 def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, minilm_tokenizer):
-    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    from generate_zemeld_sample import generate
-    from zemeld import Zemeld
+    from modeling_mel.builders.zemeld import Zemeld
+    from modeling_mel.builders.zemeld_sample import generate
 
     from modeling_mel.processing_zemel import ZemelProcessor, make_regions
     from modeling_mel.zemel_training import ZemelCollator, rank_candidates

@@ -12,9 +12,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def zemeld_modules(repo_root):
-    sys.path.insert(0, os.path.join(repo_root, "datasets_scripts", "zemeld"))
-    import generate_zemeld_sample as generate_sample
-    import zemeld
+    from modeling_mel.builders import zemeld
+    from modeling_mel.builders import zemeld_sample as generate_sample
 
     return generate_sample, zemeld
 

@@ -1,70 +1,15 @@
 #!/usr/bin/env python
 """Evaluate a saved PFMEL linker: accuracy (argmax over the name-rule candidates), candidate recall, and the NIL
-metrics (``nil_*``: in-KB accuracy, NIL precision / recall / F1, overall accuracy) under the NIL protocol of
-``modeling_mel.nil`` at the model's calibrated threshold (``mel calibrate``).
 
-    python train/evaluate_linking.py --model O/linker --dataset twitter_mel --data_dir D --split test
-
-Prints the results and writes them to ``--output_file`` (default ``<model>/eval_results.json``).
+Thin front end of :mod:`modeling_mel.scripts.evaluate_linking` (installed with the package; its ``main`` holds the numbered
+steps of the run). The same run: ``mel evaluate``, ``python -m modeling_mel.scripts.evaluate_linking``, and under
+``accelerate launch`` either this file or ``-m modeling_mel.scripts.evaluate_linking``. ``--help`` lists the arguments.
 """
 
-from __future__ import annotations
-
-import json
-import logging
-import os
 import sys
-from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
-from modeling_mel.nil import NIL_THRESHOLD_HELP
-from modeling_mel.pfmel_training import SPLITS, PFMELDataArguments, load_corpus, run_evaluation
-
-
-@dataclass
-class EvaluationArguments:
-    model: str = field(default=None, metadata={"help": "saved model dir (finetune_linking.py --output_dir)"})
-    split: list[str] = field(default_factory=lambda: ["test"], metadata={"help": f"splits to evaluate, of {list(SPLITS)}"})
-    batch_size: int = field(default=64, metadata={"help": "pairs per scoring batch"})
-    bf16: bool = field(default=False, metadata={"help": "score under bf16 autocast (CPU or GPU)"})
-    output_file: str | None = field(default=None, metadata={"help": "results JSON (default <model>/eval_results.json)"})
-    predictions_file: str | None = field(default=None, metadata={"help": "also write ranked candidates as JSONL"})
-    nil_threshold: str = field(default="calibrated", metadata={"help": NIL_THRESHOLD_HELP})
-    nil_fraction: float | None = field(default=None, metadata={"help": "NIL protocol: share of gold entities removed "
-                                                                        "(default: the calibration's, else 0.2)"})
-    nil_seed: int | None = field(default=None, metadata={"help": "NIL protocol seed (default: the calibration's, else 0)"})
-
-    def __post_init__(self) -> None:
-        if not self.model or not os.path.isfile(os.path.join(self.model, "config.json")):
-            raise ValueError(f"--model {self.model!r} is not a saved model directory (no config.json)")
-        for s in self.split:
-            if s not in SPLITS:
-                raise ValueError(f"unknown --split {s!r}; choose from {list(SPLITS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size!r}")
-
-
-def main(argv: list[str] | None = None) -> dict:
-    # 1. Parse arguments.
-    parser = HfArgumentParser((EvaluationArguments, PFMELDataArguments))
-    eval_args, data_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    # 2. Load the corpus; the image feature source must match the model's (resnet50 / precomputed / none).
-    corpus = load_corpus(data_args)
-
-    # 3. Score every candidate of every mention, compute the metrics, write them.
-    results = run_evaluation(
-        eval_args.model, data_args, eval_args.split, eval_args.batch_size, eval_args.bf16,
-        eval_args.output_file, corpus=corpus, predictions_file=eval_args.predictions_file,
-        nil_threshold=eval_args.nil_threshold, nil_fraction=eval_args.nil_fraction, nil_seed=eval_args.nil_seed,
-    )
-
-    # 4. Report.
-    print(json.dumps(results, indent=2))
-    return results
-
+from modeling_mel.scripts import run_as_script
+from modeling_mel.scripts.evaluate_linking import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_as_script(main, "evaluate_linking"))

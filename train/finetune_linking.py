@@ -1,63 +1,15 @@
 #!/usr/bin/env python
 """PFMEL fine-tuning: NSP linking with the paper's prompts, then accuracy on dev and test.
 
-    python train/finetune_linking.py --dataset twitter_mel --data_dir D --init_from O/pretrained --output_dir O/linker
-    python train/finetune_linking.py ... --image_features none                     # NSP-BERT (text only)
-    python train/finetune_linking.py ... --train_split train07                      # PFMEL07
-    accelerate launch --config_file train/accelerate_multi_gpu.yaml train/finetune_linking.py ...
-
-Defaults are the paper's (Table 3): max length 300, 4 epochs, batch 16, AdamW, lr 5e-6 with linear decay.
-Per mention: the gold entity (label 0) plus up to ``--num_negatives`` other name-rule candidates (label 1).
-Writes ``O/eval_results.json`` (``{split: {accuracy, candidate_recall, mrr, n}}``) and saves model + processor.
+Thin front end of :mod:`modeling_mel.scripts.finetune_linking` (installed with the package; its ``main`` holds the numbered
+steps of the run). The same run: ``mel finetune``, ``python -m modeling_mel.scripts.finetune_linking``, and under
+``accelerate launch`` either this file or ``-m modeling_mel.scripts.finetune_linking``. ``--help`` lists the arguments.
 """
 
-from __future__ import annotations
-
-import json
-import logging
 import sys
 
-from transformers import HfArgumentParser
-
-from modeling_mel.pfmel_training import (
-    PFMELDataArguments,
-    PFMELFinetuningArguments,
-    PFMELModelArguments,
-    load_corpus,
-    prepare_output_dir,
-    resolve_resume_checkpoint,
-    run_finetuning,
-)
-
-logger = logging.getLogger("finetune_linking")
-
-
-def main(argv: list[str] | None = None, callbacks=None) -> dict:
-    # 1. Parse arguments (ValueError names a bad value before anything is loaded).
-    parser = HfArgumentParser((PFMELDataArguments, PFMELModelArguments, PFMELFinetuningArguments))
-    data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO if train_args.should_log else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Refuse an --output_dir holding another run (model / checkpoint-*) unless --overwrite_output_dir (removes its
-    # checkpoints) or --resume_from_checkpoint; check the checkpoint to resume before loading anything.
-    with train_args.main_process_first(local=False, desc="output_dir check"):
-        prepare_output_dir(train_args.output_dir, train_args.overwrite_output_dir, train_args.resume_from_checkpoint)
-        train_args.resume_from_checkpoint = resolve_resume_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
-
-    # 2. Load the corpus and its image features.
-    corpus = load_corpus(data_args)
-
-    # 3. Fine-tune on the training split, save, evaluate the eval splits, write eval_results.json.
-    results = run_finetuning(data_args, model_args, train_args, corpus=corpus, callbacks=callbacks)
-
-    # 4. Report.
-    if train_args.should_log:
-        print(json.dumps(results, indent=2))
-    return results
-
+from modeling_mel.scripts import run_as_script
+from modeling_mel.scripts.finetune_linking import main
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as err:  # argument, data and checkpoint errors: one line, no traceback
-        print(f"finetune_linking: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_as_script(main, "finetune_linking"))

@@ -1,63 +1,15 @@
 #!/usr/bin/env python
 """PFMEL pre-training with the three NSP tasks (mixed-modal, text-only, multimodal), optionally role-swapped.
 
-    python train/pretrain_nsp.py --dataset twitter_mel --data_dir D --output_dir O/pretrained
-    python train/pretrain_nsp.py ... --tasks mixed text --swap_roles False      # PFMELmt
-    accelerate launch --config_file train/accelerate_multi_gpu.yaml train/pretrain_nsp.py ...
-
-Defaults are the paper's (Table 3): max length 300, 5 epochs, batch 4, AdamW, lr 5e-6 with linear decay.
-Every ``TrainingArguments`` option applies (``--bf16``, ``--use_cpu``, ``--save_steps``, ``--max_steps``, ...).
-The output folder holds the model and processor (``save_pretrained``); fine-tune it with
-``train/finetune_linking.py --init_from O/pretrained``.
+Thin front end of :mod:`modeling_mel.scripts.pretrain_nsp` (installed with the package; its ``main`` holds the numbered
+steps of the run). The same run: ``mel pretrain``, ``python -m modeling_mel.scripts.pretrain_nsp``, and under
+``accelerate launch`` either this file or ``-m modeling_mel.scripts.pretrain_nsp``. ``--help`` lists the arguments.
 """
 
-from __future__ import annotations
-
-import json
-import logging
 import sys
 
-from transformers import HfArgumentParser
-
-from modeling_mel.pfmel_training import (
-    PFMELDataArguments,
-    PFMELModelArguments,
-    PFMELPretrainingArguments,
-    load_corpus,
-    prepare_output_dir,
-    resolve_resume_checkpoint,
-    run_pretraining,
-)
-
-logger = logging.getLogger("pretrain_nsp")
-
-
-def main(argv: list[str] | None = None, callbacks=None) -> dict:
-    # 1. Parse arguments (ValueError names a bad value before anything is loaded).
-    parser = HfArgumentParser((PFMELDataArguments, PFMELModelArguments, PFMELPretrainingArguments))
-    data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO if train_args.should_log else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Refuse an --output_dir holding another run (model / checkpoint-*) unless --overwrite_output_dir (removes its
-    # checkpoints) or --resume_from_checkpoint; check the checkpoint to resume before loading anything.
-    with train_args.main_process_first(local=False, desc="output_dir check"):
-        prepare_output_dir(train_args.output_dir, train_args.overwrite_output_dir, train_args.resume_from_checkpoint)
-        train_args.resume_from_checkpoint = resolve_resume_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
-
-    # 2. Load the corpus and its image features (each image is encoded once; cached by content hash).
-    corpus = load_corpus(data_args)
-
-    # 3. Build the NSP pairs, pre-train, save model + processor.
-    summary = run_pretraining(data_args, model_args, train_args, corpus=corpus, callbacks=callbacks)
-
-    # 4. Report.
-    if train_args.should_log:
-        print(json.dumps(summary, indent=2))
-    return summary
-
+from modeling_mel.scripts import run_as_script
+from modeling_mel.scripts.pretrain_nsp import main
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as err:  # argument, data and checkpoint errors: one line, no traceback
-        print(f"pretrain_nsp: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_as_script(main, "pretrain_nsp"))
