@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import io
 import json
 import os
@@ -121,24 +120,13 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def corpus_generator(new_module: str, folder: str, old_module: str):
-    """The sample-corpus generator module: ``modeling_mel.builders.<x>`` (the packaged one) when it exists, else
-    ``datasets_scripts/<folder>/<old_module>.py`` of a source checkout."""
-    try:
-        return importlib.import_module(new_module)
-    except ModuleNotFoundError as err:
-        if err.name is None or not new_module.startswith(err.name):
-            raise  # the module exists but one of its own imports is missing
-        from modeling_mel.corpus import import_script
-
-        return import_script(folder, old_module)
-
-
 def generate_samples(work: str) -> tuple[str, str]:
     """The seeded Twitter MEL sample (PFMEL) and ZEMELD sample (ZEMEL) in raw layout under ``work``."""
     twitter, zemeld = os.path.join(work, "twitter_sample"), os.path.join(work, "zemeld_sample")
-    corpus_generator("modeling_mel.builders.sample", "sample", "generate_sample").generate_twitter_sample(twitter, seed=0)
-    corpus_generator("modeling_mel.builders.zemeld_sample", "zemeld", "generate_zemeld_sample").generate(zemeld, seed=0)
+    from modeling_mel.builders import sample, zemeld_sample
+
+    sample.generate_twitter_sample(twitter, seed=0)
+    zemeld_sample.generate(zemeld, seed=0)
     return twitter, zemeld
 
 

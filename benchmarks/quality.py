@@ -14,9 +14,9 @@ use counts as wrong):
   ``"<name>. <description>"``, cosine), exact search over the whole KB.
 * ``zemel_zero_shot``: the untrained text-only ``ZemelPolyEncoder.from_text_backbone("minilm", scoring="bi")``
   through ``mel index`` + ``mel link --candidates dense``.
-* ``zemel``: ZEMEL (poly) trained by ``train/train_zemel.py`` (hard negatives mined with the model, in-batch
+* ``zemel``: ZEMEL (poly) trained by ``mel train-zemel`` (hard negatives mined with the model, in-batch
   negatives) on the train split, then ``mel index`` + ``mel link --candidates dense``.
-* ``pfmel``: the PFMEL NSP cross-encoder fine-tuned by ``train/finetune_linking.py`` over name-rule candidates
+* ``pfmel``: the PFMEL NSP cross-encoder fine-tuned by ``mel finetune`` over name-rule candidates
   (text only, from the MiniLM backbone, no pre-training), linked by ``mel link`` (name-rule candidates).
 * ``rerank``: retrieve-then-rerank: the NSP cross-encoder fine-tuned by ``finetune_linking.py --retriever <the zemel
   stage's index> --loss listwise`` on the retriever's top-k + closest names, then
@@ -173,9 +173,9 @@ def run(cmd: list[str], log: str) -> str:
 
 
 def train_minutes(script: str, args: argparse.Namespace, model_dir: str, options: list[str], log: str) -> float:
-    """Run ``train/<script>.py`` text only, on the CPU, into ``model_dir`` with ``options`` beside the settings every
+    """Run ``modeling_mel.scripts.<script>`` (= ``train/<script>.py``) text only, on the CPU, into ``model_dir`` with ``options`` beside the settings every
     stage shares (``--bf16`` when asked); its wall time in minutes."""
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "train", f"{script}.py"), "--dataset", args.dataset, "--data_dir",
+    cmd = [sys.executable, "-m", f"modeling_mel.scripts.{script}", "--dataset", args.dataset, "--data_dir",
            args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--image_features", "none",
            "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--use_cpu", *options]
     t0 = time.perf_counter()
