@@ -8,6 +8,9 @@ from typing import Any
 
 from transformers import BertConfig, PretrainedConfig
 
+#: The losses of ``ZemelPolyEncoder.forward`` (``loss_type``; see :class:`ZemelConfig`).
+ZEMEL_LOSS_TYPES = ("candidates", "batch_candidates", "in_batch", "none")
+
 DEFAULT_MENTION_START_TOKEN = "[M]"
 DEFAULT_MENTION_END_TOKEN = "[/M]"
 DEFAULT_ENTITY_TOKEN = "[ENT]"
@@ -145,9 +148,12 @@ class ZemelConfig(PretrainedConfig):
             `"poly"` (poly-encoder head, eq. 1-5) or `"bi"` (one vector a side, dot product).
         max_regions (`int`, *optional*, defaults to 10):
             Most visual regions of one input (whole image first, then boxes; or candidate images).
-        in_batch_negatives (`bool`, *optional*, defaults to `True`):
-            When the batch gives one candidate per context (2-D `candidate_input_ids`) and no `labels`, use the
-            other examples' candidates as negatives (labels `arange(B)`).
+        loss_type (`str`, *optional*, defaults to `"candidates"`):
+            The loss `forward` computes when it is not given `loss_type`: `"candidates"` (cross-entropy of each
+            context over its own candidates, `(B, K)`, or a shared set `(B, C)`, with `labels`), `"batch_candidates"`
+            (each context against the candidates of the whole batch, `(B, B*K)`, other copies of its gold masked out;
+            needs `labels` and `candidate_entity_index`: ZEMEL's training loss), `"in_batch"` (one candidate per
+            context, `(B, B)`, target `arange(B)`) or `"none"`.
         mention_start_token (`str`, *optional*, defaults to `"[M]"`), mention_end_token (`str`, *optional*,
         defaults to `"[/M]"`), entity_token (`str`, *optional*, defaults to `"[ENT]"`):
             Special tokens of the context and candidate templates; their ids (`*_id`) are set by
@@ -195,7 +201,7 @@ class ZemelConfig(PretrainedConfig):
         poly_m: int = 16,
         scoring: str = "poly",
         max_regions: int = 10,
-        in_batch_negatives: bool = True,
+        loss_type: str = "candidates",
         mention_start_token: str = DEFAULT_MENTION_START_TOKEN,
         mention_end_token: str = DEFAULT_MENTION_END_TOKEN,
         entity_token: str = DEFAULT_ENTITY_TOKEN,
@@ -283,7 +289,9 @@ class ZemelConfig(PretrainedConfig):
         self.poly_m = int(poly_m)
         self.scoring = scoring
         self.max_regions = int(max_regions)
-        self.in_batch_negatives = bool(in_batch_negatives)
+        if loss_type not in ZEMEL_LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {list(ZEMEL_LOSS_TYPES)}")
+        self.loss_type = loss_type
         self.mention_start_token = mention_start_token
         self.mention_end_token = mention_end_token
         self.entity_token = entity_token

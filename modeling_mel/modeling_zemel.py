@@ -502,6 +502,22 @@ class ZemelTwoStreamEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _check_loss_inputs(loss_type: str, labels, candidate_entity_index, candidate_input_ids) -> None:
+    """``ValueError`` naming the tensor that ``loss_type`` needs and lacks, or is given and does not use."""
+    kinds = ("candidates", "batch_candidates", "in_batch", "none")
+    if loss_type not in kinds:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {list(kinds)}")
+    if loss_type == "batch_candidates":
+        if labels is None or candidate_entity_index is None:
+            raise ValueError("loss_type='batch_candidates' needs labels (B,) and candidate_entity_index (B, K)")
+        if candidate_input_ids is None or candidate_input_ids.dim() != 3:
+            raise ValueError("loss_type='batch_candidates' needs per-example candidates: candidate_input_ids (B, K, T)")
+    elif candidate_entity_index is not None:
+        raise ValueError(f"candidate_entity_index is used by loss_type='batch_candidates' only (got {loss_type!r})")
+    if loss_type in ("in_batch", "none") and labels is not None:
+        raise ValueError(f"loss_type={loss_type!r} takes no labels (in_batch: the target is arange(B))")
+
+
 class ZemelPreTrainedModel(PreTrainedModel):
     """Weight init and loading glue for ZEMEL models."""
 
@@ -896,13 +912,17 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         candidate_embeddings: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         candidate_entity_index: torch.LongTensor | None = None,
+        loss_type: str | None = None,
         return_dict: bool | None = None,
     ) -> ZemelOutput | tuple:
-        r"""Score contexts against candidates; cross-entropy loss with `labels` (or in-batch negatives).
+        r"""Score contexts against candidates; the loss named by `loss_type` (default: `config.loss_type`).
 
-        `candidate_entity_index` `(B, K)` (the entity of each per-example candidate, with `labels`): the training
-        loss with in-batch negatives: every context is scored against the candidates of the whole batch (`scores`
-        `(B, B*K)`, target `b*K + labels[b]`), other copies of its gold entity masked out (they are not negatives).
+        `loss_type`: `"candidates"` (cross-entropy over each context's own candidates `(B, K)` or a shared set
+        `(B, C)`, with `labels`; no loss without them), `"batch_candidates"` (ZEMEL's training loss: each context
+        against the per-example candidates of the whole batch, `scores` `(B, B*K)`, target `b*K + labels[b]`, other
+        copies of its gold entity masked out as given by `candidate_entity_index` `(B, K)`; needs both),
+        `"in_batch"` (one candidate per context, `(B, B)`, target `arange(B)`) or `"none"`. A tensor the chosen loss
+        does not use, or one it needs and lacks, is a `ValueError` naming it.
 
         Returns a :class:`ZemelOutput`: `loss` `()`, `scores` `(B, K)`, `(B, C)` or `(B, B*K)`,
         `context_embeddings` `(B, m, H)` / `(B, H)`, `candidate_embeddings` `(B, K, H)` / `(C, H)`.
@@ -910,10 +930,10 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         if input_ids is None:
             raise ValueError("input_ids (the mention contexts) are required")
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        loss_type = loss_type or getattr(self.config, "loss_type", "candidates")
+        _check_loss_inputs(loss_type, labels, candidate_entity_index, candidate_input_ids)
         shared_target = false_negative = None
-        if candidate_entity_index is not None and labels is not None and candidate_input_ids is not None:
-            if candidate_input_ids.dim() != 3:
-                raise ValueError("candidate_entity_index needs per-example candidates: candidate_input_ids (B, K, T)")
+        if loss_type == "batch_candidates":
             b, k = candidate_input_ids.shape[:2]
             flat = lambda x: None if x is None else x.flatten(0, 1)  # noqa: E731 - (B*K, ...): one shared set
             candidate_input_ids, candidate_attention_mask, candidate_token_type_ids = (
@@ -941,16 +961,16 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         scores = self.score(context, candidate_embeddings)  # (B, K) or (B, C)
 
         loss = None
-        if shared_target is not None:
-            logits = scores.float() * float(getattr(self.config, "logit_scale", 1.0))
+        logits = scores.float() * float(getattr(self.config, "logit_scale", 1.0))
+        if loss_type == "batch_candidates":
             logits = logits.masked_fill(false_negative.to(logits.device), torch.finfo(logits.dtype).min)
             loss = F.cross_entropy(logits, shared_target.to(logits.device))
-            labels = None
-        if labels is None and loss is None and self.config.in_batch_negatives and candidate_embeddings.dim() == 2:
-            if candidate_embeddings.shape[0] == scores.shape[0]:
-                labels = torch.arange(scores.shape[0], device=scores.device)  # in-batch negatives
-        if labels is not None:
-            logits = scores.float() * float(getattr(self.config, "logit_scale", 1.0))
+        elif loss_type == "in_batch":
+            if candidate_embeddings.dim() != 2 or candidate_embeddings.shape[0] != scores.shape[0]:
+                raise ValueError(f"loss_type='in_batch' needs one candidate per context: got {tuple(scores.shape)} "
+                                 "scores; pass 2-D candidate inputs with one row per context")
+            loss = F.cross_entropy(logits, torch.arange(scores.shape[0], device=scores.device))
+        elif loss_type == "candidates" and labels is not None:
             loss = F.cross_entropy(logits, labels.to(scores.device).long(), ignore_index=-100)
 
         context_embeddings = context.poly_codes if self.config.scoring == "poly" else context.pooled_output

@@ -218,9 +218,11 @@ def zemel_loss(model, inputs: Mapping[str, Any], in_batch_negatives: bool = True
     whole batch (``candidate_entity_index`` passed on: scores ``(B, B*K)``, other copies of the gold masked out).
     Returns ``(loss, outputs)``."""
     inputs = dict(inputs)
-    if not in_batch_negatives:
+    if in_batch_negatives:
+        outputs = model(**inputs, loss_type="batch_candidates")
+    else:
         inputs.pop("candidate_entity_index", None)
-    outputs = model(**inputs)
+        outputs = model(**inputs, loss_type="candidates")
     return outputs.loss, outputs
 
 

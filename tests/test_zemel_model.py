@@ -153,11 +153,37 @@ def test_in_batch_negatives():
     x = inputs()
     ctx = context_part(x)
     cand = {k: v[:, 0] for k, v in x.items() if k.startswith("candidate_")}  # one candidate per example: (B, ...)
-    out = m(**ctx, **cand)
+    out = m(**ctx, **cand, loss_type="in_batch")
     assert out.scores.shape == (3, 3)
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.scores, torch.arange(3)))
-    m.config.in_batch_negatives = False
-    assert m(**ctx, **cand).loss is None
+    assert m(**ctx, **cand).loss is None  # config.loss_type "candidates" without labels: no loss
+    m.config.loss_type = "in_batch"  # the config's choice when forward is not given one
+    torch.testing.assert_close(m(**ctx, **cand).loss, out.loss)
+    assert m(**ctx, **cand, loss_type="none").loss is None
+
+
+def test_the_loss_is_named_not_inferred_from_the_tensors():
+    import pytest
+
+    torch.manual_seed(0)
+    m = ZemelPolyEncoder(tiny_config()).eval()
+    x = inputs()
+    labels = torch.tensor([0, 1, 2])
+    index = torch.arange(12).reshape(3, 4)
+    with pytest.raises(ValueError, match="candidate_entity_index is used by loss_type='batch_candidates' only"):
+        m(**x, labels=labels, candidate_entity_index=index)
+    with pytest.raises(ValueError, match="needs labels"):
+        m(**x, loss_type="batch_candidates")
+    with pytest.raises(ValueError, match="unknown loss_type 'triplet'"):
+        m(**x, labels=labels, loss_type="triplet")
+    with pytest.raises(ValueError, match="one candidate per context"):
+        m(**x, loss_type="in_batch")  # (B, K) candidates: not one per context
+    own = m(**x, labels=labels).loss  # default: over each context's own candidates
+    torch.testing.assert_close(own, torch.nn.functional.cross_entropy(m(**x).scores, labels))
+    shared = m(**x, labels=labels, candidate_entity_index=index, loss_type="batch_candidates")
+    assert shared.scores.shape == (3, 12) and not torch.allclose(shared.loss, own)
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        type(m.config)(loss_type="triplet")
 
 
 def test_co_attention_uses_visual_input():

@@ -201,7 +201,7 @@ def _reference_in_batch_loss(model, x, labels, entity_index):
 
 @pytest.mark.parametrize("scoring", ["poly", "bi"])
 def test_the_model_owns_the_in_batch_loss(scoring):
-    # one loss owner: forward(candidate_entity_index=...) is the training loss with in-batch negatives, the other
+    # one loss owner: forward(loss_type="batch_candidates") is the training loss with in-batch negatives, the other
     # copies of a row's gold entity masked out (row 0's gold entity 7 is also a candidate of row 2)
     from modeling_mel.zemel_training import zemel_loss
 
@@ -210,7 +210,7 @@ def test_the_model_owns_the_in_batch_loss(scoring):
     labels = torch.tensor([0, 1, 2, 0])
     entity_index = torch.tensor([[7, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
     with torch.no_grad():
-        out = model(**x, labels=labels, candidate_entity_index=entity_index)
+        out = model(**x, labels=labels, candidate_entity_index=entity_index, loss_type="batch_candidates")
         assert out.scores.shape == (tester.batch_size, tester.batch_size * tester.num_candidates)
         torch.testing.assert_close(out.loss, _reference_in_batch_loss(model, x, labels, entity_index))
         loss, _ = zemel_loss(model, {**x, "labels": labels, "candidate_entity_index": entity_index})
