@@ -177,7 +177,7 @@ def check_model_folder(model_dir: str | os.PathLike) -> list[str]:
 
 
 def find_card_template(template: str | os.PathLike | None = None) -> str:
-    """Path of the card template: ``template``, else ``model_card.md`` at the top of the source checkout."""
+    """Path of the card template: ``template``, else ``model_card.md`` of the source checkout or the installed package."""
     if template is not None:
         path = os.fspath(template)
         if not os.path.isfile(path):

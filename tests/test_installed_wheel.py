@@ -30,7 +30,7 @@ def installed(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
     src.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "model_card.md"):
         shutil.copy(os.path.join(REPO_ROOT, name), src / name)
     shutil.copytree(os.path.join(REPO_ROOT, "modeling_mel"), src / "modeling_mel",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -70,6 +70,7 @@ def test_wheel_holds_the_builders_and_the_runs(installed):
                    "scripts/finetune_linking", "scripts/evaluate_linking", "scripts/train_zemel",
                    "scripts/evaluate_zemel", "scripts/ablations", "demo"):
         assert f"modeling_mel/{module}.py" in names
+    assert "modeling_mel/model_card.md" in names  # the card template, for mel model-card and push_model_to_hub
     # no module of the package reads a .py file by path
     offenders = []
     for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, "modeling_mel")):
@@ -142,6 +143,10 @@ print(json.dumps(out))
     with open(os.path.join(work, "links.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     assert len(records) == 6 and all(len(r["predictions"]) == 3 for r in records)
+
+    mel(installed, "model-card", "--model", "zemel", "--results", "zemel/eval_results.json")
+    with open(os.path.join(work, "zemel", "README.md"), encoding="utf-8") as f:
+        assert "zemel" in f.read().lower()
 
     res = mel(installed, "demo", "--help")
     assert "--output_dir" in res.stdout
