@@ -11,9 +11,11 @@ Each function takes ``argv`` (its own arguments, so ``mel <name> --help`` shows 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
+import numbers
 import os
 import sys
 import time
@@ -29,14 +31,32 @@ Command = Callable[[list[str]], "int | None"]
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_model_and_processor(path: str, trust_remote_code: bool = False, device: Any = None) -> tuple[Any, Any]:
-    """A saved linking model (PFMEL or ZEMEL) and its processor, in eval mode, on ``device`` (default CPU)."""
+def load_model_and_processor(
+    path: str, trust_remote_code: bool = False, device: Any = None, allow_weight_mismatch: bool = False
+) -> tuple[Any, Any]:
+    """A saved linking model (PFMEL or ZEMEL) and its processor, in eval mode, on ``device`` (default CPU).
+
+    ``ValueError`` (one line, exit code 2) when the weight-load report of the model's own class has missing,
+    unexpected or reshaped weights (e.g. a ZEMEL ``config.json`` beside a PFMEL ``model.safetensors``: every weight
+    would be random), unless ``allow_weight_mismatch`` (``--allow_weight_mismatch``), which logs it instead."""
     import modeling_mel  # noqa: F401 - registers the Auto classes
     from transformers import AutoModel, AutoProcessor
 
+    from .model_files import load_pretrained
+    from .pipeline_entity_linking import weight_mismatch_message
+
     if not os.path.isdir(path) and not trust_remote_code and "/" not in path:
         raise SystemExit(f"mel: model {path!r} is not a directory; pass a saved model folder or a hub id")
-    model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    # a damaged folder (truncated config.json or weights, no weights, a pickle torch refuses, a config.json edited
+    # after saving): a ValueError naming the file and the fix (model_files.load_pretrained), not the loader's traceback
+    model, info = load_pretrained(AutoModel, path, trust_remote_code=trust_remote_code, output_loading_info=True)
+    model = model.eval()
+    problem = weight_mismatch_message(path, model, info.get("missing_keys") or (), info.get("unexpected_keys") or (),
+                                      info.get("mismatched_keys") or (), option="--allow_weight_mismatch")
+    if problem is not None:
+        if not allow_weight_mismatch:
+            raise ValueError(problem)
+        logger.warning("--allow_weight_mismatch: %s", problem)
     if device is not None:
         model = model.to(device)
     try:
@@ -56,6 +76,8 @@ def build_image_extractor(args: argparse.Namespace, model: Any) -> Any:
     kwargs: dict[str, Any] = {"cache_dir": args.image_cache} if getattr(args, "image_cache", None) else {}
     if getattr(model, "device", None) is not None:
         kwargs["device"] = model.device
+    if getattr(args, "max_image_pixels", None) is not None:
+        kwargs["max_image_pixels"] = args.max_image_pixels
     if getattr(args, "image_model", None):
         return ImageFeatureExtractor(args.image_model, strict=getattr(args, "strict_images", False), **kwargs)
     expected = int(getattr(model.config, "image_feature_dim", getattr(model.config, "v_feature_dim", 2048)))
@@ -71,6 +93,21 @@ def _add_image_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_model", default=None, help="ResNet checkpoint dir or hub id (default microsoft/resnet-50)")
     parser.add_argument("--image_cache", default=None, help="directory of the on-disk image feature cache")
     parser.add_argument("--no_images", action="store_true", help="ignore images (text-only linking)")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help=f"largest image decoded, in pixels (width x height; default {DEFAULT_MAX_IMAGE_PIXELS:,}, "
+                        "well under PIL's decompression-bomb limit): a larger one is refused from its header, before "
+                        "decoding, and counts as unreadable (a 13000x13000 1-bit PNG is 20 KB on disk, 2.1 GB decoded)")
+
+
+#: ``--max_image_pixels`` default: ``image_features.DEFAULT_MAX_IMAGE_PIXELS`` (not imported here: ``mel <command>
+#: --help`` starts without torch).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _add_weight_mismatch_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow_weight_mismatch", action="store_true",
+                        help="load a model whose checkpoint lacks some of its weights (left random) or holds others "
+                             "(research; by default that is an error: config.json and weights of different models)")
 
 
 def _add_device_arg(parser: argparse.ArgumentParser) -> None:
@@ -90,9 +127,81 @@ def _device_of(args: argparse.Namespace, local_rank: int | None = None) -> Any:
     return resolve_device(getattr(args, "device", "auto"), local_rank=local_rank)
 
 
+def _positive_options_error(args: argparse.Namespace, names: tuple[str, ...]) -> str | None:
+    """``"--NAME must be >= 1, got V"`` for the first of the integer options ``names`` set below 1, else ``None``."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            return f"--{name} must be >= 1, got {value}"
+    return None
+
+
+def _index_precision(index_dir: str | None) -> bool | None:
+    """The precision a dense entity index was encoded in, from its ``index_config.json`` (``bf16``): ``True`` (bf16),
+    ``False`` (fp32), or ``None`` (no index, a metadata-only index, or not recorded)."""
+    if not index_dir:
+        return None
+    try:
+        with open(os.path.join(index_dir, "index_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None  # the index loader reports an unreadable config
+    if not isinstance(config, dict) or config.get("kind") == "bm25" or not isinstance(config.get("bf16"), bool):
+        return None
+    return config["bf16"]
+
+
+def _precision_setting(args: argparse.Namespace, index_dir: str | None, device: Any, prog: str) -> bool | None:
+    """The pipeline's ``bf16`` for a command that reads an entity index: ``--fp32`` / ``--bf16`` when given, else the
+    precision the index was encoded in (its ``index_config.json``), so the mentions are encoded as the entities were
+    (fp32 instead of a recorded bf16 where this device has no native bf16 kernels, with a warning);
+    ``None`` (bf16 where this machine has native bf16 kernels, ``modeling_mel.hardware.bf16_is_fast``) without a
+    recorded precision. Says what it chose and why in one log line (a warning when it differs from the index's)."""
+    forced = True if getattr(args, "bf16", False) else (False if getattr(args, "fp32", False) else None)
+    recorded = _index_precision(index_dir)
+    if recorded is None:
+        return forced
+    name = {True: "bf16", False: "fp32"}
+    if forced is None:
+        from .hardware import bf16_is_fast
+
+        if recorded and not bf16_is_fast(getattr(device, "type", str(device))):
+            # bf16 without native kernels runs many times slower than fp32 (70x on an AVX2-only CPU): not worth it
+            logger.warning("%s: entity index %s was built in bf16, but this machine has no native bf16 kernels: running "
+                           "the model in fp32 (scores differ from the index's precision by about 1e-2; --bf16 to "
+                           "force bf16)", prog, index_dir)
+            return False
+        logger.info("%s: running the model in %s, the precision entity index %s was built in (--fp32 / --bf16 to "
+                    "choose)", prog, name[recorded], index_dir)
+        return recorded
+    if forced != recorded:
+        logger.warning("%s: running the model in %s (--%s), but entity index %s was built in %s: scores differ from an "
+                       "all-%s run by about 1e-2; rebuild the index with the same precision to match", prog,
+                       name[forced], name[forced], index_dir, name[recorded], name[recorded])
+    return forced
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # mel index
 # ----------------------------------------------------------------------------------------------------------------------
+
+try:  # raised by safetensors' save_file for a full disk (not an OSError)
+    from safetensors import SafetensorError as _SafetensorError
+
+    _SAFETENSORS_ERRORS: tuple[type[BaseException], ...] = (_SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    _SAFETENSORS_ERRORS = ()
+
+
+def _index_error_text(err: BaseException, out: str) -> str:
+    """One line for a ``mel index`` error; a write error that names no file names the index (``out``)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and not err.filename and err.errno:
+        return f"writing the entity index {out!r} failed ({_os_error_text(err)}); free disk space and run again"
+    if not isinstance(err, (ValueError, OSError)):
+        return f"writing the entity index {out!r} failed ({type(err).__name__}: {text}); free disk space and run again"
+    return text
+
 
 
 def index_main(argv: list[str]) -> int:
@@ -130,18 +239,27 @@ def index_main(argv: list[str]) -> int:
     parser.add_argument("--shard_dir", default=None, help="folder of the shards (default <out>.shards)")
     parser.add_argument("--keep_shards", action="store_true", help="keep the shard folder after the index is saved")
     parser.add_argument("--bm25_only", action="store_true", help="metadata-only index, no model needed")
-    parser.add_argument("--fp32", action="store_true",
-                        help="encode the KB in fp32 (default: bf16 autocast where this machine runs it fast)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp32", action="store_true",
+                           help="encode the KB in fp32 (default: bf16 autocast where this machine has native bf16 "
+                           "kernels: AVX512-BF16 / AMX CPUs, bf16 GPUs); the precision is recorded in the index, and "
+                           "mel link / serve / calibrate --index run the model in it")
+    precision.add_argument("--bf16", action="store_true", help="encode the KB under bf16 autocast on any machine")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_weight_mismatch_arg(parser)
     _add_device_arg(parser)
     _add_image_args(parser)
     args = parser.parse_args(argv)
 
     if not args.bm25_only and not args.model:
         parser.error("--model is required (or --bm25_only for a metadata-only index)")
+    problem = _positive_options_error(args, ("batch_size", "max_length", "hnsw_threshold", "ef_search", "ivf_nlist",
+                                             "ivf_nprobe", "pq_m", "shard_size", "max_image_pixels"))
+    if problem is not None:
+        print(f"mel index: {problem}", file=sys.stderr)
+        return 2
 
     from .entity_index import EntityIndex, check_index_destination, index_write_lock, parse_memory
-    from .hardware import bf16_is_fast
     from .knowledge_base import linking_method
 
     store_vectors = {"auto": None, "yes": True, "no": False}[args.store_vectors]
@@ -163,7 +281,8 @@ def index_main(argv: list[str]) -> int:
             kb = _load_kb_arg(args.kb)
             model = processor = extractor = None
             if not args.bm25_only:
-                model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
+                model, processor = load_model_and_processor(args.model, args.trust_remote_code, device,
+                                                            allow_weight_mismatch=args.allow_weight_mismatch)
                 if linking_method(model) != "dense":
                     logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
                     model = processor = None
@@ -173,23 +292,30 @@ def index_main(argv: list[str]) -> int:
             index = EntityIndex.build(
                 model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
                 hnsw_threshold=args.hnsw_threshold, image_extractor=extractor, max_length=args.max_length,
-                ef_search=args.ef_search, bf16=False if args.fp32 or model is None else bf16_is_fast(model.device.type),
+                ef_search=args.ef_search, bf16=False if model is None else _encoding_bf16(args, model),
                 memory_budget=args.memory_budget, store_vectors=store_vectors, ivf_nlist=args.ivf_nlist,
                 ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
             )
             index.save(args.out)
-    except (ValueError, OSError) as err:
-        print(f"mel index: {' '.join(str(err).split())}", file=sys.stderr)
+    except (ValueError, OSError, *_SAFETENSORS_ERRORS) as err:  # a full disk while writing: one line too
+        print(f"mel index: {_index_error_text(err, args.out)}", file=sys.stderr)
         return 2
     logger.info("indexed %d entities in %.1f s -> %s (%r)", len(index), time.perf_counter() - start, args.out, index)
     return 0
+
+
+def _encoding_bf16(args: argparse.Namespace, model: Any) -> bool:
+    """``mel index``: encode the KB in bf16 with ``--bf16``, in fp32 with ``--fp32``, else where this machine has native
+    bf16 kernels (:func:`modeling_mel.hardware.bf16_is_fast`: the hardware decides, the same answer every run)."""
+    from .hardware import bf16_is_fast
+
+    return True if getattr(args, "bf16", False) else False if args.fp32 else bf16_is_fast(model.device.type)
 
 
 def _index_sharded(args: argparse.Namespace, world: int, device: Any = None) -> int:
     """``mel index --shard_size`` / under torchrun or accelerate launch: sharded, resumable encoding
     (:mod:`modeling_mel.sharded_index`) on ``device`` (this process's own); the main process merges the shards and
     saves the index."""
-    from .hardware import bf16_is_fast
     from .knowledge_base import linking_method
     from .sharded_index import build_sharded
 
@@ -198,7 +324,8 @@ def _index_sharded(args: argparse.Namespace, world: int, device: Any = None) -> 
     try:
         model = processor = None
         if not args.bm25_only:
-            model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
+            model, processor = load_model_and_processor(args.model, args.trust_remote_code, device,
+                                                        allow_weight_mismatch=args.allow_weight_mismatch)
         if model is None or linking_method(model) != "dense":
             if rank != 0:
                 return 0  # a metadata-only index: nothing to encode, the main process writes it
@@ -207,14 +334,14 @@ def _index_sharded(args: argparse.Namespace, world: int, device: Any = None) -> 
         index = build_sharded(
             model, processor, _load_kb_arg(args.kb), args.out, shard_size=args.shard_size or 50_000,
             shard_dir=args.shard_dir, keep_shards=args.keep_shards, batch_size=args.batch_size,
-            max_length=args.max_length, bf16=False if args.fp32 else bf16_is_fast(model.device.type),
+            max_length=args.max_length, bf16=_encoding_bf16(args, model),
             image_extractor=build_image_extractor(args, model), index_type=args.index_type,
             memory_budget=args.memory_budget, store_vectors=store_vectors, hnsw_threshold=args.hnsw_threshold,
             ef_search=args.ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
             device=device,
         )
-    except (ValueError, OSError) as err:
-        print(f"mel index: {' '.join(str(err).split())}", file=sys.stderr)
+    except (ValueError, OSError, *_SAFETENSORS_ERRORS) as err:  # a full disk while writing: one line too
+        print(f"mel index: {_index_error_text(err, args.out)}", file=sys.stderr)
         return 2
     if index is not None:
         logger.info("indexed %d entities in %.1f s over %d processes -> %s (%r)", len(index),
@@ -281,8 +408,9 @@ def _check_offset(name: str, value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
     fractional = isinstance(value, float) and not value.is_integer()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or fractional:
-        raise ValueError(f"{name} must be an integer, got {json.dumps(value)[:80]}")
+    # numbers.Integral: numpy integers (np.int64 offsets of a DataFrame or a datasets column) are integers too
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)) or fractional:
+        raise ValueError(f"{name} must be an integer, got {json.dumps(value, default=repr)[:80]}")
     return int(value)
 
 
@@ -290,7 +418,7 @@ def _check_boxes(boxes: Any) -> None:
     """``ValueError`` unless ``boxes`` is a list of ``[x1, y1, x2, y2]`` number lists."""
     ok = isinstance(boxes, list) and all(
         isinstance(box, list) and len(box) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box)
         for box in boxes
     )
     if not ok:
@@ -398,8 +526,156 @@ def _resumable_records(partial_path: str, raw_lines: list[bytes]) -> tuple[list[
     return kept, size
 
 
+#: Beside ``<output>.partial``: the fingerprint of the input file and of the options it was started with.
+META_SUFFIX = ".meta.json"
+#: The files of a model / index / dataset folder whose change changes the links (their size and mtime are recorded).
+_SIGNATURE_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "nil_calibration.json", "index_config.json", "dataset_info.json", "state.json")
+
+
+def _os_error_text(err: OSError) -> str:
+    """``ENOSPC: No space left on device``: the errno name and text of an OSError (its message when it has none)."""
+    import errno
+
+    if err.errno:
+        return f"{errno.errorcode.get(err.errno, 'errno ' + str(err.errno))}: {err.strerror or os.strerror(err.errno)}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _path_signature(path: str | None) -> Any:
+    """A file or folder argument as ``{"path", "files": {name: "size:mtime_ns"}}`` (``bm25``, hub ids, ``None`` as
+    they are): what :func:`_resume_changes` compares to tell that a model, KB or index changed."""
+    if not path or path == "bm25":
+        return path
+    full = os.path.abspath(path)
+    if not os.path.exists(full):
+        return {"path": path}
+    names = [""] if os.path.isfile(full) else _SIGNATURE_FILES
+    files = {}
+    for name in names:
+        file = os.path.join(full, name) if name else full
+        if os.path.isfile(file):
+            st = os.stat(file)
+            files[name or os.path.basename(full)] = f"{st.st_size}:{st.st_mtime_ns}"
+    return {"path": full, "files": files}
+
+
+def _input_fingerprint(input_path: str, data: bytes) -> dict:
+    import hashlib
+
+    return {"path": os.path.abspath(input_path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def link_fingerprint(args: argparse.Namespace) -> dict:
+    """The ``mel link`` options whose change changes the output lines (model, KB / index, retriever, top_k,
+    candidates, images, precision...), JSON-normalised; recorded beside ``<output>.partial`` when it is started and
+    compared on ``--resume``. The batch size, the device and the image cache are left out (same links)."""
+    options = {
+        "--model": _path_signature(args.model),
+        "--kb": _path_signature(getattr(args, "kb", None)),
+        "--index": _path_signature(getattr(args, "index", None)),
+        "--retriever": _path_signature(getattr(args, "retriever", None)),
+        "--retriever_model": _path_signature(getattr(args, "retriever_model", None)),
+        "--image_model": _path_signature(getattr(args, "image_model", None)),
+    }
+    for name in ("top_k", "candidates", "num_candidates", "retriever_k", "no_images", "strict_images", "fp32", "bf16",
+                 "allow_weight_mismatch", "trust_remote_code"):
+        options["--" + name] = getattr(args, name, None)
+    return json.loads(json.dumps({"options": options}))
+
+
+def _resume_changes(old: dict, new: dict) -> list[str]:
+    """What differs between the fingerprint a partial output was started with and this run's, one phrase each."""
+    changes = []
+    before, now = old.get("input") or {}, new.get("input") or {}
+    if before.get("sha256") != now.get("sha256"):
+        moved = f"{before.get('path')!r} -> {now.get('path')!r}, " if before.get("path") != now.get("path") else ""
+        changes.append(f"--input ({moved}its content changed: {before.get('bytes')} -> {now.get('bytes')} bytes, "
+                       f"sha256 {str(before.get('sha256'))[:12]} -> {str(now.get('sha256'))[:12]})")
+    old_options, new_options = old.get("options") or {}, new.get("options") or {}
+    for name in list(new_options) + [n for n in old_options if n not in new_options]:
+        a, b = old_options.get(name), new_options.get(name)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and a.get("path") == b.get("path"):
+            changes.append(f"{name} ({b.get('path')!r}: its files changed)")
+        else:
+            shown = [x.get("path") if isinstance(x, dict) else x for x in (a, b)]
+            changes.append(f"{name} ({json.dumps(shown[0])} -> {json.dumps(shown[1])})")
+    return changes
+
+
+def check_resume_fingerprint(partial_path: str, fingerprint: dict) -> None:
+    """``ValueError`` naming what changed when ``--resume`` would continue a partial output started with another
+    input file or other options (its lines would belong to other mentions or settings); nothing when there is no
+    partial output to continue."""
+    if not os.path.isfile(partial_path) or os.path.getsize(partial_path) == 0:
+        return
+    meta_path = partial_path + META_SUFFIX
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            old = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(
+            f"--resume: {partial_path!r} has no record of the input and options it was started with ({meta_path!r} "
+            "is missing: an older mel link, or removed); link again without --resume"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume: {meta_path!r} is unreadable ({' '.join(str(err).split())}); link again without "
+                         "--resume") from err
+    changes = _resume_changes(old if isinstance(old, dict) else {}, fingerprint)
+    if changes:
+        raise ValueError(
+            f"--resume: {partial_path!r} was started with another input or other options: {'; '.join(changes)}; "
+            "resume with the same ones, or link again without --resume"
+        )
+
+
+def _write_meta(meta_path: str, fingerprint: dict) -> None:
+    tmp = meta_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(fingerprint, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, meta_path)
+
+
+def _immutable_reason(path: str) -> str | None:
+    """``"immutable"`` / ``"append-only"`` when Linux file attributes (``chattr +i`` / ``+a``) forbid replacing or
+    rewriting ``path``; ``None`` otherwise, or when this cannot be told (not Linux, the file system has no flags)."""
+    if not sys.platform.startswith("linux") or not os.path.exists(path):
+        return None
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (ImportError, OSError):
+        return None
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, 0x80086601, buf, True)  # FS_IOC_GETFLAGS
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    flags = int.from_bytes(bytes(buf[:4]), sys.byteorder)
+    return "immutable" if flags & 0x10 else ("append-only" if flags & 0x20 else None)
+
+
+def check_output_writable(output: str, what: str) -> None:
+    """``ValueError`` before any work when ``output`` (a file to be written through a temp file and a rename) exists
+    but cannot be replaced, or its folder is immutable (``chattr +i``). A folder without write permission shows when
+    the writer lock is created in it."""
+    for path in (output, output + PARTIAL_SUFFIX, os.path.dirname(os.path.abspath(output))):
+        reason = _immutable_reason(path)
+        if reason is not None:
+            raise ValueError(f"{what}: {path!r} is {reason} (chattr), so it cannot be written or replaced; remove "
+                             "the attribute (chattr -i / -a) or write somewhere else")
+
+
 def link_file(
-    pipe: Any, input_path: str, output_path: str, batch_size: int = 8, resume: bool = False, **call_kwargs: Any
+    pipe: Any, input_path: str, output_path: str, batch_size: int = 8, resume: bool = False,
+    fingerprint: dict | None = None, **call_kwargs: Any,
 ) -> dict[str, int]:
     """Link every line of a mentions.jsonl; write one output line per input line, in order (``error`` on a bad line).
 
@@ -408,14 +684,26 @@ def link_file(
     becomes ``output_path`` at the end, so a killed run leaves no half-written output. With ``resume``, the complete
     lines of an earlier run's partial file are kept and their input lines skipped. Returns counts (``lines``,
     ``linked``, ``errors``, ``correct@1``, ``with_gold``; ``resumed`` with ``resume``).
+
+    With ``fingerprint`` (:func:`link_fingerprint`: the options), a fresh partial file gets
+    ``<output>.partial.meta.json`` (the options and the input file's sha256), and ``resume`` refuses, naming what
+    changed, to continue one started with another input or other options. An ``OSError`` while writing (a full disk,
+    a read-only or immutable file) is a one-line ``ValueError`` naming the file; the lines already written stay in
+    the partial file for ``--resume``.
     """
     partial_path = output_path + PARTIAL_SUFFIX
+    meta_path = partial_path + META_SUFFIX
     inputs = os.path.realpath(input_path)
     if inputs in (os.path.realpath(output_path), os.path.realpath(partial_path)):
         raise ValueError(f"the output {output_path!r} would overwrite the input {input_path!r}")
     base_dir = os.path.dirname(os.path.abspath(input_path))
     with open(input_path, "rb") as f:
-        raw_lines = _split_input_lines(f.read())
+        data = f.read()
+    raw_lines = _split_input_lines(data)
+    if fingerprint is not None:
+        fingerprint = dict(fingerprint, input=_input_fingerprint(input_path, data))
+        if resume:
+            check_resume_fingerprint(partial_path, fingerprint)
     done, done_size = _resumable_records(partial_path, raw_lines) if resume else ([], 0)
     if resume:
         logger.info("mel link: resuming %s: %d of %d lines already done", partial_path, len(done), len(raw_lines))
@@ -461,21 +749,42 @@ def link_file(
         pending.clear()
 
     quiet = len(raw_lines) - len(done) <= chunk
-    with open(partial_path, "r+b" if done else "wb") as out, \
-            tqdm(total=len(raw_lines), initial=len(done), desc="linking", unit="line", disable=quiet) as progress:
-        if done:
-            out.seek(done_size)
-            out.truncate()
-        for n in range(len(done) + 1, len(raw_lines) + 1):
-            record, item = _parse_line(pipe, raw_lines[n - 1], n, base_dir)
-            records.append(record)
-            if item is not None:
-                pending.append((len(records) - 1, item))
-            if not pending or len(pending) >= chunk:  # error lines before any pending one go out at once
-                write_out(out, progress)
-        write_out(out, progress)
-        os.fsync(out.fileno())
-    os.replace(partial_path, output_path)
+    try:
+        if fingerprint is not None and not done:
+            _write_meta(meta_path, fingerprint)
+        with open(partial_path, "r+b" if done else "wb") as out, \
+                tqdm(total=len(raw_lines), initial=len(done), desc="linking", unit="line", disable=quiet) as progress:
+            if done:
+                out.seek(done_size)
+                out.truncate()
+            for n in range(len(done) + 1, len(raw_lines) + 1):
+                record, item = _parse_line(pipe, raw_lines[n - 1], n, base_dir)
+                records.append(record)
+                if item is not None:
+                    pending.append((len(records) - 1, item))
+                if not pending or len(pending) >= chunk:  # error lines before any pending one go out at once
+                    write_out(out, progress)
+            write_out(out, progress)
+            os.fsync(out.fileno())
+    except OSError as err:  # a full disk, a read-only file: the lines written so far stay for --resume
+        target = err.filename if isinstance(err.filename, str) else partial_path
+        raise ValueError(
+            f"writing {target!r} failed ({_os_error_text(err)}); the complete lines written so far are kept in "
+            f"{partial_path!r}: free space or fix the file and rerun with --resume"
+        ) from err
+    try:
+        os.replace(partial_path, output_path)
+    except OSError as err:
+        raise ValueError(
+            f"could not rename {partial_path!r} onto the output {output_path!r} ({_os_error_text(err)}); every line "
+            f"is linked and kept in {partial_path!r}: fix the output (e.g. chattr -i) and rerun with --resume, or "
+            "move that file yourself"
+        ) from err
+    if os.path.exists(meta_path):
+        try:
+            os.remove(meta_path)
+        except OSError as err:
+            logger.warning("could not remove %s (%s)", meta_path, _os_error_text(err))
     if resume:
         counts["resumed"] = len(done)
     return counts
@@ -521,10 +830,12 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict_images", action="store_true", help="fail a mention with an unreadable image")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--fp32", action="store_true",
-                           help="run the model in fp32 (default: bf16 autocast where this machine runs it fast)")
+                           help="run the model in fp32 (default: the precision the --index was built in, recorded in "
+                           "its index_config.json; else bf16 autocast where this machine has native bf16 kernels)")
     precision.add_argument("--bf16", action="store_true",
-                           help="run the model under bf16 autocast without probing the machine (benchmarks, GPUs)")
+                           help="run the model under bf16 autocast on any machine (benchmarks, GPUs)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_weight_mismatch_arg(parser)
     _add_device_arg(parser)
     _add_image_args(parser)
 
@@ -535,6 +846,9 @@ def pipeline_argument_error(args: argparse.Namespace) -> str | None:
         _device_of(args)
     except ValueError as err:
         return str(err)
+    problem = _positive_options_error(args, ("max_image_pixels",))
+    if problem is not None:
+        return problem
     if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
         return f"--index {args.index!r} is not an entity index directory (no index_config.json); build one with mel index"
     if args.kb and not os.path.exists(args.kb):
@@ -552,11 +866,15 @@ def build_pipeline(args: argparse.Namespace) -> Any:
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
     device = _device_of(args)
-    model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
+    model, processor = load_model_and_processor(args.model, args.trust_remote_code, device,
+                                                allow_weight_mismatch=getattr(args, "allow_weight_mismatch", False))
     extractor = build_image_extractor(args, model)
-    init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images}
-    # None: bf16 autocast where this machine runs it fast
-    init["bf16"] = False if args.fp32 else (True if getattr(args, "bf16", False) else None)
+    init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images,
+                            "allow_weight_mismatch": bool(getattr(args, "allow_weight_mismatch", False)),
+                            "max_image_pixels": getattr(args, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)}
+    # --fp32 / --bf16, else the precision the --index was built in, else None: bf16 where this machine has native
+    # bf16 kernels (decided from the hardware, so mel index and mel link / serve agree)
+    init["bf16"] = _precision_setting(args, args.index, device, "mel link" if hasattr(args, "input") else "mel serve")
     if extractor is not None:
         init["image_extractor"] = extractor
     if args.retriever:
@@ -596,11 +914,8 @@ def link_main(argv: list[str]) -> int:
     if problem is not None:
         print(f"mel link: {problem}", file=sys.stderr)
         return 2
-    try:
-        pipe = build_pipeline(args)
-    except ValueError as err:
-        print(f"mel link: {err}", file=sys.stderr)
-        return 2
+    from .entity_index import output_write_lock
+
     call: dict[str, Any] = {"top_k": args.top_k}
     if args.candidates:
         call["candidates"] = args.candidates
@@ -608,8 +923,31 @@ def link_main(argv: list[str]) -> int:
         call["num_candidates"] = args.num_candidates
     if args.retriever_k is not None:
         call["retriever_k"] = args.retriever_k
-    start = time.perf_counter()
-    counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, resume=args.resume, **call)
+    fingerprint = link_fingerprint(args)
+    with contextlib.ExitStack() as held:
+        try:
+            # Before the model loads: an output that cannot be replaced; the writer lock of OUTPUT.partial (a second
+            # `mel link` to the same output stops here instead of interleaving lines; creating it shows an
+            # unwritable folder); a --resume of a partial output started with another input or other options.
+            what = f"--output {args.output!r}"
+            check_output_writable(args.output, what)
+            try:
+                held.enter_context(output_write_lock(args.output, what=what, by="another `mel link`"))
+            except OSError as err:
+                folder = os.path.dirname(os.path.abspath(args.output))
+                raise ValueError(f"{what}: cannot write in {folder!r} ({_os_error_text(err)}); write the links to a "
+                                 "writable folder") from err
+            if args.resume:
+                with open(args.input, "rb") as f:
+                    check_resume_fingerprint(args.output + PARTIAL_SUFFIX,
+                                             dict(fingerprint, input=_input_fingerprint(args.input, f.read())))
+            pipe = build_pipeline(args)
+            start = time.perf_counter()
+            counts = link_file(pipe, args.input, args.output, batch_size=args.batch_size, resume=args.resume,
+                               fingerprint=fingerprint, **call)
+        except ValueError as err:
+            print(f"mel link: {' '.join(str(err).split())}", file=sys.stderr)
+            return 2
     elapsed = time.perf_counter() - start
     summary = dict(counts, seconds=round(elapsed, 2))
     if counts["with_gold"]:
@@ -633,7 +971,7 @@ def model_card_main(argv: list[str]) -> int:
     )
     parser.add_argument("--model", required=True, help="saved model folder")
     parser.add_argument("--results", default=None, help="eval_results.json (flat metrics, {metrics, dataset}, or splits)")
-    parser.add_argument("--template", default=None, help="card template (default: model_card.md of the checkout)")
+    parser.add_argument("--template", default=None, help="card template (default: the model_card.md installed with the package)")
     parser.add_argument("--output", default=None, help="output path (default MODEL/README.md)")
     parser.add_argument("--model_name", default=None, help="name / hub id shown in the card (default: folder name)")
     parser.add_argument("--dataset_type", default=None, help="dataset id in model-index (default by model family)")
@@ -666,10 +1004,6 @@ def model_card_main(argv: list[str]) -> int:
 
 def build_dataset_main(argv: list[str]) -> int:
     """``mel build-dataset``: build the ``mentions`` and ``kb`` configs of a corpus and save them with save_to_disk."""
-    from . import hub_dataset
-
-    if hasattr(hub_dataset, "build_main"):  # the corpus owner's implementation, when it exists
-        return int(hub_dataset.build_main(argv, prog="mel build-dataset") or 0)
     parser = argparse.ArgumentParser(
         prog="mel build-dataset",
         description="Build a corpus with its datasets builder (mentions + kb configs) and save both with "
@@ -710,10 +1044,20 @@ def export_dataset_main(argv: list[str]) -> int:
 def _calibration_rows(args: argparse.Namespace) -> list[dict]:
     """The labelled mentions of ``mel calibrate --data``: a JSONL file, or ``--split`` of a corpus folder built
     with ``--dataset`` (its mention image, when there is one, as the pipeline's ``image``)."""
-    from .knowledge_base import read_jsonl
-
-    if not os.path.isdir(args.data):
-        return read_jsonl(args.data)
+    if not os.path.isdir(args.data):  # read_jsonl's rules, each row with its file line number ("_where")
+        rows = []
+        with open(args.data, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"--data {args.data!r} line {n} is not valid JSON: {err}") from err
+                if not isinstance(row, dict):
+                    raise ValueError(f"--data {args.data!r} line {n} is a {type(row).__name__}, expected a JSON object")
+                rows.append({**row, "_where": f"line {n}"})
+        return rows
     if not args.dataset:
         raise ValueError(f"--data {args.data!r} is a folder: give its builder with --dataset (e.g. mel_jsonl, wikimel)")
     from .corpus import load_mel_corpus
@@ -726,10 +1070,34 @@ def _calibration_rows(args: argparse.Namespace) -> list[dict]:
     keep = ("text", "caption", "mention", "mention_start", "mention_end", "entity_id", "image")
     ds = splits[name]
     rows = []
-    for row in ds.select_columns([c for c in keep if c in ds.column_names]):
+    for i, row in enumerate(ds.select_columns([c for c in keep if c in ds.column_names])):
         text = row.pop("caption", None)  # ZEMELD calls the text a caption
-        rows.append({**row, "text": row.get("text") or text})
+        rows.append({**row, "text": row.get("text") or text, "_where": f"split {name!r} row {i}"})
     return rows
+
+
+#: The keys of a ``mel calibrate`` row the pipeline takes.
+_CALIBRATION_KEYS = ("text", "mention", "mention_start", "mention_end", "image", "boxes")
+
+
+def _check_calibration_rows(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Before any model loads: ``ValueError`` naming the file line (or split row) of the first labelled row the
+    pipeline would refuse (no text, a bad span, bad boxes), instead of failing after the linking."""
+    from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
+
+    for row in rows:
+        try:
+            item = {k: row[k] for k in _CALIBRATION_KEYS if row.get(k) is not None}
+            for name in ("mention_start", "mention_end"):
+                if name in item:
+                    item[name] = _check_offset(name, item[name])
+            if "boxes" in item:
+                _check_boxes(item["boxes"])
+            MultimodalEntityLinkingPipeline._check_input(item)
+        except (TypeError, ValueError) as err:
+            message = str(err).removeprefix("input: ")
+            raise ValueError(f"--data {args.data!r} {row.get('_where', '')}: {message}; fix or remove that mention") \
+                from err
 
 
 def calibrate_main(argv: list[str]) -> int:
@@ -762,26 +1130,51 @@ def calibrate_main(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=32, help="mentions per batch")
     parser.add_argument("--candidates", default=None, help="ZEMEL candidate source (pipeline default: auto)")
     parser.add_argument("--out", default=None, help="folder of nil_calibration.json (default: --index, else --model)")
-    parser.add_argument("--fp32", action="store_true", help="run the model in fp32 (default: bf16 where fast)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="run the model in fp32 (default: the precision the --index was built in; else bf16 "
+                        "where this machine has native bf16 kernels)")
     parser.add_argument("--trust_remote_code", action="store_true", help="load the model with its own code")
+    _add_weight_mismatch_arg(parser)
     _add_device_arg(parser)
     _add_image_args(parser)
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as held:
+        return _calibrate(args, held)
+
+
+def _calibrate(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
+    """``mel calibrate`` once its arguments are parsed; the writer lock of nil_calibration.json goes on ``held``."""
     from transformers import pipeline
 
-    from .entity_index import EntityIndex, load_retriever
+    from .entity_index import EntityIndex, load_retriever, output_write_lock
     from .knowledge_base import kb_records, linking_method
-    from .nil import choose_threshold, nil_metrics, removed_entities, save_calibration
+    from .nil import CALIBRATION_NAME, choose_threshold, nil_metrics, removed_entities, save_calibration
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
+    out_dir = args.out or args.index or args.model
+    target = os.path.join(out_dir, CALIBRATION_NAME)
     try:
         device = _device_of(args)  # a device this machine lacks: exit 2 before anything is read
         rows = [r for r in _calibration_rows(args) if r.get("entity_id") is not None]
         if not rows:
             raise ValueError(f"--data {args.data!r} has no mention with an entity_id")
+        _check_calibration_rows(args, rows)  # a bad row: named by its file line now, not after the linking
         if args.index and not os.path.isfile(os.path.join(args.index, "index_config.json")):
             raise ValueError(f"--index {args.index!r} is not an entity index directory (build one with mel index)")
-        model, processor = load_model_and_processor(args.model, args.trust_remote_code, device)
+        # the destination, before the model loads: a folder that exists, an output that can be replaced, the writer
+        # lock of nil_calibration.json (a second `mel calibrate` into the same folder stops here; creating the lock
+        # shows a read-only folder)
+        what = f"the calibration {target!r}" + ("" if args.out else " (--out: default --index, else --model)")
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"{what}: folder {out_dir!r} does not exist; pass an existing folder as --out")
+        check_output_writable(target, what)
+        try:
+            held.enter_context(output_write_lock(target, what=what, by="another `mel calibrate`"))
+        except OSError as err:
+            raise ValueError(f"{what}: cannot write in {out_dir!r} ({_os_error_text(err)}); pass a writable folder "
+                             "as --out") from err
+        model, processor = load_model_and_processor(args.model, args.trust_remote_code, device,
+                                                    allow_weight_mismatch=args.allow_weight_mismatch)
         if args.index:
             index = EntityIndex.load(args.index, model=model if linking_method(model) == "dense" else None)
             kb_ids = index.entity_ids
@@ -791,7 +1184,9 @@ def calibrate_main(argv: list[str]) -> int:
         removed = removed_entities(kb_ids, (r["entity_id"] for r in rows), args.nil_fraction, args.seed)
         reduced: Any = index.without(removed) if args.index else [e for e in kb if e["entity_id"] not in removed]
         extractor = build_image_extractor(args, model)
-        init: dict[str, Any] = {"use_images": not args.no_images, "bf16": False if args.fp32 else None}
+        init: dict[str, Any] = {"use_images": not args.no_images, "max_image_pixels": args.max_image_pixels,
+                                "bf16": _precision_setting(args, args.index, device, "mel calibrate"),
+                                "allow_weight_mismatch": args.allow_weight_mismatch}
         if extractor is not None:
             init["image_extractor"] = extractor
         if args.retriever:
@@ -802,8 +1197,7 @@ def calibrate_main(argv: list[str]) -> int:
     except (ValueError, OSError) as err:
         print(f"mel calibrate: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    keys = ("text", "mention", "mention_start", "mention_end", "image", "boxes")
-    items = [{k: r[k] for k in keys if r.get(k) is not None} for r in rows]
+    items = [{k: r[k] for k in _CALIBRATION_KEYS if r.get(k) is not None} for r in rows]
     call: dict[str, Any] = {"top_k": 1, "batch_size": args.batch_size}
     if args.candidates:
         call["candidates"] = args.candidates
@@ -824,7 +1218,15 @@ def calibrate_main(argv: list[str]) -> int:
         "uncalibrated": nil_metrics(best_ids, best_scores, golds, is_nil, None),
         "calibrated": calibrated,
     }
-    path = save_calibration(args.out or args.index or args.model, payload)
+    try:
+        path = save_calibration(out_dir, payload)
+    except OSError as err:  # the result still goes to stdout: the linking is not lost
+        with contextlib.suppress(OSError):
+            os.remove(target + ".tmp")
+        print(json.dumps(payload, sort_keys=True))
+        print(f"mel calibrate: writing {target!r} failed ({_os_error_text(err)}); the result is printed above: free "
+              "space or fix the folder and run again", file=sys.stderr)
+        return 2
     logger.info("mel calibrate: threshold %s -> %s", threshold, path)
     print(json.dumps(payload, sort_keys=True))
     return 0
@@ -846,17 +1248,28 @@ def serve_main(argv: list[str]) -> int:
                         help="how long a batch waits for more requests after its first one, under concurrent load "
                              "(a lone client never waits)")
     parser.add_argument("--no_batching", action="store_true", help="run every request alone (dynamic batching off)")
-    parser.add_argument("--max_body_bytes", type=int, default=1 << 20, help="largest request body")
+    parser.add_argument("--max_body_bytes", type=int, default=1 << 20,
+                        help="largest request body, counted as it arrives whatever the transfer encoding (chunked "
+                             "too): 413 and the connection closes as soon as a body passes it")
     parser.add_argument("--max_list", type=int, default=64, help="most mentions in one request")
     parser.add_argument("--max_top_k", type=int, default=100, help="largest top_k a request may ask for")
+    parser.add_argument("--read_timeout", type=float, default=30.0,
+                        help="seconds a request body may pause (no bytes) before the server answers 408 and closes "
+                             "the connection (default 30; 0: no limit)")
+    parser.add_argument("--header_timeout", type=float, default=10.0,
+                        help="seconds the request line and headers may take to arrive, from the connection (or the "
+                             "first byte of a later request on it), before the server closes it (default 10; 0: no "
+                             "limit)")
+    parser.add_argument("--info_paths", action="store_true",
+                        help="GET /info also shows the model's path on the server (default: only its name)")
     parser.add_argument("--graceful_timeout", type=float, default=30.0,
                         help="seconds shutdown waits for the requests in flight")
     parser.add_argument("--log_level", default="info", help="uvicorn log level")
     args = parser.parse_args(argv)
     problems = [f"--{name} must be >= 1, got {getattr(args, name)}"
                 for name in ("max_batch_size", "max_body_bytes", "max_list", "max_top_k") if getattr(args, name) < 1]
-    if args.max_wait_ms < 0:
-        problems.append(f"--max_wait_ms must be >= 0, got {args.max_wait_ms}")
+    problems += [f"--{name} must be >= 0, got {getattr(args, name)}"
+                 for name in ("max_wait_ms", "read_timeout", "header_timeout") if getattr(args, name) < 0]
     if not 0 <= args.port <= 65535:
         problems.append(f"--port must be in 0..65535, got {args.port}")
     if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
@@ -869,7 +1282,9 @@ def serve_main(argv: list[str]) -> int:
 
     pipe = build_pipeline(args)
     run_server(pipe, args.host, args.port, args.max_batch_size, args.max_wait_ms, not args.no_batching,
-               ServeLimits(args.max_body_bytes, args.max_list, args.max_top_k), args.graceful_timeout, args.log_level)
+               ServeLimits(args.max_body_bytes, args.max_list, args.max_top_k, read_timeout=args.read_timeout,
+                           header_timeout=args.header_timeout),
+               args.graceful_timeout, args.log_level, info_paths=args.info_paths)
     return 0
 
 

@@ -203,6 +203,52 @@ def index_write_lock(directory: str | os.PathLike):
         _unlock(fd)
 
 
+@contextlib.contextmanager
+def output_write_lock(output: str | os.PathLike, what: str | None = None, by: str = "another run"):
+    """Hold the writer lock of the output file ``output`` of ``mel link`` / ``mel calibrate``: the mechanism of
+    :func:`index_write_lock` (non-blocking ``fcntl.flock``) on ``<output>.partial.lock``.
+
+    A second writer of the same output (another process or thread) gets a one-line ``ValueError`` naming ``what``
+    (default: the output path) and the process holding it, instead of interleaving its lines with the first one's.
+    Creating the lock file is also the early check that the output's folder is writable (``OSError`` otherwise). The
+    lock file is removed on release. Yields the output's absolute path.
+    """
+    path = os.path.realpath(os.fspath(output))
+    target = path + ".partial"
+    lock_path = target + LOCK_SUFFIX
+    what = what or f"output {os.fspath(output)!r}"
+    with _held_guard:
+        if target in _held_locks:
+            raise ValueError(f"{what} is being written by another writer in this process (a thread); wait for it to "
+                             "finish or write to another file")
+    for _ in range(5):
+        fd, holder = _try_lock(target)
+        if fd is None:
+            raise ValueError(
+                f"{what} is being written by {by} (process {holder}, lock {lock_path!r}); wait for it to finish or "
+                "write to another file"
+            )
+        try:  # the lock file may have been removed by a holder releasing it between our open and flock: retry
+            if fd < 0 or os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        _unlock(fd)
+    else:
+        raise ValueError(f"could not take the writer lock {lock_path!r} of {what}; try again")
+    with _held_guard:
+        _held_locks[target] = [fd, 1, threading.get_ident()]
+    try:
+        yield path
+    finally:
+        with _held_guard:
+            _held_locks.pop(target, None)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)  # still holding the flock: a new writer opens a fresh file
+        _unlock(fd)
+
+
 def _recover_interrupted_write(target: str, clean_temp: bool = True) -> None:
     """With the writer lock held: undo what a writer killed mid-save left behind. A backup with no folder (killed
     between the two renames) is renamed back (the previous index); a backup beside a complete folder (killed before
@@ -231,7 +277,9 @@ def check_index_destination(directory: str | os.PathLike) -> str:
     if cwd == target or cwd.startswith(target.rstrip(os.sep) + os.sep):
         raise ValueError(f"refusing to write an entity index into {target!r}: it is (or holds) the current folder")
     if os.path.isdir(target):
-        extra = sorted(set(os.listdir(target)) - set(INDEX_FILES))
+        # a NIL calibration (`mel calibrate --index`) is not lost: save() keeps it or moves it aside
+        # (_carry_calibration)
+        extra = sorted(set(os.listdir(target)) - set(INDEX_FILES) - {CALIBRATION_NAME})
         if extra:
             shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
             raise ValueError(
@@ -239,6 +287,49 @@ def check_index_destination(directory: str | os.PathLike) -> str:
                 "would be lost when the folder is replaced; write the index to a new or empty folder"
             )
     return target
+
+
+#: ``mel calibrate --index I`` writes the NIL threshold here (``modeling_mel.nil.CALIBRATION_NAME``).
+CALIBRATION_NAME = "nil_calibration.json"
+#: Where a rebuild of ``I`` moves a calibration that belongs to the replaced vectors: ``I`` + this suffix, beside it.
+STALE_CALIBRATION_SUFFIX = ".nil_calibration.previous.json"
+
+
+def _index_identity(config: Any) -> tuple:
+    """What a NIL calibration of an index depends on: the model (config hash, weights fingerprint), the entities
+    (``entities.jsonl`` checksum) and the precision the vectors were encoded in."""
+    if not isinstance(config, dict):
+        return (None,)
+    files = config.get("files") if isinstance(config.get("files"), dict) else {}
+    entities = files.get(ENTITIES_NAME) if isinstance(files.get(ENTITIES_NAME), dict) else {}
+    return (config.get("config_hash"), config.get("weights_fingerprint"), entities.get("sha256"), config.get("bf16"))
+
+
+def _carry_calibration(target: str, tmp: str, config: dict) -> str | None:
+    """Before the folder ``tmp`` (the new index, described by ``config``) replaces ``target``: the NIL calibration of
+    ``target`` is copied into ``tmp`` when the new index has the same model, entities and precision (its threshold
+    still applies), else copied aside to ``target`` + :data:`STALE_CALIBRATION_SUFFIX` (it belongs to the replaced
+    vectors), with a log line either way. Returns the aside copy (the caller removes it if the swap fails), or None."""
+    old = os.path.join(target, CALIBRATION_NAME)
+    if not os.path.isfile(old):
+        return None
+    try:
+        with open(os.path.join(target, INDEX_CONFIG_NAME), encoding="utf-8") as f:
+            old_config = json.load(f)
+    except (OSError, ValueError):
+        old_config = None
+    identity = _index_identity(config)
+    if identity[0] is not None and _index_identity(old_config) == identity:
+        shutil.copy2(old, os.path.join(tmp, CALIBRATION_NAME))
+        logger.info("kept the NIL calibration of %s: the new index has the same model, entities and precision", target)
+        return None
+    aside = target + STALE_CALIBRATION_SUFFIX
+    shutil.copy2(old, aside)
+    logger.warning(
+        "%s is rebuilt with another model, KB or precision: its NIL calibration belongs to the replaced vectors, so it "
+        "was moved to %s; run `mel calibrate --index %s` again for the new index", target, aside, target,
+    )
+    return aside
 
 
 def _exchange_dirs(a: str, b: str) -> bool:
@@ -318,6 +409,21 @@ def _recover_for_load(directory: str) -> str:
         logger.warning("entity index %s is being replaced; reading the previous index from %s", directory, backup)
         return backup
     return directory
+
+
+#: Counts ``index_config.json`` records as integers (``int()`` of a list or a string would be a TypeError).
+_CONFIG_INTEGERS = ("format_version", "num_entities", "size", "faiss_ntotal", "dim")
+
+
+def _check_config_integers(config: dict, directory: str) -> None:
+    """``ValueError`` naming the field when a count of ``index_config.json`` is not an integer (an edited file)."""
+    for name in _CONFIG_INTEGERS:
+        value = config.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(
+                f"{INDEX_CONFIG_NAME} in {directory!r}: {name} must be an integer, got {json.dumps(value)[:40]} (the "
+                f"file was edited after `mel index` wrote it); restore it, or {_REBUILD}"
+            )
 
 
 def _verify_index_files(
@@ -1174,7 +1280,9 @@ class EntityIndex:
         BM25-only index written over a dense one leaves no vectors behind; a writer killed midway leaves the previous
         index as it was). ``index_config.json`` records the entity count, the sha256 and size of every file, the FAISS
         ``ntotal`` and the index kind, which :meth:`load` verifies. ``ValueError`` while another writer holds the
-        folder's lock (``<directory>.lock``), or when ``directory`` holds files that are not index files.
+        folder's lock (``<directory>.lock``), or when ``directory`` holds files that are not index files. A failed
+        write (a full disk) leaves the previous index: ``OSError`` (safetensors' and FAISS' write errors become one
+        naming the folder).
         """
         with index_write_lock(directory) as target:
             check_index_destination(target)
@@ -1190,8 +1298,25 @@ class EntityIndex:
                 except FileExistsError:
                     continue
             try:
-                config = self._write_files(tmp)
-                _swap_in(tmp, target)
+                try:
+                    config = self._write_files(tmp)
+                except Exception as err:  # noqa: BLE001 - a full disk: SafetensorError, FAISS RuntimeError -> OSError
+                    if isinstance(err, OSError) or not (
+                        isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError"
+                    ):
+                        raise
+                    raise OSError(
+                        f"writing the entity index {target!r} failed ({type(err).__name__}: {_one_line(err)}); "
+                        "the previous index is unchanged: free disk space or write to another folder"
+                    ) from err
+                aside = _carry_calibration(target, tmp, config)
+                try:
+                    _swap_in(tmp, target)
+                except BaseException:
+                    if aside:
+                        with contextlib.suppress(OSError):
+                            os.unlink(aside)  # the previous index keeps its calibration
+                    raise
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -1290,6 +1415,7 @@ class EntityIndex:
             raise ValueError(f"{INDEX_CONFIG_NAME} in {directory!r} is not valid JSON ({_one_line(err)}); {_REBUILD}") from err
         if not isinstance(config, dict):
             raise ValueError(f"{INDEX_CONFIG_NAME} in {directory!r} is not a JSON object; {_REBUILD}")
+        _check_config_integers(config, directory)
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
             raise ValueError(f"index format {config.get('format_version')} is newer than this modeling-mel ({FORMAT_VERSION}); upgrade")
         if model is not None and config.get("config_hash") is not None:
@@ -1404,7 +1530,9 @@ def load_retriever(index_dir: str, model_dir: str | None = None, device: Any = N
             f"the ZEMEL model of index {index_dir!r} ({path!r}) is not a directory; pass its folder "
             "(--retriever_model / retriever_model=)"
         )
-    model = AutoModel.from_pretrained(path).eval()
+    from .model_files import load_pretrained
+
+    model = load_pretrained(AutoModel, path).eval()  # a damaged folder: ValueError naming the file and the fix
     if device is not None:
         model = model.to(device)
     processor = AutoProcessor.from_pretrained(path)

@@ -1,9 +1,12 @@
 """What the machine does fast: whether bf16 autocast pays off on this CPU (or GPU).
 
-bf16 autocast on a CPU is only fast where the CPU has bf16 (or at least AVX-512) matrix kernels: on an
-AVX-512/AMX machine a bf16 matrix product ran about 4x faster than fp32, on an AVX2-only machine about
-70x SLOWER (1.2 vs 84 GFLOP/s, benchmarks/common.py matmul_gflops on an idle 2-core AVX2 EPYC). So "autocast
-works" is not a reason to use it; :func:`bf16_is_fast` checks the kernels and times one small product of each kind.
+bf16 autocast on a CPU is only fast where the CPU has native bf16 matrix instructions: on an AVX512-BF16/AMX
+machine a bf16 matrix product ran about 4x faster than fp32, on an AVX2-only machine about 70x SLOWER (1.2 vs 84
+GFLOP/s, benchmarks/common.py matmul_gflops on an idle 2-core AVX2 EPYC). So "autocast works" is not a reason to use
+it; :func:`bf16_is_fast` reads the CPU's flags (and oneDNN's bf16 support). It times nothing: a timing under load
+once flipped between runs, so an index was built in fp32 and served in bf16. The precision an index was built with
+is recorded in its ``index_config.json`` (``bf16``); ``mel link`` / ``mel serve`` / ``mel calibrate`` follow it unless
+``--fp32`` / ``--bf16`` is given.
 
 Where the inference commands run: :func:`resolve_device` turns a ``--device`` value (``auto``, ``cpu``, ``cuda``,
 ``cuda:N``, ``mps``) into a ``torch.device``, or a one-line ``ValueError`` naming what this machine has.
@@ -15,62 +18,75 @@ import contextlib
 import functools
 import logging
 import re
-import time
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 
-def _best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+#: CPU flags of native bf16 matrix instructions (x86: AVX512-BF16, AMX-BF16; aarch64: the BF16 extension).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags, lower case: torch's cpuinfo capabilities (``torch._C._cpu._get_cpu_capability()``,
+    the true entries), plus the ``flags`` / ``Features`` lines of ``/proc/cpuinfo`` on Linux. Empty when neither is
+    readable."""
+    flags: set[str] = set()
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+        flags.update(str(k).lower() for k, v in caps.items() if v is True)
+    except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - private API moved
+        for name in ("avx512_bf16", "amx_tile"):
+            probe = getattr(torch.cpu, f"_is_{name}_supported", None)
+            if callable(probe) and probe():
+                flags.add("amx_bf16" if name == "amx_tile" else name)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    flags.update(value.lower().split())
+    except OSError:
+        pass
+    return flags
+
+
+def _mkldnn_bf16() -> bool:
+    """Whether torch's oneDNN (mkldnn) backend has bf16 kernels on this CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - private API moved: the flags alone decide
+        return True
 
 
 @functools.lru_cache(maxsize=None)
 def bf16_is_fast(device: str | None = None) -> bool:
-    """``True`` when bf16 autocast is supported on ``device`` and, on a CPU, a bf16 matrix product is faster than fp32.
+    """``True`` when this machine has native bf16 matrix kernels on ``device``: a property of the hardware, no timing.
 
     ``device=None``: the device training and inference use here (``cuda`` when available, else ``cpu``).
 
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: oneDNN must report bf16 kernels, then one 256x256 product per
-    precision is timed, interleaved, best of 15 (about 0.1 s; the result is cached for the process).
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: oneDNN must report bf16 kernels and the CPU must have a native bf16
+    instruction (:data:`BF16_CPU_FLAGS` among :func:`_cpu_flags`: AVX512-BF16 or AMX-BF16 on x86, BF16 on aarch64);
+    AVX2-only CPUs (and AVX-512 ones without BF16, which emulate it) run fp32. The answer is the same on every run of
+    the same machine, however busy it is, so ``mel index`` and ``mel link`` / ``mel serve`` choose the same precision
+    (cached for the process). Other devices (MPS): ``False``.
     """
     device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device != "cpu":
         return False
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            logger.info("bf16 autocast off: this CPU (%s) has no bf16 kernels", torch.backends.cpu.get_cpu_capability())
-            return False
-    except (AttributeError, RuntimeError):  # pragma: no cover - private API moved; fall back to timing alone
-        pass
-    a = torch.randn(512, 512)
-    b = torch.randn(512, 512)
-
-    def bf16_product():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return a @ b
-
-    try:
-        bf16_product()  # warm-up
-    except RuntimeError:  # pragma: no cover - autocast unsupported
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not _mkldnn_bf16():
+        logger.info("bf16 autocast off: oneDNN has no bf16 kernels on this CPU (%s)", capability)
         return False
-    # Interleaved, best of many: another process on the cores (a training run, a test suite) inflates single timings
-    # of either kind at random; the minimum over interleaved repeats is what each kernel can do.
-    fp32 = bf16 = float("inf")
-    for _ in range(15):
-        fp32 = min(fp32, _best_time(lambda: a @ b, 1))
-        bf16 = min(bf16, _best_time(bf16_product, 1))
-    fast = bf16 < fp32
-    logger.info("bf16 autocast %s: 512x512 product %.2f ms bf16 vs %.2f ms fp32", "on" if fast else "off", 1e3 * bf16, 1e3 * fp32)
-    return fast
+    native = sorted(set(BF16_CPU_FLAGS) & _cpu_flags())
+    logger.info("bf16 autocast %s: this CPU (%s) %s", "on" if native else "off", capability,
+                f"has {', '.join(native)}" if native else "has no native bf16 instructions (avx512_bf16, amx_bf16)")
+    return bool(native)
 
 
 __all__ = ["autocast", "available_devices", "bf16_is_fast", "resolve_device"]

@@ -12,10 +12,16 @@ model's identity), in memory and optionally on disk, so each image is encoded on
 runs. The model's identity includes a SHA-256 fingerprint of its weights, so new weights saved at the same path
 never reuse features cached for the old ones.
 
-A missing, truncated or corrupt image, a directory given as an image, or an image PIL refuses as a possible
-decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels; that limit is left as it is) gives a zero
-vector, is counted in :attr:`ImageFeatureExtractor.stats` and is reported with an :class:`ImageReadWarning` naming
-the file, or raises :class:`ImageReadError` (a ``ValueError``) naming the file in ``strict`` mode.
+Pixel limit: an image of more than ``max_image_pixels`` pixels (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 50M, well
+under PIL's own decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` of about 89M, which is left as it is) is
+refused from its header, before any pixel is decoded: a 13000x13000 1-bit PNG is 20 KB on disk, under PIL's error
+limit, and takes 2.1 GB of memory to decode. ``mel index`` / ``link`` / ``serve`` / ``calibrate`` take
+``--max_image_pixels``.
+
+A missing, truncated or corrupt image, a directory given as an image, an image over the pixel limit, or an image
+PIL refuses as a possible decompression bomb gives a zero vector, is counted in :attr:`ImageFeatureExtractor.stats`
+and is reported with an :class:`ImageReadWarning` naming the file, or raises :class:`ImageReadError` (a
+``ValueError``) naming the file in ``strict`` mode.
 """
 
 from __future__ import annotations
@@ -36,10 +42,16 @@ logger = logging.getLogger(__name__)
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", None]  # noqa: F821
 
 DEFAULT_IMAGE_MODEL = "microsoft/resnet-50"
+#: Most pixels (width x height) of an image that is decoded (``max_image_pixels``; ``None``: PIL's limit only).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageReadError(ValueError):
     """An image file is missing, empty or not decodable."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the extractor's ``max_image_pixels`` (refused from its header, not decoded)."""
 
 
 class ImageReadWarning(UserWarning):
@@ -103,8 +115,23 @@ def spatial_features(boxes: Sequence[Sequence[float]], width: float, height: flo
     return np.asarray(box_spatial(boxes, width, height), dtype=np.float32).reshape(-1, 5)
 
 
-def open_image(image: ImageInput):
-    """Open ``image`` (path or PIL image) as an RGB PIL image; ``ImageReadError`` if it cannot be read."""
+def check_image_pixels(image: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, name: Any = None) -> None:
+    """``ImageReadError`` naming the image and its size when ``image`` (a PIL image, opened lazily: only its header is
+    read) has more than ``max_pixels`` pixels; ``None`` / 0: no limit."""
+    if not max_pixels:
+        return
+    width, height = image.size
+    if width * height > int(max_pixels):
+        raise ImageTooLargeError(
+            f"image {_describe(name if name is not None else image)} is {width}x{height} = {width * height:,} pixels, "
+            f"over the limit of {int(max_pixels):,} (max_image_pixels; decoding it would take about "
+            f"{width * height * 3 / 2**30:.1f} GiB as RGB): downscale it, or raise --max_image_pixels"
+        )
+
+
+def open_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+    """Open ``image`` (path or PIL image) as an RGB PIL image; ``ImageReadError`` if it cannot be read, or when it has
+    more than ``max_pixels`` pixels (checked from the header, before decoding: :func:`check_image_pixels`)."""
     from PIL import Image
 
     if image is None:
@@ -112,6 +139,7 @@ def open_image(image: ImageInput):
     if isinstance(image, UnreadableImage):
         raise _decode_error(image, image.error) from image.error
     if isinstance(image, Image.Image):
+        check_image_pixels(image, max_pixels)
         try:
             return image.convert("RGB")
         except Exception as err:  # noqa: BLE001 - a lazily opened image decodes here; PIL raises many types
@@ -121,9 +149,12 @@ def open_image(image: ImageInput):
     if bad is not None:
         raise bad
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            check_image_pixels(im, max_pixels, path)
             im.load()
             return im.convert("RGB")
+    except ImageReadError:
+        raise
     except Exception as err:  # noqa: BLE001 - UnidentifiedImageError, OSError, DecompressionBombError / -Warning as error, ...
         raise _decode_error(path, err) from err
 
@@ -210,8 +241,13 @@ class ImageFeatureExtractor:
         config=None,
         image_size: int = 224,
         seed: int = 0,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         from transformers import ResNetConfig, ResNetModel
+
+        if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or int(max_image_pixels) < 1):
+            raise ValueError(f"max_image_pixels must be >= 1 (or None: PIL's limit only), got {max_image_pixels!r}")
+        self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
 
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -344,6 +380,12 @@ class ImageFeatureExtractor:
                 if bad is not None:
                     feats[i] = self._bad_image(image, bad, "corrupt" if os.path.isdir(os.fspath(image)) else "missing")
                     continue
+            else:
+                try:  # before the content key decodes a lazily opened image
+                    check_image_pixels(image, self.max_image_pixels)
+                except ImageReadError as err:
+                    feats[i] = self._bad_image(image, err, "too_large")
+                    continue
             try:
                 key = _content_key(image, self.model_key)
             except Exception as err:  # noqa: BLE001 - a lazily opened PIL image decodes here
@@ -366,9 +408,10 @@ class ImageFeatureExtractor:
             decoded: list[tuple[str, object]] = []
             for key, image in pending:
                 try:
-                    decoded.append((key, open_image(image)))
+                    decoded.append((key, open_image(image, self.max_image_pixels)))
                 except ImageReadError as err:
-                    zero = self._bad_image(image, err, "corrupt")
+                    reason = "too_large" if isinstance(err, ImageTooLargeError) else "corrupt"
+                    zero = self._bad_image(image, err, reason)
                     for i in todo[key]:
                         feats[i] = zero
             iterator: Iterable = range(0, len(decoded), self.batch_size)
@@ -388,7 +431,7 @@ class ImageFeatureExtractor:
 
     def encode_regions(self, image: ImageInput, boxes: Sequence[Sequence[float]]) -> np.ndarray:
         """Features of the crops ``boxes`` (``[x1, y1, x2, y2]`` in pixels) of one image: ``(len(boxes), D)``."""
-        pil = open_image(image)
+        pil = open_image(image, self.max_image_pixels)
         spatial_features(boxes, *pil.size)  # validates every box
         crops = [pil.crop(tuple(int(round(v)) for v in box)) for box in boxes]
         return self.encode(crops)
@@ -420,6 +463,9 @@ def tiny_resnet_config(feature_dim: int = 2048):
 __all__ = [
     "ImageFeatureExtractor",
     "ImageReadError",
+    "ImageTooLargeError",
+    "check_image_pixels",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "ImageReadWarning",
     "UnreadableImage",
     "weights_fingerprint",

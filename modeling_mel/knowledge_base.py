@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -32,6 +33,11 @@ VECTORS_NAME = "vectors.safetensors"
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON-lines file; ``ValueError`` naming the file and line for a bad line."""
+    return [row for _, row in _read_jsonl_numbered(path)]
+
+
+def _read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of each row of a JSON-lines file (blank lines skipped); errors as :func:`read_jsonl`."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -44,7 +50,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{os.fspath(path)} line {n} is not valid JSON: {err}") from err
             if not isinstance(row, dict):
                 raise ValueError(f"{os.fspath(path)} line {n} is a {type(row).__name__}, expected a JSON object")
-            rows.append(row)
+            rows.append((n, row))
     return rows
 
 
@@ -55,31 +61,65 @@ def _resolve_path(value: Any, base_dir: str | None) -> Any:
 
 
 def _as_int(value: Any) -> int:
-    """An integer value: ``int``, or a float with no fractional part; ``ValueError`` for 0.9, ``True``, "3"..."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+    """An integer value: ``int`` (numpy integers too), or a float with no fractional part; ``ValueError`` for 0.9,
+    ``True``, "3"..."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)) or (
+        isinstance(value, float) and not value.is_integer()
+    ):
         raise ValueError(f"{value!r} is not an integer")
     return int(value)
 
 
-def normalize_entity(row: Mapping[str, Any], position: int, base_dir: str | None = None) -> dict:
+#: Entity fields read as text (tokenised, matched by the name rule / BM25): a string, a number or absent.
+TEXT_FIELDS = ("name", "description", "screen_name", "location")
+
+
+def _check_text_field(entity: dict, field: str, label: str, value: Any) -> Any:
+    """``value`` of a text field as stored: a string or ``None`` as is, a number as its string; ``ValueError`` naming
+    the row (``label``), the entity and the field for a list, a dict or any other JSON type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    kind = type(value).__name__
+    kind = "list" if isinstance(value, (list, tuple)) else "object" if isinstance(value, Mapping) else kind
+    raise ValueError(
+        f"{label} (entity_id {entity.get('entity_id')!r}): {field} must be a string, got a {kind} {shown}; "
+        "write it as one string"
+    )
+
+
+def normalize_entity(
+    row: Mapping[str, Any], position: int, base_dir: str | None = None, where: str | None = None
+) -> dict:
     """One KB row as ``{"entity_id", "name", "description", "screen_name", "location", "images", "timeline", ...}``.
 
     ``entity_id`` and a name are required (``ValueError`` naming the row otherwise): ``name``, or a Twitter entity's
     ``screen_name`` when the name is empty; relative image paths are resolved against ``base_dir`` (the folder of
-    ``kb.jsonl``).
+    ``kb.jsonl``). The text fields (:data:`TEXT_FIELDS`, a timeline entry's ``text``) must be strings (numbers become
+    strings): a list or an object is a ``ValueError`` naming the row, the entity and the field. ``where``: where the
+    row comes from, added to the messages (``"kb.jsonl line 7"``).
     """
+    label = f"KB row {position}" + (f" ({where})" if where else "")
     if not isinstance(row, Mapping):
-        raise ValueError(f"KB row {position} is a {type(row).__name__}, expected a mapping with entity_id and name")
+        raise ValueError(f"{label} is a {type(row).__name__}, expected a mapping with entity_id and name")
     entity = dict(row)
     if entity.get("entity_id") in (None, ""):
-        raise ValueError(f"KB row {position} has no entity_id: {str(dict(row))[:120]}")
+        raise ValueError(f"{label} has no entity_id: {str(dict(row))[:120]}")
+    if isinstance(entity["entity_id"], (list, tuple, Mapping)):
+        raise ValueError(f"{label}: entity_id must be a string, got {str(entity['entity_id'])[:60]}")
     entity["entity_id"] = str(entity["entity_id"])
+    for field in TEXT_FIELDS:
+        if field in entity:
+            entity[field] = _check_text_field(entity, field, label, entity[field])
     name = entity.get("name")
     if name is None or not str(name).strip():
         name = entity.get("screen_name")
         if name is None or not str(name).strip():
             raise ValueError(
-                f"KB row {position} (entity_id {entity['entity_id']!r}) has no name (nor screen_name); give every entity "
+                f"{label} (entity_id {entity['entity_id']!r}) has no name (nor screen_name); give every entity "
                 "a name: it is what the name rule, BM25 and the entity encoders read"
             )
     entity["name"] = str(name)
@@ -88,10 +128,17 @@ def normalize_entity(row: Mapping[str, Any], position: int, base_dir: str | None
         images = [images]
     entity["images"] = [_resolve_path(im, base_dir) for im in images if im is not None]
     timeline = entity.get("timeline") or []
-    entity["timeline"] = [
-        dict(t, image=_resolve_path(t.get("image"), base_dir)) if isinstance(t, Mapping) else {"text": str(t)}
-        for t in timeline
-    ]
+    if isinstance(timeline, (str, Mapping)):
+        timeline = [timeline]
+    entity["timeline"] = []
+    for k, t in enumerate(timeline):
+        if isinstance(t, Mapping):
+            t = dict(t, image=_resolve_path(t.get("image"), base_dir))
+            if t.get("text") is not None:
+                t["text"] = _check_text_field(entity, f"timeline[{k}].text", label, t["text"])
+        else:
+            t = {"text": str(_check_text_field(entity, f"timeline[{k}]", label, t))}
+        entity["timeline"].append(t)
     return entity
 
 
@@ -101,7 +148,9 @@ def kb_records(kb: Any) -> list[dict]:
         path = os.fspath(kb)
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, ENTITIES_NAME)):
-                return [normalize_entity(r, i, path) for i, r in enumerate(read_jsonl(os.path.join(path, ENTITIES_NAME)))]
+                entities = os.path.join(path, ENTITIES_NAME)
+                return [normalize_entity(r, i, path, f"{entities} line {n}")
+                        for i, (n, r) in enumerate(_read_jsonl_numbered(entities))]
             if os.path.isfile(os.path.join(path, "kb.jsonl")):
                 path = os.path.join(path, "kb.jsonl")
             else:
@@ -109,7 +158,7 @@ def kb_records(kb: Any) -> list[dict]:
         if not os.path.isfile(path):
             raise ValueError(f"KB file {path!r} does not exist; pass a kb.jsonl path, a datasets.Dataset or an index dir")
         base = os.path.dirname(os.path.abspath(path))
-        return [normalize_entity(r, i, base) for i, r in enumerate(read_jsonl(path))]
+        return [normalize_entity(r, i, base, f"{path} line {n}") for i, (n, r) in enumerate(_read_jsonl_numbered(path))]
     if isinstance(kb, Mapping):
         raise ValueError("kb is a single mapping; pass a list of entity rows, a datasets.Dataset or a kb.jsonl path")
     if not isinstance(kb, Iterable):

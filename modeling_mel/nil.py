@@ -14,11 +14,24 @@ predicted NIL), ``nil_precision`` / ``nil_recall`` / ``nil_f1`` (NIL predictions
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from typing import Any, Iterable, Mapping, Sequence
 
 CALIBRATION_NAME = "nil_calibration.json"
+
+
+def check_nil_threshold(value: Any, where: str = "nil_threshold") -> float | None:
+    """A NIL threshold as a float, or ``None`` (off); ``ValueError`` naming ``where`` for NaN (every comparison with
+    NaN is false: a NaN threshold would silently mean "never NIL"), a bool or a non-number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number or None (off), got {value!r}")
+    if math.isnan(float(value)):
+        raise ValueError(f"{where} is NaN, which would mean 'never NIL'; give a number, or 'off' / None to turn it off")
+    return float(value)
 
 
 def removed_entities(
@@ -81,6 +94,12 @@ def choose_threshold(
 
     One sweep over the mentions sorted by score: raising the threshold past a score turns the mentions at that score
     into NIL predictions, so the counts behind the metrics change incrementally (``O(n log n)``)."""
+    if isinstance(max_in_kb_drop, bool) or not isinstance(max_in_kb_drop, (int, float)) or not max_in_kb_drop >= 0:
+        raise ValueError(f"max_in_kb_drop must be a number >= 0, got {max_in_kb_drop!r}")
+    bad = next((i for i, score in enumerate(best_scores) if score is not None and math.isnan(float(score))), None)
+    if bad is not None:
+        raise ValueError(f"mention {bad} has a NaN score: the model gives no usable scores, so no NIL threshold can be "
+                         "chosen; check the model and its inputs")
     base = nil_metrics(best_ids, best_scores, golds, is_nil, None)
     n = len(golds)
     n_in_kb = sum(1 for x in is_nil if not x)
@@ -165,7 +184,8 @@ def nil_settings(
             value = float(threshold)
         except (TypeError, ValueError):
             raise ValueError(f"nil_threshold must be 'calibrated', 'off' or a number, got {threshold!r}") from None
-    return (None if value is None else float(value), float(fraction if fraction is not None else protocol.get("nil_fraction", 0.2)),
+    value = check_nil_threshold(value, "nil_threshold")
+    return (value, float(fraction if fraction is not None else protocol.get("nil_fraction", 0.2)),
             int(seed if seed is not None else protocol.get("seed", 0)))
 
 
@@ -184,12 +204,17 @@ def load_calibration(*directories: str | None) -> dict | None:
                 raise ValueError(f"{path} is not a readable NIL calibration ({err}); run `mel calibrate` again") from err
             if not isinstance(payload, dict):
                 raise ValueError(f"{path} is not a NIL calibration (a JSON object); run `mel calibrate` again")
+            try:
+                check_nil_threshold(payload.get("threshold"), f"the threshold in {path}")
+            except ValueError as err:
+                raise ValueError(f"{err}; run `mel calibrate` again") from None
             return payload
     return None
 
 
 def save_calibration(directory: str, payload: Mapping[str, Any]) -> str:
     """Write ``nil_calibration.json`` (threshold, protocol, metrics) into ``directory``; returns its path."""
+    check_nil_threshold(payload.get("threshold"), "the NIL threshold to save")
     path = os.path.join(directory, CALIBRATION_NAME)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -200,6 +225,6 @@ def save_calibration(directory: str, payload: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    "CALIBRATION_NAME", "removed_entities", "simulate_nil", "nil_metrics", "choose_threshold", "nil_evaluation",
-    "load_calibration", "save_calibration", "nil_settings", "NIL_THRESHOLD_HELP",
+    "CALIBRATION_NAME", "check_nil_threshold", "removed_entities", "simulate_nil", "nil_metrics", "choose_threshold",
+    "nil_evaluation", "load_calibration", "save_calibration", "nil_settings", "NIL_THRESHOLD_HELP",
 ]

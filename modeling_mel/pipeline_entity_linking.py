@@ -42,6 +42,8 @@ TASK = "multimodal-entity-linking"
 NIL_CALIBRATION_NAME = "nil_calibration.json"  # written by `mel calibrate` into the model folder
 _NOT_GIVEN = object()
 CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
+#: Most pixels of an input image that is decoded (``max_image_pixels``), as ``image_features.DEFAULT_MAX_IMAGE_PIXELS``.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
 from .candidates import NameRuleCandidates, dense_candidates
@@ -62,6 +64,96 @@ from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB lay
     normalize_entity,
     read_jsonl,
 )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weights that belong to another model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def weight_mismatch_message(
+    folder: str, model: Any, missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[Any] = (),
+    option: str = "allow_weight_mismatch=True",
+) -> str | None:
+    """The one-line error for a checkpoint whose weights do not fit its model class (missing weights would be left
+    random, unexpected ones ignored), or ``None`` when the load report is clean."""
+    missing, unexpected = sorted(map(str, missing)), sorted(map(str, unexpected))
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in mismatched]
+    if not (missing or unexpected or mismatched):
+        return None
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights of the model are missing from the checkpoint and would be random "
+                     f"({some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} checkpoint weights are not the model's ({some(unexpected)})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} weights have another shape ({some(mismatched)})")
+    return (
+        f"model {folder!r}: its weights do not belong to its {type(model).__name__} config: {'; '.join(parts)}; "
+        "config.json and the weights come from different models? Save the model again with save_pretrained, or "
+        f"pass {option} to load it anyway"
+    )
+
+
+def _checkpoint_keys(folder: str) -> set[str] | None:
+    """The weight names saved in a model folder (safetensors, sharded or not, or pytorch_model.bin), read without
+    loading the weights; ``None`` when the folder holds no checkpoint this function reads."""
+    single, index = os.path.join(folder, "model.safetensors"), os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as f:
+            return set(f.keys())
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return set(json.load(f).get("weight_map", {}))
+    binary = os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(binary):
+        return set(torch.load(binary, map_location="cpu", weights_only=True, mmap=True))
+    return None
+
+
+def check_model_weights(model: Any, option: str = "allow_weight_mismatch=True") -> None:
+    """``ValueError`` (:func:`weight_mismatch_message`) when the model was loaded from a local folder whose weight
+    names are not the model's own: every weight the model saves (``state_dict``: no non-persistent buffers) must be in
+    the checkpoint, or one of its tied aliases, and every checkpoint weight must be the model's. Models that are not
+    from a local folder are not checked, nor models built from a folder of another model type (a PFMEL or ZEMEL
+    model initialised from a text backbone keeps the backbone's folder as its ``name_or_path``)."""
+    folder = str(getattr(model, "name_or_path", "") or "")
+    if not folder or not os.path.isdir(folder) or not hasattr(model, "state_dict"):
+        return
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            saved_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if saved_type != getattr(getattr(model, "config", None), "model_type", None):
+        return
+    saved = _checkpoint_keys(folder)
+    if saved is None:
+        return
+    import re
+
+    own = set(model.state_dict())
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+    tied = {name: names for names in aliases.values() for name in names}
+
+    def ignored(key: str, attribute: str) -> bool:
+        return any(re.search(p, key) for p in getattr(model, attribute, None) or ())
+
+    missing = [k for k in own if k not in saved and not any(a in saved for a in tied.get(k, ()))
+               and not ignored(k, "_keys_to_ignore_on_load_missing") and not ignored(k, "_keys_to_ignore_on_save")]
+    unexpected = [k for k in saved if k not in own and not ignored(k, "_keys_to_ignore_on_load_unexpected")]
+    message = weight_mismatch_message(folder, model, missing, unexpected, option=option)
+    if message is not None:
+        raise ValueError(message)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -290,6 +382,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         strict_images: raise ``ValueError`` for an unreadable input image instead of warning and ignoring it (the
             default extractor is then strict too, so an unreadable KB image fails the inputs that rank its entity;
             without strict mode unreadable KB images are skipped with a warning).
+        max_image_pixels: images with more pixels (read from the header, before decoding) are not decoded and count
+            as unreadable, naming their size (default 50M, well under PIL's own limit: a 13000x13000 1-bit PNG is
+            20 KB on disk and 2.1 GB decoded); ``None``: PIL's limit only. The default extractor gets it too.
         index_batch_size: batch size used to encode the KB when no index is given (ZEMEL).
         exact_threshold: ZEMEL: KBs up to this size are poly-scored exhaustively for dense candidates; larger ones
             with an entity index search it with each poly code, then rerank the union (default 50000).
@@ -298,6 +393,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             slightly between batch compositions). ``False`` (default):
             fp32, batched results equal one-by-one results; ``None``: bf16 where ``modeling_mel.hardware.bf16_is_fast``
             says this device runs it fast (what ``mel link`` uses unless ``--fp32``).
+        allow_weight_mismatch: a model loaded from a folder whose weights are not its class's (weights missing from
+            the checkpoint, left random, or checkpoint weights it does not have: e.g. a ZEMEL ``config.json`` beside a
+            PFMEL ``model.safetensors``) raises ``ValueError``; ``True`` accepts it (research).
     Call-time parameters (also accepted at construction as defaults):
         top_k (`int`, default 5): results per input.
         candidates (`str`, default ``"auto"``): ZEMEL candidate source, ``"bm25"`` (BM25 + rules), ``"dense"``
@@ -332,11 +430,15 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         image_extractor: Any = None,
         use_images: bool = True,
         strict_images: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         index_batch_size: int = 64,
         exact_threshold: int = 50000,
         bf16: bool | None = False,
+        allow_weight_mismatch: bool = False,
         **kwargs: Any,
     ):
+        if not allow_weight_mismatch:  # a folder whose weights belong to another model: refuse before any work
+            check_model_weights(model)
         processor = kwargs.get("processor")
         if processor is None:
             kwargs["processor"] = self._default_processor(model, kwargs.get("trust_remote_code"))
@@ -356,6 +458,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.exact_threshold = int(exact_threshold)
         self.bf16 = self._bf16_default(self.device) if bf16 is None else bool(bf16)
         self.strict_images = bool(strict_images)
+        if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or int(max_image_pixels) < 1):
+            raise ValueError(f"max_image_pixels must be >= 1 (or None: PIL's limit only), got {max_image_pixels!r}")
+        self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.image_extractor = image_extractor
         self._entity_feature_cache: dict[int, torch.Tensor | None] = {}
         if kb is None:
@@ -366,6 +471,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self.kb = self._build_kb(kb, int(index_batch_size))
         if retriever is not None and self.family != "cross":
             raise ValueError("retriever= is for BertForMultimodalNSP models; ZEMEL models retrieve with candidates=")
+        retriever_name = os.fspath(retriever) if isinstance(retriever, (str, os.PathLike)) else type(retriever).__name__
         if isinstance(retriever, (str, os.PathLike)) and str(retriever) != "bm25":
             if not os.path.isfile(os.path.join(os.fspath(retriever), INDEX_CONFIG_NAME)):
                 raise ValueError(
@@ -379,9 +485,30 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             retriever = load_retriever(os.fspath(retriever), retriever_model, device=self.device)
         if retriever is not None and not isinstance(retriever, str) and not hasattr(retriever, "retrieve"):
             raise ValueError(f"retriever {type(retriever).__name__} has no retrieve(texts, mentions, k) method")
+        self._check_retriever_kb(retriever, retriever_name, kb)
         self.retriever = retriever
 
     # -- construction helpers ------------------------------------------------------------------------------------
+    def _check_retriever_kb(self, retriever: Any, name: str, kb: Any) -> None:
+        """``ValueError`` naming both when a retriever index holds entities that are not in the pipeline's KB (an
+        index built over another KB: its candidates would be dropped, the outputs empty or poorer)."""
+        ids = None if retriever is None or isinstance(retriever, str) else getattr(retriever, "entity_ids", None)
+        if ids is None:
+            return
+        ids = list(ids)
+        absent = [e for e in ids if e not in self.kb.position]
+        if not absent:
+            return
+        kb_name = repr(os.fspath(kb)) if isinstance(kb, (str, os.PathLike)) else f"the {type(kb).__name__}"
+        shown = ", ".join(map(repr, absent[:3])) + (", ..." if len(absent) > 3 else "")
+        which = f"none of its {len(ids)} entities is" if len(absent) == len(ids) else \
+            f"{len(absent)} of its {len(ids)} entities are not"
+        raise ValueError(
+            f"retriever {name!r} was built over another knowledge base: {which} in the KB {kb_name} of {len(self.kb)} "
+            f"entities (e.g. {shown}); build the retriever index from the same KB (mel index --kb ...) or pass the "
+            "KB it was built from"
+        )
+
     def _calibrated_nil_threshold(self, kb: Any = None) -> float | None:
         """The threshold ``mel calibrate`` saved (``nil_calibration.json``) in the entity index folder given as
         ``kb``, else in the model folder; ``None`` (off) when neither has one."""
@@ -396,6 +523,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                     value = json.load(f).get("threshold")
             except (OSError, ValueError, AttributeError) as err:
                 raise ValueError(f"{path} is not a readable NIL calibration ({err}); run `mel calibrate` again") from err
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+                # NaN would silently mean "never NIL"
+                raise ValueError(f"{path} holds the threshold {value!r}, not a number; run `mel calibrate` again")
             return None if value is None else float(value)
         return None
 
@@ -483,7 +613,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
 
             size = self._image_setting("image_size") or getattr(self.model.config, "image_size", None)
             self.image_extractor = ImageFeatureExtractor(
-                strict=self.strict_images, image_size=int(size or 224), device=self.device
+                strict=self.strict_images, image_size=int(size or 224), device=self.device,
+                max_image_pixels=self.max_image_pixels,
             )
         dim = int(getattr(self.image_extractor, "feature_dim", expected))
         if dim != expected:
@@ -566,7 +697,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
     ):
         if unknown:
             fixed = {"kb", "retriever", "image_extractor", "use_images", "strict_images", "index_batch_size", "exact_threshold",
-                     "bf16", "retriever_model"}
+                     "bf16", "retriever_model", "allow_weight_mismatch", "max_image_pixels"}
             names = sorted(unknown)
             if set(names) & fixed:
                 raise ValueError(f"{names} can only be set when the pipeline is built, not per call")
@@ -604,6 +735,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if nil_threshold is not _NOT_GIVEN:
             if nil_threshold is not None and (isinstance(nil_threshold, bool) or not isinstance(nil_threshold, (int, float))):
                 raise ValueError(f"nil_threshold must be a number or None (off), got {nil_threshold!r}")
+            if nil_threshold is not None and nil_threshold != nil_threshold:  # NaN: every comparison false, never NIL
+                raise ValueError("nil_threshold is NaN, which would mean 'never NIL'; give a number, or None (off)")
             post["nil_threshold"] = None if nil_threshold is None else float(nil_threshold)
         return pre, fwd, post
 
@@ -621,8 +754,13 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                     raise OSError(f"image path {path!r} is a directory, not an image file")
                 if not os.path.isfile(path):
                     raise OSError(f"image file {path!r} does not exist")
+                from PIL import Image
+
+                with Image.open(path) as header:  # the header only: refuse a huge image before decoding it
+                    self._check_pixels(header.size)
                 return load_image(path).convert("RGB")
             if hasattr(image, "convert"):
+                self._check_pixels(getattr(image, "size", (0, 0)))
                 return image.convert("RGB")
             raise OSError(f"unsupported image value of type {type(image).__name__}")
         except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
@@ -631,6 +769,16 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 raise ValueError(msg + "; fix the file or build the pipeline with strict_images=False") from err
             logger.warning("%s; linking without it", msg)
             return None
+
+    def _check_pixels(self, size: tuple[int, int]) -> None:
+        """``OSError`` naming the size when an image of ``size`` (from its header) is over ``max_image_pixels``."""
+        width, height = size
+        if self.max_image_pixels and width * height > self.max_image_pixels:
+            raise OSError(
+                f"{width}x{height} = {width * height:,} pixels, over the limit of {self.max_image_pixels:,} "
+                f"(max_image_pixels; decoding it would take about {width * height * 3 / 2**30:.1f} GiB): not decoded; "
+                "downscale it, or raise max_image_pixels / --max_image_pixels"
+            )
 
     def _mention_features(self, pil: Any, boxes: list | None) -> dict | None:
         """Mention image features: ``{"feature": (D,), "regions": (R, D), "spatial": (R, 5)}`` or ``None``."""
@@ -906,11 +1054,28 @@ def register_pipeline() -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
-    if current is not None and current.get("impl") is MultimodalEntityLinkingPipeline:
+    if isinstance(current, _TaskEntry) and current.get("impl") is MultimodalEntityLinkingPipeline:
         return
     PIPELINE_REGISTRY.register_pipeline(
         TASK, pipeline_class=MultimodalEntityLinkingPipeline, pt_model=AutoModel, type="multimodal"
     )
+    entry = _TaskEntry(PIPELINE_REGISTRY.supported_tasks[TASK])
+    PIPELINE_REGISTRY.supported_tasks[TASK] = entry
+    MultimodalEntityLinkingPipeline._registered_impl = {TASK: entry}
+
+
+class _TaskEntry(dict):
+    """The registry entry of the task: it has no default model, so ``pipeline(TASK)`` without ``model=`` gets a
+    one-line ``ValueError`` saying to pass one (transformers would raise ``KeyError: 'default'``)."""
+
+    def __missing__(self, key: str) -> Any:
+        if key == "default":
+            raise ValueError(
+                f'pipeline("{TASK}") needs a model: pass model= (a saved BertForMultimodalNSP or ZemelPolyEncoder '
+                f'folder or hub id, or a loaded model), e.g. pipeline("{TASK}", model="path/to/model", kb=...); '
+                "there is no default model for this task"
+            )
+        raise KeyError(key)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ This file ships with saved models: it imports only torch, transformers and the o
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import unicodedata
@@ -168,10 +169,66 @@ def align_mention(text: str, mention: str, start: int | None = None, end: int | 
       punctuation and diacritics, skipping particles and extra words on either side ("Hermann Beckerath" ->
       "Hermann von Beckerath"; "Karl Robert Eduard von Hartmann" -> "Karl Robert Eduard Hartmann");
     - None: nothing aligns (keep the mention without a span).
+
+    Text and mention are compared in one Unicode normal form (:data:`ALIGN_FORM`, NFKC): a precomposed "É" in the
+    text matches a decomposed "E" + U+0301 in the mention and the reverse; the offsets still index the original text
+    (a decomposed "É" spans its two code points).
     """
     mention = (mention or "").strip()
     if not mention or not text:
         return None
+    if start is not None and end is not None and 0 <= start < end <= len(text) and _span_fits(text, mention, start, end):
+        return start, end, "ok"
+    if not (unicodedata.is_normalized(ALIGN_FORM, text) and unicodedata.is_normalized(ALIGN_FORM, mention)):
+        return _align_normalized(text, mention, start, end)
+    return _align(text, mention, start, end)
+
+
+#: The Unicode normal form text and mention are compared in: "École" precomposed (U+00C9) and decomposed
+#: ("E" + U+0301) are the same word, as are compatibility forms (full-width letters, ligatures).
+ALIGN_FORM = "NFKC"
+
+
+def _normalized_with_offsets(text: str) -> tuple[str, list[int], list[int]]:
+    """``text`` in :data:`ALIGN_FORM`, with, for each of its characters, the ``[start, end)`` in ``text`` of the
+    character cluster (a character and the combining marks after it) it comes from."""
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = i + 1
+        while j < n and unicodedata.combining(text[j]):
+            j += 1
+        piece = unicodedata.normalize(ALIGN_FORM, text[i:j])
+        pieces.append(piece)
+        starts.extend([i] * len(piece))
+        ends.extend([j] * len(piece))
+        i = j
+    return "".join(pieces), starts, ends
+
+
+def _align_normalized(text: str, mention: str, start: int | None, end: int | None) -> tuple[int, int, str] | None:
+    """:func:`align_mention` where text or mention is not in :data:`ALIGN_FORM`: both are normalised (per character
+    cluster), aligned, and the span mapped back to offsets into the ORIGINAL text."""
+    norm, starts, ends = _normalized_with_offsets(text)
+    norm_mention = unicodedata.normalize(ALIGN_FORM, mention).strip()
+    if not norm or not norm_mention:
+        return None
+    n_start = bisect.bisect_left(starts, start) if start is not None else None
+    n_end = bisect.bisect_left(starts, end) if end is not None else None
+    found = _align(norm, norm_mention, n_start, n_end)
+    if found is None:
+        return None
+    span = (starts[found[0]], ends[found[1] - 1])
+    status = found[2]
+    if status == "ok" and span != (start, end):
+        status = "repaired"  # the given offsets cut a character cluster: the mention is the whole cluster span
+    return span[0], span[1], status
+
+
+def _align(text: str, mention: str, start: int | None, end: int | None) -> tuple[int, int, str] | None:
+    """:func:`align_mention` on a text and a mention in the same normal form."""
     if start is not None and end is not None and 0 <= start < end <= len(text) and _span_fits(text, mention, start, end):
         return start, end, "ok"
     hits = [(h.start(), h.end()) for h in re.finditer(re.escape(mention), text, flags=re.IGNORECASE)]

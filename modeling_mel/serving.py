@@ -11,7 +11,9 @@ Endpoints:
   answer is the pipeline's output for it: a list of predictions for one mention, a list of such lists for a list
   (NIL first when the calibrated threshold says "not in the KB").
 - ``GET /health``: ``{"status": "ok"}`` once the model and KB are loaded.
-- ``GET /info``: model, linking method, KB size, index type, NIL threshold, batching settings, limits, counters.
+- ``GET /info``: model name, linking method, KB size, index type, NIL threshold, batching settings, limits,
+  counters. The model is named by its folder (or hub id), never by a server path, unless the server runs with
+  ``info_paths=True`` (``mel serve --info_paths``: adds ``model_path``).
 
 Dynamic batching (:class:`DynamicBatcher`): one worker thread runs the model; requests that arrive while it runs, or
 while it waits for more (``max_wait_ms``, default 10, only under concurrent load: a lone client never waits), are
@@ -19,18 +21,28 @@ merged into one pipeline call of up to ``max_batch_size`` mentions (requests wit
 merged). When a merged call fails, each request of it is run alone, so
 a bad request gets its own error and never another request's results.
 
-Errors: a body over ``max_body_bytes`` gets 413; a body that is not JSON gets 400; a bad mention or parameter
+Errors: a body over ``max_body_bytes`` gets 413 as soon as its bytes pass the limit, whatever the transfer encoding
+(a declared ``Content-Length`` over it before any byte is read; a chunked body counted as it arrives), and the
+connection closes; a body that is not JSON, or JSON nested too deeply to decode, gets 400; a bad mention or parameter
 (the pipeline's ``ValueError`` message, list longer than ``max_list``, ``top_k`` above ``max_top_k``) gets 422
-with ``{"error": message}``. Shutdown (SIGINT / SIGTERM) stops accepting connections, finishes the requests in
-flight, then stops the worker.
+with ``{"error": message}``. An image the server cannot use (``strict_images``) gets 422 naming the input and the
+field only ("image not usable"): whether a path exists on the server, is a folder or is not an image goes to the
+server log, never to the client.
+
+Slow clients: the request line and headers must arrive within ``header_timeout`` seconds of the connection (or of
+the first byte of a later request on a kept-alive connection), else the connection closes (408 when part of a
+request came); while a body is read, each wait for more bytes is limited to ``read_timeout`` seconds, else 408 and
+the connection closes. Idle kept-alive connections close after uvicorn's keep-alive timeout (5 s).
+
+Shutdown (SIGINT / SIGTERM) stops accepting connections, finishes the requests in flight, then stops the worker.
 """
 
 import asyncio
 import collections
 import json
 import logging
+import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,6 +70,8 @@ class ServeLimits:
     max_list: int = 64
     max_top_k: int = 100
     max_num_candidates: int = 1000
+    read_timeout: float = 30.0  # seconds each wait for more body bytes may take (0: no limit)
+    header_timeout: float = 10.0  # seconds the request line and headers may take to arrive (0: no limit)
 
 
 @dataclass
@@ -227,6 +241,9 @@ def parse_link_request(body: bytes, limits: ServeLimits) -> tuple[list[Any], boo
     except (UnicodeDecodeError, ValueError) as err:
         raise RequestError(400, f"the request body is not UTF-8 JSON ({err}); send a mention object, a list of them, "
                                 "or {\"inputs\": ..., \"parameters\": {...}}") from None
+    except RecursionError as err:  # e.g. 50,000 nested brackets: a bad body (mel link reports such a line as an error)
+        raise RequestError(400, f"the request body is JSON nested too deeply to decode ({err}); send a mention object, "
+                                "a list of them, or {\"inputs\": ..., \"parameters\": {...}}") from None
     params: Any = {}
     if isinstance(payload, dict) and "inputs" in payload:
         unknown = sorted(set(payload) - {"inputs", "parameters"})
@@ -267,8 +284,16 @@ def check_request(pipe: Any, mentions: Sequence[Any], params: Mapping[str, Any])
         raise RequestError(422, " ".join(str(err).split())) from None
 
 
-def service_info(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits) -> dict:
-    """What ``GET /info`` answers."""
+def model_name(name_or_path: Any) -> str:
+    """How ``/info`` names a model: the folder name of a local model (never its server path), a hub id as it is."""
+    name = str(name_or_path or "")
+    if name and (os.path.isabs(name) or os.path.exists(name) or name.startswith(("~", "./", "../"))):
+        return os.path.basename(os.path.normpath(os.path.expanduser(name)))
+    return name
+
+
+def service_info(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits, paths: bool = False) -> dict:
+    """What ``GET /info`` answers; ``paths``: also the model's path on the server (``model_path``)."""
     kb = pipe.kb
     searcher = getattr(kb, "searcher", None)
     index_config = getattr(searcher, "config", None) or {}
@@ -279,8 +304,9 @@ def service_info(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits) -> dic
     else:
         index_type = "none"
     config = pipe.model.config
-    return {
-        "model": str(getattr(pipe.model, "name_or_path", "") or ""),
+    name_or_path = str(getattr(pipe.model, "name_or_path", "") or getattr(config, "_name_or_path", "") or "")
+    info = {
+        "model": model_name(name_or_path),
         "model_type": getattr(config, "model_type", None),
         "linking_method": pipe.family,
         "kb_size": len(kb),
@@ -294,15 +320,187 @@ def service_info(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits) -> dic
         "limits": vars(limits).copy(),
         "stats": dict(batcher.stats),
     }
+    if paths:
+        local = name_or_path and os.path.exists(os.path.expanduser(name_or_path))
+        info["model_path"] = os.path.abspath(os.path.expanduser(name_or_path)) if local else name_or_path
+    return info
 
 
-def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = None) -> Any:
-    """The FastAPI application of ``mel serve`` around a pipeline and its batcher (started and stopped with the app)."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Slow and oversized request bodies, unusable images
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _over_limit(received: int, limit: int, declared: bool = False) -> RequestError:
+    what = f"request body of {received} bytes" if declared else f"request body (over {received} bytes received)"
+    return RequestError(413, f"{what} is over the limit of {limit}; send fewer mentions per request")
+
+
+class BodyGuard:
+    """ASGI middleware bounding what reading a request body may cost, whatever its transfer encoding.
+
+    The ``receive`` it hands on counts the body bytes as they arrive and raises :class:`RequestError` 413 as soon
+    as the running total passes ``max_body_bytes`` (a declared ``Content-Length`` over it: at the first read, before
+    any byte), and 408 when the client sends nothing for ``read_timeout`` seconds (0: no limit) before the body
+    ends. The app turns either into a response with ``Connection: close``: the rest of the body is never read.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int, read_timeout: float = 0.0):
+        self.app = app
+        self.max_body_bytes = int(max_body_bytes)
+        self.read_timeout = float(read_timeout or 0.0)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, timeout = self.max_body_bytes, self.read_timeout
+        declared = next((value for name, value in scope.get("headers") or () if name == b"content-length"), None)
+        declared_size = int(declared) if declared is not None and declared.strip().isdigit() else None
+        state = {"received": 0, "done": False}
+
+        async def guarded_receive() -> dict:
+            if state["done"]:  # the body has ended: later reads only wait for a disconnect
+                return await receive()
+            if declared_size is not None and declared_size > limit:
+                raise _over_limit(declared_size, limit, declared=True)
+            try:
+                message = await (asyncio.wait_for(receive(), timeout) if timeout > 0 else receive())
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"the request body stalled: no bytes for {timeout:g} s (read timeout) after "
+                                        f"{state['received']} bytes; send the whole body without pauses") from None
+            if message.get("type") == "http.request":
+                state["received"] += len(message.get("body") or b"")
+                if state["received"] > limit:
+                    raise _over_limit(state["received"], limit)
+                state["done"] = not message.get("more_body", False)
+            else:  # http.disconnect
+                state["done"] = True
+            return message
+
+        await self.app(scope, guarded_receive, send)
+
+
+class _HeaderTimeout:
+    """Mixin for uvicorn's HTTP/1.1 protocol classes: closes a connection whose request line and headers are not
+    complete ``header_timeout`` seconds after it opened, or after the first byte of a later request on a kept-alive
+    connection (a 408 first when part of a request came). uvicorn itself only times out idle kept-alive connections,
+    so a client sending half a header (or nothing) would hold its connection forever."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._mel_cycle = getattr(self, "cycle", None)
+        self._mel_timer: Any = None
+        self._mel_partial = False  # bytes of a request whose headers are not complete came
+        self._mel_arm()
+
+    def _mel_arm(self) -> None:
+        if self._mel_timer is None and self.header_timeout > 0:
+            self._mel_timer = self.loop.call_later(self.header_timeout, self._mel_timed_out)  # type: ignore[attr-defined]
+
+    def _mel_disarm(self) -> None:
+        if self._mel_timer is not None:
+            self._mel_timer.cancel()
+            self._mel_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        cycle = getattr(self, "cycle", None)
+        if cycle is None or cycle.response_complete:  # between requests: these bytes begin the next one
+            self._mel_arm()
+            self._mel_partial = True
+        super().data_received(data)  # type: ignore[misc]
+        if getattr(self, "cycle", None) is not self._mel_cycle:  # the headers of a new request are complete
+            self._mel_cycle = self.cycle  # type: ignore[attr-defined]
+            self._mel_partial = False
+            self._mel_disarm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._mel_disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _mel_timed_out(self) -> None:
+        self._mel_timer = None
+        transport = getattr(self, "transport", None)
+        cycle = getattr(self, "cycle", None)
+        if transport is None or transport.is_closing() or (cycle is not None and not cycle.response_complete):
+            return
+        client = getattr(self, "client", None)
+        logger.info("mel serve: closing the connection of %s: request headers not complete within %g s (header "
+                    "timeout)", f"{client[0]}:{client[1]}" if client else "a client", self.header_timeout)
+        if self._mel_partial:
+            body = json.dumps({"error": f"the request headers did not arrive within {self.header_timeout:g} s "
+                                        "(header timeout)"}).encode()
+            transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
+                            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        transport.close()
+
+
+def http_protocol(header_timeout: float) -> Any:
+    """The uvicorn HTTP/1.1 protocol class of ``mel serve``: uvicorn's default (httptools, else h11) with the
+    :class:`_HeaderTimeout` of ``header_timeout`` seconds (0: uvicorn's class as it is)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    if not header_timeout or header_timeout <= 0:
+        return AutoHTTPProtocol
+    return type("MelHTTPProtocol", (_HeaderTimeout, AutoHTTPProtocol), {"header_timeout": float(header_timeout)})
+
+
+def _is_input_image_error(err: BaseException, message: str) -> bool:
+    """Whether a pipeline error is an unusable mention image (strict_images): its text names a server path."""
+    cause = err.__cause__
+    return (type(err).__name__ == "ImageReadError" or "unreadable image" in message
+            or ("image" in message and isinstance(cause, OSError)))
+
+
+def _unusable_images(pipe: Any, mentions: Sequence[Any]) -> list[tuple[int, str]]:
+    """``(position, detail)`` of each mention whose image the pipeline cannot open (the error path only)."""
+    bad: list[tuple[int, str]] = []
+    open_image = getattr(pipe, "_open_image", None)
+    if open_image is None:
+        return bad
+    for i, item in enumerate(mentions):
+        image = item.get("image") if isinstance(item, Mapping) else None
+        if image is None:
+            continue
+        try:
+            open_image(image, "image")
+        except (ValueError, OSError) as err:  # strict mode: ValueError naming the file and the cause
+            bad.append((i, " ".join(str(err).split())))
+    return bad
+
+
+async def _image_error(pipe: Any, mentions: Sequence[Any], single: bool, message: str) -> str:
+    """The client's text for an unusable mention image: the input and the field, no server path or file detail
+    (that goes to the server log)."""
+    bad = await asyncio.to_thread(_unusable_images, pipe, mentions)
+    if not bad:
+        logger.warning("mel serve: a request failed on an image: %s", message)
+        where = "input" if single else "one of the inputs"
+        return f"{where}: image not usable (field 'image'); send an image file the server can read, or no image"
+    parts = []
+    for i, detail in bad:
+        where = "input" if single else f"input {i}"
+        logger.warning("mel serve: %s: %s", where, detail)
+        parts.append(f"{where}: image not usable (field 'image')")
+    return "; ".join(parts) + "; send an image file the server can read, or no image"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The application
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = None, info_paths: bool = False) -> Any:
+    """The FastAPI application of ``mel serve`` around a pipeline and its batcher (started and stopped with the app);
+    ``info_paths``: ``/info`` shows the model's server path too."""
     try:
         from contextlib import asynccontextmanager
 
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse
+        from starlette.requests import ClientDisconnect
     except ImportError as err:  # pragma: no cover - the [serve] extra is missing
         raise ImportError('mel serve needs FastAPI and uvicorn: pip install "modeling-mel[serve]"') from err
     limits = limits or ServeLimits()
@@ -310,7 +508,7 @@ def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = 
     @asynccontextmanager
     async def lifespan(app: Any):
         batcher.start()
-        logger.info("mel serve: ready (%s)", json.dumps(service_info(pipe, batcher, limits)))
+        logger.info("mel serve: ready (%s)", json.dumps(service_info(pipe, batcher, limits, paths=True)))
         try:
             yield
         finally:
@@ -319,9 +517,17 @@ def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = 
             logger.info("mel serve: stopped after %s", json.dumps(batcher.stats))
 
     app = FastAPI(title="modeling-mel linking service", lifespan=lifespan)
+    app.add_middleware(BodyGuard, max_body_bytes=limits.max_body_bytes, read_timeout=limits.read_timeout)
 
     def error(status: int, message: str) -> Any:
-        return JSONResponse({"error": message}, status_code=status)
+        # 408 / 413: the rest of the body is never read, so the connection closes after the answer
+        headers = {"connection": "close"} if status in (408, 413) else None
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def request_error(request: Any, exc: Exception) -> Any:  # a RequestError outside /link's own handling
+        return error(getattr(exc, "status", 400), str(exc))
+
+    app.add_exception_handler(RequestError, request_error)
 
     @app.get("/health")
     async def health() -> dict:
@@ -329,25 +535,30 @@ def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = 
 
     @app.get("/info")
     async def info() -> dict:
-        return service_info(pipe, batcher, limits)
+        return service_info(pipe, batcher, limits, paths=info_paths)
 
     @app.post("/link")
     async def link(request: Request) -> Any:  # a runtime annotation (no __future__ import here): FastAPI reads it
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return error(413, f"request body of {declared} bytes is over the limit of {limits.max_body_bytes}; "
-                              "send fewer mentions per request")
         try:
-            mentions, single, params = parse_link_request(await request.body(), limits)
+            mentions, single, params = parse_link_request(await request.body(), limits)  # BodyGuard: 413 / 408
             check_request(pipe, mentions, params)
         except RequestError as err:
             return error(err.status, str(err))
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            return error(400, "the client disconnected before the body ended")
         if not mentions:
             return []
         try:
             outputs = await batcher.link_async(mentions, params)
         except (ValueError, TypeError, KeyError) as err:  # the pipeline's message for a bad mention (e.g. an image)
-            return error(422, " ".join(str(err).split()) or type(err).__name__)
+            message = " ".join(str(err).split()) or type(err).__name__
+            if message.startswith("image of entity"):  # strict_images and an unreadable KB image: the server's fault
+                logger.error("mel serve: linking failed on a KB image: %s", message)
+                return error(500, "internal error while linking (an image of the knowledge base is not usable); see "
+                                  "the server log")
+            if _is_input_image_error(err, message):
+                return error(422, await _image_error(pipe, mentions, single, message))
+            return error(422, message)
         except Exception as err:  # noqa: BLE001 - a server fault, reported without a traceback to the client
             logger.exception("mel serve: linking failed")
             return error(500, f"internal error while linking ({type(err).__name__}); see the server log")
@@ -364,19 +575,24 @@ def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = 
 def run_server(
     pipe: Any, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32, max_wait_ms: float = 10.0,
     batching: bool = True, limits: ServeLimits | None = None, graceful_timeout: float = 30.0, log_level: str = "info",
+    info_paths: bool = False,
 ) -> None:
-    """Serve ``pipe`` with uvicorn until SIGINT / SIGTERM (then finish the requests in flight and return)."""
+    """Serve ``pipe`` with uvicorn until SIGINT / SIGTERM (then finish the requests in flight and return).
+    ``limits`` carries the body limit and the header / body read timeouts; ``info_paths``: ``/info`` shows the
+    model's server path."""
     try:
         import uvicorn
     except ImportError as err:  # pragma: no cover - the [serve] extra is missing
         raise ImportError('mel serve needs FastAPI and uvicorn: pip install "modeling-mel[serve]"') from err
+    limits = limits or ServeLimits()
 
     def link(items: list[dict], params: dict) -> list:
         return pipe(items, batch_size=int(max_batch_size), **params)
 
     batcher = DynamicBatcher(link, max_batch_size, max_wait_ms, enabled=batching)
-    app = create_app(pipe, batcher, limits)
+    app = create_app(pipe, batcher, limits, info_paths=info_paths)
     config = uvicorn.Config(app, host=host, port=int(port), log_level=log_level,
+                            http=http_protocol(limits.header_timeout),  # closes connections stalled mid-header
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
 
     class Server(uvicorn.Server):
@@ -391,5 +607,5 @@ def run_server(
 
 __all__ = [
     "DynamicBatcher", "RequestError", "ServeLimits", "REQUEST_PARAMETERS", "parse_link_request", "check_request",
-    "service_info", "create_app", "run_server",
+    "model_name", "service_info", "BodyGuard", "http_protocol", "create_app", "run_server",
 ]

@@ -1,6 +1,5 @@
-"""bf16_is_fast: bf16 autocast only where this machine has fast bf16 kernels (else it is ~70x slower on CPU)."""
-
-import itertools
+"""bf16_is_fast: bf16 autocast only where this machine has native bf16 kernels (else it is ~70x slower on CPU), decided
+from the hardware, never by timing."""
 
 import pytest
 import torch
@@ -15,29 +14,38 @@ def _fresh_cache():
     hardware.bf16_is_fast.cache_clear()
 
 
+def _fake_cpu(monkeypatch, mkldnn_bf16: bool, flags: set[str]) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: mkldnn_bf16)
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: set(flags))
+
+
 def test_cpu_without_bf16_kernels_says_no(monkeypatch):
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    monkeypatch.setattr(hardware, "_best_time", lambda fn, repeats: pytest.fail("no timing when the kernels are missing"))
+    _fake_cpu(monkeypatch, False, {"avx512_bf16", "amx_bf16"})
     assert hardware.bf16_is_fast("cpu") is False
 
 
-@pytest.mark.parametrize("bf16_s, fp32_s, expected", [(0.001, 0.004, True), (0.2, 0.004, False), (0.004, 0.004, False)])
-def test_cpu_decision_follows_the_timed_products(monkeypatch, bf16_s, fp32_s, expected):
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    times = itertools.cycle([fp32_s, bf16_s])  # interleaved: fp32, bf16, fp32, ...
-    monkeypatch.setattr(hardware, "_best_time", lambda fn, repeats: next(times))
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, True),  # AVX512-BF16 (Cooper Lake, Zen 4)
+    ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, True),  # AMX (Sapphire Rapids)
+    ({"asimd", "bf16"}, True),  # aarch64 with the BF16 extension
+    ({"avx2", "avx512f", "avx512bw"}, False),  # AVX-512 without BF16: emulated
+    ({"avx2", "fma"}, False),  # AVX2 only: about 70x slower in bf16
+])
+def test_cpu_decision_follows_the_cpu_flags(monkeypatch, flags, expected):
+    _fake_cpu(monkeypatch, True, flags)
     assert hardware.bf16_is_fast("cpu") is expected
 
 
-def test_cpu_decision_survives_a_busy_machine(monkeypatch):
-    """Another process on the cores inflates most timings at random: the best interleaved timing of each kind
-    decides (a single timing per kind once switched bf16 off on an AVX-512 machine during a training run)."""
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    fp32 = [0.004] * 15
-    bf16 = [0.03] * 12 + [0.001, 0.03, 0.03]  # bf16 is 4x faster, but was preempted in 14 of 15 tries
-    times = iter([t for pair in zip(fp32, bf16) for t in pair])
-    monkeypatch.setattr(hardware, "_best_time", lambda fn, repeats: next(times))
-    assert hardware.bf16_is_fast("cpu") is True
+def test_cpu_decision_reads_proc_cpuinfo_flags(monkeypatch, tmp_path):
+    """The /proc/cpuinfo flags line counts as well as torch's cpuinfo capabilities."""
+    import builtins
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx2": True, "avx512_bf16": False})
+    assert "avx512_bf16" in hardware._cpu_flags()
 
 
 def test_cuda_needs_a_gpu_and_other_devices_say_no(monkeypatch):

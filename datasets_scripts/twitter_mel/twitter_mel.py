@@ -1,14 +1,5 @@
-"""The ``twitter_mel`` corpus builder, as a dataset-folder script.
-
-The builder lives in the package (:mod:`modeling_mel.builders.twitter_mel`, installed with it); this file re-exports it so
-that the dataset folder (this script beside its card, ``README.md``) can be copied to a dataset repository, or the
-class used from here::
-
-    from modeling_mel.corpus import load_mel_corpus
-    dd = load_mel_corpus("twitter_mel", "path/to/data")          # the usual way
-    from twitter_mel import TwitterMel                                 # this file on sys.path
-    builder = TwitterMel(config_name="mentions", data_dir="path/to/data"); builder.download_and_prepare()
-"""
+"""Dataset-folder script of ``twitter_mel``: re-exports :class:`modeling_mel.builders.twitter_mel.TwitterMel` (see README.md here;
+load it with ``modeling_mel.corpus.load_mel_corpus("twitter_mel", data_dir)``)."""
 
 from modeling_mel.builders.twitter_mel import *  # noqa: F401,F403
 from modeling_mel.builders.twitter_mel import TwitterMel

@@ -1,14 +1,5 @@
-"""The ``zemeld`` corpus builder, as a dataset-folder script.
-
-The builder lives in the package (:mod:`modeling_mel.builders.zemeld`, installed with it); this file re-exports it so
-that the dataset folder (this script beside its card, ``README.md``) can be copied to a dataset repository, or the
-class used from here::
-
-    from modeling_mel.corpus import load_mel_corpus
-    dd = load_mel_corpus("zemeld", "path/to/data")          # the usual way
-    from zemeld import Zemeld                                 # this file on sys.path
-    builder = Zemeld(config_name="mentions", data_dir="path/to/data"); builder.download_and_prepare()
-"""
+"""Dataset-folder script of ``zemeld``: re-exports :class:`modeling_mel.builders.zemeld.Zemeld` (see README.md here;
+load it with ``modeling_mel.corpus.load_mel_corpus("zemeld", data_dir)``)."""
 
 from modeling_mel.builders.zemeld import *  # noqa: F401,F403
 from modeling_mel.builders.zemeld import Zemeld
