@@ -1045,19 +1045,9 @@ def _calibration_rows(args: argparse.Namespace) -> list[dict]:
     """The labelled mentions of ``mel calibrate --data``: a JSONL file, or ``--split`` of a corpus folder built
     with ``--dataset`` (its mention image, when there is one, as the pipeline's ``image``)."""
     if not os.path.isdir(args.data):  # read_jsonl's rules, each row with its file line number ("_where")
-        rows = []
-        with open(args.data, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"--data {args.data!r} line {n} is not valid JSON: {err}") from err
-                if not isinstance(row, dict):
-                    raise ValueError(f"--data {args.data!r} line {n} is a {type(row).__name__}, expected a JSON object")
-                rows.append({**row, "_where": f"line {n}"})
-        return rows
+        from .knowledge_base import read_jsonl_numbered
+
+        return [{**row, "_where": f"line {n}"} for n, row in read_jsonl_numbered(args.data)]
     if not args.dataset:
         raise ValueError(f"--data {args.data!r} is a folder: give its builder with --dataset (e.g. mel_jsonl, wikimel)")
     from .corpus import load_mel_corpus

@@ -33,10 +33,10 @@ VECTORS_NAME = "vectors.safetensors"
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSON-lines file; ``ValueError`` naming the file and line for a bad line."""
-    return [row for _, row in _read_jsonl_numbered(path)]
+    return [row for _, row in read_jsonl_numbered(path)]
 
 
-def _read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict]]:
+def read_jsonl_numbered(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """``(line number, row)`` of each row of a JSON-lines file (blank lines skipped); errors as :func:`read_jsonl`."""
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -150,7 +150,7 @@ def kb_records(kb: Any) -> list[dict]:
             if os.path.isfile(os.path.join(path, ENTITIES_NAME)):
                 entities = os.path.join(path, ENTITIES_NAME)
                 return [normalize_entity(r, i, path, f"{entities} line {n}")
-                        for i, (n, r) in enumerate(_read_jsonl_numbered(entities))]
+                        for i, (n, r) in enumerate(read_jsonl_numbered(entities))]
             if os.path.isfile(os.path.join(path, "kb.jsonl")):
                 path = os.path.join(path, "kb.jsonl")
             else:
@@ -158,7 +158,7 @@ def kb_records(kb: Any) -> list[dict]:
         if not os.path.isfile(path):
             raise ValueError(f"KB file {path!r} does not exist; pass a kb.jsonl path, a datasets.Dataset or an index dir")
         base = os.path.dirname(os.path.abspath(path))
-        return [normalize_entity(r, i, base, f"{path} line {n}") for i, (n, r) in enumerate(_read_jsonl_numbered(path))]
+        return [normalize_entity(r, i, base, f"{path} line {n}") for i, (n, r) in enumerate(read_jsonl_numbered(path))]
     if isinstance(kb, Mapping):
         raise ValueError("kb is a single mapping; pass a list of entity rows, a datasets.Dataset or a kb.jsonl path")
     if not isinstance(kb, Iterable):
@@ -360,6 +360,7 @@ __all__ = [
     "ENTITIES_NAME",
     "VECTORS_NAME",
     "read_jsonl",
+    "read_jsonl_numbered",
     "normalize_entity",
     "kb_records",
     "entity_images",
