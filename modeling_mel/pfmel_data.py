@@ -336,8 +336,8 @@ def make_pretraining_pairs(
     seed: int = 0,
     negative_draw: str = "distinct",
 ) -> list[NSPPair]:
-    """PFMEL's pre-training pairs (see the module docstring): per task, ``mixed`` 2n, ``text`` n, ``multi`` n pairs,
-    twice as many with ``swap_roles``. The next sentences are drawn once (seeded) and shared by all tasks;
+    """PFMEL's pre-training pairs (see the module docstring): per task, ``mixed`` 2n (less the pairs whose image side
+    has no image: skipped, counted in the log), ``text`` n, ``multi`` n pairs, twice as many with ``swap_roles``. The next sentences are drawn once (seeded) and shared by all tasks;
     ``negative_draw`` chooses how the random next sentence is drawn (see :func:`draw_next_sentences`)."""
     tasks = check_tasks(tasks)
     draws = draw_next_sentences(sentences, seed=seed, negative_draw=negative_draw)
@@ -347,7 +347,13 @@ def make_pretraining_pairs(
             pairs += _task_pairs(task, sentences[i], sentences[j], label, i, j, False)
             if swap_roles:
                 pairs += _task_pairs(task, sentences[j], sentences[i], label, j, i, True)
-    return pairs
+    # A mixed-modal pair pairs text with an image: one whose image side is "no image" (row 0) carries nothing of its
+    # image sentence, and the same input can then be drawn with both labels. Such pairs are not built (counted).
+    kept = [p for p in pairs if not (p.task == "mixed" and p.text_b is None and not any(p.images_b))]
+    if len(kept) < len(pairs):
+        logger.info("pre-training: %d mixed-modal pairs skipped (reason: the image side has no image)",
+                    len(pairs) - len(kept))
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -98,6 +98,26 @@ def test_distinct_draw_never_gives_one_input_both_labels():
         make_pretraining_pairs(sents, negative_draw="nope")
 
 
+def test_mixed_pairs_whose_image_side_has_no_image_are_not_built(caplog):
+    # issue 30 point 5: 6 tweets x 2 mentions, tweet 0 without an image (row 0); entity 5 without timeline images.
+    # A mixed pair (entity context, [no image]) carries nothing of its tweet, and was built with both labels.
+    sents = []
+    for t in range(6):
+        for g in (t, (t + 1) % 6):
+            sents.append(Sentence(f"t{t}-{g}", f"tweet {t}", 0 if t == 0 else 1 + t, f"e{g}", f"context of e{g}",
+                                  0 if g == 5 else 100 + g))
+    for seed in range(60):
+        with caplog.at_level("INFO", logger="modeling_mel.pfmel_data"):
+            pairs = make_pretraining_pairs(sents, swap_roles=True, seed=seed)
+        assert _contradictions(pairs) == set()
+        mixed = [p for p in pairs if p.task == "mixed"]
+        assert all(p.text_b is None and all(p.images_b) for p in mixed)  # every image side has an image
+        skipped = 2 * 2 * len(sents) - len(mixed)  # mixed: 2 a sentence, x2 with the swapped roles
+        assert skipped > 0
+        assert f"{skipped} mixed-modal pairs skipped (reason: the image side has no image)" in caplog.text
+        caplog.clear()
+
+
 def test_distinct_draw_keeps_label_0_when_no_other_tweet_exists(caplog):
     sents = [Sentence("a", "one tweet", 1, "e1", "c1", 5), Sentence("b", "one tweet", 1, "e2", "c2", 6)]
     with caplog.at_level("WARNING"):
