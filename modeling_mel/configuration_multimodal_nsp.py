@@ -29,6 +29,11 @@ class MultimodalNSPConfig(BertConfig):
         retriever_k (`int`, *optional*):
             Dense (and closest-name) candidates per mention taken when the model reranks a retriever's output; set
             by ``finetune_linking.py --retriever``. ``None``: the pipeline's ``num_candidates``.
+        nsp_head_pretrained (`bool`, *optional*):
+            Whether the NSP head (``cls.seq_relationship``) started from the backbone's pre-trained weights (PFMEL's
+            premise: mining BERT's pre-trained next-sentence prediction) or was initialised at random because the
+            backbone has none (e.g. all-MiniLM-L6-v2). Set by training; ``None``: not recorded. The model card
+            states it.
         kwargs: passed to :class:`~transformers.BertConfig`.
     """
 
@@ -49,6 +54,7 @@ class MultimodalNSPConfig(BertConfig):
         image_placeholder_id: int | None = None,
         retriever_score_weight: float = 0.0,
         retriever_k: int | None = None,
+        nsp_head_pretrained: bool | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -59,6 +65,7 @@ class MultimodalNSPConfig(BertConfig):
         self.image_placeholder_id = image_placeholder_id
         self.retriever_score_weight = float(retriever_score_weight)
         self.retriever_k = int(retriever_k) if retriever_k is not None else None
+        self.nsp_head_pretrained = None if nsp_head_pretrained is None else bool(nsp_head_pretrained)
 
 
 __all__ = ["MultimodalNSPConfig", "DEFAULT_IMAGE_TOKEN"]

@@ -169,6 +169,7 @@ def run_demo(
             "mention": pred.mention, "text": one.mentions[0].prompt, "gold": pred.gold, "ranked": pred.ranked[:5],
         },
         "model_dir": model_dir,
+        "nsp_head_pretrained": model.config.nsp_head_pretrained,
         "bf16": bf16,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "wall_time_s": round(time.time() - start, 1),
@@ -191,6 +192,10 @@ def _print(results: dict) -> None:
         lines.append(
             f"| {split} | {r['PFMEL']:.3f} | {r['NSP-BERT']:.3f} | {r['name-match']:.3f} | {r['candidate_recall']:.3f} | {r['n']} |"
         )
+    if results.get("nsp_head_pretrained") is False:
+        lines += ["", "NOTE: the backbone has no pre-trained NSP head (cls.seq_relationship): PFMEL and NSP-BERT here "
+                  "learn next-sentence prediction from a random head, not from BERT's pre-trained one (the paper's "
+                  "premise); run with --backbone bert-base-uncased where the hub is reachable for that."]
     ex = results["example"]
     lines += ["", f"example: {ex['text']!r}  (gold: {ex['gold']})"]
     for rank, (eid, score) in enumerate(ex["ranked"], 1):

@@ -357,6 +357,20 @@ def render_card_text(
     return f"---\n{front}---\n\n{fill(body).lstrip()}"
 
 
+def config_notes(config: Mapping[str, Any]) -> str:
+    """What the card states about this model from its own ``config.json`` (the NSP head's origin for PFMEL)."""
+    notes = []
+    head = config.get("nsp_head_pretrained")
+    if head is True:
+        notes.append("the NSP head started from the backbone's pre-trained next-sentence-prediction head (the paper's "
+                     "premise).")
+    elif head is False:
+        notes.append("the backbone had no pre-trained next-sentence-prediction head (`cls.seq_relationship`): the NSP "
+                     "head was trained from random weights, so this model does not mine BERT's pre-trained NSP head "
+                     "as the paper does (train on `bert-base-uncased` for that).")
+    return " ".join(notes) or "nothing beyond the description above."
+
+
 def render_model_card(
     model_dir: str | os.PathLike,
     results: Mapping[str, Any] | str | os.PathLike | None = None,
@@ -390,6 +404,7 @@ def render_model_card(
     if not name_or_path or os.path.exists(name_or_path) or name_or_path.startswith(("/", ".")):
         name_or_path = "not recorded (the package default is all-MiniLM-L6-v2)"
     fields.setdefault("base_model", name_or_path)
+    fields.setdefault("model_notes", config_notes(config))
     text = render_card_text(template_text, model_name, info, entries, fields)
     split_front_matter(text)  # the result must parse
     output = os.fspath(output) if output is not None else os.path.join(model_dir, "README.md")
@@ -406,6 +421,7 @@ __all__ = [
     "check_model_folder",
     "render_model_card",
     "render_card_text",
+    "config_notes",
     "parse_results",
     "split_front_matter",
 ]

@@ -458,7 +458,10 @@ def load_model_and_processor(model_args: PFMELModelArguments, feature_dim: int =
             processor = MultimodalNSPProcessor.from_backbone(model_args.backbone, image_feature_dim=model.config.image_feature_dim)
         processor.max_length = model_args.max_length
     else:
-        model = BertForMultimodalNSP.from_pretrained(resolve_backbone(model_args.backbone), image_feature_dim=feature_dim)
+        model, info = BertForMultimodalNSP.from_pretrained(
+            resolve_backbone(model_args.backbone), image_feature_dim=feature_dim, output_loading_info=True
+        )
+        model.config.nsp_head_pretrained = not any(k.startswith("cls.seq_relationship") for k in info["missing_keys"])
         processor = MultimodalNSPProcessor.from_backbone(
             model_args.backbone, max_length=model_args.max_length, image_feature_dim=feature_dim
         )
@@ -468,7 +471,18 @@ def load_model_and_processor(model_args: PFMELModelArguments, feature_dim: int =
             f"{model.config.image_feature_dim}-d features; use the image model the model was trained with"
         )
     processor.configure_model(model)
+    warn_if_nsp_head_random(model, model_args.init_from or model_args.backbone)
     return model, processor
+
+
+def warn_if_nsp_head_random(model, source: str | None) -> None:
+    """Log a warning when the model's NSP head did not come from a pre-trained NSP head (``nsp_head_pretrained``
+    False): PFMEL and NSP-BERT then learn next-sentence prediction from scratch instead of mining it."""
+    if getattr(model.config, "nsp_head_pretrained", None) is False:
+        logger.warning(
+            "%s has no pre-trained next-sentence-prediction head (cls.seq_relationship): the NSP head starts from "
+            "random weights, so this PFMEL / NSP-BERT does not mine BERT's pre-trained NSP head as the paper does; "
+            "use --backbone bert-base-uncased (the paper's backbone) for that", source or "the backbone")
 
 
 def _image_setting(processor, model, name: str):
