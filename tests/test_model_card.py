@@ -133,3 +133,25 @@ def test_card_facts_come_from_the_family_config(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="model type 'bert' declares no model card facts"):
         render_model_card(str(tmp_path))
+
+
+def test_card_and_docs_quote_the_settings_the_code_has(repo_root):
+    """The card template and the docs state the defaults the code has (negatives, candidate cap, denominators)."""
+    import dataclasses
+    import re
+
+    from modeling_mel.pfmel_training import PFMELDataArguments
+    from modeling_mel.zemel_training import ZemelDataArguments
+
+    def default(cls, name):
+        return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+    card = open(os.path.join(repo_root, "model_card.md"), encoding="utf-8").read()
+    deviations = open(os.path.join(repo_root, "docs", "deviations.md"), encoding="utf-8").read()
+    negatives = default(ZemelDataArguments, "negatives")
+    assert f"default negatives are hard negatives mined with\nthe model being trained (`--negatives {negatives}`" in card
+    assert negatives == "dense" and "the paper's setting is BM25 + rule candidates\n(`--negatives bm25`)" in card
+    cap = re.search(r"`--max_candidates` \((\d+)\)", deviations)
+    assert cap and int(cap.group(1)) == default(PFMELDataArguments, "max_candidates")
+    assert "Every gold mention of a split is counted" in card
+    assert "whose candidate set is not empty" not in card and "follow the ZEMEL paper" not in card
