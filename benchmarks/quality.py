@@ -43,7 +43,9 @@ from typing import Any, Sequence
 
 from common import REPO_ROOT, RESULTS_DIR, machine_info  # noqa: E402  (sets sys.path and the offline env)
 
-STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank")
+STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank", "zemel_bm25")
+#: the stages of a plain run (zemel_bm25, ZEMEL trained with the paper's BM25 + rule negatives, on request)
+DEFAULT_STAGES = STAGES[:-1]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -236,19 +238,22 @@ def stage_zemel_zero_shot(data: dict[str, Any], work: str) -> dict[str, Any]:
     return mel_link_metrics(model_dir, work, "zemel_zero_shot", data, dense=True)
 
 
-def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
-    """Train ZEMEL (poly) with train_zemel.py on the train split, then ``mel index`` + ``mel link``."""
-    model_dir = args.zemel_model or os.path.join(work, "zemel")
+def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str, negatives: str = "dense") -> dict[str, Any]:
+    """Train ZEMEL (poly) with train_zemel.py on the train split, then ``mel index`` + ``mel link``; ``negatives``:
+    ``dense`` (the package default, mined with the model) or ``bm25`` (the paper's BM25 + rules, stage zemel_bm25)."""
+    tag = "zemel" if negatives == "dense" else f"zemel_{negatives}"
+    given = args.zemel_model if negatives == "dense" else None
+    model_dir = given or os.path.join(work, tag)
     minutes = None
-    if not args.zemel_model:
+    if not given:
         options = ["--eval_splits", "", "--num_train_epochs", str(args.zemel_epochs), "--learning_rate", str(args.zemel_lr),
-                   "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", "dense",
+                   "--per_device_train_batch_size", "32", "--num_candidates", "4", "--negatives", negatives,
                    "--context_max_length", "48", "--candidate_max_length", "48", "--logging_steps", "50"]
         limit = min(args.train_mentions or data["n_train"], data["n_train"] - args.holdout_mentions)
         if limit < data["n_train"]:
             options += ["--max_train_samples", str(limit)]
-        minutes = train_minutes("train_zemel", args, model_dir, options, os.path.join(work, "zemel_train.log"))
-    out = mel_link_metrics(model_dir, work, "zemel", data, dense=True)
+        minutes = train_minutes("train_zemel", args, model_dir, options, os.path.join(work, f"{tag}_train.log"))
+    out = mel_link_metrics(model_dir, work, tag, data, dense=True)
     out["train_minutes"] = minutes
     return out
 
@@ -328,6 +333,7 @@ def markdown(result: dict[str, Any]) -> str:
         ("st", "sentence-transformers all-MiniLM-L6-v2 encode, zero-shot"),
         ("zemel_zero_shot", "ZEMEL untrained (bi), `mel index` + `mel link`"),
         ("zemel", "ZEMEL trained (poly), `mel index` + `mel link`"),
+        ("zemel_bm25", "ZEMEL trained (poly) with the paper's BM25 + rule negatives, `mel index` + `mel link`"),
         ("pfmel", "PFMEL NSP over name-rule candidates, `mel link`"),
         ("rerank", "retrieve-then-rerank: ZEMEL top-k + closest names, NSP reranker, `mel link --retriever`"),
     )
@@ -351,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data_dir", required=True, help="folder of the released corpus files (e.g. ../shared/data/wikimel)")
     parser.add_argument("--dataset", default="wikimel", help="builder: wikimel, richpedia_mel or mel_jsonl")
     parser.add_argument("--split", default="dev", help="evaluated split")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} (default: all but zemel_bm25)")
     parser.add_argument("--train_mentions", type=int, default=None, help="ZEMEL: first N train mentions (default all)")
     parser.add_argument("--zemel_epochs", type=float, default=2.0, help="ZEMEL training epochs")
     parser.add_argument("--zemel_lr", type=float, default=3e-5, help="ZEMEL learning rate")
@@ -407,6 +414,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = stage_zemel_zero_shot(data, work)
         elif stage == "zemel":
             out = stage_zemel(args, data, work)
+        elif stage == "zemel_bm25":
+            out = stage_zemel(args, data, work, negatives="bm25")
         elif stage == "pfmel":
             out = stage_pfmel(args, data, work)
         else:

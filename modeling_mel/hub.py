@@ -38,8 +38,8 @@ CARD_TEMPLATE_NAME = "model_card.md"
 PIPELINE_TAG = "text-ranking"  # the closest Hub task; the transformers task name is in `tags`
 _SKIP_METRICS = {
     "epoch", "runtime", "samples_per_second", "steps_per_second", "n", "num_examples", "num_mentions", "seed",
-    "kb_size", "n_unusable", "n_no_candidates", "n_gold_not_in_kb", "n_unaligned",  # counts, not metrics
-    "nil_threshold", "nil_fraction", "nil_seed", "nil_removed_entities", "nil_n_mentions",  # NIL protocol settings
+    "kb_size", "n_unusable", "n_no_candidates", "n_gold_not_in_kb", "n_unaligned", "n_unranked", "n_nil",  # counts
+    "nil_threshold", "nil_fraction", "nil_seed", "nil_removed_entities", "nil_n_mentions", "nil_n_labelled",  # NIL
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
@@ -358,7 +358,8 @@ def render_card_text(
 
 
 def config_notes(config: Mapping[str, Any]) -> str:
-    """What the card states about this model from its own ``config.json`` (the NSP head's origin for PFMEL)."""
+    """What the card states about this model from its own ``config.json`` (PFMEL: the NSP head's origin; ZEMEL: the
+    training negatives)."""
     notes = []
     head = config.get("nsp_head_pretrained")
     if head is True:
@@ -368,6 +369,13 @@ def config_notes(config: Mapping[str, Any]) -> str:
         notes.append("the backbone had no pre-trained next-sentence-prediction head (`cls.seq_relationship`): the NSP "
                      "head was trained from random weights, so this model does not mine BERT's pre-trained NSP head "
                      "as the paper does (train on `bert-base-uncased` for that).")
+    negatives = config.get("training_negatives")
+    if negatives == "bm25":
+        notes.append("trained with BM25 + rule candidates as negatives (`--negatives bm25`, the ZEMEL paper's setting) "
+                     "plus in-batch negatives.")
+    elif negatives == "dense":
+        notes.append("trained with hard negatives mined by the model itself before each epoch (`--negatives dense`, "
+                     "the package default; the ZEMEL paper uses BM25 + rule candidates) plus in-batch negatives.")
     return " ".join(notes) or "nothing beyond the description above."
 
 

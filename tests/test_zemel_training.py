@@ -258,3 +258,29 @@ def test_minilm_training_beats_random(scripts, zemeld_raw, tmp_path):
                      "--eval_splits", "test", *args])
     test = json.load(open(out / "eval_results.json"))["test"]
     assert test["r@1/100"] > test["random_r@1/100"] + 0.05, test
+
+
+def test_bm25_negatives_the_papers_setting(scripts, tiny_backbone, zemeld_raw, tmp_path, monkeypatch):
+    """``--negatives bm25`` (Section 4.3: BM25 + rules produce the training candidates): training runs without mining
+    negatives with the model, and the choice is recorded in the results, the config and the card."""
+    from modeling_mel import zemel_training
+    from modeling_mel.hub import render_model_card
+
+    def no_mining(self, model):
+        raise AssertionError("--negatives bm25 must not mine negatives with the model")
+
+    monkeypatch.setattr(zemel_training.HardNegativeCallback, "mine", no_mining)
+    out = str(tmp_path / "bm25")
+    result = scripts[0].main(["--dataset", "zemeld", "--data_dir", zemeld_raw, "--output_dir", out, "--backbone",
+                              tiny_backbone, "--dataset_cache_dir", str(tmp_path / "cache"), "--max_steps", "3",
+                              "--negatives", "bm25", "--eval_splits", "", "--seed", "0", *TINY_MODEL_ARGS])
+    assert result["train"]["negatives"] == "bm25"
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["training_negatives"] == "bm25"
+    card = open(render_model_card(out), encoding="utf-8").read()
+    assert "`--negatives bm25`, the ZEMEL paper's setting" in card
+    # the control: the default dense negatives do mine with the model (the patched miner refuses)
+    with pytest.raises(AssertionError, match="must not mine"):
+        scripts[0].main(["--dataset", "zemeld", "--data_dir", zemeld_raw, "--output_dir", str(tmp_path / "dense"),
+                         "--backbone", tiny_backbone, "--dataset_cache_dir", str(tmp_path / "cache"), "--max_steps",
+                         "3", "--eval_splits", "", "--seed", "0", *TINY_MODEL_ARGS])
