@@ -34,6 +34,9 @@ class MultimodalNSPConfig(BertConfig):
             premise: mining BERT's pre-trained next-sentence prediction) or was initialised at random because the
             backbone has none (e.g. all-MiniLM-L6-v2). Set by training; ``None``: not recorded. The model card
             states it.
+        max_candidates (`int`, *optional*):
+            The name-rule candidate cap the model was fine-tuned and evaluated with (``--max_candidates``, 32); the
+            pipeline scores as many unless called with ``num_candidates``. ``None``: the pipeline's 100.
         kwargs: passed to :class:`~transformers.BertConfig`.
     """
 
@@ -55,6 +58,7 @@ class MultimodalNSPConfig(BertConfig):
         retriever_score_weight: float = 0.0,
         retriever_k: int | None = None,
         nsp_head_pretrained: bool | None = None,
+        max_candidates: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,6 +70,7 @@ class MultimodalNSPConfig(BertConfig):
         self.retriever_score_weight = float(retriever_score_weight)
         self.retriever_k = int(retriever_k) if retriever_k is not None else None
         self.nsp_head_pretrained = None if nsp_head_pretrained is None else bool(nsp_head_pretrained)
+        self.max_candidates = None if max_candidates is None else int(max_candidates)
 
 
 __all__ = ["MultimodalNSPConfig", "DEFAULT_IMAGE_TOKEN"]

@@ -401,7 +401,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         candidates (`str`, default ``"auto"``): ZEMEL candidate source, ``"bm25"`` (BM25 + rules), ``"dense"``
             (the cache), ``"all"`` (both), ``"rule"`` (name contains the mention); ``"auto"`` is ``"all"`` when
             the bm25s package is installed, else ``"dense"``. PFMEL always uses the name rule (+ retriever).
-        num_candidates (`int`, default 100): candidates per source before reranking.
+        num_candidates (`int`, optional): candidates per source before reranking (default 100; for a PFMEL model
+            fine-tuned by this package, ``config.max_candidates``, the cap its training and evaluation used: 32).
         pair_batch_size (`int`, default 64): PFMEL pairs per forward pass (at most ``64 * pair_batch_size`` padded
             tokens: longer pairs go fewer to a pass).
         max_length (`int`, optional): token limit (default: the processor's).
@@ -839,11 +840,14 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         self,
         model_inputs: dict,
         candidates: str = "auto",
-        num_candidates: int = 100,
+        num_candidates: int | None = None,
         pair_batch_size: int = 64,
         max_length: int | None = None,
         retriever_k: int | None = None,
     ) -> dict:
+        if num_candidates is None:  # PFMEL: as many name-rule candidates as it was trained and evaluated with
+            cap = getattr(self.model.config, "max_candidates", None) if self.family == "cross" else None
+            num_candidates = int(cap) if cap else 100
         batch = model_inputs["example"]
         single = isinstance(batch, Mapping)
         examples = [batch] if single else list(batch)

@@ -451,3 +451,34 @@ def test_entity_display_name():
     assert entity_display_name({"entity_id": "a_w", "name": "Alice W", "screen_name": "a_w"}) == "Alice W"
     assert entity_display_name({"entity_id": "a_w", "name": "", "screen_name": "@a_w"}) == "@a_w"
     assert entity_display_name({"entity_id": "Q42", "name": " "}) == "Q42"
+
+
+def test_twitter_mel_reads_the_release_file_names(tmp_path):
+    # issue 30 point 6: Adjali et al.'s release names its files timeline_KB.txt, ambiguousUsers.db, mel_*_ids
+    import shutil
+
+    ours, released = str(tmp_path / "ours"), str(tmp_path / "released")
+    write_raw_fixture(ours)
+    shutil.copytree(ours, released)
+    for old, new in (("timeline_kb.tsv", "timeline_KB.txt"), ("Train_ids.txt", "mel_train_ids"),
+                     ("Dev_ids.txt", "mel_dev_ids"), ("Test_ids.txt", "mel_test_ids.txt")):
+        os.rename(os.path.join(released, old), os.path.join(released, new))
+    def rows(ds, root):  # image paths name their folder: compare them relative to it
+        return json.loads(json.dumps(ds.to_list(), default=str).replace(root, "ROOT"))
+
+    for config in ("mentions", "kb"):
+        a = load_mel_corpus("twitter_mel", ours, config=config, cache_dir=str(tmp_path / "c1"))
+        b = load_mel_corpus("twitter_mel", released, config=config, cache_dir=str(tmp_path / "c2"))
+        if config == "kb":
+            assert rows(a, ours) == rows(b, released) and len(a) > 0
+        else:
+            assert {s: rows(a[s], ours) for s in a} == {s: rows(b[s], released) for s in b} and len(a["train"]) > 0
+    # the profiles database under its release name
+    con = sqlite3.connect(os.path.join(released, "ambiguousUsers.db"))
+    con.execute("CREATE TABLE twitterUsers (userScreenName TEXT, userName TEXT, userLocation TEXT, userDescription TEXT)")
+    con.execute("INSERT INTO twitterUsers VALUES ('alice_w', 'Alice Wiggins', 'Paris', 'cycling')")
+    con.commit()
+    con.close()
+    os.remove(os.path.join(released, "users.jsonl"))
+    kb = load_mel_corpus("twitter_mel", released, config="kb", cache_dir=str(tmp_path / "c3"))
+    assert kb["entity_id"][0] == "alice_w" and kb["name"][0] == "Alice Wiggins"

@@ -350,3 +350,16 @@ def test_pair_batches_sorted_by_tokens_within_budget(nsp, kb_dir, extractor):
     assert pipe._pair_batches([], mention_sides, entity_sides, 4, 64) == []
     items = mentions(kb_dir)
     assert close(pipe(items, top_k=5, pair_batch_size=1), pipe(items, top_k=5, pair_batch_size=64))
+
+
+def test_pfmel_scores_as_many_name_rule_candidates_as_it_was_trained_with(kb_dir, extractor):
+    # issue 30 point 6: training and evaluate_linking cap the name-rule candidates at --max_candidates (recorded in
+    # the config by fine-tuning); the pipeline scores the same number unless asked for another
+    model, processor = tiny_nsp()
+    pipe = make_pipe((model, processor), os.path.join(kb_dir, "kb.jsonl"), extractor)
+    both = pipe(mentions(kb_dir)[0], top_k=5)  # "taylor": two name-rule candidates, no cap recorded (100)
+    assert len(both) == 2
+    model.config.max_candidates = 1
+    capped = pipe(mentions(kb_dir)[0], top_k=5)
+    assert len(capped) == 1 and capped[0]["entity_id"] in {r["entity_id"] for r in both}
+    assert len(pipe(mentions(kb_dir)[0], top_k=5, num_candidates=2)) == 2  # an explicit call parameter wins

@@ -9,6 +9,7 @@ Tweets and images cannot be redistributed, so this builder reads a local folder 
     users.sqlite            table twitterUsers (userScreenName, userName, userLocation,
                             userDescription, ...)  -- or users.jsonl with the same field names
     Train_ids.txt Train07_ids.txt Train05_ids.txt Dev_ids.txt Test_ids.txt   (optional split lists)
+    (the release's own names are read too: timeline_KB.txt, ambiguousUsers.db, mel_{train,dev,test}_ids)
     images/<tweetId>.<ext>  tweet images (optional)
     image_cache/<sha1(url)>[.<ext>]   images downloaded from the media URLs (optional)
 
@@ -103,6 +104,24 @@ ID_LIST_FILES = {
 TIMELINE_FILE = "timeline_kb.tsv"
 PROFILE_FILES = ("users.sqlite", "users.jsonl")
 PROFILE_TABLE = "twitterUsers"
+#: the names Adjali et al.'s release gives some files: read under either name (the first that exists)
+RELEASED_NAMES = {
+    TIMELINE_FILE: ("timeline_KB.txt",),
+    PROFILE_FILES[0]: ("ambiguousUsers.db",),
+    "Train_ids.txt": ("mel_train_ids", "mel_train_ids.txt"),
+    "Dev_ids.txt": ("mel_dev_ids", "mel_dev_ids.txt"),
+    "Test_ids.txt": ("mel_test_ids", "mel_test_ids.txt"),
+}
+
+
+def corpus_file(data_dir: str, name: str) -> str:
+    """Path of ``name`` in ``data_dir``, or of its name in the original release (:data:`RELEASED_NAMES`) when only
+    that exists."""
+    for candidate in (name, *RELEASED_NAMES.get(name, ())):
+        path = os.path.join(data_dir, candidate)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(data_dir, name)
 IMAGES_DIR = "images"
 IMAGE_CACHE_DIR = "image_cache"
 
@@ -153,7 +172,7 @@ class TwitterMel(MelCorpusBuilder):
 
     def _read_profiles(self, data_dir: str, report: SkipReport) -> list[dict] | None:
         """Profiles from users.sqlite (table twitterUsers) or users.jsonl; None when neither exists."""
-        sqlite_path = os.path.join(data_dir, PROFILE_FILES[0])
+        sqlite_path = corpus_file(data_dir, PROFILE_FILES[0])
         jsonl_path = os.path.join(data_dir, PROFILE_FILES[1])
         records: list[tuple[str, dict]] = []
         if os.path.isfile(sqlite_path):
@@ -221,7 +240,7 @@ class TwitterMel(MelCorpusBuilder):
         self, data_dir: str, known: set[str] | None, report: SkipReport, with_images: bool
     ) -> dict[str, tuple[str, list[dict]]]:
         """``{entity key: (screen name as first seen, [timeline entries])}`` from timeline_kb.tsv."""
-        path = os.path.join(data_dir, TIMELINE_FILE)
+        path = corpus_file(data_dir, TIMELINE_FILE)
         out: dict[str, tuple[str, list[dict]]] = {}
         if not os.path.isfile(path):
             return out
@@ -230,7 +249,7 @@ class TwitterMel(MelCorpusBuilder):
         seen: set[tuple[str, str]] = set()
         first = True
         for no, line in read_lines(path, report):
-            where = f"{TIMELINE_FILE}:{no}"
+            where = f"{os.path.basename(path)}:{no}"
             cols = line.split("\t")
             if first and len(cols) >= 2 and cols[1].strip().lower() in _HEADER_WORDS:
                 report.note("header line", where)
@@ -274,7 +293,7 @@ class TwitterMel(MelCorpusBuilder):
 
     def _load_kb(self, data_dir: str, report: SkipReport, with_images: bool = True) -> list[dict]:
         profiles = self._read_profiles(data_dir, report)
-        timeline_path = os.path.join(data_dir, TIMELINE_FILE)
+        timeline_path = corpus_file(data_dir, TIMELINE_FILE)
         if profiles is None and not os.path.isfile(timeline_path):
             raise FileNotFoundError(
                 f"No KB in {data_dir}: expected user profiles ({' or '.join(PROFILE_FILES)}, table "
@@ -453,7 +472,7 @@ class TwitterMel(MelCorpusBuilder):
         """Kept entries per split, following ``config.split_method``."""
         method = self.config.split_method
         core = ("train", "dev", "test")
-        has_lists = all(os.path.isfile(os.path.join(data_dir, ID_LIST_FILES[s])) for s in core)
+        has_lists = all(os.path.isfile(corpus_file(data_dir, ID_LIST_FILES[s])) for s in core)
         from_files = files[0][1] is not None
         if method == "field":
             raise ValueError(
@@ -475,7 +494,8 @@ class TwitterMel(MelCorpusBuilder):
 
         lists: dict[str, set[str]] = {}
         for split, fname in ID_LIST_FILES.items():
-            path = os.path.join(data_dir, fname)
+            path = corpus_file(data_dir, fname)
+            fname = os.path.basename(path)
             if not os.path.isfile(path):
                 logger.info("No %s in %s: split %s is not built.", fname, data_dir, split)
                 continue
