@@ -33,10 +33,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image_size", type=int, default=224, help="network input side (224 as in the papers)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--tiny", action="store_true", help="tiny random ResNet (same code paths), for tests")
+    parser.add_argument("--image_model", default="microsoft/resnet-50",
+                        help="image encoder (checkpoint, or random:resnet-50 for a timing without the weights: an "
+                             "unloadable checkpoint is an error, never a silent random fallback)")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     n = args.n_images or (32 if args.quick else 128)
-    extra = {"config": tiny_resnet_config()} if args.tiny else {}
+    extra = {"config": tiny_resnet_config()} if args.tiny else {"model_name_or_path": args.image_model}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(tmp, n)

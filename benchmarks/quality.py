@@ -4,9 +4,18 @@
     python benchmarks/quality.py --data_dir ../shared/data/wikimel                 # all stages, ~60 min on 2 cores
     python benchmarks/quality.py --data_dir D --stages candidates,st,zemel_zero_shot   # the untrained stages only
     python benchmarks/quality.py --data_dir D --train_mentions 2000 --dev_mentions 500  # a quick look
+    python benchmarks/quality.py --dataset mimic_mel --data_dir RichpediaMEL --split test --image_model M  # MIMIC layout
 
 Stages (each on the dev split, whole KB, every gold mention of the split counted: a mention the linker could not
-use counts as wrong):
+use, a NIL mention and a gold outside the KB count as wrong). Metrics: the field's H@1, H@3, H@5, H@10, H@20, MR
+(mean rank) and MRR (``modeling_mel.metrics.ranking_metrics``): ``st`` ranks the whole KB (exact MR); the ``mel link``
+stages return their top 100, so a gold below it counts as ranked after every entity (MR is then an upper bound,
+``n_unranked`` says how many).
+
+``--dataset mimic_mel`` reads WikiMEL, RichpediaMEL or WikiDiverse in the layout MIMIC released (one dataset folder as
+``--data_dir``). With ``--image_model M`` and a corpus with images, the trained stages (``zemel``, ``zemel_bm25``,
+``pfmel``, ``rerank``) train with image features of ``M`` and their ``mel index`` / ``mel link`` read the KB and
+mention images with ``M``; without it (or without images) every stage is text only.
 
 * ``candidates``: PFMEL's name rule (candidate recall, mean candidates), the shortest-matching-name baseline (H@1),
   ZEMEL's BM25 + name-rule generator (R@1/10/100).
@@ -62,45 +71,61 @@ def write_jsonl(path: str, rows: Sequence[dict]) -> None:
 
 def prepare(args: argparse.Namespace, work: str) -> dict[str, Any]:
     """Build the corpus with its builder; write ``kb.jsonl`` and ``<split>.jsonl`` (mel_jsonl layout) into ``work``."""
+    import datasets
+
     from modeling_mel.corpus import load_mel_corpus
+    from modeling_mel.image_features import image_source
+    from modeling_mel.nil import is_nil_gold
 
     mentions = load_mel_corpus(args.dataset, args.data_dir)
     kb = load_mel_corpus(args.dataset, args.data_dir, config="kb")
     if args.split not in mentions:
         raise SystemExit(f"quality.py: split {args.split!r} not in the corpus (splits: {list(mentions)})")
+
+    def paths(values) -> list[str]:  # the image files of undecoded datasets.Image values
+        return [p for p in (image_source(v) for v in values or []) if isinstance(p, str)]
+
+    kb_images = (paths(v) for v in kb.cast_column("images", datasets.List(datasets.Image(decode=False)))["images"])
     kb_rows = [
-        {"entity_id": e, "name": n, "description": d or ""}
-        for e, n, d in zip(kb["entity_id"], kb["name"], kb["description"])
+        {"entity_id": e, "name": n, "description": d or "", "images": im}
+        for e, n, d, im in zip(kb["entity_id"], kb["name"], kb["description"], kb_images)
     ]
-    write_jsonl(os.path.join(work, "kb.jsonl"), kb_rows)
-    dev = mentions[args.split].remove_columns([c for c in ("image",) if c in mentions[args.split].column_names])
+    dev = mentions[args.split]
+    dev = dev.cast_column("image", datasets.Image(decode=False)) if "image" in dev.column_names else dev
     rows = []
     for r in dev:
         row = {"id": r["id"], "text": r["text"], "mention": r["mention"], "entity_id": r["entity_id"]}
         if r.get("mention_start") is not None and r.get("mention_end") is not None:
             row["mention_start"], row["mention_end"] = int(r["mention_start"]), int(r["mention_end"])
+        image = paths([r.get("image")])
+        if image:
+            row["image"] = image[0]
         rows.append(row)
+    has_images = any(e["images"] for e in kb_rows) or any("image" in r for r in rows)
+    use_images = bool(args.image_model) and has_images
+    if args.image_model and not has_images:
+        print(f"quality.py: --image_model given but {args.dataset} in {args.data_dir} has no image: text only", flush=True)
+    if not use_images:  # text only: no image path in the files mel index / mel link read
+        kb_rows = [{k: v for k, v in e.items() if k != "images"} for e in kb_rows]
+        rows = [{k: v for k, v in r.items() if k != "image"} for r in rows]
+    write_jsonl(os.path.join(work, "kb.jsonl"), kb_rows)
     if args.dev_mentions:
         import random
 
         rows = sorted(random.Random(args.seed).sample(rows, min(args.dev_mentions, len(rows))), key=lambda r: r["id"])
     write_jsonl(os.path.join(work, "dev.jsonl"), rows)
-    return {"kb": kb_rows, "dev": rows, "n_train": len(mentions["train"]) if "train" in mentions else 0}
+    return {"kb": kb_rows, "dev": rows, "n_train": len(mentions["train"]) if "train" in mentions else 0,
+            "use_images": use_images, "n_nil": sum(is_nil_gold(r["entity_id"]) for r in rows)}
 
 
-def ranking_metrics(ranked: Sequence[Sequence[str]], gold: Sequence[str], ks: Sequence[int] = (1, 10)) -> dict[str, float]:
-    """H@k and MRR (over the ranked lists given; a gold outside the list scores 0) with every gold mention counted."""
-    n = len(gold)
-    out: dict[str, float] = {"n": n}
-    for k in ks:
-        out[f"H@{k}"] = sum(g in list(r)[:k] for r, g in zip(ranked, gold)) / n if n else 0.0
-    rr = 0.0
-    for r, g in zip(ranked, gold):
-        r = list(r)
-        if g in r:
-            rr += 1.0 / (r.index(g) + 1)
-    out["MRR"] = rr / n if n else 0.0
-    return out
+def ranking_metrics(ranked: Sequence[Sequence[str]], gold: Sequence[str], kb_size: int,
+                    ks: Sequence[int] | None = None) -> dict[str, float]:
+    """The field's H@k, MR and MRR (``modeling_mel.metrics.ranking_metrics``, the one shared definition) of the
+    gold's position in each ranked list, every gold mention counted (a gold outside its list has no rank)."""
+    from modeling_mel.metrics import HIT_KS, gold_ranks
+    from modeling_mel.metrics import ranking_metrics as shared
+
+    return shared(gold_ranks(ranked, gold), kb_size, HIT_KS if ks is None else ks)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -131,16 +156,17 @@ def stage_candidates(data: dict[str, Any]) -> dict[str, Any]:
             "mean_candidates": sum(map(len, cands)) / n,
             "no_candidate": sum(not c for c in cands),
         },
-        "shortest_name": dict(ranking_metrics(shortest, gold, (1,)), mentions_per_s=n / rule_s),
+        "shortest_name": dict(ranking_metrics(shortest, gold, len(kb), (1,)), mentions_per_s=n / rule_s),
         "bm25_rules": dict(
-            ranking_metrics(ranked, gold, (1, 10, 100)), mentions_per_s=n / bm25_s,
+            ranking_metrics(ranked, gold, len(kb), (1, 3, 5, 10, 20, 100)), mentions_per_s=n / bm25_s,
             note="BM25 over entity names + the three name rules (ZEMEL's generator), index build included",
         ),
     }
 
 
 def stage_st(data: dict[str, Any], batch_size: int = 128) -> dict[str, Any]:
-    """Zero-shot sentence-transformers baseline: exact cosine search over the whole KB."""
+    """Zero-shot sentence-transformers baseline: exact cosine search over the whole KB; each gold's exact rank among
+    every entity (ties go to the gold)."""
     from sentence_transformers import SentenceTransformer
 
     from modeling_mel.backbones import embedded_minilm_path
@@ -154,12 +180,17 @@ def stage_st(data: dict[str, Any], batch_size: int = 128) -> dict[str, Any]:
     t0 = time.perf_counter()
     ctx = model.encode([f"{r['mention']}. {r['text']}" for r in dev], batch_size=batch_size,
                        convert_to_tensor=True, normalize_embeddings=True)
-    top = (ctx @ ent.T).topk(min(100, len(kb)), dim=1).indices.tolist()
+    position = {e["entity_id"]: i for i, e in enumerate(kb)}
+    gold = [position.get(r["entity_id"]) for r in dev]
+    ranks: list[int | None] = []
+    for a in range(0, len(dev), 256):  # (256, KB) similarities at a time
+        sims = ctx[a : a + 256] @ ent.T
+        for row, g in zip(sims, gold[a : a + 256]):
+            ranks.append(None if g is None else int((row > row[g]).sum()) + 1)
     link_s = time.perf_counter() - t0
-    ids = [e["entity_id"] for e in kb]
-    ranked = [[ids[i] for i in row] for row in top]
-    return dict(ranking_metrics(ranked, [r["entity_id"] for r in dev]), entities_per_s=len(kb) / kb_s,
-                mentions_per_s=len(dev) / link_s)
+    from modeling_mel.metrics import ranking_metrics as shared
+
+    return dict(shared(ranks, len(kb)), entities_per_s=len(kb) / kb_s, mentions_per_s=len(dev) / link_s)
 
 
 def run(cmd: list[str], log: str) -> str:
@@ -174,11 +205,35 @@ def run(cmd: list[str], log: str) -> str:
     return proc.stdout
 
 
-def train_minutes(script: str, args: argparse.Namespace, model_dir: str, options: list[str], log: str) -> float:
-    """Run ``modeling_mel.scripts.<script>`` (= ``train/<script>.py``) text only, on the CPU, into ``model_dir`` with ``options`` beside the settings every
-    stage shares (``--bf16`` when asked); its wall time in minutes."""
+def image_feature_mode(script: str) -> str:
+    """The ``--image_features`` value of a training script that extracts features with its ``--image_model`` (the
+    default of its data arguments)."""
+    import dataclasses
+
+    if script == "train_zemel":
+        from modeling_mel.zemel_training import ZemelDataArguments as DataArguments
+    else:
+        from modeling_mel.pfmel_training import PFMELDataArguments as DataArguments
+    return next(f.default for f in dataclasses.fields(DataArguments) if f.name == "image_features")
+
+
+def image_options(args: argparse.Namespace, data: dict[str, Any], script: str | None = None) -> list[str]:
+    """What makes a command use images: ``--image_model M`` (and, for a training script, its feature mode) when
+    ``--image_model`` was given and the corpus has images; else text only (``--image_features none`` for a training
+    script, ``--no_images`` for ``mel index`` / ``mel link``)."""
+    if data.get("use_images"):
+        mode = ["--image_features", image_feature_mode(script)] if script else []
+        return [*mode, "--image_model", args.image_model]
+    return ["--image_features", "none"] if script else ["--no_images"]
+
+
+def train_minutes(script: str, args: argparse.Namespace, model_dir: str, options: list[str], log: str,
+                  data: dict[str, Any] | None = None) -> float:
+    """Run ``modeling_mel.scripts.<script>`` (= ``train/<script>.py``) on the CPU, into ``model_dir`` with ``options``
+    beside the settings every stage shares (``--bf16`` when asked; images as :func:`image_options` says, text only
+    by default); its wall time in minutes."""
     cmd = [sys.executable, "-m", f"modeling_mel.scripts.{script}", "--dataset", args.dataset, "--data_dir",
-           args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", "--image_features", "none",
+           args.data_dir, "--output_dir", model_dir, "--overwrite_output_dir", *image_options(args, data or {}, script),
            "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed), "--use_cpu", *options]
     t0 = time.perf_counter()
     run(cmd + (["--bf16"] if args.bf16 else []), log)
@@ -190,15 +245,17 @@ MEL = [sys.executable, "-c", "import sys; from modeling_mel.cli import main; sys
 
 def mel_link_metrics(
     model_dir: str, work: str, tag: str, data: dict[str, Any], dense: bool, retriever: str | None = None,
-    retriever_k: int | None = None,
+    retriever_k: int | None = None, images: list[str] | None = None,
 ) -> dict[str, Any]:
-    """``mel index`` (ZEMEL) + ``mel link`` over the dev file; H@1/H@10/MRR from its output, every gold counted."""
+    """``mel index`` (ZEMEL) + ``mel link`` over the dev file; H@1/3/5/10/20, MR and MRR from its top 100, every gold
+    counted. ``images``: the image options of both commands (default ``--no_images``, text only)."""
     out: dict[str, Any] = {}
+    images = ["--no_images"] if images is None else list(images)
     kb_arg = ["--kb", os.path.join(work, "kb.jsonl")]
     if dense:
         index = os.path.join(work, f"{tag}_index")
         t0 = time.perf_counter()
-        run(MEL + ["index", "--model", model_dir, "--kb", os.path.join(work, "kb.jsonl"), "--out", index, "--no_images"],
+        run(MEL + ["index", "--model", model_dir, "--kb", os.path.join(work, "kb.jsonl"), "--out", index, *images],
             os.path.join(work, f"{tag}_index.log"))
         out["index_seconds"] = round(time.perf_counter() - t0, 1)
         kb_arg = ["--index", index]
@@ -207,7 +264,7 @@ def mel_link_metrics(
     if retriever:
         extra += ["--retriever", retriever] + (["--retriever_k", str(retriever_k)] if retriever_k else [])
     stdout = run(MEL + ["link", "--model", model_dir, *kb_arg, "--input", os.path.join(work, "dev.jsonl"),
-                        "--output", links, "--top_k", "100", "--batch_size", "32", "--no_images", *extra],
+                        "--output", links, "--top_k", "100", "--batch_size", "32", *images, *extra],
                  os.path.join(work, f"{tag}_link.log"))
     summary = json.loads(stdout.strip().splitlines()[-1])
     by_line = {}
@@ -216,7 +273,7 @@ def mel_link_metrics(
             rec = json.loads(line)
             by_line[rec["line"]] = [p["entity_id"] for p in rec.get("predictions", [])]
     ranked = [by_line.get(i + 1, []) for i in range(len(data["dev"]))]
-    out.update(ranking_metrics(ranked, [r["entity_id"] for r in data["dev"]]))
+    out.update(ranking_metrics(ranked, [r["entity_id"] for r in data["dev"]], len(data["kb"])))
     out["errors"] = summary.get("errors", 0)
     out["mentions_per_s"] = round(len(data["dev"]) / summary["seconds"], 2) if summary.get("seconds") else None
     return out
@@ -252,8 +309,8 @@ def stage_zemel(args: argparse.Namespace, data: dict[str, Any], work: str, negat
         limit = min(args.train_mentions or data["n_train"], data["n_train"] - args.holdout_mentions)
         if limit < data["n_train"]:
             options += ["--max_train_samples", str(limit)]
-        minutes = train_minutes("train_zemel", args, model_dir, options, os.path.join(work, f"{tag}_train.log"))
-    out = mel_link_metrics(model_dir, work, tag, data, dense=True)
+        minutes = train_minutes("train_zemel", args, model_dir, options, os.path.join(work, f"{tag}_train.log"), data)
+    out = mel_link_metrics(model_dir, work, tag, data, dense=True, images=image_options(args, data))
     out["train_minutes"] = minutes
     return out
 
@@ -272,8 +329,10 @@ def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
                    "--max_length", "128", "--eval_splits", args.split, "--max_eval_samples", "1", "--bf16_eval",
                    "--logging_steps", "25", "--max_train_samples", str(args.rerank_train_mentions),
                    "--calibration_mentions", str(args.holdout_mentions)]
-        minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "rerank_train.log"))
-    out = mel_link_metrics(model_dir, work, "rerank", data, dense=False, retriever=index, retriever_k=args.rerank_link_k)
+        minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "rerank_train.log"),
+                                data)
+    out = mel_link_metrics(model_dir, work, "rerank", data, dense=False, retriever=index, retriever_k=args.rerank_link_k,
+                           images=image_options(args, data))
     out["train_minutes"] = minutes
     out["link_retriever_k"] = args.rerank_link_k
     with open(os.path.join(model_dir, "eval_results.json"), encoding="utf-8") as f:
@@ -291,8 +350,8 @@ def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> di
         options = ["--backbone", "minilm", "--num_train_epochs", "1", "--learning_rate", str(args.pfmel_lr),
                    "--max_length", "128", "--num_negatives", "8", "--eval_splits", args.split,
                    "--max_train_samples", str(args.pfmel_train_mentions), "--max_eval_samples", "1"]
-        minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "pfmel_train.log"))
-    out = mel_link_metrics(model_dir, work, "pfmel", data, dense=False)
+        minutes = train_minutes("finetune_linking", args, model_dir, options, os.path.join(work, "pfmel_train.log"), data)
+    out = mel_link_metrics(model_dir, work, "pfmel", data, dense=False, images=image_options(args, data))
     out["train_minutes"] = minutes
     return out
 
@@ -313,22 +372,30 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The README table: one row per linker."""
     s = result["stages"]
+    images = f"images of {result['image_model']} in the trained stages" if result.get("use_images") else "text only"
+    nil = f", {result['n_nil']} of them NIL" if result.get("n_nil") else ""
     lines = [
-        f"{result['dataset']} {result['split']} ({result['n']} gold mentions, every one counted), whole KB of "
-        f"{result['kb_size']} entities, text only, all-MiniLM-L6-v2 backbone, {machine_info_line(result['machine'])}",
+        f"{result['dataset']} {result['split']} ({result['n']} gold mentions, every one counted{nil}), whole KB of "
+        f"{result['kb_size']} entities, {images}, all-MiniLM-L6-v2 backbone, {machine_info_line(result['machine'])}",
         "",
-        "| linker | H@1 | H@10 | MRR | R@100 | train min | mentions/s |",
-        "|---|---|---|---|---|---|---|",
+        "| linker | H@1 | H@3 | H@5 | H@10 | H@20 | MR | MRR | R@100 | train min | mentions/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def hits(r: dict[str, Any]) -> str:
+        return " | ".join(_fmt(r.get(k)) for k in ("H@1", "H@3", "H@5", "H@10", "H@20")) + \
+            f" | {_fmt(r.get('MR'), 1)} | {_fmt(r.get('MRR'))}"
+
     if "candidates" in s:
         c = s["candidates"]
         lines.append(f"| name rule: candidate recall {_fmt(c['name_rule']['candidate_recall'])}, mean "
-                     f"{_fmt(c['name_rule']['mean_candidates'], 1)} candidates | - | - | - | - | - | - |")
+                     f"{_fmt(c['name_rule']['mean_candidates'], 1)} candidates | - | - | - | - | - | - | - | - | - | - |")
         sh = c["shortest_name"]
-        lines.append(f"| shortest matching name | {_fmt(sh['H@1'])} | - | - | - | - | {_fmt(sh['mentions_per_s'], 0)} |")
+        lines.append(f"| shortest matching name | {_fmt(sh['H@1'])} | - | - | - | - | - | - | - | - | "
+                     f"{_fmt(sh['mentions_per_s'], 0)} |")
         b = c["bm25_rules"]
-        lines.append(f"| BM25 + name rules (ZEMEL candidates) | {_fmt(b['H@1'])} | {_fmt(b['H@10'])} | {_fmt(b['MRR'])} | "
-                     f"{_fmt(b['H@100'])} | - | {_fmt(b['mentions_per_s'], 0)} |")
+        lines.append(f"| BM25 + name rules (ZEMEL candidates) | {hits(b)} | {_fmt(b['H@100'])} | - | "
+                     f"{_fmt(b['mentions_per_s'], 0)} |")
     rows = (
         ("st", "sentence-transformers all-MiniLM-L6-v2 encode, zero-shot"),
         ("zemel_zero_shot", "ZEMEL untrained (bi), `mel index` + `mel link`"),
@@ -340,8 +407,8 @@ def markdown(result: dict[str, Any]) -> str:
     for key, label in rows:
         if key in s:
             r = s[key]
-            lines.append(f"| {label} | {_fmt(r['H@1'])} | {_fmt(r['H@10'])} | {_fmt(r['MRR'])} | - | "
-                         f"{_fmt(r.get('train_minutes'), 1)} | {_fmt(r.get('mentions_per_s'), 1)} |")
+            lines.append(f"| {label} | {hits(r)} | - | {_fmt(r.get('train_minutes'), 1)} | "
+                         f"{_fmt(r.get('mentions_per_s'), 1)} |")
     lines.append("")
     lines.append(f"Total wall time {result['minutes']:.1f} min. Command: `{result['command']}`")
     return "\n".join(lines) + "\n"
@@ -355,7 +422,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="folder of the released corpus files (e.g. ../shared/data/wikimel)")
-    parser.add_argument("--dataset", default="wikimel", help="builder: wikimel, richpedia_mel or mel_jsonl")
+    parser.add_argument("--dataset", default="wikimel",
+                        help="builder: wikimel, richpedia_mel, mimic_mel (WikiMEL / RichpediaMEL / WikiDiverse in the "
+                             "layout MIMIC released: --data_dir is one dataset folder) or mel_jsonl")
+    parser.add_argument("--image_model", default=None,
+                        help="image encoder (checkpoint name or folder) of the trained stages and of mel index / mel "
+                             "link, used when the corpus has images (default: every stage text only)")
     parser.add_argument("--split", default="dev", help="evaluated split")
     parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                         help=f"comma-separated subset of {','.join(STAGES)} (default: all but zemel_bm25)")
@@ -400,6 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = prepare(args, work)
     result: dict[str, Any] = {
         "dataset": args.dataset, "split": args.split, "n": len(data["dev"]), "kb_size": len(data["kb"]),
+        "n_nil": data["n_nil"], "use_images": data["use_images"], "image_model": args.image_model,
         "machine": machine_info(), "stages": {}, "work_dir": work,
         "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

@@ -20,6 +20,19 @@ achieved GFLOP/s of the poly path (FLOPs counted from the shapes of every linear
 beside the measured matmul rate are printed too.
 
     python benchmarks/zemel_latency.py --quick
+
+**Trained models on a real split** (``--eval_data``): Table 3 as the paper reports it, precision beside latency. Each
+given model links the same mentions of the split (``--eval_mentions``, a seeded sample whose gold is in the KB)
+against the same candidate set of ``--n_candidates`` entities (the golds of those mentions plus seeded random KB
+entities), one mention per call through the product's ``pipeline()`` (bf16 where this machine runs it fast):
+``--poly_model`` / ``--bi_model`` (ZEMEL models, e.g. ``mel train-zemel`` or ``mel zemel-ablations --keep_models``
+output; exact scores against the cached candidates) and ``--cross_model`` (a trained cross-encoder: PFMEL's NSP
+model fine-tuned on the same data, ``mel finetune`` output, scoring every (mention, candidate) pair). Printed per
+model: H@1 over the mentions (= precision: every mention gets a prediction) and the median ms per mention; the
+synthetic random-weight rows above are not run then. Text only unless ``--eval_images``:
+
+    python benchmarks/zemel_latency.py --eval_data ../shared/data/wikimel --eval_dataset wikimel --eval_split dev \
+        --poly_model runs/zemel_abl/m16-seed0 --bi_model runs/zemel_abl/bi-seed0 --cross_model runs/pfmel_wikimel
 """
 
 from __future__ import annotations
@@ -204,6 +217,132 @@ class CrossLinker:
         return scores
 
 
+# -- trained models on a real split ------------------------------------------------------------------------------
+class AllCandidates:
+    """A PFMEL pipeline ``retriever`` that returns every entity of the candidate set: the cross-encoder then scores
+    all (mention, candidate) pairs (no name-rule cut), with its own scores only (no first-stage score)."""
+
+    def __init__(self, entity_ids: list[str]):
+        self.entity_ids = list(entity_ids)
+
+    def retrieve(self, texts, mentions, k):
+        return [list(self.entity_ids) for _ in texts]
+
+
+def real_split_data(args) -> tuple[list[dict], list[dict]]:
+    """(mentions, candidate KB): a seeded sample of ``--eval_mentions`` mentions of the split whose gold is in the KB,
+    and ``--n_candidates`` entities (their golds first, then seeded random KB entities), shared by every model."""
+    import random
+
+    from modeling_mel.zemel_evaluation import load_zemel_data
+
+    data = load_zemel_data(args.eval_dataset, args.eval_data, args.dataset_cache_dir)
+    kb = data.full_kb
+    pool = [r for r in data.split(args.eval_split) if r["entity_id"] in kb]
+    n_mentions = args.eval_mentions or (20 if args.quick else 50)
+    if not pool:
+        raise SystemExit(f"zemel_latency.py: no {args.eval_split} mention of {args.eval_data} has its gold in the KB")
+    rng = random.Random(args.seed)
+    rows = sorted(rng.sample(pool, min(n_mentions, len(pool))), key=lambda r: str(r["id"]))
+    golds = list(dict.fromkeys(r["entity_id"] for r in rows))
+    if len(golds) > args.n_candidates:
+        raise SystemExit(f"zemel_latency.py: {len(golds)} distinct golds exceed --n_candidates {args.n_candidates}")
+    others = [e for e in kb if e not in set(golds)]
+    ids = golds + rng.sample(others, min(args.n_candidates - len(golds), len(others)))
+    entities = []
+    for e in ids:
+        ent = {"entity_id": e, "name": kb[e].get("name") or "", "description": kb[e].get("description") or ""}
+        if args.eval_images and kb[e].get("images"):
+            ent["images"] = list(kb[e]["images"])
+        entities.append(ent)
+    mentions = []
+    for r in rows:
+        item = {"text": r.get("text") or r.get("caption"), "mention": r["mention"], "entity_id": r["entity_id"]}
+        if r.get("mention_start") is not None and r.get("mention_end") is not None:
+            item["mention_start"], item["mention_end"] = int(r["mention_start"]), int(r["mention_end"])
+        if args.eval_images and r.get("image") is not None:
+            item["image"] = r["image"]
+            if r.get("box") is not None:
+                item["boxes"] = [list(r["box"])]
+        mentions.append(item)
+    return mentions, entities
+
+
+def link_one_by_one(model_dir: str, mode: str, mentions: list[dict], entities: list[dict], args) -> dict:
+    """Build the product's pipeline for ``model_dir`` over the candidate set, link each mention alone (timed, after
+    one warm-up call) against all of it; H@1 and the median / mean ms per mention."""
+    import statistics
+    import time
+
+    from transformers import pipeline
+
+    from modeling_mel.cli_inference import load_model_and_processor
+    from modeling_mel.knowledge_base import linking_method
+    from modeling_mel.pipeline_entity_linking import MultimodalEntityLinkingPipeline
+
+    model, processor = load_model_and_processor(model_dir, device=args.device)
+    family = linking_method(model)
+    if (mode == "cross") != (family == "cross"):
+        raise SystemExit(f"zemel_latency.py: --{mode}_model {model_dir} is a {family} model "
+                         f"({'a cross-encoder' if mode == 'cross' else 'a ZEMEL bi/poly model'} expected)")
+    scoring = getattr(model.config, "scoring", "cross")
+    if mode != "cross" and scoring != mode:
+        print(f"note: --{mode}_model {model_dir} was trained with scoring={scoring!r}; it is scored as {mode!r}")
+        model.config.scoring = mode
+    init = {"kb": entities, "use_images": bool(args.eval_images), "bf16": None, "nil_threshold": None}
+    if family == "cross":
+        init["retriever"] = AllCandidates([e["entity_id"] for e in entities])
+    t0 = time.perf_counter()
+    pipe = pipeline("multimodal-entity-linking", model=model, processor=processor, device=args.device,
+                    pipeline_class=MultimodalEntityLinkingPipeline, **init)
+    setup_s = time.perf_counter() - t0
+    call = {"top_k": 1, "num_candidates": len(entities)}
+    if family == "dense":
+        call["candidates"] = "dense"  # exact scores against the whole cached candidate set
+    inputs = [{k: v for k, v in m.items() if k != "entity_id"} for m in mentions]
+    pipe(inputs[0], **call)  # warm-up
+    times, hits = [], 0
+    for item, m in zip(inputs, mentions):
+        start = time.perf_counter()
+        out = pipe(item, **call)
+        times.append(time.perf_counter() - start)
+        hits += bool(out) and out[0]["entity_id"] == m["entity_id"]
+    return {"mode": mode, "model": model_dir, "trained_scoring": scoring, "bf16": bool(pipe.bf16),
+            "H@1": hits / len(mentions), "ms_median": 1e3 * statistics.median(times),
+            "ms_mean": 1e3 * sum(times) / len(times), "mentions": len(mentions), "candidates": len(entities),
+            "setup_s": setup_s}
+
+
+def real_split_main(args, parser) -> dict:
+    """Table 3 with trained models on a real split: precision (H@1) beside latency for each given model."""
+    given = [(mode, path) for mode, path in (("bi", args.bi_model), ("poly", args.poly_model), ("cross", args.cross_model))
+             if path]
+    if args.eval_data is None or args.eval_dataset is None or not given:
+        parser.error("the trained-model Table 3 needs --eval_data, --eval_dataset and at least one of --poly_model, "
+                     "--bi_model, --cross_model")
+    mentions, entities = real_split_data(args)
+    print(f"{args.eval_dataset} {args.eval_split}: {len(mentions)} mentions against the same {len(entities)} candidates "
+          f"({'with' if args.eval_images else 'without'} images); torch threads {torch.get_num_threads()}", flush=True)
+    rows = []
+    for mode, path in given:
+        row = link_one_by_one(path, mode, mentions, entities, args)
+        print(mode, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        rows.append(row)
+    table = [{"mode": r["mode"], "precision (H@1)": r["H@1"], "T ms/mention (median)": r["ms_median"],
+              "mean ms": r["ms_mean"], "bf16": r["bf16"], "model": r["model"]} for r in rows]
+    title = (f"Table 3 with trained models: {args.eval_dataset} {args.eval_split}, {len(mentions)} mentions, each "
+             f"against the same {len(entities)} candidates, one mention per call (pipeline)")
+    tables = {title: markdown_table(table)}
+    print(f"\n{title}\n{tables[title]}")
+    payload = {"rows": rows, "eval_dataset": args.eval_dataset, "eval_data": args.eval_data, "eval_split": args.eval_split,
+               "mentions": len(mentions), "n_candidates": len(entities), "eval_images": bool(args.eval_images),
+               "seed": args.seed}
+    assert all(math.isfinite(r["H@1"]) and math.isfinite(r["ms_median"]) for r in rows)
+    path = write_results("zemel_latency_trained", payload, tables, args.out_dir, args.quick)
+    print(f"\nwrote {path}")
+    return payload
+
+
 # -- main ----------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__.splitlines()[0])
@@ -215,8 +354,22 @@ def main(argv: list[str] | None = None) -> dict:
                         help="cross pairs timed per size (scaled to n_candidates); default: all for minilm/tiny "
                              "(64 with --quick, 32 with --tiny), 128 for bert-base (16 with --quick)")
     parser.add_argument("--batch_size", type=int, default=64, help="cross-encoder batch size")
+    real = parser.add_argument_group("trained models on a real split (precision beside latency)")
+    real.add_argument("--eval_data", default=None, help="corpus folder: run the trained-model Table 3 on its split")
+    real.add_argument("--eval_dataset", default=None, help="corpus kind of --eval_data (wikimel, zemeld, mel_jsonl, ...)")
+    real.add_argument("--eval_split", default="dev", help="split whose mentions are linked")
+    real.add_argument("--eval_mentions", type=int, default=None, help="mentions linked (default 50; 20 with --quick)")
+    real.add_argument("--eval_images", action="store_true", help="use the corpus images (default: text only)")
+    real.add_argument("--dataset_cache_dir", default=None, help="Arrow cache of the corpus builder")
+    real.add_argument("--poly_model", default=None, help="trained ZEMEL model scored as the poly row")
+    real.add_argument("--bi_model", default=None, help="trained ZEMEL model scored as the bi row")
+    real.add_argument("--cross_model", default=None,
+                      help="trained cross-encoder: a PFMEL NSP linker fine-tuned on the same data (mel finetune)")
+    real.add_argument("--seed", type=int, default=0, help="seed of the mention sample and the random candidates")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
+    if args.eval_data is not None or any((args.poly_model, args.bi_model, args.cross_model)):
+        return real_split_main(args, parser)
     sizes = ["tiny"] if args.tiny else (args.size or ["minilm", "bert-base"])
     repeats = args.repeats or (2 if args.quick else 5)  # cross loop
     repeats_short = 3 * repeats if args.tiny else (10 if args.quick else 30)  # poly / bi loop

@@ -1,8 +1,8 @@
 """``mel``: the command line of modeling-mel.
 
     mel demo [--output_dir outputs/demo] [--full]
-    mel pretrain | finetune | evaluate ...          PFMEL (modeling_mel.scripts.*)
-    mel train-zemel | evaluate-zemel | ablations    ZEMEL (modeling_mel.scripts.*)
+    mel pretrain | finetune | evaluate | ablations            PFMEL (modeling_mel.scripts.*)
+    mel train-zemel | evaluate-zemel | zemel-ablations        ZEMEL (modeling_mel.scripts.*)
     mel build-dataset | export-dataset | index | link | calibrate | serve | model-card
 
 Each subcommand is one entry of :data:`COMMANDS`: ``name -> (help, target)``, where ``target`` is a function
@@ -29,7 +29,7 @@ Command = Callable[[list[str]], Any]
 COMMANDS: dict[str, tuple[str, Union[str, Command]]] = {
     "demo": ("PFMEL end to end on the sample corpus in a few minutes", "modeling_mel.demo:demo_main"),
     "build-dataset": (
-        "build a corpus (twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel) into datasets saved on disk",
+        "build a corpus (twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel, mimic_mel) into datasets saved on disk",
         "modeling_mel.cli_inference:build_dataset_main",
     ),
     "export-dataset": ("export a corpus as a code-free Hub dataset (Parquet + card)",
@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, Union[str, Command]]] = {
     "evaluate-zemel": ("evaluate a saved ZEMEL model (modeling_mel.scripts.evaluate_zemel)",
                        "modeling_mel.scripts.evaluate_zemel:main"),
     "ablations": ("PFMEL ablation variants x seeds (modeling_mel.scripts.ablations)", "modeling_mel.scripts.ablations:main"),
+    "zemel-ablations": ("ZEMEL Table 4 (poly codes m, bi) and Fig. 4 (candidate images) x seeds "
+                        "(modeling_mel.scripts.zemel_ablations)", "modeling_mel.scripts.zemel_ablations:main"),
+    "features": ("extract every mention and KB image's features once into a safetensors cache (--features F)",
+                 "modeling_mel.feature_cache:features_main"),
     "index": ("encode a KB with a ZEMEL model into a FAISS entity index", "modeling_mel.cli_inference:index_main"),
     "link": ("link the mentions of a JSONL file to a KB or an entity index", "modeling_mel.cli_inference:link_main"),
     "calibrate": ("choose and save a model's NIL ('not in the KB') threshold on labelled dev mentions",

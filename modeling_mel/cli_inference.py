@@ -66,18 +66,31 @@ def load_model_and_processor(
     return model, processor
 
 
-def build_image_extractor(args: argparse.Namespace, model: Any) -> Any:
-    """The image feature extractor asked for on the command line, or ``None`` (text only / pipeline default); it
-    runs on the model's device."""
+def build_image_extractor(args: argparse.Namespace, model: Any, processor: Any = None) -> Any:
+    """The image feature extractor of a model, on the model's device, or ``None`` (``--no_images``): the encoder
+    recorded at training (``processor``'s ``image_encoder``: no image flag needed), or ``--image_model`` checked
+    against it (``ImageEncoderError``, a ``ValueError`` naming both: exit code 2); for a model saved before encoders
+    were recorded, ``--image_model`` or ``microsoft/resnet-50`` (an error naming ``random:resnet-50`` when it cannot
+    be loaded)."""
     if getattr(args, "no_images", False):
         return None
-    from .image_features import ImageFeatureExtractor
+    from .image_features import ImageFeatureExtractor, extractor_for, recorded_image_encoder
 
     kwargs: dict[str, Any] = {"cache_dir": args.image_cache} if getattr(args, "image_cache", None) else {}
     if getattr(model, "device", None) is not None:
         kwargs["device"] = model.device
     if getattr(args, "max_image_pixels", None) is not None:
         kwargs["max_image_pixels"] = args.max_image_pixels
+    recorded = recorded_image_encoder(processor)
+    if getattr(args, "features", None):  # extract once: the cache made by mel features, checked against the model
+        from .feature_cache import open_features
+
+        return open_features(args.features, image_model=getattr(args, "image_model", None), recorded=recorded,
+                             what=f"the model {args.model}", strict=getattr(args, "strict_images", False),
+                             **{k: v for k, v in kwargs.items() if k == "max_image_pixels"})
+    if recorded is not None:
+        return extractor_for(recorded, getattr(args, "image_model", None), what=f"the model {args.model}",
+                             strict=getattr(args, "strict_images", False), **kwargs)
     if getattr(args, "image_model", None):
         return ImageFeatureExtractor(args.image_model, strict=getattr(args, "strict_images", False), **kwargs)
     expected = int(getattr(model.config, "image_feature_dim", getattr(model.config, "v_feature_dim", 2048)))
@@ -90,7 +103,10 @@ def build_image_extractor(args: argparse.Namespace, model: Any) -> Any:
 
 
 def _add_image_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image_model", default=None, help="ResNet checkpoint dir or hub id (default microsoft/resnet-50)")
+    parser.add_argument("--image_model", default=None,
+                        help="image encoder (transformers vision checkpoint dir or hub id, or random:<arch>); default: "
+                             "the one recorded in the model's processor config at training, and another one is refused "
+                             "(exit code 2); models without a record: microsoft/resnet-50")
     parser.add_argument("--image_cache", default=None, help="directory of the on-disk image feature cache")
     parser.add_argument("--no_images", action="store_true", help="ignore images (text-only linking)")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
@@ -249,6 +265,9 @@ def index_main(argv: list[str]) -> int:
     _add_weight_mismatch_arg(parser)
     _add_device_arg(parser)
     _add_image_args(parser)
+    parser.add_argument("--features", default=None,
+                        help="feature cache of the KB images made by mel features (refused when its encoder is not "
+                             "the model's; a KB image not in it is an error naming the fix)")
     args = parser.parse_args(argv)
 
     if not args.bm25_only and not args.model:
@@ -287,7 +306,7 @@ def index_main(argv: list[str]) -> int:
                     logger.warning("%s is a PFMEL model (no candidate encoder): writing a metadata-only index", args.model)
                     model = processor = None
                 else:
-                    extractor = build_image_extractor(args, model)
+                    extractor = build_image_extractor(args, model, processor)
             start = time.perf_counter()
             index = EntityIndex.build(
                 model, processor, kb, batch_size=args.batch_size, index_type=args.index_type,
@@ -335,7 +354,7 @@ def _index_sharded(args: argparse.Namespace, world: int, device: Any = None) -> 
             model, processor, _load_kb_arg(args.kb), args.out, shard_size=args.shard_size or 50_000,
             shard_dir=args.shard_dir, keep_shards=args.keep_shards, batch_size=args.batch_size,
             max_length=args.max_length, bf16=_encoding_bf16(args, model),
-            image_extractor=build_image_extractor(args, model), index_type=args.index_type,
+            image_extractor=build_image_extractor(args, model, processor), index_type=args.index_type,
             memory_budget=args.memory_budget, store_vectors=store_vectors, hnsw_threshold=args.hnsw_threshold,
             ef_search=args.ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe, pq_m=args.pq_m,
             device=device,
@@ -868,7 +887,7 @@ def build_pipeline(args: argparse.Namespace) -> Any:
     device = _device_of(args)
     model, processor = load_model_and_processor(args.model, args.trust_remote_code, device,
                                                 allow_weight_mismatch=getattr(args, "allow_weight_mismatch", False))
-    extractor = build_image_extractor(args, model)
+    extractor = build_image_extractor(args, model, processor)
     init: dict[str, Any] = {"use_images": not args.no_images, "strict_images": args.strict_images,
                             "allow_weight_mismatch": bool(getattr(args, "allow_weight_mismatch", False)),
                             "max_image_pixels": getattr(args, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)}
@@ -1010,7 +1029,8 @@ def build_dataset_main(argv: list[str]) -> int:
         "save_to_disk: OUT/mentions (a DatasetDict of splits) and OUT/kb (a Dataset).",
     )
     parser.add_argument(
-        "--dataset", required=True, help="builder name: twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel"
+        "--dataset", required=True,
+        help="builder name: twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel, mimic_mel"
     )
     parser.add_argument("--data_dir", required=True, help="folder with the corpus files in the builder's raw layout")
     parser.add_argument("--out", required=True, help="output folder")
@@ -1138,7 +1158,7 @@ def _calibrate(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
 
     from .entity_index import EntityIndex, load_retriever, output_write_lock
     from .knowledge_base import kb_records, linking_method
-    from .nil import CALIBRATION_NAME, choose_threshold, nil_metrics, removed_entities, save_calibration
+    from .nil import CALIBRATION_NAME, choose_threshold, is_nil_gold, nil_metrics, removed_entities, save_calibration
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
     out_dir = args.out or args.index or args.model
@@ -1173,7 +1193,7 @@ def _calibrate(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             kb_ids = [e["entity_id"] for e in kb]
         removed = removed_entities(kb_ids, (r["entity_id"] for r in rows), args.nil_fraction, args.seed)
         reduced: Any = index.without(removed) if args.index else [e for e in kb if e["entity_id"] not in removed]
-        extractor = build_image_extractor(args, model)
+        extractor = build_image_extractor(args, model, processor)
         init: dict[str, Any] = {"use_images": not args.no_images, "max_image_pixels": args.max_image_pixels,
                                 "bf16": _precision_setting(args, args.index, device, "mel calibrate"),
                                 "allow_weight_mismatch": args.allow_weight_mismatch}
@@ -1195,7 +1215,7 @@ def _calibrate(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     best_ids = [out[0]["entity_id"] if out else None for out in outputs]
     best_scores = [out[0]["score"] if out else None for out in outputs]
     golds = [str(r["entity_id"]) for r in rows]
-    is_nil = [g in removed for g in golds]
+    is_nil = [g in removed or is_nil_gold(g) for g in golds]  # simulated NIL mentions and those labelled NIL
     threshold, calibrated = choose_threshold(best_ids, best_scores, golds, is_nil, args.max_in_kb_drop)
     source = {"index": os.path.abspath(args.index)} if args.index else {"kb": os.path.abspath(args.kb)}
     if args.retriever:

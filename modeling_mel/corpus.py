@@ -722,6 +722,7 @@ DATASET_BUILDERS: dict[str, str] = {
     "zemeld": "Zemeld",
     "wikimel": "WikiMel",
     "richpedia_mel": "RichpediaMel",
+    "mimic_mel": "MimicMel",
 }
 
 

@@ -25,8 +25,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _image_model() -> str | None:
-    """``microsoft/resnet-50`` when it is in the local hub cache, else ``None`` (random-init ResNet-50, no hub call)."""
+def _image_model() -> str:
+    """``microsoft/resnet-50`` when it is in the local hub cache, else ``random:resnet-50``: a randomly initialised
+    ResNet-50 asked for explicitly (seeded; no hub call), recorded as such in the saved model and said in the output."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -36,10 +37,10 @@ def _image_model() -> str | None:
     except Exception:  # pragma: no cover
         pass
     logger.warning(
-        "microsoft/resnet-50 is not in the local cache: the demo uses a RANDOMLY INITIALISED ResNet-50 "
-        "(its features still tell the sample's colour/shape signatures apart)"
+        "microsoft/resnet-50 is not in the local cache: the demo uses --image_model random:resnet-50, a RANDOMLY "
+        "INITIALISED ResNet-50 (its features still tell the sample's colour/shape signatures apart)"
     )
-    return None
+    return "random:resnet-50"
 
 
 def run_demo(
@@ -92,8 +93,9 @@ def run_demo(
 
     # 2. Image features (ResNet-50, cached by content hash) and the corpus views.
     t = time.time()
+    image_model = _image_model()
     extractor = ImageFeatureExtractor(
-        _image_model(), cache_dir=data_args.image_cache_dir, image_size=data_args.image_size, seed=seed
+        image_model, cache_dir=data_args.image_cache_dir, image_size=data_args.image_size, seed=seed
     )
     corpus = PFMELCorpus.load("twitter_mel", data_dir, cache_dir=data_args.dataset_cache_dir, extractor=extractor)
     corpus.linking_data("train")  # dev/test features come at evaluation (the feature centre is a training statistic)
@@ -170,6 +172,7 @@ def run_demo(
         },
         "model_dir": model_dir,
         "nsp_head_pretrained": model.config.nsp_head_pretrained,
+        "image_encoder": extractor.identity["name"] + (f" (random init, seed {seed})" if extractor.random else ""),
         "bf16": bf16,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "wall_time_s": round(time.time() - start, 1),
@@ -196,6 +199,10 @@ def _print(results: dict) -> None:
         lines += ["", "NOTE: the backbone has no pre-trained NSP head (cls.seq_relationship): PFMEL and NSP-BERT here "
                   "learn next-sentence prediction from a random head, not from BERT's pre-trained one (the paper's "
                   "premise); run with --backbone bert-base-uncased where the hub is reachable for that."]
+    if results.get("image_encoder"):
+        lines += ["", f"image encoder: {results['image_encoder']}"
+                  + ("  <- randomly initialised, asked for explicitly (microsoft/resnet-50 is not in the local cache): "
+                     "the image features are not ImageNet features" if "random init" in results["image_encoder"] else "")]
     ex = results["example"]
     lines += ["", f"example: {ex['text']!r}  (gold: {ex['gold']})"]
     for rank, (eid, score) in enumerate(ex["ranked"], 1):

@@ -307,6 +307,7 @@ def render_card_text(
         "dataset_name": info["dataset_name"],
         "results_table": _results_table(entries),
         "task": TASK,
+        "image_encoder": image_encoder_card_text(None),
     }
     values.update({k: str(v) for k, v in (fields or {}).items() if v is not None})
 
@@ -379,6 +380,34 @@ def config_notes(config: Mapping[str, Any]) -> str:
     return " ".join(notes) or "nothing beyond the description above."
 
 
+def _recorded_image_encoder(model_dir: str) -> dict | None:
+    """The ``image_encoder`` identity of ``processor_config.json`` in ``model_dir`` (written at training), or None."""
+    try:
+        with open(os.path.join(model_dir, "processor_config.json"), encoding="utf-8") as f:
+            value = json.load(f).get("image_encoder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+def image_encoder_card_text(identity: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None) -> str:
+    """The card's image encoder line: the recorded encoder (name, feature kind and size, input side, weights
+    fingerprint), a loud note when it was randomly initialised (``random:<arch>``), or "text only" / "not recorded"."""
+    if not identity:
+        if config is not None and config.get("image_features") == "none":
+            return "none: the model was trained text only"
+        return ("not recorded (a model saved before image encoders were recorded: use the image model it was trained "
+                "with, by default `microsoft/resnet-50`)")
+    text = (f"`{identity.get('name')}` ({identity.get('model_class')}, {identity.get('feature')} "
+            f"{identity.get('feature_dim')}-d features at {identity.get('image_size')} px, weights sha256 "
+            f"`{str(identity.get('weights_sha256') or '')[:16]}`)")
+    if identity.get("random"):
+        text += (f". **This model was trained with a RANDOMLY INITIALISED image encoder** (`{identity.get('name')}`, "
+                 f"seed {identity.get('seed')}; tests and timing only): its image features carry no pretrained "
+                 "visual knowledge, so do not use this checkpoint to link real images")
+    return text
+
+
 def render_model_card(
     model_dir: str | os.PathLike,
     results: Mapping[str, Any] | str | os.PathLike | None = None,
@@ -413,6 +442,7 @@ def render_model_card(
         name_or_path = "not recorded (the package default is all-MiniLM-L6-v2)"
     fields.setdefault("base_model", name_or_path)
     fields.setdefault("model_notes", config_notes(config))
+    fields.setdefault("image_encoder", image_encoder_card_text(_recorded_image_encoder(model_dir), config))
     text = render_card_text(template_text, model_name, info, entries, fields)
     split_front_matter(text)  # the result must parse
     output = os.fspath(output) if output is not None else os.path.join(model_dir, "README.md")
@@ -430,6 +460,7 @@ __all__ = [
     "render_model_card",
     "render_card_text",
     "config_notes",
+    "image_encoder_card_text",
     "parse_results",
     "split_front_matter",
 ]

@@ -1,16 +1,39 @@
-"""ResNet-50 image features (pooled, 2048-d) through transformers' ``ResNetModel``, with a cache.
+"""Image features through any transformers vision encoder (ResNet, CLIP, ViT, DINOv2, SigLIP), with a cache and an
+identity that a model records.
 
-Both papers feed pooled ResNet-50 features: PFMEL one vector per tweet image (an entity's vector is
-the mean over its timeline images), ZEMEL one vector per region (box crops plus the whole image).
-torchvision is not needed: the network is transformers' ``ResNetModel``. ``microsoft/resnet-50`` is
-loaded when the hub or a local directory has it; otherwise a randomly initialised ResNet-50 is used
-with a loud warning (its features still separate colours and shapes, but they are not ImageNet
-features). Pass a directory holding the real weights to reproduce the papers.
+Both papers feed pooled ResNet-50 features: PFMEL one vector per tweet image (an entity's vector is the mean over its
+timeline images), ZEMEL one vector per region (box crops plus the whole image). The MEL methods since 2023 (MIMIC,
+M3EL, MMoE, KGMEL) use CLIP ViT-B/32: the projected ``image_embeds`` (512-d) and the vision tower's patch tokens.
+:class:`ImageFeatureExtractor` takes any of them (``--image_model``):
 
-Features are cached by content hash (SHA-1 of the file bytes or of the decoded pixels, plus the
-model's identity), in memory and optionally on disk, so each image is encoded once across epochs and
-runs. The model's identity includes a SHA-256 fingerprint of its weights, so new weights saved at the same path
-never reuse features cached for the old ones.
+- a transformers checkpoint (hub id or folder): ``ResNetModel`` (feature ``pooled``: ``pooler_output``, 2048-d for
+  ``microsoft/resnet-50``); ``CLIPVisionModelWithProjection`` or a whole ``CLIPModel`` (``projected``: the projected
+  ``image_embeds``; or ``pooled``: the post-layernorm CLS token); ``CLIPVisionModel`` / ``Dinov2Model`` /
+  ``SiglipVisionModel`` (``pooled``); ``ViTModel`` (``cls``: the CLS token of the last layer; ``pooled`` needs pooler
+  weights); any other ``AutoModel`` giving ``pooler_output`` (``pooled``) or a token sequence (``cls``). The feature
+  size comes from the encoder. :meth:`ImageFeatureExtractor.encode_patches` gives the patch tokens (the ResNet's last
+  feature map cells) in the same space as the global feature (CLIP: post-layernorm and projected), for ZEMEL regions.
+- the image processor comes with it: ``AutoImageProcessor`` of the same folder / hub id. When there is none (e.g. a
+  tiny random config saved without one) the images are resized (shorter side to ``image_size / 0.875``),
+  centre-cropped to ``image_size`` and normalised with the ImageNet mean and std, ``image_size`` being the config's
+  (ViT / CLIP) or 224 (ResNet). A convolutional encoder may run at another ``image_size`` (that fallback, with the
+  processor's mean and std); a ViT-like encoder refuses a size other than its own.
+- ``random:<arch>`` (:data:`RANDOM_ENCODERS`: ``random:resnet-50``, ``random:clip-vit-b32``, ``random:tiny-resnet``,
+  ``random:tiny-clip``, ...): a randomly initialised encoder, seeded (``seed``), for tests and timing only; ``tiny`` is
+  an alias of ``random:tiny-resnet`` (64-d). A checkpoint that cannot be loaded (offline and not in the local cache)
+  is an :class:`ImageEncoderError` naming the explicit ``random:`` choice: a random encoder is never a silent fallback.
+
+Identity: :attr:`ImageFeatureExtractor.identity` is a JSON dict (:data:`IDENTITY_KEYS`: ``name``, ``random``,
+``seed``, ``model_type``, ``model_class``, ``weights_sha256``, ``feature``, ``feature_dim``, ``image_size``,
+``preprocessing``). Training records it in the processor config (``image_encoder`` of ``processor_config.json``);
+:func:`extractor_for` builds the recorded encoder by default (:meth:`ImageFeatureExtractor.from_identity`) and
+:func:`check_image_encoder` refuses another one (different weights, feature kind, size or preprocessing) with a
+one-line :class:`ImageEncoderError` naming both. A feature cache can store the same dict and check it the same way.
+
+Features are cached by content hash (SHA-1 of the file bytes or of the decoded pixels, plus the encoder's identity:
+name, feature kind, a SHA-256 fingerprint of its weights, input size, preprocessing), in memory and optionally on disk,
+so each image is encoded once across epochs and runs; new weights saved at the same path never reuse features cached
+for the old ones.
 
 Pixel limit: an image of more than ``max_image_pixels`` pixels (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 50M, well
 under PIL's own decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS`` of about 89M, which is left as it is) is
@@ -29,6 +52,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -44,6 +68,40 @@ ImageInput = Union[str, os.PathLike, "PIL.Image.Image", None]  # noqa: F821
 DEFAULT_IMAGE_MODEL = "microsoft/resnet-50"
 #: Most pixels (width x height) of an image that is decoded (``max_image_pixels``; ``None``: PIL's limit only).
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+#: Prefix of an explicitly random encoder (``random:<arch>``, :data:`RANDOM_ENCODERS`).
+RANDOM_PREFIX = "random:"
+#: ``--image_model tiny``: a small random ResNet with a 64-d output (tests, quick runs), recorded as this name.
+TINY_ALIAS = "tiny"
+TINY_IMAGE_ENCODER = "random:tiny-resnet"
+#: Global feature kinds: ``pooled`` (the encoder's pooled output), ``projected`` (CLIP's ``image_embeds``), ``cls``
+#: (the CLS token of the last layer).
+FEATURE_KINDS = ("pooled", "projected", "cls")
+#: The keys of :attr:`ImageFeatureExtractor.identity` (``config`` too for ``random:custom``).
+IDENTITY_KEYS = ("name", "random", "seed", "model_type", "model_class", "weights_sha256", "feature", "feature_dim",
+                 "image_size", "preprocessing")
+#: What must be equal for two encoders to give the same features (:func:`image_encoder_mismatch`).
+_IDENTITY_CHECKED = ("weights_sha256", "feature", "feature_dim", "image_size", "preprocessing")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_TINY_VIT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                 patch_size=8)
+#: ``random:<arch>`` encoders: arch -> (config class, config kwargs, model class). ``random:tiny-resnet-<D>``: a tiny
+#: ResNet with a D-d output.
+RANDOM_ENCODERS: dict[str, tuple[str, dict, str]] = {
+    "resnet-50": ("ResNetConfig", {}, "ResNetModel"),
+    "tiny-resnet": ("ResNetConfig", {"embedding_size": 8, "hidden_sizes": [16, 32, 64, 64], "depths": [1, 1, 1, 1],
+                                     "layer_type": "basic"}, "ResNetModel"),
+    "clip-vit-b32": ("CLIPVisionConfig", {"patch_size": 32, "projection_dim": 512}, "CLIPVisionModelWithProjection"),
+    "clip-vit-b16": ("CLIPVisionConfig", {"patch_size": 16, "projection_dim": 512}, "CLIPVisionModelWithProjection"),
+    "tiny-clip": ("CLIPVisionConfig", dict(_TINY_VIT, projection_dim=16), "CLIPVisionModelWithProjection"),
+    "vit-b16": ("ViTConfig", {}, "ViTModel"),
+    "tiny-vit": ("ViTConfig", dict(_TINY_VIT), "ViTModel"),
+}
+
+
+class ImageEncoderError(ValueError):
+    """An image encoder cannot be built (not loadable, unknown ``random:`` arch, weights missing from its checkpoint),
+    or is not the one a model was trained with (:func:`check_image_encoder`). One line; ``mel`` exits with code 2."""
 
 
 class ImageReadError(ValueError):
@@ -213,22 +271,26 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 class ImageFeatureExtractor:
-    """Pooled ResNet features for images and image regions, batched and cached.
+    """Image features from a transformers vision encoder for images and image regions, batched and cached.
 
     Args:
-        model_name_or_path: hub id or local dir of a transformers ResNet checkpoint
-            (default ``microsoft/resnet-50``). When it cannot be loaded (offline), a randomly
-            initialised ResNet-50 is used and a warning says so.
+        model_name_or_path: hub id or local folder of a transformers vision checkpoint (ResNet, CLIP, ViT, DINOv2,
+            SigLIP, ...; default ``microsoft/resnet-50``), ``random:<arch>`` (:data:`RANDOM_ENCODERS`: a seeded
+            randomly initialised encoder, for tests and timing) or ``tiny`` (= ``random:tiny-resnet``). A checkpoint
+            that cannot be loaded raises :class:`ImageEncoderError` naming the fix: no silent random fallback.
         cache_dir: directory of the on-disk feature cache (one ``.npy`` per image content hash);
             ``None`` keeps the cache in memory only.
         batch_size: images per forward pass.
         strict: raise :class:`ImageReadError` for a missing or corrupt image instead of returning zeros.
         device: torch device; default CPU.
-        config: a ``ResNetConfig`` to build a randomly initialised network from (tiny configs in tests);
-            when given, ``model_name_or_path`` is not loaded.
-        image_size: side of the square network input (224 as in the papers; smaller is faster).
-        seed: seed of the random initialisation used when no pre-trained weights are available, so
-            features are reproducible across runs and processes.
+        config: a vision config (``ResNetConfig``, ``CLIPVisionConfig``, ``ViTConfig``, ...) to build a randomly
+            initialised network from (tiny configs in tests); when given, ``model_name_or_path`` is not loaded and the
+            identity is ``random:custom`` (its config recorded).
+        image_size: side of the square network input; default: the image processor's, else the config's
+            ``image_size`` (ViT / CLIP), else 224 (ResNet; smaller is faster).
+        seed: seed of a random initialisation (``random:<arch>`` or ``config``), so features are reproducible.
+        feature: the global feature kind (:data:`FEATURE_KINDS`); default: ``projected`` for CLIP with a projection,
+            ``cls`` for ViT, else ``pooled``.
     """
 
     def __init__(
@@ -239,12 +301,11 @@ class ImageFeatureExtractor:
         strict: bool = False,
         device: str | torch.device | None = None,
         config=None,
-        image_size: int = 224,
+        image_size: int | None = None,
         seed: int = 0,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        feature: str | None = None,
     ) -> None:
-        from transformers import ResNetConfig, ResNetModel
-
         if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or int(max_image_pixels) < 1):
             raise ValueError(f"max_image_pixels must be >= 1 (or None: PIL's limit only), got {max_image_pixels!r}")
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
@@ -252,45 +313,178 @@ class ImageFeatureExtractor:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if feature is not None and feature not in FEATURE_KINDS:
+            raise ImageEncoderError(f"unknown image feature kind {feature!r}; choose one of {list(FEATURE_KINDS)}")
         self.strict = strict
         self.device = torch.device(device or "cpu")
-        self.image_size = int(image_size)
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         self.stats: collections.Counter = collections.Counter()
         self._memory: dict[str, np.ndarray] = {}
-        self.pretrained = False
-        model = None
-        if config is None and model_name_or_path:
-            try:
-                model = ResNetModel.from_pretrained(model_name_or_path)
-                self.pretrained = True
-                self.model_key = f"{model_name_or_path}"
-            except (OSError, ValueError) as err:
-                msg = (
-                    f"could not load image model {model_name_or_path!r} ({type(err).__name__}); using a RANDOMLY "
-                    "INITIALISED ResNet-50. Image features will not be ImageNet features: pass "
-                    "--image_model <dir with microsoft/resnet-50> to reproduce the papers."
-                )
-                logger.warning(msg)
-                warnings.warn(msg, stacklevel=2)
-        if model is None:
-            config = config if config is not None else ResNetConfig()
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = ResNetModel(config)
-            self.model_key = f"random-resnet:{seed}:{hashlib.sha1(config.to_json_string().encode()).hexdigest()[:12]}"
+        self.seed = int(seed)
+        name = None if model_name_or_path is None else os.fspath(model_name_or_path)
+        if config is None and not name:
+            raise ImageEncoderError("no image encoder given: pass a checkpoint (hub id or folder), random:<arch> or config=")
+        if config is None and name == TINY_ALIAS:
+            name = TINY_IMAGE_ENCODER
+        self._processor = None
+        self.random = config is not None or name.startswith(RANDOM_PREFIX)
+        self.pretrained = not self.random
+        self._config_record = None
+        if config is not None:
+            self.name = "random:custom"
+            self._config_record = json.loads(config.to_json_string(use_diff=False))
+            model = _build_random(config, _model_class_for_config(config), self.seed)
+        elif self.random:
+            self.name = name
+            config, class_name = random_encoder_config(name[len(RANDOM_PREFIX):])
+            model = _build_random(config, class_name, self.seed)
+        else:
+            self.name = os.path.abspath(name) if os.path.isdir(name) else name
+            model = _load_encoder(name)
+            self._processor = _load_image_processor(name)
         self.model = model.eval().to(self.device)
-        self.feature_dim = int(self.model.config.hidden_sizes[-1])
+        self.model_type = str(getattr(self.model.config, "model_type", "") or type(self.model.config).__name__)
+        self._post_norm = getattr(getattr(self.model, "vision_model", None), "post_layernorm", None)  # CLIP
+        self._projection = getattr(self.model, "visual_projection", None)  # CLIP with projection
+        self.feature = feature or self._default_feature()
+        self._check_feature()
+        self.image_size = self._resolve_image_size(image_size)
+        self.preprocessing = "image_processor" if self._processor is not None else "resize_crop"
+        mean = getattr(self._processor, "image_mean", None) or _IMAGENET_MEAN
+        std = getattr(self._processor, "image_std", None) or _IMAGENET_STD
+        self._mean = torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1)
+        self._std = torch.tensor([float(v) for v in std]).view(1, 3, 1, 1)
+        with torch.inference_mode():  # the feature size and the patch layout, from one forward pass
+            dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+            out = self.model(pixel_values=dummy)
+            tokens = out.last_hidden_state
+            patch = getattr(self.model.config, "patch_size", None)
+            n_patches = (self.image_size // int(patch)) ** 2 if tokens.dim() == 3 and isinstance(patch, int) else None
+            self._prefix_tokens = tokens.shape[1] - n_patches if n_patches else (1 if self.feature == "cls" else 0)
+            self.feature_dim = int(self._global(out).shape[-1])
         # the cache key names the weights, not only their path: new weights at the same path never reuse features
         self.weights_sha256 = weights_fingerprint(self.model)
-        self.model_key += f":w{self.weights_sha256[:16]}:{self.image_size}"
-        # ImageNet normalisation as in microsoft/resnet-50's preprocessor.
-        self._mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        self._std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        self.model_key = (f"{self.name}:{self.feature}:w{self.weights_sha256[:16]}:{self.image_size}:"
+                          f"{self.preprocessing}" + (f":seed{self.seed}" if self.random else ""))
+
+    # -- identity ----------------------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> dict:
+        """What made these features, as JSON (:data:`IDENTITY_KEYS`): training records it in the processor config
+        (``image_encoder``) and inference rebuilds and checks it (:func:`extractor_for`)."""
+        out = {
+            "name": self.name, "random": self.random, "seed": self.seed if self.random else None,
+            "model_type": self.model_type, "model_class": type(self.model).__name__,
+            "weights_sha256": self.weights_sha256, "feature": self.feature, "feature_dim": self.feature_dim,
+            "image_size": self.image_size, "preprocessing": self.preprocessing,
+        }
+        if self._config_record is not None:
+            out["config"] = self._config_record
+        return out
+
+    @classmethod
+    def from_identity(cls, identity: Mapping[str, Any], what: str = "the model", **kwargs: Any) -> "ImageFeatureExtractor":
+        """The encoder an :attr:`identity` describes (``kwargs``: ``cache_dir``, ``strict``, ``device``,
+        ``batch_size``, ``max_image_pixels``), checked against it: :class:`ImageEncoderError` when it cannot be
+        loaded here or loads with other weights."""
+        identity = dict(identity)
+        name = str(identity.get("name") or "")
+        settings = dict(kwargs, image_size=identity.get("image_size"), feature=identity.get("feature"),
+                        seed=int(identity.get("seed") or 0))
+        try:
+            if name == "random:custom":
+                from transformers import AutoConfig
+
+                record = dict(identity.get("config") or {})
+                model_type = record.pop("model_type", identity.get("model_type"))
+                settings["config"] = AutoConfig.for_model(model_type, **record)
+                extractor = cls(None, **settings)
+            else:
+                extractor = cls(name, **settings)
+        except ImageEncoderError as err:
+            raise ImageEncoderError(
+                f"{what} was trained with the image encoder {describe_image_encoder(identity)}, which cannot be built "
+                f"here: {err}"
+            ) from err
+        check_image_encoder(identity, extractor, what=what,
+                            fix=f"pass --image_model with the encoder the model was trained with ({name})")
+        return extractor
+
+    # -- the encoder -------------------------------------------------------------------------------------------------
+    def _default_feature(self) -> str:
+        if self._projection is not None:
+            return "projected"
+        if self.model_type == "vit":
+            return "cls"
+        return "pooled"
+
+    def _check_feature(self) -> None:
+        ok = {"pooled", "cls"}
+        if self._projection is not None:
+            ok.add("projected")
+        if self.model_type == "resnet":
+            ok = {"pooled"}
+        elif self.model_type in ("siglip_vision_model", "siglip"):
+            ok = {"pooled"}  # no CLS token
+        elif self.model_type == "vit" and getattr(self.model, "pooler", None) is None:
+            ok.discard("pooled")
+        if self.feature not in ok:
+            raise ImageEncoderError(
+                f"image encoder {self.name!r} ({type(self.model).__name__}) gives no {self.feature!r} feature; "
+                f"choose one of {sorted(ok)}"
+            )
+
+    def _resolve_image_size(self, image_size: int | None) -> int:
+        native = _processor_size(self._processor)
+        config_size = getattr(self.model.config, "image_size", None)
+        fixed = isinstance(config_size, int) and getattr(self.model.config, "patch_size", None) is not None
+        if native is None and isinstance(config_size, int):
+            native = int(config_size)
+        if image_size is None:
+            return int(native or 224)
+        image_size = int(image_size)
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size!r}")
+        if fixed and image_size != int(config_size):
+            raise ImageEncoderError(
+                f"image encoder {self.name!r} ({type(self.model).__name__}) takes {config_size}-px inputs (its "
+                f"position embeddings), not {image_size}: drop --image_size or pass {config_size}"
+            )
+        if self._processor is not None and native is not None and image_size != native:
+            self._processor = None  # a convolutional encoder at another size: resize/crop with the processor's mean/std
+        return image_size
+
+    def _global(self, out: Any) -> torch.Tensor:
+        """The global feature ``(B, D)`` of a forward output."""
+        if self.feature == "projected":
+            return out.image_embeds
+        tokens = out.last_hidden_state
+        if self.feature == "cls":
+            cls_token = tokens[:, 0]
+            return self._post_norm(cls_token) if self._post_norm is not None else cls_token
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None and self._post_norm is not None:  # CLIP with projection: the post-layernorm CLS token
+            pooled = self._post_norm(tokens[:, 0])
+        if pooled is None:
+            raise ImageEncoderError(f"image encoder {self.name!r} gives no pooled output; use feature='cls'")
+        return pooled.flatten(1)
+
+    def _patches(self, out: Any) -> torch.Tensor:
+        """The patch tokens ``(B, P, D)`` of a forward output, in the space of the global feature."""
+        tokens = out.last_hidden_state
+        if tokens.dim() == 4:  # a convolutional feature map (B, C, h, w)
+            return tokens.flatten(2).transpose(1, 2)
+        patches = tokens[:, self._prefix_tokens:]
+        if self._post_norm is not None:
+            patches = self._post_norm(patches)
+            if self.feature == "projected":
+                patches = self._projection(patches)
+        return patches
 
     # -- preprocessing -----------------------------------------------------------------------
     def _to_tensor(self, image) -> torch.Tensor:
-        """Resize the shorter side to ``image_size / 0.875``, centre-crop, normalise: (3, S, S)."""
+        """Resize the shorter side to ``image_size / 0.875``, centre-crop: (3, S, S) in [0, 1] (the fallback when
+        the encoder has no image processor)."""
         from PIL import Image
 
         s = self.image_size
@@ -304,15 +498,25 @@ class ImageFeatureExtractor:
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
         return arr
 
+    def _pixel_values(self, pil_images: list) -> torch.Tensor:
+        if self._processor is not None:
+            return self._processor(images=pil_images, return_tensors="pt")["pixel_values"].to(self.device)
+        batch = torch.stack([self._to_tensor(im) for im in pil_images])
+        return ((batch - self._mean) / self._std).to(self.device)  # (B, 3, S, S)
+
     @torch.inference_mode()
-    def _forward(self, pil_images: list) -> np.ndarray:
-        out = []
+    def _forward(self, pil_images: list, patches: bool = False):
+        """Global features ``(N, D)`` of PIL images (with ``patches``: and their patch tokens ``(N, P, D)``)."""
+        out, out_patches = [], []
         for start in range(0, len(pil_images), self.batch_size):
-            batch = torch.stack([self._to_tensor(im) for im in pil_images[start : start + self.batch_size]])
-            batch = ((batch - self._mean) / self._std).to(self.device)  # (B, 3, S, S)
-            pooled = self.model(pixel_values=batch).pooler_output.flatten(1)  # (B, D)
-            out.append(pooled.float().cpu().numpy())
-        return np.concatenate(out, 0) if out else np.zeros((0, self.feature_dim), np.float32)
+            result = self.model(pixel_values=self._pixel_values(pil_images[start : start + self.batch_size]))
+            out.append(self._global(result).float().cpu().numpy())
+            if patches:
+                out_patches.append(self._patches(result).float().cpu().numpy())
+        feats = np.concatenate(out, 0) if out else np.zeros((0, self.feature_dim), np.float32)
+        if not patches:
+            return feats
+        return feats, (np.concatenate(out_patches, 0) if out_patches else np.zeros((0, 0, self.feature_dim), np.float32))
 
     # -- cache -------------------------------------------------------------------------------
     def _cache_path(self, key: str) -> str | None:
@@ -320,7 +524,7 @@ class ImageFeatureExtractor:
             return None
         return os.path.join(self.cache_dir, key[:2], key + ".npy")
 
-    def _lookup(self, key: str) -> np.ndarray | None:
+    def _lookup(self, key: str, patches: bool = False) -> np.ndarray | None:
         if key in self._memory:
             return self._memory[key]
         path = self._cache_path(key)
@@ -329,7 +533,7 @@ class ImageFeatureExtractor:
                 feat = np.load(path)
             except (OSError, ValueError):
                 return None
-            if feat.shape == (self.feature_dim,):
+            if (feat.ndim == 2 and feat.shape[1] == self.feature_dim) if patches else feat.shape == (self.feature_dim,):
                 self._memory[key] = feat
                 return feat
         return None
@@ -436,6 +640,39 @@ class ImageFeatureExtractor:
         crops = [pil.crop(tuple(int(round(v)) for v in box)) for box in boxes]
         return self.encode(crops)
 
+    def encode_patches(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Global features ``(N, D)`` of ``images`` and, per image, its patch tokens ``(P, D)`` in the same space
+        (CLIP: post-layernorm and projected like ``image_embeds``; ResNet: the cells of the last feature map), or
+        ``None`` for an unreadable image (zero global feature, counted as in :meth:`encode`). Cached like
+        :meth:`encode`. ZEMEL's ``--image_regions patches`` feeds them as regions (:func:`patch_spatial`)."""
+        feats = np.zeros((len(images), self.feature_dim), dtype=np.float32)
+        patches: list[np.ndarray | None] = [None] * len(images)
+        pending: list[tuple[int, str, Any]] = []
+        for i, image in enumerate(images):
+            try:
+                pil = open_image(image, self.max_image_pixels)
+            except ImageReadError as err:
+                missing = image is None or (isinstance(image, (str, os.PathLike)) and not os.path.exists(os.fspath(image)))
+                reason = "too_large" if isinstance(err, ImageTooLargeError) else "missing" if missing else "corrupt"
+                feats[i] = self._bad_image(image, err, reason)
+                continue
+            key = _content_key(pil, self.model_key + ":patches")
+            whole, grid = self._lookup(key + "g"), self._lookup(key + "p", patches=True)
+            if whole is not None and grid is not None:
+                self.stats["cache_hit"] += 1
+                feats[i], patches[i] = whole, grid
+                continue
+            pending.append((i, key, pil))
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            whole, grid = self._forward([pil for _, _, pil in chunk], patches=True)
+            for (i, key, _), g, p in zip(chunk, whole, grid):
+                self._store(key + "g", g)
+                self._store(key + "p", p)
+                self.stats["encoded"] += 1
+                feats[i], patches[i] = g, p
+        return feats, patches
+
     def entity_feature(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Mean feature over the readable ``images`` (PFMEL's entity image); zeros when none is readable."""
         if len(images) == 0:
@@ -448,8 +685,8 @@ class ImageFeatureExtractor:
 
     def __repr__(self) -> str:
         return (
-            f"ImageFeatureExtractor(model={self.model_key!r}, pretrained={self.pretrained}, "
-            f"feature_dim={self.feature_dim}, cache_dir={self.cache_dir!r})"
+            f"ImageFeatureExtractor(model={self.model_key!r}, pretrained={self.pretrained}, feature={self.feature!r}, "
+            f"feature_dim={self.feature_dim}, image_size={self.image_size}, cache_dir={self.cache_dir!r})"
         )
 
 
@@ -458,6 +695,263 @@ def tiny_resnet_config(feature_dim: int = 2048):
     from transformers import ResNetConfig
 
     return ResNetConfig(embedding_size=8, hidden_sizes=[16, 32, 64, feature_dim], depths=[1, 1, 1, 1], layer_type="basic")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building encoders
+# ----------------------------------------------------------------------------------------------------------------------
+def random_encoder_config(arch: str):
+    """``(config, model class name)`` of ``random:<arch>`` (:data:`RANDOM_ENCODERS`, or ``tiny-resnet-<D>``: a tiny
+    ResNet with a D-d output); :class:`ImageEncoderError` listing the choices for an unknown arch."""
+    import transformers
+
+    arch = str(arch)
+    if arch.startswith("tiny-resnet-") and arch[len("tiny-resnet-"):].isdigit():
+        return tiny_resnet_config(int(arch[len("tiny-resnet-"):])), "ResNetModel"
+    if arch not in RANDOM_ENCODERS:
+        raise ImageEncoderError(
+            f"unknown random image encoder {RANDOM_PREFIX}{arch}; choose one of "
+            f"{[RANDOM_PREFIX + a for a in RANDOM_ENCODERS] + [RANDOM_PREFIX + 'tiny-resnet-<D>']}"
+        )
+    config_class, kwargs, model_class = RANDOM_ENCODERS[arch]
+    return getattr(transformers, config_class)(**kwargs), model_class
+
+
+def _model_class_for_config(config) -> str:
+    model_type = getattr(config, "model_type", None)
+    return {"resnet": "ResNetModel", "clip_vision_model": "CLIPVisionModelWithProjection", "vit": "ViTModel",
+            "dinov2": "Dinov2Model", "siglip_vision_model": "SiglipVisionModel"}.get(model_type, "AutoModel")
+
+
+def _instantiate(class_name: str, config):
+    import transformers
+
+    if class_name == "AutoModel":
+        return transformers.AutoModel.from_config(config)
+    if class_name == "ViTModel":
+        return transformers.ViTModel(config, add_pooling_layer=False)
+    return getattr(transformers, class_name)(config)
+
+
+def _build_random(config, class_name: str, seed: int):
+    """A randomly initialised encoder, the same for the same seed (the global torch RNG is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(int(seed))
+        return _instantiate(class_name, config)
+
+
+def _random_suggestion(name: str) -> str:
+    low = name.lower()
+    if "clip" in low:
+        return "random:clip-vit-b16" if "16" in low else "random:clip-vit-b32"
+    if "vit" in low or "dino" in low or "siglip" in low:
+        return "random:vit-b16"
+    return "random:resnet-50"
+
+
+def _load_encoder(name: str):
+    """The vision model of checkpoint ``name`` (folder or hub id): :class:`ImageEncoderError` naming the fix when it
+    cannot be loaded, or when its checkpoint lacks weights the model needs (they would be random)."""
+    import transformers
+    from transformers import AutoConfig
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        where = "the folder does not hold a transformers checkpoint" if os.path.isdir(name) else (
+            "not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE)" if offline else
+            "neither a folder nor a hub id that could be downloaded")
+        raise ImageEncoderError(
+            f"cannot load image encoder {name!r} ({where}: {type(err).__name__}: {first}); download it once "
+            f"(huggingface-cli download {name}) or pass --image_model DIR holding it; for a randomly initialised "
+            f"encoder (tests and timing only, not pretrained features) pass --image_model {_random_suggestion(name)} "
+            "explicitly"
+        ) from err
+    model_type = getattr(config, "model_type", None)
+    architectures = list(getattr(config, "architectures", None) or [])
+    kwargs: dict[str, Any] = {}
+    if model_type == "clip":  # a whole CLIP model: its vision tower and projection
+        vision = config.vision_config
+        vision.projection_dim = config.projection_dim
+        cls, kwargs["config"] = transformers.CLIPVisionModelWithProjection, vision
+    elif model_type == "clip_vision_model":
+        cls = (transformers.CLIPVisionModelWithProjection if any("WithProjection" in a for a in architectures)
+               else transformers.CLIPVisionModel)
+    elif model_type in ("siglip", "siglip_vision_model"):
+        cls = transformers.SiglipVisionModel
+        if model_type == "siglip":
+            kwargs["config"] = config.vision_config
+    elif model_type == "vit":
+        cls, kwargs["add_pooling_layer"] = transformers.ViTModel, False
+    elif model_type == "dinov2":
+        cls = transformers.Dinov2Model
+    elif model_type == "resnet":
+        cls = transformers.ResNetModel
+    else:
+        cls = transformers.AutoModel
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report lists a whole CLIP's text weights as unexpected
+    try:
+        model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ImageEncoderError(f"cannot load image encoder {name!r} as {cls.__name__}: {type(err).__name__}: "
+                                f"{(str(err).strip().splitlines() or [''])[0][:200]}") from err
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    missing = sorted(set(info.get("missing_keys") or ()) | set(info.get("mismatched_keys") or ()))
+    if missing:
+        shown = ", ".join(map(str, missing[:4])) + (", ..." if len(missing) > 4 else "")
+        raise ImageEncoderError(
+            f"image encoder {name!r} lacks {len(missing)} weights of {cls.__name__} ({shown}): they would be randomly "
+            "initialised; pass a complete checkpoint"
+        )
+    return model
+
+
+def _load_image_processor(name: str):
+    """The ``AutoImageProcessor`` saved with checkpoint ``name``, or ``None`` when it has none (the fallback
+    resize / crop / ImageNet normalisation is used)."""
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "preprocessor_config.json")):
+        return None
+    import transformers
+    from transformers import AutoImageProcessor
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "falling back to the PIL backend" without torchvision
+    try:
+        return AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as err:
+        logger.info("no image processor for %s (%s): resize / centre crop / ImageNet normalisation", name, err)
+        return None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _processor_size(processor) -> int | None:
+    """The side of the images an image processor gives (its crop, else its size), or ``None``."""
+    if processor is None:
+        return None
+
+    def side(value):
+        if value is None:
+            return None
+        get = value.get if isinstance(value, Mapping) else (lambda k: getattr(value, k, None))
+        return get("height") or get("shortest_edge")
+
+    if getattr(processor, "do_center_crop", False):
+        crop = side(getattr(processor, "crop_size", None))
+        if crop:
+            return int(crop)
+    size = side(getattr(processor, "size", None))
+    return int(size) if size else None
+
+
+def patch_spatial(n_patches: int) -> np.ndarray:
+    """ZEMEL's 5-d spatial vectors ``(n, 5)`` of ``n`` patch tokens laid out as a square grid over the (cropped) image,
+    row by row; the whole image for every patch when ``n`` is not a square."""
+    from .processing_zemel import patch_grid_spatial
+
+    return np.asarray(patch_grid_spatial(int(n_patches)), dtype=np.float32).reshape(-1, 5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Identity: recorded at training, checked at inference
+# ----------------------------------------------------------------------------------------------------------------------
+def describe_image_encoder(identity: Mapping[str, Any] | None) -> str:
+    """One phrase naming an encoder identity: ``'NAME' (feature D-d, S px, preprocessing, weights sha256 abc...)``."""
+    if not identity:
+        return "an unrecorded image encoder"
+    random_note = f", random seed {identity.get('seed')}" if identity.get("random") else ""
+    return (f"{str(identity.get('name'))!r} ({identity.get('feature')} {identity.get('feature_dim')}-d, "
+            f"{identity.get('image_size')} px, {identity.get('preprocessing')}{random_note}, weights sha256 "
+            f"{str(identity.get('weights_sha256') or '?')[:12]})")
+
+
+def image_encoder_mismatch(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """The identity fields (:data:`_IDENTITY_CHECKED`: weights fingerprint, feature kind, size, input size,
+    preprocessing) on which two encoders differ; empty when they give the same features."""
+    return [k for k in _IDENTITY_CHECKED if recorded.get(k) is not None and recorded.get(k) != actual.get(k)]
+
+
+def check_image_encoder(recorded: Mapping[str, Any] | None, extractor: Any, what: str = "the model",
+                        fix: str = "drop --image_model to use the recorded encoder") -> None:
+    """:class:`ImageEncoderError` (one line naming both encoders, what differs, and ``fix``) when ``extractor`` is not
+    the encoder ``recorded`` (an :attr:`ImageFeatureExtractor.identity`); nothing when either is unknown."""
+    actual = getattr(extractor, "identity", None)
+    if not recorded or not isinstance(actual, Mapping):
+        dim = getattr(extractor, "feature_dim", None)
+        if recorded and dim is not None and recorded.get("feature_dim") not in (None, int(dim)):
+            raise ImageEncoderError(
+                f"{what} was trained with {recorded.get('feature_dim')}-d image features from "
+                f"{describe_image_encoder(recorded)}, but the given image extractor gives {dim}-d; {fix}"
+            )
+        return
+    differ = image_encoder_mismatch(recorded, actual)
+    if differ:
+        raise ImageEncoderError(
+            f"image encoder mismatch: {what} was trained with {describe_image_encoder(recorded)}, but "
+            f"{describe_image_encoder(actual)} was given (different {', '.join(differ)}); {fix}"
+        )
+
+
+def recorded_image_encoder(processor: Any = None, model: Any = None) -> dict | None:
+    """The image encoder identity a model was trained with: its processor's ``image_encoder`` (saved in
+    ``processor_config.json``), else ``None`` (a model saved before identities were recorded, or text only)."""
+    value = getattr(processor, "image_encoder", None)
+    return dict(value) if isinstance(value, Mapping) and value.get("weights_sha256") else None
+
+
+def read_recorded_image_encoder(model_dir: str | os.PathLike | None) -> dict | None:
+    """:func:`recorded_image_encoder` of a saved model folder, read from its ``processor_config.json`` (no loading)."""
+    if not model_dir:
+        return None
+    path = os.path.join(os.fspath(model_dir), "processor_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("image_encoder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(value) if isinstance(value, Mapping) and value.get("weights_sha256") else None
+
+
+def extractor_for(
+    recorded: Mapping[str, Any] | None,
+    image_model: str | None = None,
+    what: str = "the model",
+    image_size: int | None = None,
+    feature: str | None = None,
+    **kwargs: Any,
+) -> "ImageFeatureExtractor":
+    """The image encoder of a model: ``image_model`` when given (at the ``recorded`` input size and feature kind
+    unless overridden), checked against ``recorded`` (:func:`check_image_encoder`); else the ``recorded`` encoder
+    (:meth:`ImageFeatureExtractor.from_identity`); else ``microsoft/resnet-50`` (models saved before identities were
+    recorded). ``kwargs``: ``cache_dir``, ``strict``, ``device``, ``batch_size``, ``max_image_pixels``."""
+    if image_model:
+        try:  # at the recorded input size and feature kind unless overridden
+            extractor = ImageFeatureExtractor(image_model, image_size=image_size or (recorded or {}).get("image_size"),
+                                              feature=feature or (recorded or {}).get("feature"), **kwargs)
+        except ImageEncoderError:
+            if not recorded or image_size or feature:
+                raise
+            # an encoder that takes neither the recorded size nor the recorded feature kind: at its own, so that the
+            # error below names both encoders
+            extractor = ImageFeatureExtractor(image_model, **kwargs)
+        check_image_encoder(recorded, extractor, what=what,
+                            fix=f"drop --image_model to use the recorded encoder (or pass --image_model "
+                                f"{recorded.get('name') if recorded else ''})")
+        return extractor
+    if recorded:
+        extractor = ImageFeatureExtractor.from_identity(recorded, what=what, **kwargs)
+        if (image_size and int(image_size) != extractor.image_size) or (feature and feature != extractor.feature):
+            other = ImageFeatureExtractor.from_identity(dict(recorded, image_size=image_size or recorded.get("image_size"),
+                                                             feature=feature or recorded.get("feature"),
+                                                             weights_sha256=extractor.weights_sha256), what=what, **kwargs)
+            check_image_encoder(recorded, other, what=what, fix="drop --image_size / --image_feature to use the "
+                                                                "recorded ones")
+        return extractor
+    return ImageFeatureExtractor(DEFAULT_IMAGE_MODEL, image_size=image_size, feature=feature, **kwargs)
 
 
 __all__ = [
@@ -474,4 +968,15 @@ __all__ = [
     "image_source",
     "tiny_resnet_config",
     "DEFAULT_IMAGE_MODEL",
+    "ImageEncoderError",
+    "FEATURE_KINDS",
+    "RANDOM_ENCODERS",
+    "random_encoder_config",
+    "patch_spatial",
+    "describe_image_encoder",
+    "image_encoder_mismatch",
+    "check_image_encoder",
+    "recorded_image_encoder",
+    "read_recorded_image_encoder",
+    "extractor_for",
 ]

@@ -9,6 +9,11 @@ mentions at most ``max_in_kb_drop`` (default 0.02) of accuracy against no thresh
 Metrics (:func:`nil_metrics`): ``in_kb_accuracy`` (in-KB mentions whose best candidate is the gold and is not
 predicted NIL), ``nil_precision`` / ``nil_recall`` / ``nil_f1`` (NIL predictions against NIL mentions) and
 ``accuracy`` over all mentions (an in-KB mention is right when its gold is predicted, a NIL mention when NIL is).
+
+A corpus can also label a mention NIL itself (MIMIC's WikiMEL / RichpediaMEL / WikiDiverse answer ``"nil"``): its
+``entity_id`` is :data:`NIL_ENTITY_ID` (a string, so every tool keeps it as a labelled mention: ``entity_id`` ``None``
+means *unlabelled* to ``mel link`` and ``mel calibrate``). Such a mention is a NIL mention of the NIL metrics beside the
+simulated ones, is never in a KB, and counts as a miss (no rank) in the ranking metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ import random
 from typing import Any, Iterable, Mapping, Sequence
 
 CALIBRATION_NAME = "nil_calibration.json"
+
+#: ``entity_id`` of a mention labelled NIL by its corpus ("the entity is not in the KB"; see the module docstring).
+NIL_ENTITY_ID = "NIL"
+
+
+def is_nil_gold(entity_id: Any) -> bool:
+    """Whether a gold ``entity_id`` is the corpus's NIL label (:data:`NIL_ENTITY_ID`)."""
+    return isinstance(entity_id, str) and entity_id == NIL_ENTITY_ID
 
 
 def check_nil_threshold(value: Any, where: str = "nil_threshold") -> float | None:
@@ -142,7 +155,8 @@ def nil_evaluation(
     against the whole KB; the protocol's removed entities (:func:`removed_entities` of ``golds``) are dropped from
     each list and the best remaining candidate is the linker's answer (the candidate generator is not rerun on
     the reduced KB, unlike ``mel calibrate``: a removed entity's slot is not refilled). ``threshold``: the NIL
-    threshold (``None``: never NIL, the uncalibrated linker)."""
+    threshold (``None``: never NIL, the uncalibrated linker). A gold labelled NIL by the corpus (:data:`NIL_ENTITY_ID`)
+    is a NIL mention too; ``nil_n_mentions`` counts both kinds, ``nil_n_labelled`` the labelled ones."""
     golds = [str(g) for g in golds]
     removed = removed_entities(kb_ids, golds, fraction, seed)
     best_ids: list[str | None] = []
@@ -151,9 +165,10 @@ def nil_evaluation(
         best = next(((str(e), float(s)) for e, s in row if str(e) not in removed), (None, None))
         best_ids.append(best[0])
         best_scores.append(best[1])
-    metrics = nil_metrics(best_ids, best_scores, golds, [g in removed for g in golds], threshold)
+    metrics = nil_metrics(best_ids, best_scores, golds, [g in removed or is_nil_gold(g) for g in golds], threshold)
     out: dict[str, Any] = {"nil_threshold": threshold, "nil_fraction": float(fraction), "nil_seed": int(seed),
-                           "nil_removed_entities": len(removed), "nil_n_mentions": metrics["n_nil"]}
+                           "nil_removed_entities": len(removed), "nil_n_mentions": metrics["n_nil"],
+                           "nil_n_labelled": sum(map(is_nil_gold, golds))}
     out.update(nil_in_kb_accuracy=metrics["in_kb_accuracy"], nil_precision=metrics["nil_precision"],
                nil_recall=metrics["nil_recall"], nil_f1=metrics["nil_f1"], nil_accuracy=metrics["accuracy"])
     return out
@@ -225,6 +240,6 @@ def save_calibration(directory: str, payload: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    "CALIBRATION_NAME", "check_nil_threshold", "removed_entities", "simulate_nil", "nil_metrics", "choose_threshold",
+    "CALIBRATION_NAME", "NIL_ENTITY_ID", "is_nil_gold", "check_nil_threshold", "removed_entities", "simulate_nil", "nil_metrics", "choose_threshold",
     "nil_evaluation", "load_calibration", "save_calibration", "nil_settings", "NIL_THRESHOLD_HELP",
 ]

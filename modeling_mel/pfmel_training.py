@@ -43,7 +43,7 @@ from .entity_index import load_retriever  # noqa: F401 - re-exported (it lived h
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("twitter_mel", "mel_jsonl", "wikimel", "richpedia_mel")
+DATASETS = ("twitter_mel", "mel_jsonl", "wikimel", "richpedia_mel", "mimic_mel")
 SPLITS = ("train", "train07", "train05", "dev", "test")
 
 
@@ -190,14 +190,19 @@ def predict_linking(
     return out
 
 
-def linking_metrics(predictions: Sequence[LinkingPrediction]) -> dict[str, float]:
-    """Accuracy, candidate recall, MRR and n of predictions (offline ``evaluate`` modules of :mod:`.metrics`)."""
-    from .metrics import load_metric
+def linking_metrics(predictions: Sequence[LinkingPrediction], kb_size: int | None = None) -> dict[str, float]:
+    """Accuracy, candidate recall, MRR and n of predictions (offline ``evaluate`` modules of :mod:`.metrics`); with
+    ``kb_size`` (the KB the candidates come from) also the field's ``H@1/3/5/10/20``, ``MR``, ``MRR`` and
+    ``n_unranked`` (:func:`modeling_mel.metrics.ranking_metrics`; a gold outside the mention's ranked candidates has no
+    rank: 0 in H@k and MRR, ``kb_size + 1`` in MR)."""
+    from .metrics import gold_ranks, load_metric, ranking_metrics
 
-    metric = load_metric("linking")
-    return metric.compute(
-        predictions=[[e for e, _ in p.ranked] for p in predictions], references=[p.gold for p in predictions]
-    )
+    ranked = [[e for e, _ in p.ranked] for p in predictions]
+    golds = [p.gold for p in predictions]
+    out = load_metric("linking").compute(predictions=ranked, references=golds)
+    if kb_size:
+        out.update({k: v for k, v in ranking_metrics(gold_ranks(ranked, golds), kb_size).items() if k != "n"})
+    return out
 
 
 def name_match_baseline(examples: LinkingData, names: dict[str, str]) -> list[LinkingPrediction]:
@@ -227,8 +232,20 @@ class PFMELDataArguments:
         },
     )
     features_path: str | None = field(default=None, metadata={"help": "precomputed feature map (see --image_features)"})
-    image_model: str = field(default="microsoft/resnet-50", metadata={"help": "ResNet checkpoint (hub id or dir)"})
-    image_size: int = field(default=224, metadata={"help": "image side fed to ResNet (224 as in the paper; 64 is fast)"})
+    features: str | None = field(default=None, metadata={
+        "help": "feature cache made by mel features (with --image_features resnet50): its encoder, refused when "
+                "--image_model or the --init_from / evaluated model's recorded encoder is another one"})
+    image_model: str | None = field(default=None, metadata={
+        "help": "image encoder: any transformers vision checkpoint (hub id or dir: ResNet, CLIP, ViT, DINOv2, SigLIP) or "
+                "random:<arch> (random:resnet-50, random:clip-vit-b32, random:tiny-resnet, ...: random init, tests and "
+                "timing only); default: the one recorded in --init_from / the evaluated model, else microsoft/resnet-50 "
+                "(an error when it cannot be loaded). Its identity is recorded in the processor config"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "image side fed to the encoder (default: as recorded, else the encoder's: 224 for ResNet as in the "
+                "paper; 64 is fast; a ViT-like encoder takes only its own)"})
+    image_feature: str | None = field(default=None, metadata={
+        "help": "global image feature: pooled, projected (CLIP image_embeds) or cls (default: as recorded, else "
+                "projected for CLIP, cls for ViT, pooled otherwise)"})
     image_cache_dir: str | None = field(
         default=None, metadata={"help": "on-disk image feature cache (default: <HF_HOME>/modeling_mel/image_features)"}
     )
@@ -254,7 +271,7 @@ class PFMELDataArguments:
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise ValueError(f"--data_dir {self.data_dir!r} is not a directory")
         for name in ("image_size", "max_candidates"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, name)
@@ -407,15 +424,27 @@ def default_image_cache_dir() -> str:
     return os.path.join(home, "modeling_mel", "image_features")
 
 
-def load_corpus(data_args: PFMELDataArguments, extractor=None) -> PFMELCorpus:
-    """Load the corpus of ``data_args`` with its image feature source."""
+def load_corpus(data_args: PFMELDataArguments, extractor=None, model_dir: str | None = None) -> PFMELCorpus:
+    """Load the corpus of ``data_args`` with its image feature source (``model_dir``: the saved model whose recorded
+    image encoder is the default)."""
     if not data_args.data_dir:
         raise ValueError("--data_dir is required: the folder with the corpus files")
-    if data_args.image_features == "resnet50" and extractor is None:
-        from .image_features import ImageFeatureExtractor
+    if data_args.image_features == "resnet50" and extractor is None and getattr(data_args, "features", None):
+        # extract once: the cache made by mel features, checked against the encoder recorded in model_dir
+        from .feature_cache import open_features
+        from .image_features import read_recorded_image_encoder
 
-        extractor = ImageFeatureExtractor(
-            data_args.image_model, cache_dir=data_args.image_cache_dir or default_image_cache_dir(), image_size=data_args.image_size
+        extractor = open_features(data_args.features, image_model=data_args.image_model,
+                                  recorded=read_recorded_image_encoder(model_dir), what=f"the model {model_dir}")
+    if data_args.image_features == "resnet50" and extractor is None:
+        # the image encoder recorded in model_dir (an --init_from or evaluated model) unless --image_model (checked
+        # against it), else --image_model / microsoft/resnet-50 (image_features.extractor_for)
+        from .image_features import extractor_for, read_recorded_image_encoder
+
+        extractor = extractor_for(
+            read_recorded_image_encoder(model_dir), data_args.image_model, what=f"the model {model_dir}",
+            image_size=data_args.image_size, feature=data_args.image_feature,
+            cache_dir=data_args.image_cache_dir or default_image_cache_dir(),
         )
     return PFMELCorpus.load(
         data_args.dataset,
@@ -494,7 +523,8 @@ def _image_setting(processor, model, name: str):
 
 def _mark_image_mode(model, processor, corpus: PFMELCorpus) -> None:
     """Record in the processor (saved with the model) the image settings of training: whether the model takes image
-    tokens, the feature normalisation and its centre, the ResNet input side; refuse a mismatch with earlier runs."""
+    tokens, the feature normalisation and its centre, the image encoder's identity (``image_encoder``) and input side;
+    refuse a mismatch with earlier runs."""
     previous = _image_setting(processor, model, "image_features")
     if previous is not None and (previous == "none") != (not corpus.use_images):
         raise ValueError(
@@ -517,10 +547,22 @@ def _mark_image_mode(model, processor, corpus: PFMELCorpus) -> None:
         corpus.table.center = np.asarray(mean, np.float32)
         processor.feature_mean = [float(v) for v in mean]
     processor.feature_norm = corpus.feature_norm
-    extractor = getattr(corpus, "extractor", None) if corpus.use_images else None  # the property builds a ResNet
+    # the extractor of the features (none for precomputed features: the property would build the default encoder)
+    extractor = getattr(corpus, "extractor", None) if corpus.use_images and corpus.image_mode == "resnet50" else None
     if extractor is not None and hasattr(extractor, "image_size"):
         # what the inference pipeline needs to rebuild the same image features
         processor.image_size = int(extractor.image_size)
+    identity = getattr(extractor, "identity", None) if extractor is not None else None
+    if isinstance(identity, dict):
+        # the image encoder is part of the model: an --init_from model trained with another one is refused, and the
+        # identity goes into processor_config.json (image_encoder), which mel index / link / serve and the pipeline
+        # read to build the same encoder
+        from .image_features import check_image_encoder, recorded_image_encoder
+
+        check_image_encoder(recorded_image_encoder(processor), extractor, what="the model (--init_from)",
+                            fix="drop --image_model to use the recorded encoder, or start from a model trained with "
+                                "this one")
+        processor.image_encoder = identity
 
 
 def train_pairs(
@@ -555,18 +597,23 @@ def evaluate_splits(
     model, processor, corpus: PFMELCorpus, splits: Sequence[str], batch_size: int = 64, bf16: bool = False,
     max_samples: int | None = None, retriever: Any = None, retriever_k: int = 10,
 ) -> tuple[dict[str, dict], dict[str, list[LinkingPrediction]]]:
-    """Accuracy, candidate recall and MRR of each split, and the predictions.
+    """Accuracy, candidate recall and MRR of each split, the field's H@1/3/5/10/20, MR and MRR over the ranked
+    candidates against the KB's size (:func:`linking_metrics`), and the predictions.
 
     Every gold mention of the split is in the denominator ``n``: a mention without candidates or whose gold is not
-    in the KB counts as wrong (``n_unusable``, with ``n_no_candidates`` and ``n_gold_not_in_kb``). With
-    ``retriever`` the two-stage linker is evaluated (candidates and fused scores as in the pipeline).
+    in the KB counts as wrong (``n_unusable``, with ``n_no_candidates`` and ``n_gold_not_in_kb``; ``n_nil``: the
+    mentions the corpus labels NIL). With ``retriever`` the two-stage linker is evaluated (candidates and fused scores
+    as in the pipeline).
     """
+    from .nil import is_nil_gold
+
     results, predictions = {}, {}
     for split in splits:
         data = corpus.linking_data(split, max_samples, retriever=retriever, retriever_k=retriever_k)
         preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, progress=len(data.mentions) > 200)
-        results[split] = {**linking_metrics(preds), "candidate_recall_before_cap": data.candidate_recall(before_cap=True),
-                          **data.unusable_counts()}
+        results[split] = {**linking_metrics(preds, kb_size=len(corpus.entities)),
+                          "candidate_recall_before_cap": data.candidate_recall(before_cap=True),
+                          **data.unusable_counts(), "n_nil": sum(is_nil_gold(p.gold) for p in preds)}
         predictions[split] = preds
         logger.info("%s: %s", split, results[split])
     return results, predictions
@@ -710,7 +757,7 @@ def run_pretraining(
 ) -> dict:
     """PFMEL pre-training: NSP pairs of the chosen tasks from ``args.pretrain_split``; saves model + processor."""
     tasks = check_tasks(args.tasks)
-    corpus = corpus or load_corpus(data_args)
+    corpus = corpus or load_corpus(data_args, model_dir=model_args.init_from)
     if not corpus.use_images and set(tasks) - {"text"}:
         raise ValueError(f"pre-training tasks {list(tasks)} need images; with --image_features none use --tasks text")
     sentences = corpus.sentences(args.pretrain_split, data_args.max_train_samples)
@@ -750,7 +797,7 @@ def run_finetuning(
     Saves model + processor to ``args.output_dir`` and writes ``eval_results.json``
     (``{split: {accuracy, candidate_recall, mrr, n, n_unusable, n_no_candidates, n_gold_not_in_kb}}``).
     """
-    corpus = corpus or load_corpus(data_args)
+    corpus = corpus or load_corpus(data_args, model_dir=model_args.init_from)
     for s in args.eval_splits:  # fail before training on a missing eval split
         corpus.split(s)
     retriever = load_retriever(args.retriever, args.retriever_model) if args.retriever else None
@@ -797,6 +844,7 @@ def run_finetuning(
         train_summary.update(retriever_score_weight=weight, calibration_accuracy=table, calibration_mentions=n_cal,
                              calibration_ids=[m.mention_id for m in calibration.mentions])
         logger.info("retriever score weight %s (held-out accuracy by weight: %s)", weight, table)
+    trained.config.max_candidates = int(data_args.max_candidates)  # the pipeline scores as many name-rule candidates
     trainer.save_model(args.output_dir)
     results, _ = evaluate_splits(
         trained, processor, corpus, args.eval_splits, args.per_device_eval_batch_size, args.bf16_eval,
@@ -828,7 +876,7 @@ def run_evaluation(
     from .nil import nil_evaluation, nil_settings
 
     threshold, fraction, seed = nil_settings(model_dir, nil_threshold, nil_fraction, nil_seed)
-    corpus = corpus or load_corpus(data_args)
+    corpus = corpus or load_corpus(data_args, model_dir=model_dir)
     for s in splits:
         corpus.split(s)
     model, processor = load_model_and_processor(PFMELModelArguments(init_from=model_dir), corpus.table.dim)

@@ -376,8 +376,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             ``log p(is next) + config.retriever_score_weight * retriever score``.
         retriever_model: the ZEMEL model folder of a ``retriever`` index directory (default: the one it records).
         image_extractor: an ``ImageFeatureExtractor`` (or any object with ``encode(images) -> (N, D)`` and
-            ``feature_dim``); by default a ResNet-50 extractor is built on first use when the model expects
-            2048-d features.
+            ``feature_dim``); by default the image encoder recorded at training (the processor's ``image_encoder``)
+            is built on first use, and a given extractor that is not that encoder (other weights, feature kind, size
+            or input size) raises ``ValueError`` naming both; models saved before encoders were recorded get
+            ``microsoft/resnet-50`` when they expect 2048-d features (an error naming ``random:resnet-50`` when it
+            cannot be loaded: a random encoder is never a silent fallback).
         use_images: set ``False`` for text-only linking.
         strict_images: raise ``ValueError`` for an unreadable input image instead of warning and ignoring it (the
             default extractor is then strict too, so an unreadable KB image fails the inputs that rank its entity;
@@ -463,6 +466,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             raise ValueError(f"max_image_pixels must be >= 1 (or None: PIL's limit only), got {max_image_pixels!r}")
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.image_extractor = image_extractor
+        self._check_image_extractor()  # another encoder than the recorded one: refused before any work
         self._entity_feature_cache: dict[int, torch.Tensor | None] = {}
         if kb is None:
             raise ValueError(
@@ -600,22 +604,42 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             ).to(self.device)
         return LinkingKB(entities, vectors, device=self.device)
 
+    def _recorded_image_encoder(self) -> dict | None:
+        """The identity of the image encoder the model was trained with (the processor's ``image_encoder``)."""
+        from .image_features import recorded_image_encoder
+
+        return recorded_image_encoder(self.processor)
+
+    def _check_image_extractor(self) -> None:
+        """``ValueError`` (one line naming both) when a given ``image_extractor`` is not the recorded encoder."""
+        recorded = self._recorded_image_encoder() if self.image_extractor is not None and self.use_images else None
+        if recorded is not None:
+            from .image_features import check_image_encoder
+
+            name = getattr(self.model, "name_or_path", None) or type(self.model).__name__
+            check_image_encoder(recorded, self.image_extractor, what=f"the model {name}",
+                                fix="pass image_extractor=None to build the recorded encoder")
+
     def _extractor(self) -> Any:
-        """The image feature extractor (built on first use); ``ValueError`` when the default cannot serve the model."""
+        """The image feature extractor, built on first use: the encoder recorded in the processor (its identity,
+        checked), else ResNet-50 (models saved before encoders were recorded); ``ValueError`` when it cannot be built
+        or cannot serve the model."""
         expected = int(getattr(self.model.config, "image_feature_dim", getattr(self.model.config, "v_feature_dim", 2048)))
         if self.image_extractor is None:
-            if expected != 2048:
+            recorded = self._recorded_image_encoder()
+            if recorded is None and expected != 2048:
                 raise ValueError(
                     f"the model expects {expected}-d image features but the default extractor (ResNet-50) gives 2048-d; "
                     "pass image_extractor= (e.g. ImageFeatureExtractor(config=tiny_resnet_config("
                     f"{expected}))) or use_images=False"
                 )
-            from .image_features import ImageFeatureExtractor
+            from .image_features import extractor_for
 
-            size = self._image_setting("image_size") or getattr(self.model.config, "image_size", None)
-            self.image_extractor = ImageFeatureExtractor(
-                strict=self.strict_images, image_size=int(size or 224), device=self.device,
-                max_image_pixels=self.max_image_pixels,
+            size = None if recorded else self._image_setting("image_size") or getattr(self.model.config, "image_size", None)
+            name = getattr(self.model, "name_or_path", None) or type(self.model).__name__
+            self.image_extractor = extractor_for(
+                recorded, None, what=f"the model {name}", image_size=int(size or 224) if not recorded else None,
+                strict=self.strict_images, device=self.device, max_image_pixels=self.max_image_pixels,
             )
         dim = int(getattr(self.image_extractor, "feature_dim", expected))
         if dim != expected:
@@ -788,6 +812,13 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         from .processing_zemel import box_spatial, make_regions  # the one region builder (whole image, then boxes)
 
         extractor = self._extractor()
+        if getattr(self.processor, "image_regions", "boxes") == "patches":  # whole image, then the patch tokens
+            from .processing_zemel import patch_regions
+
+            whole, patches = extractor.encode_patches([pil])
+            feature = torch.as_tensor(whole[0], dtype=torch.float32)
+            regions = patch_regions(feature, patches[0])
+            return {"feature": feature, "regions": regions["features"], "spatial": regions["spatial"]}
         feature = torch.as_tensor(extractor.encode([pil])[0], dtype=torch.float32)
         box_feats = None
         if boxes:

@@ -193,7 +193,9 @@ class MultimodalNSPProcessor(ProcessorMixin):
         tokenizer: a BERT tokenizer; the image placeholder is registered on it as a special token.
         image_token: the placeholder (default ``"[IMG]"``).
         max_length: length limit of a pair in tokens, specials and image tokens included (paper: 300).
-        image_feature_dim: size of one image feature (2048 for ResNet-50).
+        image_feature_dim: size of one image feature (2048 for ResNet-50, 512 for CLIP ViT-B/32).
+        image_encoder: the identity of the image encoder of training (``ImageFeatureExtractor.identity``, written
+            by training; ``mel`` and the pipeline build that encoder and refuse another).
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class MultimodalNSPProcessor(ProcessorMixin):
         feature_norm: str | None = None,
         feature_mean: Sequence[float] | None = None,
         image_size: int | None = None,
+        image_encoder: dict | None = None,
         **kwargs,
     ):
         self.image_token = image_token
@@ -218,6 +221,9 @@ class MultimodalNSPProcessor(ProcessorMixin):
         self.feature_norm = feature_norm
         self.feature_mean = None if feature_mean is None else [float(v) for v in feature_mean]
         self.image_size = None if image_size is None else int(image_size)
+        # the identity of the image encoder that made the training features (ImageFeatureExtractor.identity: name,
+        # weights fingerprint, feature kind, size, input size, preprocessing): inference builds it and refuses another
+        self.image_encoder = None if image_encoder is None else dict(image_encoder)
         super().__init__(tokenizer, **kwargs)
         if self.tokenizer.convert_tokens_to_ids(image_token) in (None, self.tokenizer.unk_token_id):
             self.tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})

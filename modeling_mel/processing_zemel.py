@@ -277,6 +277,25 @@ def make_regions(
     return {"features": torch.cat(feats), "spatial": torch.tensor(spatial, dtype=torch.float32)}
 
 
+def patch_grid_spatial(n_patches: int) -> list[list[float]]:
+    """ZEMEL's 5-d spatial vectors of ``n`` patch tokens laid out as a square grid over the (cropped) image, row by
+    row; the whole image for every patch when ``n`` is not a square."""
+    side = int(round(n_patches ** 0.5))
+    if side * side != n_patches:
+        return [list(WHOLE_IMAGE_SPATIAL) for _ in range(n_patches)]
+    return [[c / side, r / side, (c + 1) / side, (r + 1) / side, 1.0 / n_patches] for r in range(side) for c in range(side)]
+
+
+def patch_regions(image_feature: Any, patch_features: Any) -> dict[str, torch.Tensor]:
+    """Visual inputs of one image with ``image_regions="patches"``: the whole image first, then its patch tokens
+    ``(P, D)`` (``ImageFeatureExtractor.encode_patches``) with grid spatial vectors. ``{"features": (1+P, D),
+    "spatial": (1+P, 5)}``; the processor keeps the first ``max_regions``."""
+    whole = _as_2d(image_feature, "image_feature")
+    patches = _as_2d(patch_features, "patch_features") if patch_features is not None else whole[:0]
+    spatial = [list(WHOLE_IMAGE_SPATIAL)] + patch_grid_spatial(int(patches.shape[0]))
+    return {"features": torch.cat([whole, patches]), "spatial": torch.tensor(spatial, dtype=torch.float32)}
+
+
 def regions_from_image(image: Any, boxes: Sequence[Sequence[float]], extractor: Any) -> dict[str, torch.Tensor]:
     """Region inputs of a PIL image / path with an ``ImageFeatureExtractor`` (``modeling_mel.image_features``):
     whole-image feature first (``extractor.encode``), then one crop feature per box (``extractor.encode_regions``)."""
@@ -290,6 +309,7 @@ def regions_from_image(image: Any, boxes: Sequence[Sequence[float]], extractor: 
 
 
 CONTEXT_TEMPLATES = ("paper", "mention_first")
+IMAGE_REGION_SOURCES = ("boxes", "patches")
 
 
 class ZemelProcessor(ProcessorMixin):
@@ -304,6 +324,11 @@ class ZemelProcessor(ProcessorMixin):
         max_regions (`int`, defaults to 10): regions per input after padding / truncation.
         feature_dim (`int`, defaults to 2048): size of one region feature.
         mention_start_token, mention_end_token, entity_token: the special tokens.
+        image_encoder (`dict`, optional): the identity of the image encoder of training
+            (``ImageFeatureExtractor.identity``, written by training; ``mel`` and the pipeline build that encoder and
+            refuse another).
+        image_regions (`str`, defaults to `"boxes"`): the regions after the whole image: `"boxes"` (one crop per
+            box) or `"patches"` (the encoder's patch tokens, :func:`patch_regions`).
         context_template (`str`, defaults to `"paper"`): `"paper"` is the paper's
             ``[CLS] ctx_l [M] mention [/M] ctx_r [SEP]``; `"mention_first"` puts the mention once more in front,
             ``[CLS] mention . ctx_l [M] mention [/M] ctx_r [SEP]``, the way sentence-transformers checkpoints read a
@@ -319,6 +344,8 @@ class ZemelProcessor(ProcessorMixin):
         mention_end_token: str = DEFAULT_MENTION_END_TOKEN,
         entity_token: str = DEFAULT_ENTITY_TOKEN,
         context_template: str = "paper",
+        image_encoder: dict | None = None,
+        image_regions: str = "boxes",
         **kwargs,
     ):
         if context_template not in CONTEXT_TEMPLATES:
@@ -329,6 +356,12 @@ class ZemelProcessor(ProcessorMixin):
         self.mention_start_token = mention_start_token
         self.mention_end_token = mention_end_token
         self.entity_token = entity_token
+        # the identity of the image encoder of training (ImageFeatureExtractor.identity), and what a mention image's
+        # regions after the whole image are: "boxes" (crops of its boxes) or "patches" (the encoder's patch tokens)
+        self.image_encoder = None if image_encoder is None else dict(image_encoder)
+        if image_regions not in IMAGE_REGION_SOURCES:
+            raise ValueError(f"unknown image_regions {image_regions!r}; expected one of {IMAGE_REGION_SOURCES}")
+        self.image_regions = image_regions
         if self.max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {max_regions!r}")
         super().__init__(tokenizer, **kwargs)
@@ -558,6 +591,7 @@ class ZemelProcessor(ProcessorMixin):
 __all__ = [
     "ZemelProcessor",
     "make_regions",
+    "patch_regions",
     "regions_from_image",
     "box_spatial",
     "WHOLE_IMAGE_SPATIAL",

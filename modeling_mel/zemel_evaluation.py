@@ -32,6 +32,12 @@ Metric definitions (keys carry ``/N``):
   (``n_no_candidates``: empty candidate list; ``n_gold_not_in_kb``: gold outside the evaluation KB), counted as
   wrong, never dropped; ``n_unaligned``: mentions kept without a span (ZEMEL marks them at the start of the context).
 
+The field's protocol (MIMIC, M3EL, MMoE, KGMEL), beside them: every mention's context is scored against EVERY entity
+of the evaluation KB (:func:`kb_gold_ranks`, no candidate generator) and ``H@1``, ``H@3``, ``H@5``, ``H@10``, ``H@20``,
+``MR`` and ``MRR`` come from the gold's rank (:func:`modeling_mel.metrics.ranking_metrics`, every gold mention counted;
+a NIL mention or a gold outside the KB has no rank: ``n_unranked``; ``n_nil`` counts the mentions the corpus labels NIL).
+``kb_ranking=False`` skips it (it encodes the contexts a second time and scores each against the whole KB).
+
 The offline ``evaluate`` module :class:`ZemelLinkingMetric` computes the linking metrics from predictions.
 """
 
@@ -53,12 +59,13 @@ from .candidates import Bm25RuleCandidates
 from .hardware import autocast
 from .image_features import image_source
 from .knowledge_base import encode_entities
-from .nil import nil_evaluation
+from .metrics import ranking_metrics
+from .nil import is_nil_gold, nil_evaluation
 from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
 logger = logging.getLogger(__name__)
 
-ZEMEL_DATASETS = ("zemeld", "mel_jsonl", "wikimel", "richpedia_mel")  # the last three: one KB for all splits
+ZEMEL_DATASETS = ("zemeld", "mel_jsonl", "wikimel", "richpedia_mel", "mimic_mel")  # all but zemeld: one KB for all splits
 IMAGE_FEATURE_MODES = ("resnet50", "none")
 EVAL_KB_MODES = ("unseen", "full", "gold_only", "split")  # "split": the default's former name, an alias of "unseen"
 DEFAULT_EVAL_KB = "unseen"
@@ -224,7 +231,8 @@ def _opt_int(value: Any) -> int | None:
 
 
 def _load_mel_corpus(dataset: str, data_dir: str, cache_dir: str | None) -> ZemelData:
-    """A corpus of the shared mel_jsonl schema (``mel_jsonl``, ``wikimel``, ``richpedia_mel``): one KB for all splits."""
+    """A corpus of the shared mel_jsonl schema (``mel_jsonl``, ``wikimel``, ``richpedia_mel``, ``mimic_mel``): one KB
+    for all splits."""
     from .corpus import load_mel_corpus
 
     dd = load_mel_corpus(dataset, data_dir, "mentions", cache_dir=cache_dir)
@@ -265,7 +273,7 @@ def _load_mel_corpus(dataset: str, data_dir: str, cache_dir: str | None) -> Zeme
 def load_zemel_data(dataset: str, data_dir: str, cache_dir: str | None = None) -> ZemelData:
     """Load a corpus for ZEMEL: ``zemeld`` (builder of :mod:`modeling_mel.builders.zemeld`; its zero-shot check raises
     ValueError when a dev/test entity occurs in train) or a corpus of the generic schema (``mel_jsonl``, ``wikimel``,
-    ``richpedia_mel``; one KB for all splits). Mentions kept without a span have ``mention_start`` None."""
+    ``richpedia_mel``, ``mimic_mel``; one KB for all splits). Mentions kept without a span have ``mention_start`` None."""
     if dataset not in ZEMEL_DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(ZEMEL_DATASETS)}")
     if not data_dir or not os.path.isdir(data_dir):
@@ -291,18 +299,18 @@ def check_zero_shot(train_rows: Sequence[Mapping], eval_rows: Sequence[Mapping],
 
 def build_image_extractor(
     image_model: str = "microsoft/resnet-50",
-    image_size: int = 224,
+    image_size: int | None = None,
     cache_dir: str | None = None,
     batch_size: int = 32,
+    feature: str | None = None,
 ):
-    """An :class:`~modeling_mel.image_features.ImageFeatureExtractor`; ``image_model="tiny"`` builds a small
-    random-init ResNet with a 64-d output (fast; tests and demos; the model's ``v_feature_dim`` follows it)."""
-    from .image_features import ImageFeatureExtractor, tiny_resnet_config
+    """An :class:`~modeling_mel.image_features.ImageFeatureExtractor` of any transformers vision checkpoint or
+    ``random:<arch>``; ``image_model="tiny"`` is ``random:tiny-resnet``, a small random-init ResNet with a 64-d output
+    (fast; tests and demos; the model's ``v_feature_dim`` follows it). ``image_size=None``: the encoder's own."""
+    from .image_features import ImageFeatureExtractor
 
-    if image_model == TINY_IMAGE_MODEL:
-        return ImageFeatureExtractor(None, cache_dir=cache_dir, config=tiny_resnet_config(TINY_IMAGE_FEATURE_DIM), image_size=image_size,
-                                     batch_size=batch_size)
-    return ImageFeatureExtractor(image_model, cache_dir=cache_dir, image_size=image_size, batch_size=batch_size)
+    return ImageFeatureExtractor(image_model, cache_dir=cache_dir, image_size=image_size, batch_size=batch_size,
+                                 feature=feature)
 
 
 class RegionFeatures:
@@ -310,10 +318,17 @@ class RegionFeatures:
     entity the features of its KB images.
 
     ``context(row)`` gives the whole image and the row's own box (pairing given); ``context(row, box_index=j)`` the
-    whole image and box ``j`` of the row's image (V-T-KG). Rows without image give None (text only).
+    whole image and box ``j`` of the row's image (V-T-KG). Rows without image give None (text only). With
+    ``regions="patches"`` a context is the whole image and the encoder's patch tokens
+    (:func:`~modeling_mel.processing_zemel.patch_regions`), whatever its boxes.
     """
 
-    def __init__(self, extractor, max_entity_images: int = 9, chunk: int = 256):
+    def __init__(self, extractor, max_entity_images: int = 9, chunk: int = 256, regions: str = "boxes"):
+        from .processing_zemel import IMAGE_REGION_SOURCES
+
+        if regions not in IMAGE_REGION_SOURCES:
+            raise ValueError(f"unknown image regions {regions!r}; choose one of {list(IMAGE_REGION_SOURCES)}")
+        self.regions = regions
         self.extractor = extractor
         self.max_entity_images = int(max_entity_images)
         self.chunk = int(chunk)
@@ -327,7 +342,7 @@ class RegionFeatures:
     def add_rows(self, rows: Sequence[Mapping[str, Any]], progress: bool = False) -> None:
         """Encode the images (and box crops) of `rows` not seen yet, in batches."""
         from .image_features import ImageReadError, open_image
-        from .processing_zemel import make_regions
+        from .processing_zemel import make_regions, patch_regions
 
         todo: dict[str, Mapping] = {}
         for r in rows:
@@ -356,6 +371,11 @@ class RegionFeatures:
                 crops += [pil.crop(tuple(int(round(v)) for v in b)) for b in boxes]
             if not wholes:
                 continue
+            if self.regions == "patches":  # the whole image, then the encoder's patch tokens
+                whole_feats, patch_feats = self.extractor.encode_patches(wholes)
+                for (key, _, _, _), whole, patches in zip(owners, whole_feats, patch_feats):
+                    self._images[key] = patch_regions(whole, patches)
+                continue
             whole_feats = self.extractor.encode(wholes)  # (n_images, D)
             crop_feats = self.extractor.encode(crops) if crops else np.zeros((0, self.feature_dim), np.float32)
             for (key, size, boxes, first), whole in zip(owners, whole_feats):
@@ -380,6 +400,8 @@ class RegionFeatures:
         regions = self._images.get(row.get("image_key", row["id"]))
         if regions is None:
             return None
+        if self.regions == "patches":
+            return regions
         j = row.get("box_index") if box_index is None else box_index
         if j is None or regions["features"].shape[0] == 1:
             return {"features": regions["features"][:1], "spatial": regions["spatial"][:1]}
@@ -452,6 +474,27 @@ def _span(row: Mapping[str, Any]) -> Any:
     return row["mention"]
 
 
+def _encoded_contexts(
+    model, processor, rows: Sequence[Mapping[str, Any]], keep: Callable[[int], bool],
+    regions: Callable[[Mapping[str, Any]], Any] | None, batch_size: int, max_length: int, progress: bool, desc: str,
+):
+    """``(row indices, context output)`` of the rows that ``keep`` accepts, encoded in length-sorted batches (the one
+    context-encoding loop of the evaluation; the caller holds ``inference_mode``, autocast and eval mode)."""
+    device = next(model.parameters()).device
+    lengths = [len(r.get("text") or r.get("caption") or "") for r in rows]
+    for idx in _batches(len(rows), batch_size, lengths, progress, desc):
+        idx = [i for i in idx if keep(i)]
+        if not idx:
+            continue
+        batch_rows = [rows[i] for i in idx]
+        reg = [regions(r) for r in batch_rows] if regions is not None else None
+        enc = processor.encode_contexts(
+            [r.get("text", r.get("caption")) for r in batch_rows], [_span(r) for r in batch_rows], reg,
+            max_length=max_length,
+        )
+        yield idx, model.encode_context(**{k: v.to(device) for k, v in enc.items()})
+
+
 def score_contexts(
     model,
     processor,
@@ -473,21 +516,11 @@ def score_contexts(
         raise ValueError(f"candidates not in the cache (encode their KB first): {sorted(missing)[:10]}")
     device = next(model.parameters()).device
     out: list[list[float]] = [[] for _ in rows]
-    lengths = [len(r.get("text") or r.get("caption") or "") for r in rows]
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(bf16, device):
-        for idx in _batches(len(rows), batch_size, lengths, progress, "scoring contexts"):
-            idx = [i for i in idx if candidate_lists[i]]
-            if not idx:
-                continue
-            batch_rows = [rows[i] for i in idx]
-            reg = [regions(r) for r in batch_rows] if regions is not None else None
-            enc = processor.encode_contexts(
-                [r.get("text", r.get("caption")) for r in batch_rows], [_span(r) for r in batch_rows], reg,
-                max_length=max_length,
-            )
-            ctx = model.encode_context(**{k: v.to(device) for k, v in enc.items()})
+        for idx, ctx in _encoded_contexts(model, processor, rows, lambda i: bool(candidate_lists[i]), regions,
+                                          batch_size, max_length, progress, "scoring contexts"):
             k_max = max(len(candidate_lists[i]) for i in idx)
             gather = torch.zeros(len(idx), k_max, dtype=torch.long)
             for b, i in enumerate(idx):
@@ -498,6 +531,44 @@ def score_contexts(
                 out[i] = scores[b, : len(candidate_lists[i])].tolist()
     model.train(was_training)
     return out
+
+
+def kb_gold_ranks(
+    model,
+    processor,
+    rows: Sequence[Mapping[str, Any]],
+    cache: CandidateCache,
+    regions: Callable[[Mapping[str, Any]], Any] | None = None,
+    batch_size: int = 64,
+    max_length: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+    kb_chunk: int = 8192,
+) -> list[int | None]:
+    """The rank of each row's gold ``entity_id`` among EVERY entity of ``cache`` (the field's protocol): ``1 +`` the
+    number of entities scored strictly higher than the gold (ties go to the gold); ``None`` when the gold is not in
+    the cache (a NIL mention, a gold outside the KB). Contexts are encoded once, in length-sorted batches, and scored
+    against the cached vectors ``kb_chunk`` entities at a time (``model.score`` with a shared ``(C, H)`` cache)."""
+    if kb_chunk < 1:
+        raise ValueError(f"kb_chunk must be >= 1, got {kb_chunk!r}")
+    device = next(model.parameters()).device
+    ranks: list[int | None] = [None] * len(rows)
+    gold = [cache.index.get(str(r["entity_id"])) if r.get("entity_id") is not None else None for r in rows]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(bf16, device):
+        for idx, ctx in _encoded_contexts(model, processor, rows, lambda i: gold[i] is not None, regions, batch_size,
+                                          max_length, progress, "ranking the whole KB"):
+            scores = torch.cat([
+                model.score(ctx, cache.vectors[a : a + kb_chunk].to(device)).float().cpu()
+                for a in range(0, len(cache.entity_ids), kb_chunk)
+            ], dim=1)  # (b, C)
+            g = torch.tensor([gold[i] for i in idx])
+            gold_scores = scores[torch.arange(len(idx)), g].unsqueeze(1)
+            for b, r in enumerate((scores > gold_scores).sum(dim=1).tolist()):
+                ranks[idx[b]] = int(r) + 1
+    model.train(was_training)
+    return ranks
 
 
 # ======================================================================================================================
@@ -597,10 +668,12 @@ def evaluate_split(
     nil_threshold: float | None = None,
     nil_fraction: float = 0.2,
     nil_seed: int = 0,
+    kb_ranking: bool = True,
 ) -> dict[str, Any]:
     """Metrics of one split at each ``N`` in ``ns`` (see the module docstring); V-T-KG when rows have boxes; the NIL
     metrics (``nil_*``, :func:`modeling_mel.nil.nil_evaluation`) over the top ``max(ns)`` candidates at
-    ``nil_threshold`` (``None``: the uncalibrated linker)."""
+    ``nil_threshold`` (``None``: the uncalibrated linker); with ``kb_ranking`` the field's protocol against the whole
+    evaluation KB (``H@1/3/5/10/20``, ``MR``, ``MRR``, ``n_unranked``; :func:`kb_gold_ranks`)."""
     ns = sorted({int(n) for n in ns})
     if not ns or ns[0] < 1:
         raise ValueError(f"ns must be positive candidate counts, got {ns!r}")
@@ -631,7 +704,12 @@ def evaluate_split(
         "n_no_candidates": sum(no_cands),
         "n_unusable": sum(a or b for a, b in zip(no_kb, no_cands)),
         "n_unaligned": sum(r.get("mention_start") is None for r in rows),
+        "n_nil": sum(is_nil_gold(g) for g in gold),
     }
+    if kb_ranking:
+        ranks = kb_gold_ranks(model, processor, rows, cache, context_regions, batch_size, context_max_length, bf16,
+                              progress)
+        results.update(ranking_metrics(ranks, len(kb)))
     predictions = {}
     for n in ns:
         preds = [best_candidate(c, s, n)[0] for c, s in zip(lists, scores)]
@@ -754,6 +832,7 @@ __all__ = [
     "CandidateCache",
     "encode_kb",
     "score_contexts",
+    "kb_gold_ranks",
     "best_candidate",
     "predict_vt_triples",
     "evaluate_split",

@@ -404,12 +404,28 @@ class ZemelDataArguments:
     )
     image_model: str = field(
         default="microsoft/resnet-50",
-        metadata={"help": "ResNet checkpoint (hub id or dir); offline a random-init ResNet-50 is used with a warning; "
-                  "'tiny': a small random-init ResNet (tests)"},
+        metadata={"help": "image encoder: any transformers vision checkpoint (hub id or dir: ResNet, CLIP, ViT, DINOv2, "
+                  "SigLIP), or random:<arch> (random:resnet-50, random:clip-vit-b32, random:tiny-resnet, ...: random "
+                  "init, tests and timing only; 'tiny' = random:tiny-resnet). A checkpoint that cannot be loaded is an "
+                  "error; the encoder's identity is recorded in the processor config"},
     )
-    image_size: int = field(default=224, metadata={"help": "image side fed to ResNet (224 as in the paper; 64 is fast)"})
+    image_size: int | None = field(
+        default=None, metadata={"help": "image side fed to the encoder (default: its processor's / config's; 224 for "
+                                "ResNet as in the paper; 64 is fast; a ViT-like encoder takes only its own)"})
+    image_feature: str | None = field(
+        default=None, metadata={"help": "global image feature: pooled, projected (CLIP image_embeds) or cls (default: "
+                                "projected for CLIP, cls for ViT, else pooled)"})
+    image_regions: str = field(
+        default="boxes", metadata={"help": "regions of a mention image after the whole image: boxes (a crop per box, "
+                                   "the paper) or patches (the encoder's patch tokens; raise --max_regions to keep "
+                                   "them, e.g. 50 for CLIP ViT-B/32)"})
     image_cache_dir: str | None = field(default=None, metadata={"help": "on-disk image feature cache (default: in memory)"})
-    max_entity_images: int = field(default=9, metadata={"help": "most KB images per candidate entity (regions)"})
+    features: str | None = field(default=None, metadata={
+        "help": "feature cache made by mel features (--image_model, --image_size, --image_feature come from it; an "
+                "image not in it is an error naming the fix)"})
+    max_entity_images: int = field(
+        default=9, metadata={"help": "most KB images per candidate entity (regions); 0: candidates text only"}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training mentions"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N mentions per eval split"})
     context_max_length: int = field(default=64, metadata={"help": "max tokens of a mention context"})
@@ -429,9 +445,13 @@ class ZemelDataArguments:
             raise ValueError("--data_dir is required: the folder holding the corpus files")
         if not os.path.isdir(self.data_dir):
             raise ValueError(f"--data_dir {self.data_dir!r} is not a directory")
-        for name in ("num_candidates", "image_size", "max_entity_images", "context_max_length", "candidate_max_length"):
-            if int(getattr(self, name)) < 1:
+        if self.image_regions not in ("boxes", "patches"):
+            raise ValueError(f"unknown --image_regions {self.image_regions!r}; choose boxes or patches")
+        for name in ("num_candidates", "image_size", "context_max_length", "candidate_max_length"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.max_entity_images) < 0:  # 0: candidates text only (the ZEMEL paper's Fig. 4 starts at 0 images)
+            raise ValueError(f"--max_entity_images must be >= 0, got {self.max_entity_images!r}")
         for name in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
@@ -568,8 +588,16 @@ def run_zemel_training(
     # 3. Image features: whole image + box crops per context image, KB images per entity (computed once).
     regions = None
     if data_args.image_features == "resnet50" and data.has_images:
-        extractor = build_image_extractor(data_args.image_model, data_args.image_size, data_args.image_cache_dir)
-        regions = RegionFeatures(extractor, data_args.max_entity_images)
+        if data_args.features:  # extract once: the cache made by mel features (its encoder; another is refused)
+            from .feature_cache import open_features
+
+            default_model = ZemelDataArguments.__dataclass_fields__["image_model"].default
+            extractor = open_features(data_args.features, image_model=(
+                data_args.image_model if data_args.image_model != default_model else None))
+        else:
+            extractor = build_image_extractor(data_args.image_model, data_args.image_size, data_args.image_cache_dir,
+                                              feature=data_args.image_feature)
+        regions = RegionFeatures(extractor, data_args.max_entity_images, regions=data_args.image_regions)
         regions.add_rows(train_rows, progress=True)
         regions.add_entities(train_kb, progress=True)
         feature_dim = regions.feature_dim
@@ -581,12 +609,19 @@ def run_zemel_training(
     # 4. Processor and model (text streams from the backbone; new [M] [/M] [ENT] embeddings).
     from .processing_zemel import ZemelProcessor
 
+    # the image encoder's identity goes into the processor config (what mel index / link / serve and the pipeline
+    # build by default, and check)
+    encoder = regions.extractor.identity if regions is not None else None
     processor = ZemelProcessor.from_backbone(model_args.backbone, max_regions=model_args.max_regions,
-                                             feature_dim=feature_dim, context_template=model_args.context_template)
+                                             feature_dim=feature_dim, context_template=model_args.context_template,
+                                             image_encoder=encoder,
+                                             image_regions=data_args.image_regions if regions is not None else "boxes")
     model = build_model(model_args, processor, feature_dim)
     model.config.image_features = data_args.image_features if regions is not None else "none"
-    model.config.image_model = data_args.image_model
-    model.config.image_size = data_args.image_size
+    # informative copies (the processor's image_encoder is what inference reads): the name the encoder is recorded
+    # under (random:<arch> for a random one, an absolute path for a folder) and its input side
+    model.config.image_model = encoder["name"] if encoder else data_args.image_model
+    model.config.image_size = encoder["image_size"] if encoder else data_args.image_size
     model.config.max_entity_images = data_args.max_entity_images
     model.config.context_max_length = data_args.context_max_length
     model.config.candidate_max_length = data_args.candidate_max_length

@@ -52,6 +52,33 @@ def test_zemel_latency_quick(tmp_path):
         assert math.isfinite(acc["max_abs_diff"]) and 0 <= acc["top1_agreement"] <= 1
 
 
+def test_zemel_latency_trained_models_on_a_real_split(tmp_path):
+    """--eval_data with saved bi / poly / cross models (tiny, random here; trained ones in real use): every row links
+    the same mentions against the same candidate set and reports precision (H@1) beside its latency."""
+    from inference_fixtures import tiny_nsp, tiny_zemel
+
+    from modeling_mel.builders import sample
+
+    data = str(tmp_path / "data")
+    sample.generate_jsonl_sample(data, seed=0, n_entities=12, n_mentions=40, image_size=32)
+    models = {}
+    for mode, (model, processor) in (("poly", tiny_zemel()), ("bi", tiny_zemel(scoring="bi")), ("cross", tiny_nsp())):
+        model.config.image_features = "none"
+        model.save_pretrained(tmp_path / mode)
+        processor.save_pretrained(tmp_path / mode)
+        models[mode] = str(tmp_path / mode)
+    run_benchmark("zemel_latency", tmp_path, "--eval_data", data, "--eval_dataset", "mel_jsonl", "--eval_split", "train",
+                  "--eval_mentions", "6", "--poly_model", models["poly"], "--bi_model", models["bi"], "--cross_model",
+                  models["cross"], "--dataset_cache_dir", str(tmp_path / "cache"))
+    payload = load(tmp_path, "zemel_latency_trained_quick")
+    rows = {r["mode"]: r for r in payload["rows"]}
+    assert list(rows) == ["bi", "poly", "cross"] and payload["n_candidates"] == 12 and payload["mentions"] == 6
+    for row in rows.values():
+        assert 0.0 <= row["H@1"] <= 1.0 and row["ms_median"] > 0 and row["candidates"] == 12 and row["mentions"] == 6
+    table = open(os.path.join(tmp_path, "zemel_latency_trained_quick.md")).read()
+    assert "precision (H@1)" in table and "| cross |" in table
+
+
 def test_scale_quick(tmp_path):
     run_benchmark("scale", tmp_path, "--tiny")
     payload = load(tmp_path, "scale_tiny_quick")

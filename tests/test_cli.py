@@ -16,7 +16,7 @@ from modeling_mel.cli import COMMANDS, main
 register_all()
 
 SUBCOMMANDS = ["demo", "build-dataset", "pretrain", "finetune", "train-zemel", "evaluate", "index", "link", "calibrate", "serve",
-               "export-dataset", "model-card"]
+               "export-dataset", "model-card", "zemel-ablations"]
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)

@@ -18,6 +18,7 @@ import sysconfig
 
 import pytest
 from pfmel_fixtures import make_tiny_backbone
+from test_mimic_mel import write_mimic
 from test_wikidata_mel import write_richpedia, write_wikimel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,9 +67,9 @@ def test_wheel_holds_the_builders_and_the_runs(installed):
 
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for module in ("builders/twitter_mel", "builders/mel_jsonl", "builders/zemeld", "builders/wikimel",
-                   "builders/richpedia_mel", "builders/sample", "builders/zemeld_sample", "scripts/pretrain_nsp",
-                   "scripts/finetune_linking", "scripts/evaluate_linking", "scripts/train_zemel",
-                   "scripts/evaluate_zemel", "scripts/ablations", "demo"):
+                   "builders/richpedia_mel", "builders/mimic_mel", "builders/sample", "builders/zemeld_sample",
+                   "scripts/pretrain_nsp", "scripts/finetune_linking", "scripts/evaluate_linking", "scripts/train_zemel",
+                   "scripts/evaluate_zemel", "scripts/ablations", "scripts/zemel_ablations", "demo"):
         assert f"modeling_mel/{module}.py" in names
     assert "modeling_mel/model_card.md" in names  # the card template, for mel model-card and push_model_to_hub
     # no module of the package reads a .py file by path
@@ -90,6 +91,7 @@ def test_installed_package_loads_every_corpus_trains_indexes_and_links(installed
     run_installed(installed, ["-m", "modeling_mel.builders.zemeld_sample", "--out", "zemeld", "--seed", "0"])
     write_wikimel(os.path.join(work, "wikimel"))
     write_richpedia(os.path.join(work, "richpedia"))
+    write_mimic(os.path.join(work, "mimic", "RichpediaMEL"), "RichpediaMEL")
     backbone = make_tiny_backbone(str(tmp_path_factory.mktemp("tiny_bert")), dropout=0.0)
 
     script = """
@@ -97,7 +99,7 @@ import json
 import modeling_mel, modeling_mel.corpus
 from modeling_mel.corpus import DATASET_BUILDERS, load_mel_corpus
 dirs = {"twitter_mel": "twitter", "mel_jsonl": "jsonl", "zemeld": "zemeld", "wikimel": "wikimel",
-        "richpedia_mel": "richpedia"}
+        "richpedia_mel": "richpedia", "mimic_mel": "mimic/RichpediaMEL"}
 assert set(dirs) == set(DATASET_BUILDERS), sorted(DATASET_BUILDERS)
 out = {"files": [modeling_mel.__file__, modeling_mel.corpus.__file__]}
 for name, d in dirs.items():
@@ -111,8 +113,9 @@ print(json.dumps(out))
     res = run_installed(installed, ["-c", script])
     loaded = json.loads(res.stdout.strip().splitlines()[-1])
     assert all(f.startswith(installed["target"]) for f in loaded["files"]), loaded["files"]
-    for name in ("twitter_mel", "mel_jsonl", "zemeld", "wikimel", "richpedia_mel"):
+    for name in ("twitter_mel", "mel_jsonl", "zemeld", "wikimel", "richpedia_mel", "mimic_mel"):
         assert loaded[name]["mentions"] > 0 and loaded[name]["kb"] > 0, (name, loaded[name])
+    assert loaded["mimic_mel"] == {"mentions": 6, "kb": 4}
 
     mel(installed, "build-dataset", "--dataset", "wikimel", "--data_dir", "wikimel", "--out", "built")
     assert os.path.isdir(os.path.join(work, "built"))

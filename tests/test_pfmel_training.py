@@ -159,6 +159,7 @@ def test_end_to_end_pretrain_finetune_evaluate(base_argv, tiny_backbone, tmp_pat
         assert saved[split] == results[split]
     config = json.load(open(os.path.join(fine_dir, "config.json")))
     assert "auto_map" in config and "pfmel_image_features" not in config  # image settings live in the processor
+    assert config["max_candidates"] == 32  # the name-rule cap of training and evaluation, which the pipeline follows
     processor_config = json.load(open(os.path.join(fine_dir, "processor_config.json")))
     assert processor_config["image_features"] == "resnet50" and processor_config["feature_norm"] == "center_l2"
     assert len(processor_config["feature_mean"]) == json.load(open(os.path.join(fine_dir, "config.json")))["image_feature_dim"]

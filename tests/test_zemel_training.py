@@ -97,7 +97,8 @@ def test_end_to_end_writes_results_and_reloadable_model(trained):
 
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, ZemelPolyEncoder) and model.config.scoring == "poly" and model.config.poly_m == 4
-    assert model.config.image_model == "tiny" and model.config.v_feature_dim == 64
+    # --image_model tiny is recorded as the random encoder it is (issue 28)
+    assert model.config.image_model == "random:tiny-resnet" and model.config.v_feature_dim == 64
     processor = AutoProcessor.from_pretrained(out)
     assert processor.tokenizer.convert_tokens_to_ids("[ENT]") == model.config.entity_token_id
 

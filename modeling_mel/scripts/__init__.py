@@ -14,6 +14,7 @@ module                 ``mel`` subcommand   what it runs
 ``train_zemel``        ``train-zemel``      ZEMEL training, then evaluation
 ``evaluate_zemel``     ``evaluate-zemel``   a saved ZEMEL model on a corpus
 ``ablations``          ``ablations``        the PFMEL ablation variants x seeds
+``zemel_ablations``    ``zemel-ablations``  ZEMEL's Table 4 and Fig. 4 variants x seeds
 =====================  ===================  ===========================================
 """
 

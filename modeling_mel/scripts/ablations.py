@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     abl, data_args, model_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if abl.quick:
-        data_args.image_size = min(data_args.image_size, 64)
+        data_args.image_size = min(data_args.image_size or 64, 64)
         model_args.max_length = min(model_args.max_length, 128)
 
     # 2. Load the corpus once (features extracted once), and a text-only view of it for NSP-BERT.

@@ -1,5 +1,6 @@
-"""Evaluate a saved PFMEL linker: accuracy (argmax over the name-rule candidates), candidate recall, and the NIL
-metrics (``nil_*``: in-KB accuracy, NIL precision / recall / F1, overall accuracy) under the NIL protocol of
+"""Evaluate a saved PFMEL linker: accuracy (argmax over the name-rule candidates), candidate recall, the field's H@1,
+H@3, H@5, H@10, H@20, MR and MRR over the ranked candidates (a gold outside them has no rank: counted after every KB
+entity; ``modeling_mel.metrics.ranking_metrics``), and the NIL metrics (``nil_*``: in-KB accuracy, NIL precision / recall / F1, overall accuracy) under the NIL protocol of
 ``modeling_mel.nil`` at the model's calibrated threshold (``mel calibrate``).
 
     python -m modeling_mel.scripts.evaluate_linking --model O/linker --dataset twitter_mel --data_dir D --split test
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     # 2. Load the corpus; the image feature source must match the model's (resnet50 / precomputed / none).
-    corpus = load_corpus(data_args)
+    corpus = load_corpus(data_args, model_dir=eval_args.model)  # the model's recorded image encoder by default
 
     # 3. Score every candidate of every mention, compute the metrics, write them.
     results = run_evaluation(

@@ -1,5 +1,7 @@
-"""Evaluate a saved ZEMEL model: precision / R@1 / micro-F1 at 5 and 100 candidates, V&T-KG and V-T-KG, and the
-NIL metrics (``nil_*``) under the protocol of ``modeling_mel.nil`` at the model's calibrated threshold.
+"""Evaluate a saved ZEMEL model: precision / R@1 / micro-F1 at 5 and 100 candidates, V&T-KG and V-T-KG, the field's
+protocol (H@1, H@3, H@5, H@10, H@20, MR, MRR of each mention ranked against the whole evaluation KB, every gold mention
+counted: ``modeling_mel.metrics.ranking_metrics``), and the NIL metrics (``nil_*``) under the protocol of
+``modeling_mel.nil`` at the model's calibrated threshold.
 
     python -m modeling_mel.scripts.evaluate_zemel --model_path O --dataset zemeld --data_dir D [--eval_splits dev,test]
 
@@ -50,9 +52,13 @@ class ZemelEvalArguments:
     image_features: str | None = field(
         default=None, metadata={"help": f"one of {list(IMAGE_FEATURE_MODES)}; default: as recorded at training"}
     )
-    image_model: str | None = field(default=None, metadata={"help": "ResNet checkpoint; default: as recorded at training"})
-    image_size: int | None = field(default=None, metadata={"help": "ResNet input side; default: as recorded at training"})
+    image_model: str | None = field(default=None, metadata={
+        "help": "image encoder (checkpoint or random:<arch>); default: the one recorded at training (processor "
+                "config); another one is refused"})
+    image_size: int | None = field(default=None, metadata={"help": "encoder input side; default: as recorded at training"})
     image_cache_dir: str | None = field(default=None, metadata={"help": "on-disk image feature cache"})
+    features: str | None = field(default=None, metadata={
+        "help": "feature cache made by mel features (refused when its encoder is not the model's)"})
     max_entity_images: int | None = field(default=None, metadata={"help": "most KB images per entity (default: as in training)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N mentions per split"})
     context_max_length: int | None = field(default=None, metadata={"help": "max tokens of a context (default: as in training)"})
@@ -61,7 +67,7 @@ class ZemelEvalArguments:
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (CPU or GPU)"})
     output_dir: str | None = field(default=None, metadata={"help": "where eval_results.json goes (default: --model_path)"})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Arrow cache of the corpus builder"})
-    seed: int = field(default=42, metadata={"help": "seed (random-init image model fallback)"})
+    seed: int = field(default=42, metadata={"help": "seed"})
     nil_threshold: str = field(default="calibrated", metadata={"help": NIL_THRESHOLD_HELP})
     nil_fraction: float | None = field(default=None, metadata={"help": "NIL protocol: share of gold entities removed "
                                                                         "(default: the calibration's, else 0.2)"})
@@ -116,16 +122,29 @@ def main(argv: list[str] | None = None) -> dict:
     mode = args.image_features or getattr(config, "image_features", "resnet50")
     regions = None
     if mode == "resnet50" and data.has_images:
-        extractor = build_image_extractor(
-            args.image_model or getattr(config, "image_model", "microsoft/resnet-50"),
-            args.image_size or getattr(config, "image_size", 224), args.image_cache_dir,
-        )
+        from modeling_mel.image_features import extractor_for, recorded_image_encoder
+
+        recorded = recorded_image_encoder(processor)
+        if args.features:  # extract once: the cache made by mel features, checked against the recorded encoder
+            from modeling_mel.feature_cache import open_features
+
+            extractor = open_features(args.features, image_model=args.image_model, recorded=recorded,
+                                      what=f"the model {args.model_path}")
+        elif recorded is not None:  # the encoder recorded at training, or a checked --image_model / --image_size
+            extractor = extractor_for(recorded, args.image_model, what=f"the model {args.model_path}",
+                                      image_size=args.image_size, cache_dir=args.image_cache_dir, batch_size=32)
+        else:  # a model saved before encoders were recorded: its config's image_model / image_size
+            extractor = build_image_extractor(
+                args.image_model or getattr(config, "image_model", "microsoft/resnet-50"),
+                args.image_size or getattr(config, "image_size", None), args.image_cache_dir,
+            )
         if extractor.feature_dim != config.v_feature_dim:
             raise ValueError(
                 f"the image model gives {extractor.feature_dim}-d features but the model expects v_feature_dim="
                 f"{config.v_feature_dim}; pass the --image_model used in training"
             )
-        regions = RegionFeatures(extractor, args.max_entity_images or getattr(config, "max_entity_images", 9))
+        regions = RegionFeatures(extractor, args.max_entity_images or getattr(config, "max_entity_images", 9),
+                                 regions=getattr(processor, "image_regions", None) or "boxes")
 
     # 5. Evaluate every split with a candidate cache (NIL metrics at the calibrated threshold unless overridden).
     nil_threshold, nil_fraction, nil_seed = nil_settings(args.model_path, args.nil_threshold, args.nil_fraction,

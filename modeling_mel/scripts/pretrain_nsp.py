@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         train_args.resume_from_checkpoint = resolve_resume_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
 
     # 2. Load the corpus and its image features (each image is encoded once; cached by content hash).
-    corpus = load_corpus(data_args)
+    corpus = load_corpus(data_args, model_dir=model_args.init_from)  # default encoder: the one --init_from records
 
     # 3. Build the NSP pairs, pre-train, save model + processor.
     summary = run_pretraining(data_args, model_args, train_args, corpus=corpus, callbacks=callbacks)
