@@ -88,6 +88,26 @@ def test_training_from_cache_gives_the_same_first_loss(zemeld_raw, cache_dir, tm
     assert cached["train"]["losses"][0] == pytest.approx(direct["train"]["losses"][0], rel=1e-5)
     recorded = json.load(open(tmp_path / "cached" / "processor_config.json"))["image_encoder"]
     assert recorded == FeatureCache(cache_dir).identity  # the model records the cache's encoder
+    # mel index reads the KB images' features from the cache: the same index as encoding them with the encoder
+    kb = os.path.join(zemeld_raw, "kb.jsonl")
+    model = str(tmp_path / "cached")
+    assert cli.main(["index", "--model", model, "--kb", kb, "--out", str(tmp_path / "i_enc"), "--fp32"]) == 0
+    def no_encoding(self, images, patches=False):
+        raise AssertionError("mel index --features must not run the image encoder")
+
+    forward = ImageFeatureExtractor._forward
+    ImageFeatureExtractor._forward = no_encoding
+    try:
+        assert cli.main(["index", "--model", model, "--kb", kb, "--out", str(tmp_path / "i_cache"), "--fp32",
+                         "--features", cache_dir]) == 0
+        with pytest.raises(AssertionError, match="must not run the image encoder"):  # the control: without the cache
+            cli.main(["index", "--model", model, "--kb", kb, "--out", str(tmp_path / "i_none"), "--fp32"])
+    finally:
+        ImageFeatureExtractor._forward = forward
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / d / "vectors.safetensors")) for d in ("i_enc", "i_cache"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
 def test_cache_refused_for_another_encoder(zemeld_raw, cache_dir, capsys):
