@@ -146,7 +146,7 @@ def save_resnet(out: str) -> str:
     """A small random ResNet with 2048-d features (the image features are not what is timed here), saved."""
     from transformers import ResNetModel
 
-    from modeling_mel.image_features import tiny_resnet_config
+    from modeling_mel.image_encoders import tiny_resnet_config
 
     torch.manual_seed(0)
     ResNetModel(tiny_resnet_config(2048)).save_pretrained(out)
@@ -442,13 +442,13 @@ def mel_index_seconds(device: str, model: str, kb: str, out: str) -> float:
 
 
 def mel_link_seconds(device: str, model: str, index: str, input_path: str, out: str, batch: int) -> float:
-    from modeling_mel import cli_inference
+    from modeling_mel import cli_link
 
     flag = device_flag("link", device)
     argv = ["link", "--model", model, "--index", index, "--input", input_path, "--output", out, "--no_images",
             "--top_k", "5", "--candidates", "dense", "--batch_size", str(batch), *flag]
     start = time.perf_counter()
-    with timed_calls(cli_inference, "link_file") as times:
+    with timed_calls(cli_link, "link_file") as times:
         mel(argv)
     with open(out, encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]

@@ -12,7 +12,8 @@ import numpy as np
 from common import base_parser, markdown_table, setup_threads, timeit, write_results
 from PIL import Image
 
-from modeling_mel.image_features import ImageFeatureExtractor, tiny_resnet_config
+from modeling_mel.image_encoders import tiny_resnet_config
+from modeling_mel.image_features import ImageFeatureExtractor
 
 
 def make_images(directory: str, n: int, size: int = 320) -> list[str]:

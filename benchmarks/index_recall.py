@@ -16,7 +16,8 @@ import time
 import numpy as np
 from common import base_parser, markdown_table, setup_threads, write_results
 
-from modeling_mel.entity_index import EntityIndex, exact_recall
+from modeling_mel.entity_index import EntityIndex
+from modeling_mel.faiss_index import exact_recall
 
 
 def make_vectors(n: int, dim: int, kind: str, rng: np.random.Generator) -> np.ndarray:

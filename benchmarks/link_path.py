@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         import numpy as np
         from PIL import Image
 
-        from modeling_mel.image_features import ImageFeatureExtractor, tiny_resnet_config
-        from modeling_mel.processing_zemel import regions_from_image
+        from modeling_mel.image_encoders import tiny_resnet_config
+        from modeling_mel.image_features import ImageFeatureExtractor
+        from modeling_mel.regions import regions_from_image
 
         extractor = ImageFeatureExtractor(config=tiny_resnet_config(2048))
         rng = np.random.default_rng(5)

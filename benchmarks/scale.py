@@ -48,7 +48,14 @@ from synthetic import captions, entities, regions, rss_bytes, timeit_many, zemel
 from modeling_mel import ZemelProcessor
 from modeling_mel.backbones import load_tokenizer
 from modeling_mel.hardware import bf16_is_fast
-from modeling_mel.entity_index import NPROBE_TARGET_RECALL, _exact_topk, build_faiss_from_chunks, exact_recall, faiss_index_bytes
+from modeling_mel.faiss_index import (
+    NPROBE_TARGET_RECALL,
+    FaissIndexConfig,
+    _exact_topk,
+    build_faiss_from_chunks,
+    exact_recall,
+    faiss_index_bytes,
+)
 from modeling_mel.knowledge_base import encode_entities
 
 TARGETS = {"growth_max": 2.0, "memory_gib_max": 4.0, "recall_min": 0.95, "ivfpq_memory_over_flat_max": 1 / 8}
@@ -293,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
             t_build = time.perf_counter()
             nlist = pick_nlist(n, args.max_nlist)
             try:
-                index, params, _ = build_faiss_from_chunks(kind, n, dim, chunks, ivf_nlist=nlist, recall_queries=0)
+                settings = FaissIndexConfig(index_type=kind, ivf_nlist=nlist, recall_queries=0)
+                index, params, _ = build_faiss_from_chunks(n, dim, chunks, settings)
             except (MemoryError, RuntimeError) as err:  # the point of failure is reported, not hidden
                 failures.append({"entities": n, "index": kind, "error": f"{type(err).__name__}: {err}"[:200]})
                 print(failures[-1], flush=True)

@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "ZemelProcessor": "processing_zemel",
     "Bm25RuleCandidates": "candidates",
     "EntityIndex": "entity_index",
+    "FaissIndexConfig": "faiss_index",
     "MultimodalEntityLinkingPipeline": "pipeline_entity_linking",
     "register_pipeline": "pipeline_entity_linking",
 }
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from .configuration_multimodal_nsp import MultimodalNSPConfig
     from .configuration_zemel import ZemelConfig
     from .entity_index import EntityIndex
+    from .faiss_index import FaissIndexConfig
     from .modeling_multimodal_nsp import BertForMultimodalNSP, MultimodalNSPOutput
     from .modeling_zemel import ZemelContextOutput, ZemelOutput, ZemelPolyEncoder
     from .pipeline_entity_linking import MultimodalEntityLinkingPipeline, register_pipeline

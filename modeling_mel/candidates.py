@@ -4,7 +4,8 @@
 * PFMEL name rule: :func:`name_contains_candidates`, :class:`NameRuleCandidates` (entities whose user name
   contains the mention), :func:`closest_first` (its order: exact name, shorter names, KB order) and
   :func:`candidate_report` (recall / size of any generator).
-* Dense: :func:`dense_candidates`, the poly-code (or pooled-vector) search over cached entity vectors.
+* Dense: the poly-code (or pooled-vector) search over cached entity vectors is the dense linker's
+  (:mod:`modeling_mel.linking_dense`).
 
 This file is shipped with saved models (the pipeline imports it), so it imports only the standard library and numpy
 at module level; ``bm25s`` is imported when a BM25 generator is built (``ValueError`` naming the fix without it).
@@ -390,20 +391,3 @@ def candidate_report(
         "n_mentions": n,
     }
 
-
-# ======================================================================================================================
-# Dense candidates: the poly-code search over cached entity vectors (pipeline and EntityIndex.retrieve_scored)
-# ======================================================================================================================
-
-
-def dense_candidates(context: _Any, k: int, search: _Any, poly: bool) -> list[list[int]]:
-    """The dense candidates of each context of a batch: the top ``k`` KB positions of its pooled vector (bi), or the
-    union over its poly codes of each code's top ``k`` (poly: the poly score is a convex combination of the codes'
-    dot products, so it never exceeds the best code's; the union holds the strong candidates, to be rescored).
-    ``search(queries (Q, H), k) -> [[position, ...], ...]`` (negative positions are ignored). The one poly-code search
-    of the pipeline and ``EntityIndex.retrieve_scored``."""
-    queries = context.poly_codes if poly else context.pooled_output[:, None, :]  # (B, q, H)
-    rows = search(queries.reshape(-1, queries.shape[-1]), int(k))
-    q = queries.shape[1]
-    return [list(dict.fromkeys(int(p) for row in rows[b * q : (b + 1) * q] for p in row if int(p) >= 0))
-            for b in range(queries.shape[0])]

@@ -11,7 +11,7 @@ Each subcommand is one entry of :data:`COMMANDS`: ``name -> (help, target)``, wh
 ``mel <name> --help`` shows them) and returns an exit code, ``None`` or a result (both meaning success). Adding a
 subcommand is one line::
 
-    COMMANDS["index"] = ("build a FAISS index of entity embeddings", "modeling_mel.cli_inference:index_main")
+    COMMANDS["index"] = ("build a FAISS index of entity embeddings", "modeling_mel.cli_index:index_main")
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ COMMANDS: dict[str, tuple[str, Union[str, Command]]] = {
     "demo": ("PFMEL end to end on the sample corpus in a few minutes", "modeling_mel.demo:demo_main"),
     "build-dataset": (
         "build a corpus (twitter_mel, zemeld, mel_jsonl, wikimel, richpedia_mel, mimic_mel) into datasets saved on disk",
-        "modeling_mel.cli_inference:build_dataset_main",
+        "modeling_mel.cli_datasets:build_dataset_main",
     ),
     "export-dataset": ("export a corpus as a code-free Hub dataset (Parquet + card)",
-                       "modeling_mel.cli_inference:export_dataset_main"),
+                       "modeling_mel.cli_datasets:export_dataset_main"),
     "pretrain": ("PFMEL NSP pre-training (modeling_mel.scripts.pretrain_nsp)", "modeling_mel.scripts.pretrain_nsp:main"),
     "finetune": ("PFMEL NSP fine-tuning for linking + dev/test accuracy (modeling_mel.scripts.finetune_linking)",
                  "modeling_mel.scripts.finetune_linking:main"),
@@ -48,14 +48,14 @@ COMMANDS: dict[str, tuple[str, Union[str, Command]]] = {
                         "(modeling_mel.scripts.zemel_ablations)", "modeling_mel.scripts.zemel_ablations:main"),
     "features": ("extract every mention and KB image's features once into a safetensors cache (--features F)",
                  "modeling_mel.feature_cache:features_main"),
-    "index": ("encode a KB with a ZEMEL model into a FAISS entity index", "modeling_mel.cli_inference:index_main"),
-    "link": ("link the mentions of a JSONL file to a KB or an entity index", "modeling_mel.cli_inference:link_main"),
+    "index": ("encode a KB with a ZEMEL model into a FAISS entity index", "modeling_mel.cli_index:index_main"),
+    "link": ("link the mentions of a JSONL file to a KB or an entity index", "modeling_mel.cli_link:link_main"),
     "calibrate": ("choose and save a model's NIL ('not in the KB') threshold on labelled dev mentions",
-                  "modeling_mel.cli_inference:calibrate_main"),
+                  "modeling_mel.cli_calibrate:calibrate_main"),
     "serve": ("serve a linking model over HTTP with dynamic batching (FastAPI + uvicorn)",
-              "modeling_mel.cli_inference:serve_main"),
+              "modeling_mel.cli_serve:serve_main"),
     "model-card": ("render the model card (README.md) of a saved model with its evaluation results",
-                   "modeling_mel.cli_inference:model_card_main"),
+                   "modeling_mel.cli_model_card:model_card_main"),
 }
 
 

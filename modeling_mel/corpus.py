@@ -385,7 +385,7 @@ def resolve_offsets(
     """Check, repair or find the character offsets of ``mention`` in ``text``; no mention is ever lost.
 
     Returns ``(start, end, status)``, offsets into the original ``text`` (end exclusive). Status (see
-    :func:`modeling_mel.processing_zemel.align_mention`, the one alignment function of the package):
+    :func:`modeling_mel.mention_spans.align_mention`, the one alignment function of the package):
 
     - ``"ok"``: the given offsets hold the mention (case ignored, or its words aligned there);
     - ``"located"`` (no offsets given) / ``"repaired"`` (given offsets wrong): a case-insensitive occurrence, whole
@@ -396,7 +396,7 @@ def resolve_offsets(
 
     :data:`OFFSET_NOTES` maps a status to the note builders count (:func:`offset_note`).
     """
-    from .processing_zemel import align_mention
+    from .mention_spans import align_mention
 
     found = align_mention(text, mention, start, end)
     if found is None:

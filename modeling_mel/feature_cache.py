@@ -38,18 +38,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .image_features import (
-    DEFAULT_MAX_IMAGE_PIXELS,
+from .image_encoders import (
     RANDOM_PREFIX,
     TINY_ALIAS,
     TINY_IMAGE_ENCODER,
     ImageEncoderError,
+    describe_image_encoder,
+    image_encoder_mismatch,
+)
+from .image_features import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     ImageFeatureExtractor,
     ImageReadError,
     _content_key,
     _describe,
-    describe_image_encoder,
-    image_encoder_mismatch,
     open_image,
 )
 
@@ -256,7 +258,7 @@ def open_features(path: str | os.PathLike, image_model: str | None = None, recor
     when ``image_model`` names another encoder or when ``recorded`` (a model's encoder) is another one."""
     extractor = CachedImageFeatures(path, image_model=image_model, **kwargs)
     if recorded:
-        from .image_features import check_image_encoder
+        from .image_encoders import check_image_encoder
 
         check_image_encoder(recorded, extractor, what=what,
                             fix=f"pass --features made with the model's encoder (mel features --image_model "

@@ -451,6 +451,7 @@ class LinkingData:
     entity_image: dict[str, int]
     table: FeatureTable
     use_images: bool = True
+    kb_order: dict[str, int] = field(default_factory=dict)  # KB position of each entity (the linkers' tie rule)
     _encoded: dict = field(default_factory=dict, repr=False)
 
     def pair(self, m: LinkingMention, entity_id: str, label: int) -> NSPPair:
@@ -584,6 +585,7 @@ class PFMELCorpus:
         if not self.entities:
             raise ValueError("the KB has no entities")
         ids = list(self.entities)
+        self._kb_position = {e: i for i, e in enumerate(ids)}
         if candidate_fn is None:
             candidate_fn = NameRuleCandidates({e: self._rule_name(e) for e in ids})
         self.candidate_fn = candidate_fn
@@ -805,6 +807,7 @@ class PFMELCorpus:
             entity_image={e: self.table.row(f"entity:{e}") for e in eids},
             table=self.table,
             use_images=self.use_images,
+            kb_order={e: self._kb_position[e] for e in eids if e in self._kb_position},
         )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .hardware import autocast
+from .linking_cross import CrossLinker
 from .modeling_multimodal_nsp import MultimodalNSPOutput
 from .pfmel_data import (
     IMAGE_FEATURE_MODES,
@@ -144,50 +144,26 @@ def predict_linking(
     progress: bool = False,
     retriever_weight: float | None = None,
 ) -> list[LinkingPrediction]:
-    """Score every (mention, candidate) pair of ``examples`` in length-sorted batches and rank the candidates.
+    """Score every (mention, candidate) pair of ``examples`` with the cross linker of the product
+    (:class:`~modeling_mel.linking_cross.CrossLinker`: length-sorted batches of at most ``batch_size`` pairs and
+    ``batch_size * 64`` tokens, ties by KB order) and rank the candidates.
 
     Uses ``torch.inference_mode`` and, with ``bf16=True``, ``torch.autocast(bfloat16)`` (CPU or GPU). The score of
-    a pair is ``model.link_scores(logits)`` = log p(B follows A), plus ``retriever_weight`` (default: the model's
+    a pair is ``link_scores(logits)`` = log p(B follows A), plus ``retriever_weight`` (default: the model's
     ``config.retriever_score_weight``, 0 when absent) times the retriever score when the mentions carry
     ``retriever_scores`` (retrieve-then-rerank, as the pipeline does). Mentions without candidates get ``ranked=[]``.
     """
-    if retriever_weight is None:
-        retriever_weight = float(getattr(model.config, "retriever_score_weight", 0.0) or 0.0)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    linker = CrossLinker(model, processor, bf16=bf16, pair_batch_size=batch_size)
     features, keys = examples.candidate_features(processor)
-    collator = PFMELCollator(processor, examples.table)
-    device = next(model.parameters()).device
-    scores = np.zeros(len(features), np.float32)
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    was_training = model.training
-    model.eval()
-    starts = range(0, len(order), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="scoring candidates", unit="batch")
-    with torch.inference_mode(), autocast(bf16, device):
-        for start in starts:
-            idx = order[start : start + batch_size]
-            batch = collator([features[i] for i in idx])
-            batch.pop("labels", None)
-            batch.pop("task_ids", None)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits  # (b, 2)
-            scores[idx] = model.link_scores(logits).float().cpu().numpy()
-    model.train(was_training)
-    per_mention: list[list[tuple[str, float]]] = [[] for _ in examples.mentions]
-    for (m, eid), s in zip(keys, scores.tolist()):
-        first = examples.mentions[m].retriever_scores
-        if first and retriever_weight:
-            s = s + retriever_weight * first.get(eid, 0.0)
-        per_mention[m].append((eid, s))
-    out = []
-    for m, ranked in zip(examples.mentions, per_mention):
-        ranked.sort(key=lambda x: -x[1])  # stable: ties keep candidate order
-        out.append(LinkingPrediction(m.mention_id, m.mention, m.gold, ranked))
-    return out
+    scores = linker.score_features(features, PFMELCollator(processor, examples.table), progress=progress)
+    order = examples.kb_order or {e: i for i, e in enumerate(examples.entity_text)}
+    positions = [[order[c] for c in m.candidates] for m in examples.mentions]
+    first = [{order[e]: s for e, s in m.retriever_scores.items() if e in order} if m.retriever_scores else {}
+             for m in examples.mentions]
+    ids = {p: e for e, p in order.items()}
+    ranked = linker.rank(positions, scores, first, retriever_weight)
+    return [LinkingPrediction(m.mention_id, m.mention, m.gold, [(ids[p], s) for p, s in row])
+            for m, row in zip(examples.mentions, ranked)]
 
 
 def linking_metrics(predictions: Sequence[LinkingPrediction], kb_size: int | None = None) -> dict[str, float]:
@@ -432,14 +408,15 @@ def load_corpus(data_args: PFMELDataArguments, extractor=None, model_dir: str | 
     if data_args.image_features == "resnet50" and extractor is None and getattr(data_args, "features", None):
         # extract once: the cache made by mel features, checked against the encoder recorded in model_dir
         from .feature_cache import open_features
-        from .image_features import read_recorded_image_encoder
+        from .image_encoders import read_recorded_image_encoder
 
         extractor = open_features(data_args.features, image_model=data_args.image_model,
                                   recorded=read_recorded_image_encoder(model_dir), what=f"the model {model_dir}")
     if data_args.image_features == "resnet50" and extractor is None:
         # the image encoder recorded in model_dir (an --init_from or evaluated model) unless --image_model (checked
         # against it), else --image_model / microsoft/resnet-50 (image_features.extractor_for)
-        from .image_features import extractor_for, read_recorded_image_encoder
+        from .image_encoders import read_recorded_image_encoder
+        from .image_features import extractor_for
 
         extractor = extractor_for(
             read_recorded_image_encoder(model_dir), data_args.image_model, what=f"the model {model_dir}",
@@ -504,6 +481,16 @@ def load_model_and_processor(model_args: PFMELModelArguments, feature_dim: int =
     return model, processor
 
 
+def saved_max_length(model_dir: str) -> int | None:
+    """The pair length of a saved model's processor (``processor_config.json``'s ``max_length``), if recorded."""
+    try:
+        with open(os.path.join(model_dir, "processor_config.json"), encoding="utf-8") as f:
+            value = json.load(f).get("max_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def warn_if_nsp_head_random(model, source: str | None) -> None:
     """Log a warning when the model's NSP head did not come from a pre-trained NSP head (``nsp_head_pretrained``
     False): PFMEL and NSP-BERT then learn next-sentence prediction from scratch instead of mining it."""
@@ -557,7 +544,7 @@ def _mark_image_mode(model, processor, corpus: PFMELCorpus) -> None:
         # the image encoder is part of the model: an --init_from model trained with another one is refused, and the
         # identity goes into processor_config.json (image_encoder), which mel index / link / serve and the pipeline
         # read to build the same encoder
-        from .image_features import check_image_encoder, recorded_image_encoder
+        from .image_encoders import check_image_encoder, recorded_image_encoder
 
         check_image_encoder(recorded_image_encoder(processor), extractor, what="the model (--init_from)",
                             fix="drop --image_model to use the recorded encoder, or start from a model trained with "
@@ -727,7 +714,10 @@ def calibrate_retriever_weight(
 ) -> tuple[float, dict[str, float]]:
     """The weight ``w`` of ``NSP log-prob + w * retriever score`` with the best accuracy on ``data`` (held-out
     mentions with ``retriever_scores``); ties go to the smaller weight. Returns ``(w, {str(w): accuracy})``."""
+    from .ranking import rank_keys
+
     preds = predict_linking(model, processor, data, batch_size=batch_size, bf16=bf16, retriever_weight=0.0)
+    order = data.kb_order or {e: i for i, e in enumerate(data.entity_text)}
     table: dict[str, float] = {}
     best, best_acc = 0.0, -1.0
     for w in map(float, grid):
@@ -736,7 +726,8 @@ def calibrate_retriever_weight(
             if not p.ranked:
                 continue
             first = m.retriever_scores or {}
-            top = max(p.ranked, key=lambda es: es[1] + w * first.get(es[0], 0.0))[0]
+            fused = [s + w * first.get(e, 0.0) for e, s in p.ranked]
+            top = rank_keys([e for e, _ in p.ranked], fused, order)[0][0]  # the linkers' tie rule, as the pipeline
             hits += top == m.gold
         acc = hits / max(1, len(data.mentions))
         table[str(w)] = round(acc, 4)
@@ -868,20 +859,32 @@ def run_evaluation(
     nil_threshold: str | float | None = "calibrated",
     nil_fraction: float | None = None,
     nil_seed: int | None = None,
+    retriever: str | None = None,
+    retriever_model: str | None = None,
+    retriever_k: int | None = None,
 ) -> dict:
     """Evaluate a saved model on ``splits``; writes ``output_file`` (default ``<model_dir>/eval_results.json``).
 
     Each split also gets the NIL metrics of :func:`modeling_mel.nil.nil_evaluation` (``nil_*`` entries) at
-    ``nil_threshold`` (default: the model's calibrated threshold, off without one)."""
+    ``nil_threshold`` (default: the model's calibrated threshold, off without one). With ``retriever`` (an entity
+    index folder) the two-stage linker is evaluated: the index's dense top ``retriever_k`` (default: the model's
+    ``config.retriever_k``) and the closest names, reranked with the fused score."""
     from .nil import nil_evaluation, nil_settings
 
     threshold, fraction, seed = nil_settings(model_dir, nil_threshold, nil_fraction, nil_seed)
     corpus = corpus or load_corpus(data_args, model_dir=model_dir)
     for s in splits:
         corpus.split(s)
-    model, processor = load_model_and_processor(PFMELModelArguments(init_from=model_dir), corpus.table.dim)
+    # the pair length the model was fine-tuned and is linked with (its saved processor's), not the paper's default
+    model, processor = load_model_and_processor(
+        PFMELModelArguments(init_from=model_dir, max_length=saved_max_length(model_dir) or 300), corpus.table.dim)
     _mark_image_mode(model, processor, corpus)
-    results, predictions = evaluate_splits(model, processor, corpus, splits, batch_size, bf16, data_args.max_eval_samples)
+    index = load_retriever(retriever, retriever_model) if retriever else None
+    if index is not None:
+        index.bf16 = bool(bf16)  # the evaluation's precision for both stages
+    k = int(retriever_k or getattr(model.config, "retriever_k", 0) or 10)
+    results, predictions = evaluate_splits(model, processor, corpus, splits, batch_size, bf16, data_args.max_eval_samples,
+                                           retriever=index, retriever_k=k)
     kb_ids = [str(row["entity_id"]) for row in corpus.kb]
     for split, preds in predictions.items():
         results[split].update(nil_evaluation([p.ranked for p in preds], [p.gold for p in preds], kb_ids, threshold,

@@ -20,18 +20,17 @@ raises ``ValueError`` naming the file with ``strict_images=True``. ``use_images=
 
 This file ships with saved models (``custom_pipelines`` in ``config.json``): it imports only torch, transformers,
 ``knowledge_base.py`` (the KB reader and encoder, shipped beside it) and, lazily, the other modeling-mel files
-(``image_features`` for the default image encoder; the ``modeling_mel`` package, when installed, for BM25 candidates,
-FAISS indexes and index retrievers). Nothing in the package imports this file back except the CLI, ``hub.py`` and
-the package ``__init__``.
+(``image_features`` for the default image encoder, ``index_files`` to read a saved index folder; the
+``modeling_mel`` package, when installed, for BM25 candidates, FAISS indexes and index retrievers). Nothing in the
+package imports this file back except the CLI, ``hub.py`` and the package ``__init__``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import torch
 from transformers import Pipeline
@@ -42,11 +41,15 @@ TASK = "multimodal-entity-linking"
 NIL_CALIBRATION_NAME = "nil_calibration.json"  # written by `mel calibrate` into the model folder
 _NOT_GIVEN = object()
 CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
+#: predictions per mention when a call gives no top_k
+DEFAULT_TOP_K = 5
 #: Most pixels of an input image that is decoded (``max_image_pixels``), as ``image_features.DEFAULT_MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
-from .candidates import NameRuleCandidates, dense_candidates
+from .candidates import NameRuleCandidates
+from .linking_cross import CrossLinker
+from .linking_dense import DenseLinker, trained_lengths
 from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB layer
     ENTITIES_NAME,
     INDEX_CONFIG_NAME,
@@ -204,7 +207,6 @@ class LinkingKB:
         self.searcher = searcher
         self._rule: NameRuleCandidates | None = None
         self._bm25 = None
-        self._bf16: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -225,58 +227,26 @@ class LinkingKB:
             self._bm25 = Bm25RuleCandidates([e["entity_id"] for e in self.entities], [e["name"] for e in self.entities])
         return [self.position[e] for e in self._bm25(mention, k)]
 
-    def gather(self, positions: torch.Tensor) -> torch.Tensor:
-        """Candidate vectors ``(*positions.shape, H)`` at KB ``positions``: rows of the exact cache, or rows decoded
-        from the compressed FAISS codes of an index written without its vectors."""
-        if self.vectors is None:
-            raise ValueError("dense retrieval needs candidate vectors: pass a ZEMEL model or an entity index as kb")
-        if isinstance(self.vectors, torch.Tensor):
-            return self.vectors[positions.to(self.vectors.device)]
-        rows = self.vectors[positions.reshape(-1).tolist()]  # CodeVectors: decodes these rows only
-        return torch.as_tensor(rows, dtype=torch.float32, device=self.device).reshape(*positions.shape, -1)
-
-    def all_vectors(self) -> torch.Tensor:
-        """The whole ``(N, H)`` cache as a tensor (decoded from the codes once when the index stores no vectors:
-        the exhaustive path runs only below ``exact_threshold`` entities or without a searcher)."""
-        if self.vectors is None or isinstance(self.vectors, torch.Tensor):
-            return self.vectors
-        if self.__dict__.get("_decoded") is None:
-            self.__dict__["_decoded"] = self.gather(torch.arange(len(self)))  # on self.device
-        return self.__dict__["_decoded"]
-
-    def bf16_vectors(self, device: Any) -> torch.Tensor:
-        """The whole cache in bf16 on ``device``, made once (the pipeline's bf16 exact top-k selection)."""
-        if self._bf16 is None or self._bf16.device != torch.device(device):
-            self._bf16 = self.all_vectors().to(device, torch.bfloat16)
-        return self._bf16
-
-    def dense_search(self, queries: torch.Tensor, k: int) -> list[list[int]]:
-        """Top-``k`` positions by inner product for each query vector ``(Q, H)``."""
-        k = min(int(k), len(self))
-        if self.searcher is not None:
-            _, idx = self.searcher.search(queries.detach().float().cpu().numpy(), k)
-            return [[int(i) for i in row if i >= 0] for row in idx]
-        if self.vectors is None:
-            raise ValueError("dense retrieval needs candidate vectors: pass a ZEMEL model or an entity index as kb")
-        vectors = self.all_vectors()
-        scores = queries.float().to(vectors.device) @ vectors.T  # (Q, N)
-        return scores.topk(k, dim=1).indices.tolist()
-
 
 def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | None, Any, dict]:
-    """Entities, vectors, searcher and config of a saved entity index (FAISS when modeling_mel is installed).
+    """Entities, vectors, searcher and config of a saved entity index, read and checked by the one index-folder reader
+    (``index_files.read_index_folder``, which ``EntityIndex.load`` uses too): entity count, sha256 checksums, vector
+    shape, index kind, FAISS ``ntotal``; ``ValueError`` naming the file and what differs.
 
-    The files are checked against ``index_config.json`` (entity count, sha256 checksums, vector shape, index kind;
-    FAISS ``ntotal`` too with the package): ``ValueError`` naming the file and what differs.
+    With the modeling_mel package, the searcher is an ``EntityIndex`` over the folder's FAISS index. Without it (this
+    file shipped with a model), ``faiss.index`` is not read: exact search over the saved vectors.
     """
+    from .index_files import read_index_folder
+
     try:
         from modeling_mel.entity_index import EntityIndex
     except ImportError:
         EntityIndex = None
-    if EntityIndex is not None:
-        index = EntityIndex.load(path, model=model)
-        return index.entities, _cache_of(index.vectors), (index if index.has_vectors else None), index.config
-    return _load_index_dir_without_faiss(path, model)
+    folder = read_index_folder(path, model=model, read_faiss=EntityIndex is not None)
+    if EntityIndex is None:
+        return folder.entities, _cache_of(folder.vectors), None, folder.config
+    index = EntityIndex.from_folder(folder, model=model)
+    return index.entities, _cache_of(index.vectors), (index if index.has_vectors else None), index.config
 
 
 def _cache_of(vectors: Any) -> Any:
@@ -287,74 +257,6 @@ def _cache_of(vectors: Any) -> Any:
     if type(vectors).__module__ == "numpy":
         return torch.from_numpy(vectors)
     return vectors  # CodeVectors: rows decoded on demand
-
-
-def _load_index_dir_without_faiss(path: str, model: Any) -> tuple[list[dict], torch.Tensor | None, Any, dict]:
-    """:func:`_load_index_dir` with the model's code only (no modeling-mel package, no FAISS)."""
-    # Model code only: exact search over the saved vectors, no FAISS; the same checks as EntityIndex.load.
-    rebuild = "rebuild it with `mel index`"
-    modified = f"the folder was modified after `mel index` wrote it; {rebuild}"
-    try:
-        with open(os.path.join(path, INDEX_CONFIG_NAME), encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{INDEX_CONFIG_NAME} in {path!r} is not valid JSON ({err}); {rebuild}") from err
-    if model is not None:
-        check_index_compatible(config, model, where=f"entity index {path!r}")
-    files = config.get("files") if isinstance(config.get("files"), dict) else {}
-    checksummed = int(config.get("format_version", 0)) >= 2
-    if not checksummed:
-        logger.warning("entity index %s has no checksums (an older format); it is loaded unchecked: %s", path, rebuild)
-
-    def check_sha(name: str) -> None:
-        if not checksummed:
-            return
-        h = hashlib.sha256()
-        with open(os.path.join(path, name), "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        if h.hexdigest() != (files.get(name) or {}).get("sha256"):
-            raise ValueError(f"{name} checksum differs from {INDEX_CONFIG_NAME} in {path!r}: {modified}")
-
-    if not os.path.isfile(os.path.join(path, ENTITIES_NAME)):
-        raise ValueError(f"{ENTITIES_NAME} is missing from the entity index {path!r}; {rebuild}")
-    entities = kb_records(path)
-    count = config.get("num_entities", config.get("size"))
-    if count is not None and int(count) != len(entities):
-        raise ValueError(f"{ENTITIES_NAME} in {path!r} holds {len(entities)} entities, {INDEX_CONFIG_NAME} records {count}: {modified}")
-    check_sha(ENTITIES_NAME)
-    vec_path = os.path.join(path, VECTORS_NAME)
-    if (config.get("kind") or ("bm25" if config.get("index_type") == "bm25" else "dense")) == "bm25":
-        stale = [n for n in (VECTORS_NAME, "faiss.index") if os.path.exists(os.path.join(path, n))]
-        if stale:
-            raise ValueError(
-                f"{INDEX_CONFIG_NAME} in {path!r} describes a BM25-only index (no vectors), but the folder holds "
-                f"{' and '.join(stale)}, left from an earlier dense index of another KB; {rebuild}"
-            )
-        return entities, None, None, config
-    if config.get("vectors_stored", True) is False:
-        raise ValueError(
-            f"entity index {path!r} holds compressed FAISS codes only (built with --store_vectors no): reading it needs "
-            "the modeling-mel package with faiss (pip install 'modeling-mel[faiss]'), or rebuild it with its vectors"
-        )
-    if not os.path.isfile(vec_path):
-        raise ValueError(f"{VECTORS_NAME} is missing from the dense entity index {path!r}; {rebuild}")
-    from safetensors.torch import load_file
-
-    try:
-        vectors = load_file(vec_path)["vectors"].float()
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise ValueError(
-            f"{VECTORS_NAME} in {path!r} is truncated or corrupt ({os.path.getsize(vec_path)} bytes): "
-            f"{' '.join(str(err).split())}; {rebuild}"
-        ) from err
-    if vectors.ndim != 2 or len(vectors) != len(entities):
-        raise ValueError(
-            f"{VECTORS_NAME} in {path!r} holds vectors of shape {tuple(vectors.shape)}, but there are {len(entities)} "
-            f"entities in {ENTITIES_NAME}: {modified}"
-        )
-    check_sha(VECTORS_NAME)
-    return entities, vectors, None, config
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -408,7 +310,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             fine-tuned by this package, ``config.max_candidates``, the cap its training and evaluation used: 32).
         pair_batch_size (`int`, default 64): PFMEL pairs per forward pass (at most ``64 * pair_batch_size`` padded
             tokens: longer pairs go fewer to a pass).
-        max_length (`int`, optional): token limit (default: the processor's).
+        max_length (`int`, optional): token limit (ZEMEL contexts: the model's `config.context_max_length`, as trained;
+            PFMEL pairs: the processor's).
         retriever_k (`int`, optional): PFMEL with a dense ``retriever``: its top k (and the k closest names) are the
             reranked candidates (default: ``config.retriever_k``, the value the reranker was trained with).
         nil_threshold (`float` or `None`): "not in the KB" decision: when the best candidate scores below it (or there
@@ -488,6 +391,8 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             except ImportError as err:  # remote code without the package
                 raise ValueError("retriever=<index dir> needs the modeling-mel package (pip install modeling-mel)") from err
             retriever = load_retriever(os.fspath(retriever), retriever_model, device=self.device)
+            if bf16 is not None:  # an explicit precision holds for both stages (else the index's own, where fast)
+                retriever.bf16 = bool(bf16)
         if retriever is not None and not isinstance(retriever, str) and not hasattr(retriever, "retrieve"):
             raise ValueError(f"retriever {type(retriever).__name__} has no retrieve(texts, mentions, k) method")
         self._check_retriever_kb(retriever, retriever_name, kb)
@@ -600,13 +505,13 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             extractor = self._extractor() if self.use_images and any(entity_images(e) for e in entities) else None
             vectors = encode_entities(
                 self.model, self.processor, entities, batch_size=index_batch_size, image_extractor=extractor,
-                progress=len(entities) > 1000, bf16=self.bf16,
+                max_length=trained_lengths(self.model)[1], progress=len(entities) > 1000, bf16=self.bf16,
             ).to(self.device)
         return LinkingKB(entities, vectors, device=self.device)
 
     def _recorded_image_encoder(self) -> dict | None:
         """The identity of the image encoder the model was trained with (the processor's ``image_encoder``)."""
-        from .image_features import recorded_image_encoder
+        from .image_encoders import recorded_image_encoder
 
         return recorded_image_encoder(self.processor)
 
@@ -614,7 +519,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         """``ValueError`` (one line naming both) when a given ``image_extractor`` is not the recorded encoder."""
         recorded = self._recorded_image_encoder() if self.image_extractor is not None and self.use_images else None
         if recorded is not None:
-            from .image_features import check_image_encoder
+            from .image_encoders import check_image_encoder
 
             name = getattr(self.model, "name_or_path", None) or type(self.model).__name__
             check_image_encoder(recorded, self.image_extractor, what=f"the model {name}",
@@ -662,7 +567,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         text = item.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: 'text' must be a non-empty string, got {text!r:.80}")
-        from .processing_zemel import align_mention
+        from .mention_spans import align_mention
 
         mention = item.get("mention")
         start, end = item.get("mention_start"), item.get("mention_end")
@@ -736,7 +641,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
                 raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
             if int(top_k) < 1:
                 raise ValueError(f"top_k must be >= 1, got {top_k!r}")
-            post["top_k"] = int(top_k)
+            post["top_k"] = fwd["top_k"] = int(top_k)
         if candidates is not None:
             if candidates not in CANDIDATE_MODES:
                 raise ValueError(f"unknown candidates {candidates!r}; expected one of {CANDIDATE_MODES}")
@@ -809,11 +714,11 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         """Mention image features: ``{"feature": (D,), "regions": (R, D), "spatial": (R, 5)}`` or ``None``."""
         if pil is None:
             return None
-        from .processing_zemel import box_spatial, make_regions  # the one region builder (whole image, then boxes)
+        from .regions import box_spatial, make_regions  # the one region builder (whole image, then boxes)
 
         extractor = self._extractor()
         if getattr(self.processor, "image_regions", "boxes") == "patches":  # whole image, then the patch tokens
-            from .processing_zemel import patch_regions
+            from .regions import patch_regions
 
             whole, patches = extractor.encode_patches([pil])
             feature = torch.as_tensor(whole[0], dtype=torch.float32)
@@ -842,8 +747,9 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         norm = self._image_setting("feature_norm") or "none"
         mean = self._image_setting("feature_mean")
         center = mean if norm == "center_l2" and mean is not None else None
-        templates = self._templates()
-        out = templates.normalize_image_features(feature.detach().cpu().numpy(), center, norm != "none")
+        from .processing_multimodal_nsp import normalize_image_features
+
+        out = normalize_image_features(feature.detach().cpu().numpy(), center, norm != "none")
         return torch.from_numpy(out[0]).to(feature.dtype)
 
     def _entity_feature(self, position: int) -> torch.Tensor | None:
@@ -852,7 +758,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             return None
         if position not in self._entity_feature_cache:
             entity = self.kb.entities[position]
-            images = self._templates().kb_entity_images(entity)  # timeline first, as training (PFMELCorpus)
+            images = self.processor.entity_images(entity)  # timeline first, as training (PFMELCorpus)
             try:
                 feats = _image_features_of(self._extractor(), images, None) if images else None
             except ValueError as err:  # strict extractor: name the entity as well as the file
@@ -875,6 +781,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         pair_batch_size: int = 64,
         max_length: int | None = None,
         retriever_k: int | None = None,
+        top_k: int = DEFAULT_TOP_K,
     ) -> dict:
         if num_candidates is None:  # PFMEL: as many name-rule candidates as it was trained and evaluated with
             cap = getattr(self.model.config, "max_candidates", None) if self.family == "cross" else None
@@ -885,13 +792,13 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         if self.family == "dense":
             ranked = self._forward_dense(examples, candidates, num_candidates, max_length)
         else:
-            ranked = self._forward_cross(examples, num_candidates, pair_batch_size, max_length, retriever_k)
+            ranked = self._forward_cross(examples, num_candidates, pair_batch_size, max_length, retriever_k, top_k)
         # each ranking travels opaque: transformers' Pipeline.forward walks lists and tuples of its outputs element by
         # element looking for tensors (a third of a batch's time for 32 mentions x 200 candidates)
         rows = [_Ranking(r) for r in ranked]
         return {"ranked": rows[0] if single else rows}
 
-    def postprocess(self, model_outputs: dict, top_k: int = 5, nil_threshold: float | None = None) -> list[dict]:
+    def postprocess(self, model_outputs: dict, top_k: int = DEFAULT_TOP_K, nil_threshold: float | None = None) -> list[dict]:
         ranked = model_outputs["ranked"]
         ranked = ranked.pairs if isinstance(ranked, _Ranking) else ranked
         out = []
@@ -903,25 +810,26 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             out.append({"entity_id": entity["entity_id"], "name": entity["name"], "score": float(score)})
         return out
 
-    @staticmethod
-    def _rank(positions: Sequence[int], scores: torch.Tensor) -> list[tuple[int, float]]:
-        """(position, score) sorted by score (descending), ties by KB position."""
-        pairs = [(int(p), float(s)) for p, s in zip(positions, scores.tolist())]
-        return sorted(pairs, key=lambda ps: (-ps[1], ps[0]))
-
     # -- PFMEL ---------------------------------------------------------------------------------------------------
-    def _templates(self) -> Any:
-        import sys
-
-        module = sys.modules[type(self.processor).__module__]
-        needed = ("mention_prompt", "kb_entity_prompt", "kb_entity_images", "normalize_image_features")
-        if not all(hasattr(module, n) for n in needed):
-            raise ValueError(f"processor {type(self.processor).__name__} is not a MultimodalNSPProcessor (no PFMEL templates)")
-        return module
+    def _cross_linker(self, pair_batch_size: int, max_length: int | None) -> CrossLinker:
+        """The cross linker of this pipeline (made once: it caches the entity sides' token ids); the call's
+        ``pair_batch_size`` and ``max_length`` apply."""
+        linker = self.__dict__.get("_cross")
+        if linker is None:
+            if not hasattr(self.processor, "mention_side"):
+                raise ValueError(f"processor {type(self.processor).__name__} is not a MultimodalNSPProcessor (no PFMEL "
+                                 "templates: mention_side / entity_side)")
+            linker = CrossLinker(self.model, self.processor, device=self.device, bf16=self.bf16)
+            self.__dict__["_cross"] = linker
+        if int(pair_batch_size) < 1:
+            raise ValueError(f"pair_batch_size must be >= 1, got {pair_batch_size!r}")
+        linker.pair_batch_size = int(pair_batch_size)
+        linker.max_length = int(max_length) if max_length else None
+        return linker
 
     def _entity_side(self, position: int) -> str:
-        # the training data's sentence B (PFMELCorpus.entity_text calls the same function)
-        return self._templates().kb_entity_prompt(self.kb.entities[position])
+        # the training data's sentence B (PFMELCorpus.entity_text calls the same template)
+        return self.processor.entity_side(self.kb.entities[position])
 
     def _cross_candidates(
         self, examples: list[dict], num_candidates: int, retriever_k: int | None = None
@@ -947,112 +855,51 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         extra = [[self.kb.position[e] for e in row if e in self.kb.position] for row in ids]
         return [list(dict.fromkeys(a + b)) for a, b in zip(cands, extra)], None
 
-    def _pair_batches(
-        self, pairs: list[tuple[int, int]], mention_sides: list[str], entity_sides: dict[int, str], pair_batch_size: int,
-        max_length: int | None,
-    ) -> list[list[int]]:
-        """Indices of ``pairs`` in batches: sorted by their text length in tokens (sentence A + B + 3 special tokens,
-        capped at ``max_length``), each batch at most ``pair_batch_size`` rows and ``pair_batch_size * 64`` padded
-        tokens."""
-        if not pairs:
-            return []
-        tokenizer = self.processor.tokenizer
-        positions = list(entity_sides)
-        a_len = [len(x) for x in tokenizer(mention_sides, add_special_tokens=False)["input_ids"]]
-        b_len = dict(zip(positions, (len(x) for x in tokenizer([entity_sides[p] for p in positions],
-                                                                add_special_tokens=False)["input_ids"])))
-        cap = int(max_length or self.processor.max_length)  # the processor's own truncation length
-        lengths = [min(cap, a_len[i] + b_len[p] + 3) for i, p in pairs]
-        order = sorted(range(len(pairs)), key=lambda j: lengths[j])
-        budget = int(pair_batch_size) * 64
-        batches: list[list[int]] = []
-        for j in order:  # ascending: the pair joining a batch sets its width
-            if batches and len(batches[-1]) < pair_batch_size and (len(batches[-1]) + 1) * lengths[j] <= budget:
-                batches[-1].append(j)
-            else:
-                batches.append([j])
-        return batches
-
     def _forward_cross(
         self, examples: list[dict], num_candidates: int, pair_batch_size: int, max_length: int | None,
-        retriever_k: int | None = None,
+        retriever_k: int | None = None, top_k: int | None = None,
     ) -> list:
-        templates = self._templates()
+        linker = self._cross_linker(pair_batch_size, max_length)
         cands, first_stage = self._cross_candidates(examples, num_candidates, retriever_k)
-        weight = float(getattr(self.model.config, "retriever_score_weight", 0.0) or 0.0)
-        pairs = []  # (example index, position)
-        for i, row in enumerate(cands):
-            pairs += [(i, p) for p in row]
-        scores = torch.empty(len(pairs))
-        mention_sides = [templates.mention_prompt(ex["text"], ex["mention"]) for ex in examples]
-        entity_sides: dict[int, str] = {p: self._entity_side(p) for _, p in pairs}
+        mention_sides = [self.processor.mention_side(ex["text"], ex["mention"]) for ex in examples]
         # image features normalised once per mention and per entity (not once per pair)
-        mention_images = [self._pfmel_normalize(ex["image_features"]["feature"]) if ex["image_features"] is not None
-                          else None for ex in examples]
-        entity_images = {p: self._pfmel_normalize(self._entity_feature(p)) for p in entity_sides}
-        # pair batches sorted by token length, cut by a token budget: each batch pads to about its own length, long
-        # pairs go in fewer rows (each pair's score is independent of its batch)
-        for idx in self._pair_batches(pairs, mention_sides, entity_sides, pair_batch_size, max_length):
-            chunk = [pairs[j] for j in idx]
-            text_a = [mention_sides[i] for i, _ in chunk]
-            text_b = [entity_sides[p] for _, p in chunk]
-            images_a = [None if mention_images[i] is None else mention_images[i].numpy() for i, _ in chunk]
-            images_b = [None if entity_images[p] is None else entity_images[p].numpy() for _, p in chunk]
-            enc = self.processor(text_a, text_b, images=images_a, images_pair=images_b, max_length=max_length)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(**enc).logits
-            scores[torch.tensor(idx)] = self.model.link_scores(logits).float().cpu()
-        ranked, offset = [], 0
-        for i, row in enumerate(cands):
-            row_scores = scores[offset : offset + len(row)]
-            if first_stage is not None and weight:
-                row_scores = row_scores + weight * torch.tensor([first_stage[i].get(p, 0.0) for p in row])
-            ranked.append(self._rank(row, row_scores))
-            offset += len(row)
-        return ranked
+        mention_images = [None if ex["image_features"] is None else self._pfmel_normalize(ex["image_features"]["feature"])
+                          for ex in examples]
+        mention_images = [None if x is None else x.numpy() for x in mention_images]
+
+        def entity_image(position: int) -> Any:
+            feature = self._pfmel_normalize(self._entity_feature(position))
+            return None if feature is None else feature.numpy()
+
+        def score_pairs(pairs: list[tuple[int, int]]) -> torch.Tensor:
+            features = linker.pair_features(mention_sides, pairs, self._entity_side, mention_images,
+                                            entity_image if self.use_images else None)
+            return linker.score_features(features)
+
+        # the top_k asked for, exactly: pairs that cannot reach it are not scored (CrossLinker.link)
+        return linker.link(cands, score_pairs, first_stage, top_k)
 
     # -- ZEMEL ---------------------------------------------------------------------------------------------------
-    def _dense_candidates(self, examples: list[dict], context: Any, mode: str, k: int) -> list[list[int]]:
+    def _dense_linker(self, max_length: int | None) -> DenseLinker:
+        """The dense linker over this pipeline's KB cache (made once; the call's ``max_length`` applies)."""
+        linker = self.__dict__.get("_linker")
+        if linker is None:
+            linker = DenseLinker(self.model, self.processor, self.kb.vectors, searcher=self.kb.searcher, device=self.device,
+                                 bf16=self.bf16, exact_threshold=self.exact_threshold)
+            self.__dict__["_linker"] = linker
+        linker.max_length = int(max_length) if max_length else None
+        return linker
+
+    def _forward_dense(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
         if mode == "auto":
             import importlib.util
 
             mode = "all" if importlib.util.find_spec("bm25s") is not None else "dense"  # BM25 needs bm25s
-        n = len(self.kb)
-        rows: list[list[int]] = [[] for _ in examples]
-        if mode in ("bm25", "all"):
-            for i, ex in enumerate(examples):
-                rows[i] += self.kb.bm25(ex["mention"], k)
-        if mode == "rule":
-            for i, ex in enumerate(examples):
-                rows[i] += self.kb.name_rule(ex["mention"], k)
-        if mode in ("dense", "all"):
-            if self.kb.searcher is None or n <= self.exact_threshold:
-                # Exact: poly-score the whole cache, keep the best k.
-                scores = self._whole_kb_scores(context)  # (B, N)
-                top = scores.topk(min(k, n), dim=1).indices.tolist()
-            else:  # the index searched with each poly code (or the pooled vector), the union rescored below
-                poly = getattr(self.model.config, "scoring", "poly") == "poly"
-                top = dense_candidates(context, k, self.kb.dense_search, poly)
-            for i in range(len(examples)):
-                rows[i] += top[i]
-        return [list(dict.fromkeys(r)) for r in rows]
-
-    def _whole_kb_scores(self, context: Any) -> torch.Tensor:
-        """Scores ``(B, N)`` of a batch against the whole cache, for exact dense top-k selection. With ``bf16`` the
-        product runs on a bf16 copy of the cache (made once) under autocast; the kept candidates are then rescored
-        in full precision with the others (``_forward_dense``)."""
-        if not self.bf16:
-            return self.model.score(context, self.kb.all_vectors().to(self.device))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.model.score(context, self.kb.bf16_vectors(self.device)).float()
-
-    def _forward_dense(self, examples: list[dict], mode: str, k: int, max_length: int | None) -> list:
         regions = None
         feature_dim = int(getattr(self.processor, "feature_dim", 0))
         if any(ex["image_features"] is not None for ex in examples):
             # padded on the CPU by the processor (the Pipeline moved the preprocessed features to self.device); the
-            # padded batch goes to the device below
+            # padded batch goes to the device in the linker
             regions = [
                 None if ex["image_features"] is None
                 else {"features": ex["image_features"]["regions"].cpu(), "spatial": ex["image_features"]["spatial"].cpu()}
@@ -1063,24 +910,16 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         spans = [
             (ex["mention_start"], ex["mention_end"]) if ex["mention_start"] is not None else ex["mention"] for ex in examples
         ]
-        extra = {"max_length": max_length} if max_length else {}
-        enc = self.processor.encode_contexts([ex["text"] for ex in examples], spans, regions=regions, **extra)
-        enc = {k2: v.to(self.device) for k2, v in enc.items()}
-        if hasattr(self.model, "inference_context"):
-            # the fast path: eval + inference mode, bf16 autocast with cached low-precision weights when self.bf16
-            context = self.model.inference_context(**enc, autocast_dtype=torch.bfloat16 if self.bf16 else None)
-        else:
-            context = self.model.encode_context(**enc)
-        rows = self._dense_candidates(examples, context, mode, k)
-        kmax = max((len(r) for r in rows), default=0)
-        if kmax == 0:
-            return [[] for _ in examples]
-        index = torch.zeros(len(examples), kmax, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                index[i, : len(r)] = torch.tensor(r)
-        scores = self.model.score(context, self.kb.gather(index).to(self.device)).float().cpu()  # (B, Kmax); padding columns ignored
-        return [self._rank(r, scores[i, : len(r)]) for i, r in enumerate(rows)]
+        linker = self._dense_linker(max_length)
+        context = linker.encode([ex["text"] for ex in examples], spans, regions)
+        extra: list[list[int]] = [[] for _ in examples]
+        if mode in ("bm25", "all"):
+            extra = [row + self.kb.bm25(ex["mention"], k) for row, ex in zip(extra, examples)]
+        if mode == "rule":
+            extra = [row + self.kb.name_rule(ex["mention"], k) for row, ex in zip(extra, examples)]
+        if mode in ("dense", "all"):
+            return linker.link_context(context, k, extra)
+        return linker.rank(context, [list(dict.fromkeys(row)) for row in extra])
 
 
 def register_pipeline() -> None:

@@ -241,6 +241,22 @@ class MultimodalNSPProcessor(ProcessorMixin):
         center, l2 = self.image_normalization()
         return normalize_image_features(features, center, l2)
 
+    # -- templates (the sentences of training, section 3.4) -----------------------------------------------------
+    @staticmethod
+    def mention_side(text: str, mention: str) -> str:
+        """Sentence A of a linking pair: :func:`mention_prompt` (``"<text>. <mention> is"``)."""
+        return mention_prompt(text, mention)
+
+    @staticmethod
+    def entity_side(entity: Mapping[str, Any]) -> str:
+        """Sentence B of a linking pair for a KB row: :func:`kb_entity_prompt`."""
+        return kb_entity_prompt(entity)
+
+    @staticmethod
+    def entity_images(entity: Mapping[str, Any]) -> list:
+        """The images whose mean feature is a KB row's entity image: :func:`kb_entity_images`."""
+        return kb_entity_images(entity)
+
     @classmethod
     def from_backbone(cls, backbone: str | None = None, **kwargs) -> "MultimodalNSPProcessor":
         """A processor over the tokenizer of ``backbone`` (``"minilm"`` by default, see backbones.py)."""

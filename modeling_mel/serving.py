@@ -568,7 +568,7 @@ def create_app(pipe: Any, batcher: DynamicBatcher, limits: ServeLimits | None = 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The server (`mel serve` in cli_inference parses the command line and calls run_server)
+# The server (`mel serve` in cli_serve parses the command line and calls run_server)
 # ----------------------------------------------------------------------------------------------------------------------
 
 

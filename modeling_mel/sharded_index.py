@@ -144,7 +144,7 @@ def iter_kb_shards(kb: Any, shard_size: int, owned: Any = None) -> Iterator[tupl
 
 
 def _rows_digest(rows: list[dict]) -> str:
-    from .entity_index import _json_safe
+    from .index_files import _json_safe
 
     h = hashlib.sha256()
     for r in rows:
@@ -266,19 +266,24 @@ def merge_shards(
     max_length: int = 64,
     bf16: bool = False,
     image_extractor: Any = None,
-    index_type: str = "auto",
+    faiss: Any = None,
     processor: Any = None,
-    **index_params: Any,
+    progress: bool = False,
 ):
     """The :class:`~modeling_mel.entity_index.EntityIndex` of finished shards: entity metadata streamed from ``kb``
-    (checked against each shard's marker), the FAISS index trained on a sample across shards and filled shard by
-    shard (:func:`~modeling_mel.entity_index.attach_index`; exact vectors concatenated only when they are kept).
-    With ``processor``, an IVF index without a given ``ivf_nprobe`` gets it tuned on the model's mention-like
-    queries as :meth:`EntityIndex.build` does (exact search streamed over the shards).
+    (checked against each shard's marker), the FAISS index of the settings ``faiss`` (a
+    :class:`~modeling_mel.faiss_index.FaissIndexConfig`, default ``auto``) trained on a sample across shards and
+    filled shard by shard (:func:`~modeling_mel.faiss_index.attach_index`; exact vectors concatenated only when they
+    are kept). With ``processor``, an IVF index without a given ``ivf_nprobe`` gets it tuned on the model's
+    mention-like queries as :meth:`EntityIndex.build` does (exact search streamed over the shards).
     ``ValueError`` naming the first missing or stale shard."""
     from safetensors.numpy import load_file
 
-    from .entity_index import FORMAT_VERSION, EntityIndex, attach_index, mention_like_queries
+    from .entity_index import EntityIndex
+    from .faiss_index import FaissIndexConfig, attach_index, mention_like_queries
+    from .index_files import FORMAT_VERSION
+
+    faiss = FaissIndexConfig.merged(faiss)
 
     key = encoding_key(model, max_length, bf16, image_extractor)
     entities: list[dict] = []
@@ -315,9 +320,8 @@ def merge_shards(
         "shards": {"count": len(markers), "shard_size": int(shard_size)},
     }
     index = EntityIndex(entities, None, config)
-    attach_index(index, len(entities), dim, chunks, index_type=index_type, **index_params)
-    if (processor is not None and index_params.get("ivf_nprobe") is None
-            and str(index.config.get("index_type", "")).startswith("ivf")):
+    attach_index(index, len(entities), dim, chunks, faiss, progress=progress)
+    if processor is not None and faiss.tunes_nprobe(index.config["index_type"]):
         index.tune_nprobe(chunks, mention_like_queries(model, processor, entities, max_length=max_length))
     return index
 
@@ -334,13 +338,13 @@ def build_sharded(
     max_length: int = 64,
     bf16: bool = False,
     image_extractor: Any = None,
-    index_type: str = "auto",
+    faiss: Any = None,
     progress: bool = True,
     device: Any = None,
-    **index_params: Any,
 ):
     """Encode ``kb`` in shards over the processes of this run, then (main process) merge and save the index to
-    ``out``. Returns the saved :class:`~modeling_mel.entity_index.EntityIndex` on the main process, ``None`` on the
+    ``out``, with the FAISS settings ``faiss`` (a :class:`~modeling_mel.faiss_index.FaissIndexConfig`, the one
+    ``EntityIndex.build`` takes; default ``auto``). Returns the saved :class:`~modeling_mel.entity_index.EntityIndex` on the main process, ``None`` on the
     others. The main process holds ``out``'s writer lock from the start; the shard folder is removed after the save
     unless ``keep_shards``.
 
@@ -358,7 +362,7 @@ def build_sharded(
     try:
         return _build_sharded(
             model, processor, kb, out, shard_size, shard_dir, keep_shards, batch_size, max_length, bf16,
-            image_extractor, index_type, progress, rank, world, barrier, index_params,
+            image_extractor, faiss, progress, rank, world, barrier,
         )
     finally:
         if world > 1:
@@ -369,10 +373,10 @@ def build_sharded(
 
 
 def _build_sharded(model, processor, kb, out, shard_size, shard_dir, keep_shards, batch_size, max_length, bf16,
-                   image_extractor, index_type, progress, rank, world, barrier, index_params):
+                   image_extractor, faiss, progress, rank, world, barrier):
     import contextlib
 
-    from .entity_index import check_index_destination, index_write_lock
+    from .index_files import check_index_destination, index_write_lock
 
     shard_dir = os.path.realpath(shard_dir or default_shard_dir(out))
     lock = index_write_lock(out) if rank == 0 else contextlib.nullcontext()
@@ -389,7 +393,7 @@ def _build_sharded(model, processor, kb, out, shard_size, shard_dir, keep_shards
             return None
         index = merge_shards(
             model, kb, shard_dir, shard_size, max_length=max_length, bf16=bf16, image_extractor=image_extractor,
-            index_type=index_type, processor=processor, progress=progress, **index_params,
+            faiss=faiss, processor=processor, progress=progress,
         )
         index.model, index.processor = model, processor
         index.save(out)

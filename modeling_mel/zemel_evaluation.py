@@ -36,7 +36,7 @@ The field's protocol (MIMIC, M3EL, MMoE, KGMEL), beside them: every mention's co
 of the evaluation KB (:func:`kb_gold_ranks`, no candidate generator) and ``H@1``, ``H@3``, ``H@5``, ``H@10``, ``H@20``,
 ``MR`` and ``MRR`` come from the gold's rank (:func:`modeling_mel.metrics.ranking_metrics`, every gold mention counted;
 a NIL mention or a gold outside the KB has no rank: ``n_unranked``; ``n_nil`` counts the mentions the corpus labels NIL).
-``kb_ranking=False`` skips it (it encodes the contexts a second time and scores each against the whole KB).
+``kb_ranking=False`` skips it (it scores each context against the whole KB; the contexts are encoded once for both).
 
 The offline ``evaluate`` module :class:`ZemelLinkingMetric` computes the linking metrics from predictions.
 """
@@ -48,7 +48,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import datasets
 import evaluate
@@ -56,10 +56,11 @@ import numpy as np
 import torch
 
 from .candidates import Bm25RuleCandidates
-from .hardware import autocast
 from .image_features import image_source
 from .knowledge_base import encode_entities
+from .linking_dense import DenseLinker, row_span, row_text
 from .metrics import ranking_metrics
+from .ranking import rank_keys
 from .nil import is_nil_gold, nil_evaluation
 from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
@@ -184,6 +185,8 @@ def _import_zemeld():
 
 
 def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
+    from .builders.zemeld import with_text  # ZEMELD's caption becomes the row's text, once
+
     zemeld_cls = _import_zemeld()
     built = {}
     for config in ("mentions", "kb"):
@@ -197,7 +200,7 @@ def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
             rows.append(
                 {
                     "id": r["id"],
-                    "text": r["caption"],
+                    "text": with_text(r)["text"],
                     "mention": r["mention"],
                     "mention_start": _opt_int(r["mention_start"]),
                     "mention_end": _opt_int(r["mention_end"]),
@@ -342,7 +345,7 @@ class RegionFeatures:
     def add_rows(self, rows: Sequence[Mapping[str, Any]], progress: bool = False) -> None:
         """Encode the images (and box crops) of `rows` not seen yet, in batches."""
         from .image_features import ImageReadError, open_image
-        from .processing_zemel import make_regions, patch_regions
+        from .regions import make_regions, patch_regions
 
         todo: dict[str, Mapping] = {}
         for r in rows:
@@ -418,17 +421,6 @@ class RegionFeatures:
 # ======================================================================================================================
 
 
-def _batches(n: int, batch_size: int, lengths: Sequence[int], progress: bool, desc: str) -> Iterable[list[int]]:
-    order = sorted(range(n), key=lambda i: lengths[i])
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=desc, unit="batch")
-    for s in starts:
-        yield order[s : s + batch_size]
-
-
 @dataclass
 class CandidateCache:
     """Cached candidate vectors of a KB: ``vectors[i]`` (``(C, H)``, float32, CPU) belongs to ``entity_ids[i]``."""
@@ -468,31 +460,72 @@ def encode_kb(
     return CandidateCache(ids, vectors)
 
 
-def _span(row: Mapping[str, Any]) -> Any:
-    if row.get("mention_start") is not None and row.get("mention_end") is not None:
-        return (int(row["mention_start"]), int(row["mention_end"]))
-    return row["mention"]
+def _linker(model, cache: CandidateCache, processor, bf16: bool, max_length: int) -> DenseLinker:
+    """The dense linker of the evaluation over a candidate cache (exhaustive: no index)."""
+    return DenseLinker(model, processor, cache.vectors, device=next(model.parameters()).device, bf16=bf16,
+                       max_length=max_length)
 
 
-def _encoded_contexts(
-    model, processor, rows: Sequence[Mapping[str, Any]], keep: Callable[[int], bool],
-    regions: Callable[[Mapping[str, Any]], Any] | None, batch_size: int, max_length: int, progress: bool, desc: str,
-):
-    """``(row indices, context output)`` of the rows that ``keep`` accepts, encoded in length-sorted batches (the one
-    context-encoding loop of the evaluation; the caller holds ``inference_mode``, autocast and eval mode)."""
-    device = next(model.parameters()).device
-    lengths = [len(r.get("text") or r.get("caption") or "") for r in rows]
-    for idx in _batches(len(rows), batch_size, lengths, progress, desc):
-        idx = [i for i in idx if keep(i)]
-        if not idx:
-            continue
-        batch_rows = [rows[i] for i in idx]
-        reg = [regions(r) for r in batch_rows] if regions is not None else None
-        enc = processor.encode_contexts(
-            [r.get("text", r.get("caption")) for r in batch_rows], [_span(r) for r in batch_rows], reg,
-            max_length=max_length,
-        )
-        yield idx, model.encode_context(**{k: v.to(device) for k, v in enc.items()})
+def link_rows(
+    model,
+    processor,
+    rows: Sequence[Mapping[str, Any]],
+    cache: CandidateCache,
+    candidate_lists: Sequence[Sequence[str]] | None = None,
+    kb_ranking: bool = False,
+    top: int = 0,
+    regions: Callable[[Mapping[str, Any]], Any] | None = None,
+    batch_size: int = 64,
+    max_length: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+) -> dict[str, list]:
+    """One pass of the dense linker (:class:`~modeling_mel.linking_dense.DenseLinker`) over the mention rows: each
+    context encoded once (length-sorted batches, the model's fast path) and, as asked,
+
+    * ``"scores"``: its scores against its own ``candidate_lists[i]`` (same order; ``[]`` for an empty list);
+    * ``"ranks"`` (``kb_ranking``): the rank of its gold among EVERY entity of ``cache`` (the field's protocol): ``1 +``
+      the entities scored strictly higher (ties go to the gold); ``None`` when the gold is not in the cache;
+    * ``"ranked"`` (``top > 0``): its top ``top`` entities of the whole cache as ``[(entity_id, score), ...]``, the
+      ranking ``pipeline()`` and ``mel link --candidates dense`` give (exhaustive top-k, float32 rescoring, ties by KB
+      order).
+    """
+    if candidate_lists is not None:
+        if len(rows) != len(candidate_lists):
+            raise ValueError(f"{len(rows)} rows but {len(candidate_lists)} candidate lists")
+        missing = {e for c in candidate_lists for e in c if e not in cache.index}
+        if missing:
+            raise ValueError(f"candidates not in the cache (encode their KB first): {sorted(missing)[:10]}")
+    gold = [cache.index.get(str(r["entity_id"])) if r.get("entity_id") is not None else None for r in rows]
+    out: dict[str, list] = {}
+    if candidate_lists is not None:
+        out["scores"] = [[] for _ in rows]
+    if kb_ranking:
+        out["ranks"] = [None] * len(rows)
+    if top:
+        out["ranked"] = [[] for _ in rows]
+
+    def needed(i: int) -> bool:
+        return bool(top) or (candidate_lists is not None and bool(candidate_lists[i])) or (kb_ranking and gold[i] is not None)
+
+    linker = _linker(model, cache, processor, bf16, max_length)
+    texts, spans = [row_text(r) for r in rows], [row_span(r) for r in rows]
+    region_of = (lambda i: regions(rows[i])) if regions is not None else None
+    for idx, ctx in linker.encode_batches(texts, spans, region_of, batch_size, keep=needed, progress=progress,
+                                          desc="linking contexts"):
+        if candidate_lists is not None:
+            lists = [[cache.index[e] for e in candidate_lists[i]] for i in idx]
+            for i, scores in zip(idx, linker.rescore(ctx, lists)):
+                out["scores"][i] = scores
+        kb_scores = linker.whole_kb_scores(ctx) if (kb_ranking or top) else None
+        if kb_ranking:
+            for b, i in enumerate(idx):
+                if gold[i] is not None:
+                    out["ranks"][i] = int((kb_scores[b] > kb_scores[b, gold[i]]).sum()) + 1
+        if top:
+            for i, ranked in zip(idx, linker.link_context(ctx, top, kb_scores=kb_scores)):
+                out["ranked"][i] = [(cache.entity_ids[p], s) for p, s in ranked]
+    return out
 
 
 def score_contexts(
@@ -508,29 +541,9 @@ def score_contexts(
     progress: bool = False,
 ) -> list[list[float]]:
     """Scores of each row's context against the cached vectors of its own candidates (one list per row, same order
-    as ``candidate_lists[i]``). Contexts are encoded once, in length-sorted batches, under ``inference_mode``."""
-    if len(rows) != len(candidate_lists):
-        raise ValueError(f"{len(rows)} rows but {len(candidate_lists)} candidate lists")
-    missing = {e for c in candidate_lists for e in c if e not in cache.index}
-    if missing:
-        raise ValueError(f"candidates not in the cache (encode their KB first): {sorted(missing)[:10]}")
-    device = next(model.parameters()).device
-    out: list[list[float]] = [[] for _ in rows]
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), autocast(bf16, device):
-        for idx, ctx in _encoded_contexts(model, processor, rows, lambda i: bool(candidate_lists[i]), regions,
-                                          batch_size, max_length, progress, "scoring contexts"):
-            k_max = max(len(candidate_lists[i]) for i in idx)
-            gather = torch.zeros(len(idx), k_max, dtype=torch.long)
-            for b, i in enumerate(idx):
-                gather[b, : len(candidate_lists[i])] = torch.tensor([cache.index[e] for e in candidate_lists[i]])
-            cand = cache.vectors[gather].to(device)  # (b, K, H): padded positions are ignored below
-            scores = model.score(ctx, cand).float().cpu()  # (b, K)
-            for b, i in enumerate(idx):
-                out[i] = scores[b, : len(candidate_lists[i])].tolist()
-    model.train(was_training)
-    return out
+    as ``candidate_lists[i]``): :func:`link_rows`' ``"scores"``."""
+    return link_rows(model, processor, rows, cache, candidate_lists, regions=regions, batch_size=batch_size,
+                     max_length=max_length, bf16=bf16, progress=progress)["scores"]
 
 
 def kb_gold_ranks(
@@ -543,32 +556,11 @@ def kb_gold_ranks(
     max_length: int = 64,
     bf16: bool = False,
     progress: bool = False,
-    kb_chunk: int = 8192,
 ) -> list[int | None]:
-    """The rank of each row's gold ``entity_id`` among EVERY entity of ``cache`` (the field's protocol): ``1 +`` the
-    number of entities scored strictly higher than the gold (ties go to the gold); ``None`` when the gold is not in
-    the cache (a NIL mention, a gold outside the KB). Contexts are encoded once, in length-sorted batches, and scored
-    against the cached vectors ``kb_chunk`` entities at a time (``model.score`` with a shared ``(C, H)`` cache)."""
-    if kb_chunk < 1:
-        raise ValueError(f"kb_chunk must be >= 1, got {kb_chunk!r}")
-    device = next(model.parameters()).device
-    ranks: list[int | None] = [None] * len(rows)
-    gold = [cache.index.get(str(r["entity_id"])) if r.get("entity_id") is not None else None for r in rows]
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), autocast(bf16, device):
-        for idx, ctx in _encoded_contexts(model, processor, rows, lambda i: gold[i] is not None, regions, batch_size,
-                                          max_length, progress, "ranking the whole KB"):
-            scores = torch.cat([
-                model.score(ctx, cache.vectors[a : a + kb_chunk].to(device)).float().cpu()
-                for a in range(0, len(cache.entity_ids), kb_chunk)
-            ], dim=1)  # (b, C)
-            g = torch.tensor([gold[i] for i in idx])
-            gold_scores = scores[torch.arange(len(idx)), g].unsqueeze(1)
-            for b, r in enumerate((scores > gold_scores).sum(dim=1).tolist()):
-                ranks[idx[b]] = int(r) + 1
-    model.train(was_training)
-    return ranks
+    """The rank of each row's gold among every entity of ``cache`` (the field's protocol): :func:`link_rows`'
+    ``"ranks"``."""
+    return link_rows(model, processor, rows, cache, kb_ranking=True, regions=regions, batch_size=batch_size,
+                     max_length=max_length, bf16=bf16, progress=progress)["ranks"]
 
 
 # ======================================================================================================================
@@ -576,13 +568,18 @@ def kb_gold_ranks(
 # ======================================================================================================================
 
 
-def best_candidate(candidates: Sequence[str], scores: Sequence[float], n: int) -> tuple[str | None, float]:
-    """The best-scored of the first ``n`` candidates (ties: the earlier one) and its score; ``(None, -inf)`` if none."""
-    best, best_score = None, float("-inf")
-    for e, s in zip(list(candidates)[:n], list(scores)[:n]):
-        if best is None or s > best_score:
-            best, best_score = e, float(s)
-    return best, best_score
+def best_candidate(
+    candidates: Sequence[str], scores: Sequence[float], n: int, order: Mapping[str, int] | None = None
+) -> tuple[str | None, float]:
+    """The best-scored of the first ``n`` candidates and its score (the package's tie rule: ties by KB position
+    ``order[entity_id]``; without ``order``, the earlier candidate); ``(None, -inf)`` if none."""
+    cands = list(candidates)[:n]
+    vals = list(scores)[: len(cands)]
+    cands = cands[: len(vals)]
+    if not cands:
+        return None, float("-inf")
+    ranked = rank_keys(cands, vals, order if order is not None else {e: i for i, e in reversed(list(enumerate(cands)))})
+    return ranked[0][0], float(ranked[0][1])
 
 
 def _assign(score: np.ndarray) -> list[tuple[int, int]]:
@@ -618,8 +615,10 @@ def predict_vt_triples(
     candidate_lists: Sequence[Sequence[str]],
     box_scores: Mapping[tuple[int, int], Sequence[float]],
     n: int,
+    order: Mapping[str, int] | None = None,
 ) -> list[tuple]:
-    """V-T-KG predictions: pair the text mentions of each image with its boxes and link them.
+    """V-T-KG predictions: pair the text mentions of each image with its boxes and link them (``order``: KB positions,
+    for the tie rule of :func:`best_candidate`).
 
     For each text mention ``i`` and box ``j`` of an image, the context is encoded with box ``j`` as its region (the
     whole image and box ``j``, exactly the input seen in training with the gold box) and scored against the mention's
@@ -643,7 +642,7 @@ def predict_vt_triples(
         choice: dict[tuple[int, int], str] = {}
         for a, i in enumerate(members):
             for j in range(len(boxes)):
-                e, s = best_candidate(candidate_lists[i], box_scores[(i, j)], n)
+                e, s = best_candidate(candidate_lists[i], box_scores[(i, j)], n, order)
                 score[a, j], choice[(a, j)] = s, e
         for a, j in _assign(score):
             i = members[a]
@@ -669,11 +668,15 @@ def evaluate_split(
     nil_fraction: float = 0.2,
     nil_seed: int = 0,
     kb_ranking: bool = True,
+    kb_top: int = 0,
 ) -> dict[str, Any]:
     """Metrics of one split at each ``N`` in ``ns`` (see the module docstring); V-T-KG when rows have boxes; the NIL
     metrics (``nil_*``, :func:`modeling_mel.nil.nil_evaluation`) over the top ``max(ns)`` candidates at
     ``nil_threshold`` (``None``: the uncalibrated linker); with ``kb_ranking`` the field's protocol against the whole
-    evaluation KB (``H@1/3/5/10/20``, ``MR``, ``MRR``, ``n_unranked``; :func:`kb_gold_ranks`)."""
+    evaluation KB (``H@1/3/5/10/20``, ``MR``, ``MRR``, ``n_unranked``; :func:`link_rows`). With
+    ``return_predictions`` the result carries ``_predictions`` (candidate lists, their scores, the prediction at each
+    ``N``) and, with ``kb_top``, each mention's top ``kb_top`` entities of the whole KB (``"kb_ranked"``:
+    ``[(entity_id, score), ...]``, the ranking of ``pipeline(candidates="dense")`` and ``mel link``)."""
     ns = sorted({int(n) for n in ns})
     if not ns or ns[0] < 1:
         raise ValueError(f"ns must be positive candidate counts, got {ns!r}")
@@ -691,8 +694,10 @@ def evaluate_split(
     cache = encode_kb(model, processor, kb, regions.entity if regions is not None else None, batch_size,
                       candidate_max_length, bf16, progress)
     context_regions = regions.context if regions is not None else None
-    scores = score_contexts(model, processor, rows, lists, cache, context_regions, batch_size, context_max_length, bf16,
-                            progress)
+    linked = link_rows(model, processor, rows, cache, lists, kb_ranking=kb_ranking, top=int(kb_top),
+                       regions=context_regions, batch_size=batch_size, max_length=context_max_length, bf16=bf16,
+                       progress=progress)  # each context encoded once for every use below
+    scores = linked["scores"]
 
     # every gold mention stays in the denominators; those that can only be wrong are counted
     no_kb = [r["entity_id"] in unknown_set for r in rows]
@@ -707,12 +712,10 @@ def evaluate_split(
         "n_nil": sum(is_nil_gold(g) for g in gold),
     }
     if kb_ranking:
-        ranks = kb_gold_ranks(model, processor, rows, cache, context_regions, batch_size, context_max_length, bf16,
-                              progress)
-        results.update(ranking_metrics(ranks, len(kb)))
+        results.update(ranking_metrics(linked["ranks"], len(kb)))
     predictions = {}
     for n in ns:
-        preds = [best_candidate(c, s, n)[0] for c, s in zip(lists, scores)]
+        preds = [best_candidate(c, s, n, cache.index)[0] for c, s in zip(lists, scores)]
         predictions[n] = preds
         m = linking_metrics(preds, gold, n)
         results.update(m)
@@ -720,7 +723,7 @@ def evaluate_split(
         results[f"candidate_recall@{n}"] = sum(g in c[:n] for c, g in zip(lists, gold)) / len(rows)
         results[f"random_r@1/{n}"] = sum((1.0 / len(c[:n])) if g in c[:n] else 0.0 for c, g in zip(lists, gold)) / len(rows)
 
-    ranked = [sorted(zip(c[:top], sc[:top]), key=lambda p: -p[1]) for c, sc in zip(lists, scores)]
+    ranked = [rank_keys(c[:top], sc[:top], cache.index) for c, sc in zip(lists, scores)]
     results.update(nil_evaluation(ranked, gold, list(kb), nil_threshold, nil_fraction, nil_seed))
 
     has_boxes = any(r.get("image_boxes") for r in rows)
@@ -745,10 +748,11 @@ def evaluate_split(
         box_scores = dict(zip(keys, box_score_lists))
         gold_t = gold_triples(rows)
         for n in ns:
-            pred_t = predict_vt_triples(rows, lists, box_scores, n)
+            pred_t = predict_vt_triples(rows, lists, box_scores, n, cache.index)
             results.update(v_t_kg_metrics(pred_t, gold_t, n))
     if return_predictions:
-        results["_predictions"] = {"candidates": lists, "scores": scores, "predicted": predictions}
+        results["_predictions"] = {"candidates": lists, "scores": scores, "predicted": predictions,
+                                   "kb_ranked": linked.get("ranked")}
     return results
 
 

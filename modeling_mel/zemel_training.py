@@ -1,6 +1,6 @@
 """Library-side training pieces for ZEMEL: a data collator and an evaluation helper.
 
-The collator turns ZEMELD ``mentions`` rows (or any rows with a caption/text, a mention and an ``entity_id``) into
+The collator turns mention rows (``text``: ZEMELD rows as ``load_zemel_data`` adapts them; a mention and an ``entity_id``) into
 :class:`~modeling_mel.modeling_zemel.ZemelPolyEncoder` inputs, in one of two modes:
 
 * ``"in_batch"``: one candidate per row (its gold entity); 2-D ``candidate_*`` tensors and ``labels = arange(B)``
@@ -25,6 +25,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .configuration_zemel import SCORING_MODES
+from .linking_dense import DenseLinker, row_span, row_text
 from .run_outputs import SafeOutputTrainingArguments
 from .zemel_evaluation import EVAL_KB_HELP, EVAL_KB_MODES, IMAGE_FEATURE_MODES, ZEMEL_DATASETS
 
@@ -92,12 +93,6 @@ class ZemelCollator:
         self.return_candidate_ids = return_candidate_ids
 
     # -- pieces ----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _span(row: Mapping[str, Any]) -> Any:
-        if row.get("mention_start") is not None and row.get("mention_end") is not None:
-            return (int(row["mention_start"]), int(row["mention_end"]))
-        return row["mention"]
-
     def _entity(self, eid: str) -> Mapping[str, Any]:
         if eid not in self.kb:
             raise ValueError(f"entity {eid!r} is not in the collator's KB")
@@ -150,10 +145,10 @@ class ZemelCollator:
 
     # -- call ------------------------------------------------------------------------------------------------------
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        texts = [r.get("caption", r.get("text")) for r in rows]
+        texts = [row_text(r) for r in rows]
         regions = [self.context_regions(r) for r in rows] if self.context_regions is not None else None
         batch = dict(
-            self.processor.encode_contexts(texts, [self._span(r) for r in rows], regions, max_length=self.context_max_length)
+            self.processor.encode_contexts(texts, [row_span(r) for r in rows], regions, max_length=self.context_max_length)
         )
         if self.mode == "in_batch":
             batch.update(self._encode_entities([str(r["entity_id"]) for r in rows]))
@@ -172,8 +167,11 @@ class ZemelCollator:
 
 @torch.no_grad()
 def rank_candidates(model, collator: ZemelCollator, rows: Sequence[Mapping[str, Any]], batch_size: int = 16):
-    """Score each row's candidate list (``"list"`` mode collator, ``train=False``) and return the candidate ids
-    sorted by descending score, one list per row."""
+    """Score each row's candidate list (``"list"`` mode collator, ``train=False``) through the training forward and
+    return the candidate ids sorted by descending score (ties by KB order, the package's rule), one list per row."""
+    from .ranking import rank_keys
+
+    position = {e: i for i, e in enumerate(collator.kb_ids)}
     model.eval()
     ranked = []
     previous, collator.return_candidate_ids = collator.return_candidate_ids, True
@@ -186,8 +184,7 @@ def rank_candidates(model, collator: ZemelCollator, rows: Sequence[Mapping[str, 
         batch.pop("labels", None)
         scores = model(**batch).scores  # (B, K)
         for row_ids, row_scores in zip(ids, scores.tolist()):
-            order = sorted(range(len(row_ids)), key=lambda j: -row_scores[j])
-            ranked.append([row_ids[j] for j in order])
+            ranked.append([e for e, _ in rank_keys(row_ids, row_scores[: len(row_ids)], position)])
     return ranked
 
 
@@ -267,7 +264,6 @@ def encode_kb_vectors(
                            bf16=autocast_dtype == torch.bfloat16)
 
 
-@torch.no_grad()
 def rank_rows_dense(
     model,
     processor,
@@ -279,31 +275,16 @@ def rank_rows_dense(
     autocast_dtype: torch.dtype | None | str = "auto",
     progress: bool = False,
 ) -> tuple[list[list[int]], list[list[float]]]:
-    """Exact top-``k`` KB positions (and scores) of each row's mention context against cached candidate vectors
-    (text only; poly or bi score of the model). Rows are encoded in length-sorted batches."""
+    """Exact top-``k`` KB positions (and scores), best first, of each row's mention context against cached candidate
+    vectors (text only): the dense linker of the product (:class:`~modeling_mel.linking_dense.DenseLinker`, exhaustive,
+    bf16 selection where it is fast with ``autocast_dtype="auto"``, float32 rescoring, ties by KB order)."""
     if autocast_dtype == "auto":
         autocast_dtype = _autocast_dtype(model)
-    texts = [r.get("caption", r.get("text")) or "" for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: len(texts[i]))
-    cache = kb_vectors.to(model.device, torch.float32)
-    k = min(int(k), cache.shape[0])
-    top_idx: list[list[int]] = [[] for _ in rows]
-    top_val: list[list[float]] = [[] for _ in rows]
-    starts = range(0, len(rows), int(batch_size))
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="ranking mentions", unit="batch")
-    for start in starts:
-        idx = order[start : start + int(batch_size)]
-        enc = processor.encode_contexts([texts[i] for i in idx], [ZemelCollator._span(rows[i]) for i in idx], max_length=max_length)
-        context = model.inference_context(**{key: v.to(model.device) for key, v in enc.items()}, autocast_dtype=autocast_dtype)
-        with torch.inference_mode():
-            scores = model.score(context, cache)  # (b, N)
-            val, pos = scores.topk(k, dim=1)
-        for row, i in enumerate(idx):
-            top_idx[i], top_val[i] = pos[row].tolist(), val[row].tolist()
-    return top_idx, top_val
+    linker = DenseLinker(model, processor, kb_vectors.float(), device=model.device,
+                         bf16=autocast_dtype == torch.bfloat16, max_length=max_length)
+    ranked = linker.link([row_text(r) for r in rows], [row_span(r) for r in rows], int(k), batch_size=batch_size,
+                         progress=progress)
+    return [[p for p, _ in row] for row in ranked], [[s for _, s in row] for row in ranked]
 
 
 class HardNegativeCallback(TrainerCallback):

@@ -66,7 +66,8 @@ def mentions(root: str) -> list[dict]:
 
 
 def tiny_extractor():
-    from modeling_mel.image_features import ImageFeatureExtractor, tiny_resnet_config
+    from modeling_mel.image_encoders import tiny_resnet_config
+    from modeling_mel.image_features import ImageFeatureExtractor
 
     return ImageFeatureExtractor(config=tiny_resnet_config(FEATURE_DIM), image_size=32, batch_size=8)
 

@@ -111,7 +111,8 @@ def make_toy_corpus(root: str, n_mentions: int = 48, seed: int = 0, with_images:
 
 def tiny_extractor():
     """A tiny random ResNet with 2048-d output, 32-px inputs, in-memory cache."""
-    from modeling_mel.image_features import ImageFeatureExtractor, tiny_resnet_config
+    from modeling_mel.image_encoders import tiny_resnet_config
+    from modeling_mel.image_features import ImageFeatureExtractor
 
     return ImageFeatureExtractor(config=tiny_resnet_config(), image_size=32)
 

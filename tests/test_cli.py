@@ -113,7 +113,7 @@ def test_index_then_link_zemel(sample, saved_models, tmp_path, capsys):
 def test_link_pfmel_with_kb_and_images(sample, saved_models, tmp_path):
     from transformers import ResNetModel
 
-    from modeling_mel.image_features import tiny_resnet_config
+    from modeling_mel.image_encoders import tiny_resnet_config
 
     ResNetModel(tiny_resnet_config(16)).save_pretrained(tmp_path / "resnet")  # a 16-d image model for the tiny model
     inputs, n_lines = _with_bad_lines(sample, tmp_path)

@@ -1,6 +1,7 @@
 """Compressed entity indexes (issue 17 point 1): IVF-PQ, IVF-SQ8 and HNSW-SQ8 build, save, load and search; the
 index config records type, parameters, build-time recall@64 and memory; ``auto`` picks by size and memory budget;
-the poly rerank runs on vectors decoded from the codes when the exact vectors are not stored."""
+the poly rerank runs on vectors decoded from the codes when the exact vectors are not stored. The choice of a type by
+size and budget, and nprobe tuning: ``tests/test_faiss_index.py``."""
 
 from __future__ import annotations
 
@@ -13,14 +14,8 @@ import torch
 from transformers import pipeline
 
 from inference_fixtures import KB_ROWS, mentions, register_all, tiny_zemel, write_kb
-from modeling_mel.entity_index import (
-    CodeVectors,
-    EntityIndex,
-    choose_index_type,
-    estimate_index_bytes,
-    exact_recall,
-    parse_memory,
-)
+from modeling_mel.entity_index import EntityIndex
+from modeling_mel.faiss_index import CodeVectors, estimate_index_bytes, exact_recall
 from modeling_mel.pipeline_entity_linking import TASK
 
 register_all()
@@ -88,34 +83,7 @@ def test_compressed_types_build_save_load_search(kind, min_recall, store, cluste
         assert decoded.shape == clustered.shape
         np.testing.assert_allclose(decoded[[0, 5, 2999]], rows)
         with pytest.raises(ValueError, match="cannot be re-indexed"):
-            loaded.index_data("flat")
-
-
-def test_codes_only_folder_is_checked(clustered, tmp_path):
-    EntityIndex.from_vectors(clustered[:500], index_type="ivfsq8", store_vectors=False).save(tmp_path / "i")
-    (tmp_path / "i" / "faiss.index").unlink()
-    with pytest.raises(ValueError, match="faiss.index is missing from the compressed entity index.*cannot be rebuilt"):
-        EntityIndex.load(tmp_path / "i")
-
-
-def test_memory_sizes_and_auto_choice():
-    assert parse_memory("4GB") == 4 * 2**30 and parse_memory("512 MiB") == 512 * 2**20 and parse_memory(1000) == 1000
-    assert parse_memory("1.5g") == int(1.5 * 2**30) and parse_memory(None) is None
-    for bad in ("lots", "4XB", "-1GB", "0"):
-        with pytest.raises(ValueError, match="memory size"):
-            parse_memory(bad)
-    # no budget: flat below the threshold, HNSW above (the former rule), exact vectors kept
-    assert choose_index_type(1000, 384) == ("flat", True)
-    assert choose_index_type(200_000, 384) == ("hnsw", True)
-    # 10M MiniLM vectors: float32 alone is 14.3 GiB
-    assert choose_index_type(10_000_000, 384, "64GB") == ("hnsw", True)
-    assert choose_index_type(10_000_000, 384, "24GB") == ("ivfsq8", True)  # SQ8 codes + exact rerank vectors
-    assert choose_index_type(10_000_000, 384, "8GB") == ("hnswsq8", False)
-    assert choose_index_type(10_000_000, 384, "4GB") == ("ivfsq8", False)  # 3.7 GiB of codes and ids
-    assert choose_index_type(10_000_000, 384, "2GB") == ("ivfpq", False)  # 96 bytes a vector
-    assert estimate_index_bytes("ivfsq8", 10_000_000, 384, direct_map=True) <= 4 * 2**30
-    with pytest.raises(ValueError, match=r"memory_budget '100MB' \(100.0 MiB\) is too small for 10000000 vectors"):
-        choose_index_type(10_000_000, 384, "100MB")
+            loaded.index_data(index_type="flat")
 
 
 def test_auto_with_budget_through_build_and_rerank_on_codes(kb_path, tmp_path):
@@ -176,32 +144,3 @@ def test_mel_index_compressed_flags(kb_path, tmp_path):
     assert config["memory"]["faiss_bytes"] > 0 and not (out / "vectors.safetensors").exists()
     with pytest.raises(SystemExit):
         main(["index", "--model", str(tmp_path / "zemel"), "--kb", kb_path, "--out", str(out), "--memory_budget", "lots"])
-
-
-def test_build_tunes_nprobe_on_mention_like_queries(tmp_path):
-    """`mel index` (EntityIndex.build) of an IVF type without --ivf_nprobe picks the smallest nprobe (1, 2, 4, ...)
-    whose recall@64 on the model's own mention-like context vectors reaches NPROBE_TARGET_RECALL (0.97), records it,
-    and the saved index
-    searches with it; an explicit nprobe is kept as given."""
-    from modeling_mel.entity_index import NPROBE_TARGET_RECALL, EntityIndex, exact_recall, mention_like_queries
-
-    model, processor = tiny_zemel()
-    words = ["river", "city", "band", "club", "novel", "museum", "bridge", "singer", "island", "park"]
-    kb = [{"entity_id": f"e{i}", "name": f"{words[i % 10]} {words[(i // 10) % 10]} {i}",
-           "description": f"a {words[(i * 7) % 10]} near the {words[(i * 3) % 10]} number {i}"} for i in range(800)]
-    index = EntityIndex.build(model, processor, kb, index_type="ivfsq8", ivf_nlist=16, progress=False)
-    tuned = index.config["query_recall"]
-    nprobe = index.config["index_params"]["ivf_nprobe"]
-    assert tuned["nprobe"] == nprobe and tuned["queries"] > 0
-    assert tuned["target"] == NPROBE_TARGET_RECALL == 0.97
-    assert tuned["recall"] >= NPROBE_TARGET_RECALL or nprobe == 16
-    sweep = {int(p): r for p, r in tuned["sweep"].items()}
-    assert all(r < NPROBE_TARGET_RECALL for p, r in sweep.items() if p < nprobe)  # the smallest reaching the target
-    # the recorded recall is what a search with the saved index gives on the same queries
-    queries = mention_like_queries(model, processor, index.entities)
-    exact = EntityIndex.from_vectors(np.asarray(index.vectors), index_type="flat").search(queries, 64)[1]
-    index.save(tmp_path / "idx")
-    loaded = EntityIndex.load(tmp_path / "idx", model=model)
-    assert exact_recall(loaded.search(queries, 64)[1], exact) == pytest.approx(tuned["recall"], abs=1e-9)
-    given = EntityIndex.build(model, processor, kb, index_type="ivfsq8", ivf_nlist=16, ivf_nprobe=3, progress=False)
-    assert given.config["index_params"]["ivf_nprobe"] == 3 and "query_recall" not in given.config

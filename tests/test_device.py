@@ -14,7 +14,7 @@ import torch
 from transformers import pipeline
 
 from inference_fixtures import MENTIONS, mentions, register_all, tiny_extractor, tiny_nsp, tiny_zemel, write_kb
-from modeling_mel import cli_inference, hardware
+from modeling_mel import cli_calibrate, cli_index, cli_inference, hardware
 from modeling_mel.cli import main
 from modeling_mel.pipeline_entity_linking import TASK, LinkingKB
 
@@ -161,7 +161,8 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before --device was checked")
 
-    monkeypatch.setattr(cli_inference, "load_model_and_processor", refuse)
+    for module in (cli_inference, cli_index, cli_calibrate):  # link and serve load through cli_inference
+        monkeypatch.setattr(module, "load_model_and_processor", refuse)
 
 
 def _command(name: str, setup: dict, tmp_path) -> list[str]:
@@ -314,8 +315,9 @@ def test_decoded_code_rows_go_to_the_device(device):
             return self.rows[key]
 
     rows = np.arange(12, dtype=np.float32).reshape(4, 3)
-    kb = LinkingKB([{"entity_id": str(i), "name": str(i)} for i in range(4)], Codes(rows), device=device)
-    gathered = kb.gather(torch.tensor([[3, 1]]))
+    from modeling_mel.linking_dense import DenseLinker
+
+    linker = DenseLinker(torch.nn.Linear(1, 1), None, Codes(rows), device=device)
+    gathered = linker.gather(torch.tensor([[3, 1]]))
     assert gathered.device.type == device and gathered.cpu().tolist() == [[rows[3].tolist(), rows[1].tolist()]]
-    assert kb.all_vectors().device.type == device
-    assert kb.dense_search(torch.tensor([[0.0, 0.0, 1.0]]), 2) == [[3, 2]]
+    assert linker.all_vectors().device.type == device and linker.all_vectors().cpu().tolist() == rows.tolist()

@@ -1,4 +1,5 @@
-"""EntityIndex: build / save / load round trip, model checks, index types, and approximate-search recall."""
+"""EntityIndex: build / save / load round trip and model checks. Index types and approximate-search recall:
+``tests/test_faiss_index.py``; the folder format: ``tests/test_index_files.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from transformers import pipeline
 
 from inference_fixtures import KB_ROWS, mentions, register_all, tiny_extractor, tiny_nsp, tiny_zemel, write_kb
-from modeling_mel.entity_index import EntityIndex, exact_recall, synthetic_recall
+from modeling_mel.entity_index import EntityIndex
 from modeling_mel.pipeline_entity_linking import TASK
 
 register_all()
@@ -118,21 +119,6 @@ def test_metadata_only_index_for_pfmel(kb_path, tmp_path):
         EntityIndex.build(model, processor, kb_path)
 
 
-def test_index_types_and_threshold(zemel, kb_path):
-    model, processor = zemel
-    auto = EntityIndex.build(model, processor, kb_path, hnsw_threshold=4, progress=False)
-    assert auto.config["index_type"] == "hnsw"
-    vectors = np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32)
-    flat = EntityIndex.from_vectors(vectors, index_type="flat")
-    for kind in ("hnsw", "ivf"):
-        approx = EntityIndex.from_vectors(vectors, index_type=kind)
-        _, gold = flat.search(vectors[:20], 10)
-        _, found = approx.search(vectors[:20], 10)
-        assert exact_recall(found, gold) > 0.5, kind
-    with pytest.raises(ValueError, match="unknown index_type 'annoy'"):
-        EntityIndex.build(model, processor, kb_path, index_type="annoy")
-
-
 def test_index_bad_input(zemel, kb_path, tmp_path, built):
     model, processor = zemel
     (tmp_path / "empty.jsonl").write_text("")
@@ -149,16 +135,3 @@ def test_index_bad_input(zemel, kb_path, tmp_path, built):
         index.search(np.zeros((2, 7), np.float32), 3)
     # k larger than the index: every entity, no error
     assert index.search(np.zeros((1, 32), np.float32), 1000)[1].shape == (1, len(KB_ROWS))
-
-
-def test_hnsw_recall_at_100_on_20k_entities():
-    report = synthetic_recall(n=20_000, dim=64, k=100, n_queries=100, index_type="hnsw")
-    print(f"HNSW recall@100 vs exact on 20k random entities: {report['recall']:.4f}")
-    assert report["recall"] >= 0.95
-
-
-@pytest.mark.slow
-def test_hnsw_recall_at_100_on_100k_entities():
-    report = synthetic_recall(n=100_000, dim=64, k=100, n_queries=200, index_type="hnsw")
-    print(f"HNSW recall@100 vs exact on 100k random entities: {report['recall']:.4f}")
-    assert report["recall"] >= 0.95

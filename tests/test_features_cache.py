@@ -15,7 +15,8 @@ from conftest import train_script
 
 from modeling_mel import cli
 from modeling_mel.feature_cache import CachedImageFeatures, FeatureCache, extract_features, open_features
-from modeling_mel.image_features import ImageEncoderError, ImageFeatureExtractor
+from modeling_mel.image_encoders import ImageEncoderError
+from modeling_mel.image_features import ImageFeatureExtractor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,12 +19,16 @@ import torch
 from inference_fixtures import mentions as fixture_mentions
 from inference_fixtures import register_all, write_kb
 from modeling_mel.cli import main as mel
-from modeling_mel.image_features import (
+from modeling_mel.image_encoders import (
     ImageEncoderError,
-    ImageFeatureExtractor,
     check_image_encoder,
+    describe_image_encoder,
+    image_encoder_mismatch,
+    random_encoder_config,
     read_recorded_image_encoder,
+    tiny_resnet_config,
 )
+from modeling_mel.image_features import ImageFeatureExtractor
 
 from pfmel_fixtures import tiny_backbone  # noqa: F401 - session fixture
 
@@ -111,6 +115,26 @@ def trained(encoders, twitter_sample, zemeld, tiny_backbone, tmp_path_factory) -
         extra = ("--image_regions", "patches") if name == "vit" else ()
         assert _train_zemel(zemeld, tiny_backbone, encoders[name], out[f"zemel_{name}"], *extra) == 0
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def test_random_configs_and_identity_checks_without_loading():
+    config, model_class = random_encoder_config("tiny-resnet-24")
+    assert model_class == "ResNetModel" and config.hidden_sizes[-1] == 24
+    assert tiny_resnet_config(16).hidden_sizes[-1] == 16
+    with pytest.raises(ImageEncoderError, match="random:tiny-resnet-<D>"):
+        random_encoder_config("nope")
+    recorded = {"name": "a", "weights_sha256": "0" * 64, "feature": "pooled", "feature_dim": 64, "image_size": 32,
+                "preprocessing": "resize_crop", "random": True, "seed": 3}
+    assert describe_image_encoder(recorded) == "'a' (pooled 64-d, 32 px, resize_crop, random seed 3, weights sha256 000000000000)"
+    assert describe_image_encoder(None) == "an unrecorded image encoder"
+    other = dict(recorded, name="b", image_size=48)
+    assert image_encoder_mismatch(recorded, other) == ["image_size"]
+    check_image_encoder(recorded, type("E", (), {"identity": dict(recorded, name="c")})())  # same features: accepted
+    with pytest.raises(ImageEncoderError, match="different image_size.*; drop --image_model"):
+        check_image_encoder(recorded, type("E", (), {"identity": other})())
+    with pytest.raises(ImageEncoderError, match="64-d image features .* gives 16-d"):
+        check_image_encoder(recorded, type("E", (), {"feature_dim": 16})())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

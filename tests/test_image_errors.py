@@ -24,8 +24,8 @@ from modeling_mel.image_features import (
     ImageReadWarning,
     UnreadableImage,
     image_source,
-    tiny_resnet_config,
 )
+from modeling_mel.image_encoders import tiny_resnet_config
 
 
 def make(**kw) -> ImageFeatureExtractor:

@@ -10,8 +10,8 @@ from modeling_mel.image_features import (
     ImageFeatureExtractor,
     ImageReadError,
     spatial_features,
-    tiny_resnet_config,
 )
+from modeling_mel.image_encoders import tiny_resnet_config
 
 
 @pytest.fixture()

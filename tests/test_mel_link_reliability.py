@@ -10,7 +10,7 @@ import os
 import pytest
 
 from inference_fixtures import register_all, tiny_nsp, write_kb
-from modeling_mel import cli_inference
+from modeling_mel import cli_inference, cli_link
 from modeling_mel.cli import main
 from modeling_mel.pipeline_entity_linking import MultimodalEntityLinkingPipeline
 
@@ -88,7 +88,7 @@ def test_every_line_gets_one_output_line_in_order(linker, tmp_path, capsys):
     assert by_id["bom"]["predictions"][0]["entity_id"] == "nasa"  # the BOM line is linked, not lost
     assert by_id["integral-float"]["mention"] == "NASA"
     assert by_id["u2028"]["mention"] == "Justin"
-    assert not os.path.exists(str(output) + cli_inference.PARTIAL_SUFFIX)
+    assert not os.path.exists(str(output) + cli_link.PARTIAL_SUFFIX)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["lines"] == len(MIXED) and summary["errors"] == sum("error" in r for r in records)
     assert summary["linked"] == sum(e is None for _, e in MIXED) + sum("predictions" in r for r in records[-2:])
@@ -108,7 +108,7 @@ def test_every_line_gets_one_output_line_in_order(linker, tmp_path, capsys):
     ],
 )
 def test_input_split_on_newline_bytes_only(data, lines):
-    assert cli_inference._split_input_lines(data) == lines
+    assert cli_link._split_input_lines(data) == lines
 
 
 @pytest.fixture()
@@ -187,7 +187,7 @@ def _resume_input(path) -> list[str]:
 
 def test_kill_then_resume_links_each_line_once(linker, tmp_path, monkeypatch, capsys):
     inputs, output = tmp_path / "mentions.jsonl", tmp_path / "links.jsonl"
-    partial = tmp_path / ("links.jsonl" + cli_inference.PARTIAL_SUFFIX)
+    partial = tmp_path / ("links.jsonl" + cli_link.PARTIAL_SUFFIX)
     texts = _resume_input(inputs)
     # batch_size 1: chunks of 8 linkable lines; the second chunk's call is the kill
     _Recorder(kill_at=2).install(monkeypatch)
@@ -217,7 +217,7 @@ def test_kill_then_resume_links_each_line_once(linker, tmp_path, monkeypatch, ca
 
 def test_without_resume_a_partial_file_is_overwritten(linker, tmp_path, monkeypatch):
     inputs, output = tmp_path / "mentions.jsonl", tmp_path / "links.jsonl"
-    partial = tmp_path / ("links.jsonl" + cli_inference.PARTIAL_SUFFIX)
+    partial = tmp_path / ("links.jsonl" + cli_link.PARTIAL_SUFFIX)
     texts = _resume_input(inputs)
     partial.write_bytes(_line({"line": 1, "id": "m1", "predictions": []}) + b"\n")
     recorder = _Recorder().install(monkeypatch)
@@ -253,6 +253,6 @@ def _out(n: int, **extra) -> bytes:
 def test_resumable_records_keep_only_complete_consecutive_lines(partial, kept, tmp_path):
     path = tmp_path / "links.jsonl.partial"
     path.write_bytes(partial)
-    records, size = cli_inference._resumable_records(str(path), _INPUT)
+    records, size = cli_link._resumable_records(str(path), _INPUT)
     assert [r["line"] for r in records] == list(range(1, kept + 1))
     assert partial[:size] == b"".join(_out(n) for n in range(1, kept + 1))

@@ -112,6 +112,8 @@ def test_hub_folder_is_complete(hub_dirs, family):
     assert processor_config["auto_map"]["AutoProcessor"].startswith(f"processing_{prefix}.")
     assert {f"configuration_{prefix}.py", f"modeling_{prefix}.py", f"processing_{prefix}.py", "pipeline_entity_linking.py",
             "image_features.py", "model.safetensors", "README.md", "tokenizer.json"} <= files
+    # the modules the shipped code imports relatively ship with it
+    assert {"image_encoders.py", "mention_spans.py", "regions.py"} <= files
     assert check_model_folder(directory) == []
     meta, _ = split_front_matter(open(os.path.join(directory, "README.md"), encoding="utf-8").read())
     assert meta["library_name"] == "transformers"

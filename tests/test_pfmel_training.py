@@ -40,7 +40,7 @@ def _script(name: str):
 def tiny_resnet_dir(tmp_path_factory) -> str:
     from transformers import ResNetModel
 
-    from modeling_mel.image_features import tiny_resnet_config
+    from modeling_mel.image_encoders import tiny_resnet_config
 
     path = str(tmp_path_factory.mktemp("tiny_resnet"))
     torch.manual_seed(0)

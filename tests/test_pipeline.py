@@ -328,30 +328,6 @@ def test_inline_name_rule_equals_candidates_module(kb_dir):
         assert sorted(kb.name_rule(mention)) == rule.indices(mention), mention
 
 
-def test_pair_batches_sorted_by_tokens_within_budget(nsp, kb_dir, extractor):
-    """NSP pairs go in batches sorted by token length, at most ``pair_batch_size`` rows and ``pair_batch_size * 64``
-    padded tokens, every pair once; the scores do not depend on the batching."""
-    pipe = make_pipe(nsp, os.path.join(kb_dir, "kb.jsonl"), extractor)
-    tok = pipe.processor.tokenizer
-    mention_sides = ["short text. a is", "a much longer mention text with many words in it " * 6 + ". b is"]
-    positions = list(range(len(pipe.kb)))
-    entity_sides = {p: pipe._entity_side(p) for p in positions}
-    pairs = [(i, p) for i in range(2) for p in positions]
-    batches = pipe._pair_batches(pairs, mention_sides, entity_sides, pair_batch_size=4, max_length=64)
-    flat = [j for b in batches for j in b]
-    assert sorted(flat) == list(range(len(pairs)))
-    length = {j: min(64, len(tok(mention_sides[i], add_special_tokens=False)["input_ids"])
-                     + len(tok(entity_sides[p], add_special_tokens=False)["input_ids"]) + 3)
-              for j, (i, p) in enumerate(pairs)}
-    assert [length[j] for j in flat] == sorted(length.values())
-    assert all(len(b) <= 4 and len(b) * max(length[j] for j in b) <= 4 * 64 for b in batches)
-    # the long mention's pairs are capped at 64 tokens and still batch 4 to a forward pass
-    assert any(len(b) == 4 and max(length[j] for j in b) == 64 for b in batches)
-    assert pipe._pair_batches([], mention_sides, entity_sides, 4, 64) == []
-    items = mentions(kb_dir)
-    assert close(pipe(items, top_k=5, pair_batch_size=1), pipe(items, top_k=5, pair_batch_size=64))
-
-
 def test_pfmel_scores_as_many_name_rule_candidates_as_it_was_trained_with(kb_dir, extractor):
     # issue 30 point 6: training and evaluate_linking cap the name-rule candidates at --max_candidates (recorded in
     # the config by fine-tuning); the pipeline scores the same number unless asked for another

@@ -1,5 +1,6 @@
 """Reliability round 2 (issue 29): broken model and index folders, KB rows, Unicode normal forms, the bf16 choice,
-NaN NIL thresholds, numpy offsets, non-positive ``mel index`` options, huge images and calibrated index folders.
+NaN NIL thresholds, numpy offsets, non-positive ``mel index`` options and huge images (calibrated index folders:
+``tests/test_index_files.py``).
 
 Every failure is one line naming the file (or option, row, image) and the fix -- ``mel`` exits with code 2 -- or the
 behaviour is now correct.
@@ -208,44 +209,7 @@ def test_pipeline_without_a_model_says_pass_model(files):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# B. Mention alignment across Unicode normal forms
-# ----------------------------------------------------------------------------------------------------------------------
-
-PRECOMPOSED = "Visit \u00c9cole normale"  # É is one code point: "École" is text[6:11]
-DECOMPOSED = "Visit E\u0301cole normale"  # É is E + U+0301: "École" is text[6:12]
-
-
-@pytest.mark.parametrize("text, mention, expected", [
-    (PRECOMPOSED, "E\u0301cole", (6, 11)),  # decomposed mention, precomposed text
-    (DECOMPOSED, "\u00c9cole", (6, 12)),  # precomposed mention, decomposed text
-    (PRECOMPOSED, "E\u0301cole normale", (6, 19)),
-    (DECOMPOSED, "\u00c9COLE NORMALE", (6, 20)),
-    (PRECOMPOSED, "ecole", (6, 11)),  # unaccented: aligned by tokens, as before
-    (DECOMPOSED, "ecole", (6, 12)),
-])
-def test_mixed_normal_forms_align_with_offsets_into_the_original_text(text, mention, expected):
-    from modeling_mel.corpus import resolve_offsets
-    from modeling_mel.processing_zemel import align_mention
-
-    found = align_mention(text, mention)
-    assert found is not None and found[:2] == expected
-    assert resolve_offsets(text, mention, None, None)[:2] == expected
-    # the pipeline links it with its span (not "without a span")
-    checked = MultimodalEntityLinkingPipeline._check_input({"text": text, "mention": mention})
-    assert (checked["mention_start"], checked["mention_end"]) == expected
-    # the offsets, given, are accepted as the mention's ("ok")
-    assert align_mention(text, mention, *expected) == (*expected, "ok")
-    checked = MultimodalEntityLinkingPipeline._check_input(
-        {"text": text, "mention": mention, "mention_start": expected[0], "mention_end": expected[1]})
-    assert (checked["mention_start"], checked["mention_end"]) == expected
-
-
-def test_offsets_cutting_a_decomposed_letter_are_repaired():
-    from modeling_mel.processing_zemel import align_mention
-
-    # (6, 11) of the decomposed text is "E\u0301col": the mention is the whole cluster span
-    assert align_mention(DECOMPOSED, "\u00c9cole", 6, 11) == (6, 12, "repaired")
-    assert align_mention("I love \uff2e\uff21\uff33\uff21!", "NASA") == (7, 11, "located")  # full-width letters (NFKC)
+# B. Mention alignment across Unicode normal forms: tests/test_mention_spans.py
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -494,32 +458,3 @@ def test_link_refuses_non_positive_max_image_pixels(files, tmp_path, capsys):
                  "--output", str(tmp_path / "links.jsonl"), "--max_image_pixels", "-5"])
     assert code == 2
     _one_line_error(capsys, "--max_image_pixels must be >= 1, got -5")
-
-
-def test_calibrated_index_folder_can_be_rebuilt(files, tmp_path, caplog):
-    from modeling_mel.entity_index import STALE_CALIBRATION_SUFFIX
-    from modeling_mel.nil import CALIBRATION_NAME, load_calibration, save_calibration
-
-    index = str(tmp_path / "index")
-    shutil.copytree(files["index"], index)
-    save_calibration(index, {"threshold": 0.25, "protocol": {}})  # what `mel calibrate --index` writes
-    build = ["index", "--model", files["model"], "--kb", files["kb"], "--out", index, "--no_images"]
-    # the same model, KB and precision: the calibration still applies and is kept
-    with caplog.at_level(logging.INFO, logger="modeling_mel.entity_index"):
-        assert main(build) == 0
-    assert load_calibration(index)["threshold"] == 0.25
-    assert any("kept the NIL calibration" in r.getMessage() for r in caplog.records)
-    # another KB: the index is rebuilt, the calibration of the old vectors is moved aside, with a warning
-    kb2 = str(tmp_path / "kb2.jsonl")
-    with open(kb2, "w", encoding="utf-8") as f:
-        for row in KB_ROWS[:6]:
-            f.write(json.dumps(row) + "\n")
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="modeling_mel.entity_index"):
-        assert main(["index", "--model", files["model"], "--kb", kb2, "--out", index, "--no_images"]) == 0
-    assert not os.path.exists(os.path.join(index, CALIBRATION_NAME))
-    with open(index + STALE_CALIBRATION_SUFFIX, encoding="utf-8") as f:
-        assert json.load(f)["threshold"] == 0.25
-    assert any("mel calibrate --index" in r.getMessage() for r in caplog.records)
-    with open(os.path.join(index, "index_config.json"), encoding="utf-8") as f:
-        assert json.load(f)["num_entities"] == 6

@@ -24,7 +24,7 @@ import threading
 import pytest
 
 from inference_fixtures import KB_ROWS, register_all, tiny_nsp, tiny_zemel, write_kb
-from modeling_mel import cli_inference
+from modeling_mel import cli_inference, cli_link
 from modeling_mel.cli import main
 from modeling_mel.pipeline_entity_linking import TASK, MultimodalEntityLinkingPipeline, check_model_weights
 
@@ -104,10 +104,10 @@ def _killed_run(setup, monkeypatch, inputs, output, *extra: str) -> bytes:
         _KillAt(m, at=2)
         with pytest.raises(KeyboardInterrupt):
             _link(setup, inputs, output, "--batch_size", "1", *extra)
-    partial = str(output) + cli_inference.PARTIAL_SUFFIX
+    partial = str(output) + cli_link.PARTIAL_SUFFIX
     with open(partial, "rb") as f:
         data = f.read()
-    assert data.count(b"\n") == 8 and os.path.isfile(partial + cli_inference.META_SUFFIX)
+    assert data.count(b"\n") == 8 and os.path.isfile(partial + cli_link.META_SUFFIX)
     return data
 
 
@@ -222,7 +222,7 @@ def test_pipeline_refuses_a_retriever_over_a_partly_other_kb(setup, tmp_path):
 
 _HOLDER = """
 import sys
-from modeling_mel.entity_index import output_write_lock
+from modeling_mel.index_files import output_write_lock
 with output_write_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
@@ -232,7 +232,7 @@ with output_write_lock(sys.argv[1]):
 def test_a_second_run_on_the_same_output_exits_2_at_once(setup, tmp_path, capsys, monkeypatch):
     inputs, output = tmp_path / "mentions.jsonl", tmp_path / "links.jsonl"
     _mentions(inputs, 3)
-    partial = tmp_path / ("links.jsonl" + cli_inference.PARTIAL_SUFFIX)
+    partial = tmp_path / ("links.jsonl" + cli_link.PARTIAL_SUFFIX)
     output.write_bytes(b"previous links\n")
     partial.write_bytes(b'{"line": 1, "id": "m1", "predictions": []}\n')
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(output)], stdin=subprocess.PIPE,
@@ -258,7 +258,7 @@ def test_a_second_run_on_the_same_output_exits_2_at_once(setup, tmp_path, capsys
 
 
 def test_a_thread_holding_the_output_stops_a_second_writer(setup, tmp_path, capsys):
-    from modeling_mel.entity_index import output_write_lock
+    from modeling_mel.index_files import output_write_lock
 
     inputs, output = tmp_path / "mentions.jsonl", tmp_path / "links.jsonl"
     _mentions(inputs, 2)
@@ -281,7 +281,7 @@ def test_a_thread_holding_the_output_stops_a_second_writer(setup, tmp_path, caps
 
 
 def test_mel_calibrate_takes_the_lock_of_its_output(setup, tmp_path, capsys, no_model_loading):
-    from modeling_mel.entity_index import output_write_lock
+    from modeling_mel.index_files import output_write_lock
 
     data = tmp_path / "dev.jsonl"
     _mentions(data, 4)
@@ -351,14 +351,14 @@ def test_resume_with_the_same_input_and_options_continues(setup, tmp_path, monke
     final = output.read_bytes()
     assert final.startswith(kept) and [json.loads(x)["line"] for x in final.splitlines()] == list(range(1, 21))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["resumed"] == 8
-    assert not os.path.exists(str(output) + cli_inference.PARTIAL_SUFFIX + cli_inference.META_SUFFIX)
+    assert not os.path.exists(str(output) + cli_link.PARTIAL_SUFFIX + cli_link.META_SUFFIX)
 
 
 def test_resume_of_a_partial_without_its_fingerprint_is_refused(setup, tmp_path, monkeypatch, capsys):
     inputs, output = tmp_path / "mentions.jsonl", tmp_path / "links.jsonl"
     _mentions(inputs, 20)
     _killed_run(setup, monkeypatch, inputs, output)
-    os.remove(str(output) + cli_inference.PARTIAL_SUFFIX + cli_inference.META_SUFFIX)
+    os.remove(str(output) + cli_link.PARTIAL_SUFFIX + cli_link.META_SUFFIX)
     capsys.readouterr()
     assert _link(setup, inputs, output, "--resume") == 2
     assert "no record of the input and options" in _one_line(capsys.readouterr().err)
@@ -447,7 +447,7 @@ def test_a_failed_final_rename_keeps_every_line_for_resume(setup, tmp_path, monk
         m.setattr(os, "replace", refuse)
         assert _link(setup, inputs, output) == 2
     err = _one_line(capsys.readouterr().err)
-    partial = tmp_path / ("links.jsonl" + cli_inference.PARTIAL_SUFFIX)
+    partial = tmp_path / ("links.jsonl" + cli_link.PARTIAL_SUFFIX)
     assert "EPERM" in err and str(output) in err and str(partial) in err and not output.exists()
     assert len(partial.read_bytes().splitlines()) == 5  # every line kept
     assert _link(setup, inputs, output, "--resume") == 0 and len(output.read_bytes().splitlines()) == 5
@@ -478,7 +478,7 @@ class _FullDisk:
 def test_a_full_disk_during_mel_link_is_one_line_and_keeps_the_lines(setup, tmp_path, monkeypatch, capsys):
     inputs, output = tmp_path / "mentions.jsonl", tmp_path / "links.jsonl"
     _mentions(inputs, 20)
-    partial = str(output) + cli_inference.PARTIAL_SUFFIX
+    partial = str(output) + cli_link.PARTIAL_SUFFIX
     real_open = builtins.open
 
     def fake_open(file, mode="r", *args, **kwargs):

@@ -215,7 +215,7 @@ def test_pipeline_retriever_dir_fuses_the_retriever_score(sample, weight):
 
 
 def test_mel_link_with_retriever_index(sample, tmp_path):
-    from modeling_mel.cli_inference import link_main
+    from modeling_mel.cli_link import link_main
 
     model, processor = tiny_nsp(seed=1)
     model.config.retriever_k = 3

@@ -88,7 +88,7 @@ class Server:
 def root(tmp_path_factory):
     from transformers import ResNetModel
 
-    from modeling_mel.image_features import tiny_resnet_config
+    from modeling_mel.image_encoders import tiny_resnet_config
 
     root = tmp_path_factory.mktemp("serve_limits")
     model, processor = tiny_zemel()

@@ -58,8 +58,8 @@ elif point == "faiss":
     import faiss
     faiss.write_index = die
 elif point == "rename":
-    import modeling_mel.entity_index as ei
-    ei._exchange_dirs = lambda a, b: False
+    import modeling_mel.index_files as index_files
+    index_files._exchange_dirs = lambda a, b: False
     real = os.rename
     os.rename = lambda a, b: die() if ".tmp-" in os.fspath(a) else real(a, b)
 elif point.startswith("link-call-"):

@@ -212,7 +212,7 @@ KB = {
     "B": {"name": "Bravo Palace", "description": "Another entity."},
     "C": {"name": "Charlie Museum", "description": "Yet another entity."},
 }
-ROW = {"caption": "Photo of the bridge in the north.", "mention": "bridge", "mention_start": 13, "mention_end": 19,
+ROW = {"text": "Photo of the bridge in the north.", "mention": "bridge", "mention_start": 13, "mention_end": 19,
        "entity_id": "G"}
 
 

@@ -304,7 +304,8 @@ def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, mini
     from modeling_mel.builders.zemeld import Zemeld
     from modeling_mel.builders.zemeld_sample import generate
 
-    from modeling_mel.processing_zemel import ZemelProcessor, make_regions
+    from modeling_mel.processing_zemel import ZemelProcessor
+    from modeling_mel.regions import make_regions
     from modeling_mel.zemel_training import ZemelCollator, rank_candidates
     from modeling_mel.zemel_metrics import metrics_at_n
 
@@ -315,7 +316,8 @@ def test_tiny_training_beats_random_on_unseen_entities(tmp_path, repo_root, mini
         b.download_and_prepare()
         ds[cfg] = b.as_dataset()
     kb = {r["entity_id"]: r for r in ds["kb"]["full"]}
-    train, test = list(ds["mentions"]["train"]), list(ds["mentions"]["test"])
+    # ZEMELD calls a mention's text its caption; the linkers read `text` (load_zemel_data renames it the same way)
+    train, test = ([dict(r, text=r["caption"]) for r in ds["mentions"][s]] for s in ("train", "test"))
     test_ids = sorted({r["entity_id"] for r in test})
     assert not (test_ids and set(test_ids) & {r["entity_id"] for r in train})
 

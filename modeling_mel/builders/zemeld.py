@@ -65,6 +65,16 @@ class ZemeldConfig(datasets.BuilderConfig):
     strict: bool = False
 
 
+def with_text(row: dict) -> dict:
+    """A ZEMELD mention row as every linker reads it: ZEMELD names a mention's text ``caption``; the package's
+    linkers, the pipeline and ``mel calibrate`` read ``text`` (the one place where a ZEMELD row is adapted)."""
+    out = dict(row)
+    caption = out.pop("caption", None)
+    if out.get("text") is None:
+        out["text"] = caption
+    return out
+
+
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:

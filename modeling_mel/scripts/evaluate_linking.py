@@ -30,6 +30,14 @@ class EvaluationArguments:
     bf16: bool = field(default=False, metadata={"help": "score under bf16 autocast (CPU or GPU)"})
     output_file: str | None = field(default=None, metadata={"help": "results JSON (default <model>/eval_results.json)"})
     predictions_file: str | None = field(default=None, metadata={"help": "also write ranked candidates as JSONL"})
+    retriever: str | None = field(default=None, metadata={
+        "help": "an entity index of a ZEMEL model (mel index): evaluate the two-stage linker, the retriever's dense top "
+                "--retriever_k merged with the closest names and reranked with the fused score, as `mel link "
+                "--retriever` runs it"})
+    retriever_model: str | None = field(default=None, metadata={
+        "help": "the ZEMEL model of --retriever (default: the model recorded in the index)"})
+    retriever_k: int | None = field(default=None, metadata={
+        "help": "with --retriever: dense candidates per mention (default: the reranker's config.retriever_k)"})
     nil_threshold: str = field(default="calibrated", metadata={"help": NIL_THRESHOLD_HELP})
     nil_fraction: float | None = field(default=None, metadata={"help": "NIL protocol: share of gold entities removed "
                                                                         "(default: the calibration's, else 0.2)"})
@@ -43,6 +51,10 @@ class EvaluationArguments:
                 raise ValueError(f"unknown --split {s!r}; choose from {list(SPLITS)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size!r}")
+        if self.retriever is not None and not os.path.isfile(os.path.join(self.retriever, "index_config.json")):
+            raise ValueError(f"--retriever {self.retriever!r} is not an entity index directory (build one with mel index)")
+        if self.retriever_k is not None and self.retriever_k < 1:
+            raise ValueError(f"--retriever_k must be >= 1, got {self.retriever_k!r}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_args.model, data_args, eval_args.split, eval_args.batch_size, eval_args.bf16,
         eval_args.output_file, corpus=corpus, predictions_file=eval_args.predictions_file,
         nil_threshold=eval_args.nil_threshold, nil_fraction=eval_args.nil_fraction, nil_seed=eval_args.nil_seed,
+        retriever=eval_args.retriever, retriever_model=eval_args.retriever_model, retriever_k=eval_args.retriever_k,
     )
 
     # 4. Report.

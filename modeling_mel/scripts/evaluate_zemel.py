@@ -66,6 +66,9 @@ class ZemelEvalArguments:
     batch_size: int = field(default=64, metadata={"help": "contexts / entities per encoding batch"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (CPU or GPU)"})
     output_dir: str | None = field(default=None, metadata={"help": "where eval_results.json goes (default: --model_path)"})
+    predictions_top_k: int = field(default=0, metadata={
+        "help": "write predictions_<split>.jsonl beside eval_results.json: each mention's top N entities of the whole "
+                "evaluation KB with their scores, the ranking `mel link --candidates dense` and pipeline() give (0: none)"})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Arrow cache of the corpus builder"})
     seed: int = field(default=42, metadata={"help": "seed"})
     nil_threshold: str = field(default="calibrated", metadata={"help": NIL_THRESHOLD_HELP})
@@ -86,6 +89,8 @@ class ZemelEvalArguments:
             raise ValueError(f"unknown --image_features {self.image_features!r}; choose one of {list(IMAGE_FEATURE_MODES)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size!r}")
+        if self.predictions_top_k < 0:
+            raise ValueError(f"--predictions_top_k must be >= 0, got {self.predictions_top_k!r}")
         try:
             self.ns = [int(n) for n in self.eval_num_candidates.split(",") if n.strip()]
         except ValueError:
@@ -95,6 +100,15 @@ class ZemelEvalArguments:
         self.split_list = [s.strip() for s in self.eval_splits.split(",") if s.strip()]
         if not self.split_list:
             raise ValueError("--eval_splits is empty")
+
+
+def write_predictions(path: str, rows: list[dict], ranked: list[list[tuple[str, float]]]) -> None:
+    """One JSON line per mention: its id, mention, gold and ranked ``predictions`` (``entity_id``, ``score``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row, preds in zip(rows, ranked):
+            f.write(json.dumps({"id": row.get("id"), "mention": row.get("mention"), "gold": row.get("entity_id"),
+                                "predictions": [{"entity_id": e, "score": s} for e, s in preds]}) + "\n")
+    logger.info("wrote %d ranked mentions to %s", len(ranked), path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -122,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     mode = args.image_features or getattr(config, "image_features", "resnet50")
     regions = None
     if mode == "resnet50" and data.has_images:
-        from modeling_mel.image_features import extractor_for, recorded_image_encoder
+        from modeling_mel.image_encoders import recorded_image_encoder
+        from modeling_mel.image_features import extractor_for
 
         recorded = recorded_image_encoder(processor)
         if args.features:  # extract once: the cache made by mel features, checked against the recorded encoder
@@ -155,11 +170,17 @@ def main(argv: list[str] | None = None) -> dict:
         context_max_length=args.context_max_length or getattr(config, "context_max_length", 64),
         candidate_max_length=args.candidate_max_length or getattr(config, "candidate_max_length", 64), bf16=args.bf16,
         progress=True, nil_threshold=nil_threshold, nil_fraction=nil_fraction, nil_seed=nil_seed,
+        **({"return_predictions": True, "kb_top": args.predictions_top_k} if args.predictions_top_k else {}),
     )
 
     # 6. Write and report.
     out_dir = args.output_dir or args.model_path
     os.makedirs(out_dir, exist_ok=True)
+    for split, result in results.items():
+        predictions = result.pop("_predictions", None)
+        if predictions is not None:
+            rows = data.split(split)[: args.max_eval_samples] if args.max_eval_samples else data.split(split)
+            write_predictions(os.path.join(out_dir, f"predictions_{split}.jsonl"), rows, predictions["kb_ranked"])
     with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     print(json.dumps(results, indent=2, sort_keys=True))

@@ -1,0 +1,220 @@
+"""The cross linker: the one owner of PFMEL pair scoring (an NSP cross-encoder over (mention, entity) pairs).
+
+``pipeline()`` and ``mel link`` (``MultimodalEntityLinkingPipeline``), the PFMEL evaluation
+(``pfmel_training.predict_linking``, what ``mel evaluate`` and ``quality.py`` run) and the reranker's calibration all
+score pairs through :class:`CrossLinker`:
+
+* pairs are assembled from token ids (each distinct mention side and entity side tokenised once, the entity sides of a
+  pipeline cached across calls) by the processor's ``encode_pair`` and its templates (``mention_side`` /
+  ``entity_side``, the prompts of training);
+* pairs run sorted by length, in batches cut by a token budget (at most ``pair_batch_size`` pairs and
+  ``pair_batch_size * 64`` padded tokens), padded to a multiple of 8, under bf16 autocast when asked; a pair's score
+  ``model.link_scores(logits)`` (log p(B follows A)) does not depend on its batch;
+* a pair's score is fused with its first-stage retriever score (``score + weight * retriever score``, the weight
+  calibrated at fine-tuning: ``config.retriever_score_weight``), and each mention's candidates are ranked by the
+  package's tie rule (score, then KB position: :func:`modeling_mel.ranking.rank_by_score`);
+* when only the ``top_k`` best are asked for, pairs that cannot reach them are not scored (:meth:`CrossLinker.link`:
+  a log-probability is at most 0, so ``weight * retriever score`` bounds a fused score): the same ``top_k``, with the
+  same scores, for fewer forward passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .ranking import rank_by_score
+
+#: padded tokens per pair of the batch budget (a batch holds at most ``pair_batch_size * TOKENS_PER_PAIR`` tokens)
+TOKENS_PER_PAIR = 64
+
+
+class CrossLinker:
+    """Scores (mention, entity) pairs with an NSP cross-encoder and ranks each mention's candidates.
+
+    Args:
+        model: a model with ``link_scores(logits)`` (``BertForMultimodalNSP``).
+        processor: its ``MultimodalNSPProcessor`` (``encode_pair``, ``pad``, the templates).
+        device: where the model runs (default: the model's device).
+        bf16: bf16 autocast for the pair forward passes.
+        pair_batch_size: most pairs per forward pass (and ``pair_batch_size * 64`` padded tokens).
+        max_length: pair length in tokens (default: the processor's).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        device: Any = None,
+        bf16: bool = False,
+        pair_batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> None:
+        if int(pair_batch_size) < 1:
+            raise ValueError(f"pair_batch_size must be >= 1, got {pair_batch_size!r}")
+        self.model = model
+        self.processor = processor
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.bf16 = bool(bf16)
+        self.pair_batch_size = int(pair_batch_size)
+        self.max_length = int(max_length) if max_length else None
+        self._entity_ids: dict[Any, list[int]] = {}
+
+    @property
+    def weight(self) -> float:
+        """The weight of the retriever score in the fused score (``config.retriever_score_weight``, 0 when absent)."""
+        return float(getattr(self.model.config, "retriever_score_weight", 0.0) or 0.0)
+
+    # -- batching and scoring -------------------------------------------------------------------------------------
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of pairs in batches: sorted by length (ascending), each batch at most ``pair_batch_size`` pairs and
+        ``pair_batch_size * 64`` padded tokens (the pair joining a batch sets its width)."""
+        order = sorted(range(len(lengths)), key=lambda j: lengths[j])
+        budget = self.pair_batch_size * TOKENS_PER_PAIR
+        out: list[list[int]] = []
+        for j in order:
+            width = -(-int(lengths[j]) // 8) * 8  # padded to a multiple of 8
+            if out and len(out[-1]) < self.pair_batch_size and (len(out[-1]) + 1) * width <= budget:
+                out[-1].append(j)
+            else:
+                out.append([j])
+        return out
+
+    def score_features(
+        self, features: Sequence[Mapping[str, Any]], collate: Callable[[list], Mapping[str, Any]] | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """``model.link_scores`` (float32, CPU, input order) of encoded pairs (``input_ids``, ``token_type_ids``,
+        ``attention_mask``, optional ``image_features``); ``collate`` pads a list of them into model inputs (default:
+        the processor's ``pad`` to a multiple of 8). Keys the model does not take (``labels``, ``task_ids``) are
+        dropped."""
+        collate = collate or (lambda feats: self.processor.pad(feats, return_tensors="pt", pad_to_multiple_of=8))
+        scores = torch.empty(len(features))
+        batches = self.batches([len(f["input_ids"]) for f in features])
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="scoring candidates", unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                for idx in batches:
+                    batch = dict(collate([features[j] for j in idx]))
+                    batch.pop("labels", None)
+                    batch.pop("task_ids", None)
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    logits = self.model(**batch).logits
+                    scores[torch.tensor(idx)] = self.model.link_scores(logits).float().cpu()
+        finally:
+            self.model.train(was_training)
+        return scores
+
+    # -- pairs from texts -----------------------------------------------------------------------------------------
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.processor.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def entity_token_ids(self, keys: Sequence[Any], side: Callable[[Any], str]) -> dict[Any, list[int]]:
+        """Token ids of the entity side of each key (``side(key)``: its text), tokenised once per linker."""
+        new = [k for k in dict.fromkeys(keys) if k not in self._entity_ids]
+        for k, ids in zip(new, self._token_ids([side(k) for k in new])):
+            self._entity_ids[k] = ids
+        return {k: self._entity_ids[k] for k in keys}
+
+    def pair_features(
+        self,
+        mention_sides: Sequence[str],
+        pairs: Sequence[tuple[int, Any]],
+        entity_side: Callable[[Any], str],
+        mention_images: Sequence[np.ndarray | None] | None = None,
+        entity_image: Callable[[Any], np.ndarray | None] | None = None,
+    ) -> list[dict]:
+        """Encoded pairs ``(mention i, entity key)``: sentence A the mention side ``mention_sides[i]`` (+ its image),
+        sentence B ``entity_side(key)`` (+ ``entity_image(key)``), truncated as in training (``encode_pair``)."""
+        max_length = int(self.max_length or self.processor.max_length)
+        ids_a = self._token_ids(list(mention_sides))
+        ids_b = self.entity_token_ids([key for _, key in pairs], entity_side)
+        images_b: dict[Any, np.ndarray | None] = {}
+        features = []
+        for i, key in pairs:
+            img_a = mention_images[i] if mention_images is not None else None
+            if entity_image is not None and key not in images_b:
+                images_b[key] = entity_image(key)
+            img_b = images_b.get(key)
+            n_a, n_b = int(img_a is not None), int(img_b is not None)
+            input_ids, type_ids = self.processor.encode_pair(ids_a[i], ids_b[key], n_a, n_b, max_length)
+            feat = {"input_ids": input_ids, "token_type_ids": type_ids, "attention_mask": [1] * len(input_ids)}
+            if n_a or n_b:
+                feat["image_features"] = np.stack([np.asarray(x, np.float32).reshape(-1) for x in (img_a, img_b)
+                                                   if x is not None])
+            features.append(feat)
+        return features
+
+    # -- ranking --------------------------------------------------------------------------------------------------
+    def link(
+        self,
+        candidates: Sequence[Sequence[int]],
+        score_pairs: Callable[[list[tuple[int, int]]], torch.Tensor],
+        first_stage: Sequence[Mapping[int, float]] | None = None,
+        top_k: int | None = None,
+        weight: float | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Each mention's ranked candidates; ``score_pairs([(mention index, position), ...])`` scores pairs.
+
+        Without ``top_k`` (or without a first stage to fuse) every pair is scored and every candidate ranked. With
+        ``top_k`` and a positive fusion weight only the exact ``top_k`` is returned, and pairs that cannot reach it are
+        never scored: a pair's score is a log-probability (at most 0), so a candidate's fused score is at most
+        ``weight * retriever score``. The ``top_k`` candidates of highest bound are scored first; a remaining
+        candidate whose bound is below the ``top_k``-th best fused score found is left out (it can only rank lower),
+        the others are scored too. The returned scores and order are those of scoring every pair."""
+        weight = self.weight if weight is None else float(weight)
+        if top_k is None or first_stage is None or weight <= 0:
+            pairs = [(i, p) for i, row in enumerate(candidates) for p in row]
+            ranked = self.rank(candidates, score_pairs(pairs) if pairs else [], first_stage, weight)
+            return ranked if top_k is None else [row[: int(top_k)] for row in ranked]
+        k = int(top_k)
+        bound = [{p: weight * first_stage[i].get(p, 0.0) for p in row} for i, row in enumerate(candidates)]
+        order = [sorted(dict.fromkeys(row), key=lambda p, b=b: (-b[p], p)) for row, b in zip(candidates, bound)]
+        fused: list[dict[int, float]] = [{} for _ in candidates]
+
+        def score(pairs: list[tuple[int, int]]) -> None:
+            if pairs:
+                for (i, p), s in zip(pairs, score_pairs(pairs).tolist()):
+                    fused[i][p] = s + bound[i][p]
+
+        score([(i, p) for i, row in enumerate(order) for p in row[:k]])
+        rest = []
+        for i, row in enumerate(order):
+            if len(row) > k:
+                threshold = sorted(fused[i].values(), reverse=True)[k - 1]  # the k-th best so far: a lower bound
+                rest += [(i, p) for p in row[k:] if bound[i][p] >= threshold]
+        score(rest)
+        return [rank_by_score(list(f), list(f.values()))[:k] for f in fused]
+
+    def rank(
+        self,
+        candidates: Sequence[Sequence[int]],
+        scores: Sequence[float] | torch.Tensor,
+        first_stage: Sequence[Mapping[int, float]] | None = None,
+        weight: float | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Each mention's candidates (KB positions) ranked by their pair scores (flat, mention after mention), plus
+        ``weight`` (default :attr:`weight`) times the first-stage score when ``first_stage`` is given; ties by KB
+        position."""
+        weight = self.weight if weight is None else float(weight)
+        flat = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+        out, offset = [], 0
+        for i, row in enumerate(candidates):
+            row_scores = flat[offset : offset + len(row)]
+            if first_stage is not None and weight:
+                row_scores = [s + weight * first_stage[i].get(p, 0.0) for s, p in zip(row_scores, row)]
+            out.append(rank_by_score(row, row_scores))
+            offset += len(row)
+        return out
+
+
+__all__ = ["CrossLinker", "TOKENS_PER_PAIR"]

@@ -1,0 +1,149 @@
+"""The cross linker (modeling_mel/linking_cross.py): the one owner of PFMEL pair scoring (issue 26). Pairs equal the
+processor's, scores do not depend on the batching, token-budget batches, score fusion and the tie rule, the entity
+sides tokenised once, and the single place of the pair scoring call in the package."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import pipeline
+
+from inference_fixtures import KB_ROWS, mentions, tiny_nsp, write_kb
+from modeling_mel.linking_cross import CrossLinker
+from modeling_mel.pipeline_entity_linking import TASK
+from test_linking_dense import _files_matching
+
+MENTION_SIDES = ["short text. a is", "a much longer mention text with many words in it " * 6 + ". b is"]
+
+
+@pytest.fixture(scope="module")
+def nsp():
+    return tiny_nsp()
+
+
+def entity_side(processor):
+    return lambda p: processor.entity_side(KB_ROWS[p])
+
+
+def test_pairs_equal_the_processors_encoding(nsp):
+    model, processor = nsp
+    linker = CrossLinker(model, processor)
+    pairs = [(i, p) for i in range(2) for p in range(len(KB_ROWS))]
+    features = linker.pair_features(MENTION_SIDES, pairs, entity_side(processor))
+    want = processor([MENTION_SIDES[i] for i, _ in pairs], [processor.entity_side(KB_ROWS[p]) for _, p in pairs],
+                     padding=False, return_tensors=None)
+    assert [f["input_ids"] for f in features] == [w["input_ids"] for w in want]
+    assert [f["token_type_ids"] for f in features] == [w["token_type_ids"] for w in want]
+    assert max(len(f["input_ids"]) for f in features) == processor.max_length  # the long side was cut as in training
+
+
+def test_batches_sorted_by_tokens_within_budget(nsp):
+    model, processor = nsp
+    linker = CrossLinker(model, processor, pair_batch_size=4)
+    lengths = [64, 9, 30, 64, 17, 64, 64, 64, 3, 40]
+    batches = linker.batches(lengths)
+    flat = [j for b in batches for j in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[j] for j in flat] == sorted(lengths)
+    width = lambda b: max(-(-lengths[j] // 8) * 8 for j in b)  # noqa: E731 - padded to a multiple of 8
+    assert all(len(b) <= 4 and len(b) * width(b) <= 4 * 64 for b in batches)
+    assert any(len(b) == 4 and width(b) == 64 for b in batches)  # 64-token pairs still go 4 to a pass
+    assert linker.batches([]) == []
+
+
+def test_scores_do_not_depend_on_the_batching(nsp):
+    model, processor = nsp
+    pairs = [(i, p) for i in range(2) for p in range(len(KB_ROWS))]
+    one = CrossLinker(model, processor, pair_batch_size=1)
+    many = CrossLinker(model, processor, pair_batch_size=64)
+    features = one.pair_features(MENTION_SIDES, pairs, entity_side(processor))
+    a, b = one.score_features(features), many.score_features(features)
+    assert torch.allclose(a, b, atol=1e-5)
+    # each score is log p(B follows A) of the model's own forward on that pair alone
+    with torch.inference_mode():
+        alone = model(**processor.pad([features[3]], return_tensors="pt")).logits
+    assert a[3].item() == pytest.approx(model.link_scores(alone).item(), abs=1e-5)
+
+
+def test_entity_sides_are_tokenised_once(nsp):
+    model, processor = nsp
+    linker = CrossLinker(model, processor)
+    calls = []
+
+    def side(p):
+        calls.append(p)
+        return processor.entity_side(KB_ROWS[p])
+
+    linker.pair_features(MENTION_SIDES[:1], [(0, 1), (0, 2)], side)
+    linker.pair_features(MENTION_SIDES[:1], [(0, 2), (0, 3), (0, 1)], side)
+    assert calls == [1, 2, 3]
+
+
+def test_rank_fuses_the_retriever_score_and_breaks_ties_by_kb_position(nsp):
+    model, processor = nsp
+    linker = CrossLinker(model, processor)
+    cands = [[5, 2, 7], [4]]
+    scores = [-1.0, -1.0, -3.0, -0.5]
+    assert linker.rank(cands, scores, weight=0.0) == [[(2, -1.0), (5, -1.0), (7, -3.0)], [(4, -0.5)]]
+    fused = linker.rank(cands, scores, first_stage=[{5: 0.1, 7: 1.0}, {}], weight=4.0)
+    assert [p for p, _ in fused[0]] == [7, 5, 2] and fused[0][0][1] == pytest.approx(-3.0 + 4.0)
+    model.config.retriever_score_weight = 2.0  # the calibrated weight of the model is the default
+    try:
+        assert linker.rank(cands, scores, first_stage=[{7: 1.5}, {}])[0][0] == (7, pytest.approx(0.0))
+        # a fused tie (7: -3 + 2 * 1 = -1, as 2 and 5) goes to the earliest KB position
+        assert [p for p, _ in linker.rank(cands, scores, first_stage=[{7: 1.0}, {}])[0]] == [2, 5, 7]
+    finally:
+        del model.config.retriever_score_weight
+
+
+def test_pipeline_ranks_through_the_linker_whatever_the_pair_batch(nsp, tmp_path):
+    model, processor = nsp
+    root = str(tmp_path)
+    write_kb(root)
+    pipe = pipeline(TASK, model=model, processor=processor, kb=os.path.join(root, "kb.jsonl"), use_images=False)
+    items = mentions(root)
+    a, b = pipe(items, top_k=5, pair_batch_size=1), pipe(items, top_k=5, pair_batch_size=64)
+    assert [[r["entity_id"] for r in x] for x in a] == [[r["entity_id"] for r in x] for x in b]
+    assert all(abs(r["score"] - s["score"]) <= 1e-5 for x, y in zip(a, b) for r, s in zip(x, y))
+    assert any(len(x) > 1 for x in a)
+
+
+def test_one_module_scores_pfmel_pairs():
+    # issue 26: the PFMEL pair scoring (model.link_scores over pair logits) lives in the cross linker only, besides
+    # the model file that defines it (the listwise training loss scores the training forward: `unwrapped.link_scores`)
+    assert _files_matching(r"\bmodel\.link_scores\(") - {"modeling_multimodal_nsp.py"} == {"linking_cross.py"}
+
+
+def test_top_k_linking_scores_fewer_pairs_and_returns_the_same_top_k(nsp):
+    # the bound (a log-probability is at most 0) keeps the exact top k: random pair scores and retriever scores, every
+    # top_k, against ranking every pair; ties included (scores rounded)
+    import random
+
+    model, processor = nsp
+    linker = CrossLinker(model, processor)
+    rng = random.Random(0)
+    pruned_any = False
+    for case in range(200):
+        n = rng.randint(1, 12)
+        cands = [rng.sample(range(40), n) for _ in range(rng.randint(1, 4))]
+        nsp_score = {(i, p): -round(rng.expovariate(0.5), 1) for i, row in enumerate(cands) for p in row}
+        first = [{p: round(rng.uniform(0, 1), 2) for p in row if rng.random() < 0.9} for row in cands]
+        weight = rng.choice([0.0, 1.0, 16.0, 64.0])
+        asked: list = []
+
+        def score_pairs(pairs):
+            asked.extend(pairs)
+            return torch.tensor([nsp_score[pair] for pair in pairs])
+
+        full = linker.rank(cands, torch.tensor([nsp_score[(i, p)] for i, row in enumerate(cands) for p in row]),
+                           first, weight)
+        for k in (1, 3, 5, 20):
+            asked.clear()
+            got = linker.link(cands, score_pairs, first, top_k=k, weight=weight)
+            assert [[p for p, _ in r] for r in got] == [[p for p, _ in r[:k]] for r in full], (case, k)
+            assert [[s for _, s in r] for r in got] == [[pytest.approx(s) for _, s in r[:k]] for r in full]
+            assert len(asked) == len(set(asked)) <= sum(map(len, cands))  # each pair scored at most once
+            pruned_any |= len(asked) < sum(map(len, cands))
+    assert pruned_any
