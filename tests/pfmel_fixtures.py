@@ -1,4 +1,5 @@
-"""Fixtures of the PFMEL tests: a toy in-memory corpus, a tiny BERT backbone dir, tiny image features."""
+"""Fixtures of the PFMEL tests: a toy in-memory corpus, a tiny BERT backbone dir, tiny image features, a tiny ResNet
+dir and the base arguments of the PFMEL scripts on the sample corpus."""
 
 from __future__ import annotations
 
@@ -160,3 +161,27 @@ def pfmel_corpus(toy_corpus):
 
     mentions, kb = toy_corpus
     return PFMELCorpus(mentions, kb, image_features="resnet50", extractor=tiny_extractor())
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet_dir(tmp_path_factory) -> str:
+    """A saved tiny random ResNet (transformers folder) as --image_model."""
+    import torch
+    from transformers import ResNetModel
+
+    from modeling_mel.image_encoders import tiny_resnet_config
+
+    path = str(tmp_path_factory.mktemp("tiny_resnet"))
+    torch.manual_seed(0)
+    ResNetModel(tiny_resnet_config()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_argv(sample_dir, tiny_backbone, tiny_resnet_dir, tmp_path_factory) -> list[str]:  # noqa: F811
+    """The data and image arguments of the PFMEL scripts on the sample corpus (``sample_dir``: conftest.py)."""
+    return [
+        "--dataset", "twitter_mel", "--data_dir", sample_dir, "--image_model", tiny_resnet_dir, "--image_size", "32",
+        "--image_cache_dir", str(tmp_path_factory.mktemp("img_cache")), "--max_length", "96",
+        "--max_train_samples", "12", "--max_eval_samples", "10",
+    ]

@@ -478,3 +478,24 @@ def test_failed_or_killed_write_keeps_the_previous_index(inject, killed, indexes
     indexes[12].save(directory)  # the next write cleans up what a killed writer left
     assert sorted(os.listdir(tmp_path)) == ["index", "index.lock"]
     assert EntityIndex.load(directory).entity_ids == indexes[12].entity_ids
+
+
+# -- end to end: `mel index --bm25_only` over a dense folder (issue 15, point 2) ------------------------------------
+
+
+def test_bm25_only_over_a_dense_folder_leaves_no_vectors(indexes, zemel, kbs, tmp_path):
+    model, processor = zemel
+    directory = str(tmp_path / "index")
+    indexes[8].save(directory)
+    assert index_main(["--kb", kbs["kb12"], "--out", directory, "--bm25_only"]) == 0
+    assert sorted(os.listdir(directory)) == ["entities.jsonl", "index_config.json"]
+    with open(os.path.join(directory, "index_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    assert config["kind"] == "bm25" and config["num_entities"] == 12 and "faiss_ntotal" not in config
+    loaded = EntityIndex.load(directory, model=model)
+    assert not loaded.has_vectors and len(loaded) == 12
+    # the ZEMEL pipeline encodes the new KB itself: the same links as from the kb.jsonl
+    items = mentions(kbs["root"])
+    from_dir = pipeline(TASK, model=model, processor=processor, kb=directory, use_images=False)
+    from_kb = pipeline(TASK, model=model, processor=processor, kb=kbs["kb12"], use_images=False)
+    assert from_dir(items, top_k=3, candidates="dense") == from_kb(items, top_k=3, candidates="dense")

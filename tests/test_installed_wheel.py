@@ -19,7 +19,8 @@ import sysconfig
 import pytest
 from pfmel_fixtures import make_tiny_backbone
 from test_mimic_mel import write_mimic
-from test_wikidata_mel import write_richpedia, write_wikimel
+from test_richpedia_mel import write_richpedia
+from test_wikimel import write_wikimel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]

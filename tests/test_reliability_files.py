@@ -191,18 +191,6 @@ def test_kb_description_list_or_dict_names_line_and_field(command, value, kind, 
     _one_line_error(capsys, f"{kb} line 3", "'jtimberlake'", f"description must be a string, got a {kind}")
 
 
-def test_kb_rows_of_a_list_name_the_row_and_field():
-    from modeling_mel.knowledge_base import kb_records
-
-    with pytest.raises(ValueError, match=r"KB row 1 \(entity_id 'b'\): location must be a string, got a list"):
-        kb_records([{"entity_id": "a", "name": "A"}, {"entity_id": "b", "name": "B", "location": ["x"]}])
-    with pytest.raises(ValueError, match=r"timeline\[0\]\.text must be a string"):
-        kb_records([{"entity_id": "a", "name": "A", "timeline": [{"text": {"x": 1}}]}])
-    # numbers are text too
-    assert kb_records([{"entity_id": 7, "name": 1984, "description": 3.5}])[0] == {
-        "entity_id": "7", "name": "1984", "description": "3.5", "images": [], "timeline": []}
-
-
 def test_pipeline_without_a_model_says_pass_model(files):
     with pytest.raises(ValueError, match=r"needs a model: pass model="):
         pipeline(TASK, kb=files["kb"])

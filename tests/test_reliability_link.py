@@ -7,7 +7,7 @@ line and exit code 2, what used to run silently wrong or fail late:
 4. ``--resume`` after the input or the options changed (a fingerprint beside the partial output);
 5. unwritable targets (read-only folder, immutable output, full disk): checked up front, or reported in one line with
    the lines already written kept;
-6. a bad ``mel calibrate`` row: found before any model loads, named by its file line.
+6. a bad ``mel calibrate`` row: found before any model loads, named by its file line (tests/test_cli_calibrate.py).
 """
 
 from __future__ import annotations
@@ -562,37 +562,3 @@ def test_mel_calibrate_write_failure_prints_the_result_and_one_line(setup, tmp_p
     assert str(out / "nil_calibration.json") in err and "ENOSPC" in err
     assert "threshold" in json.loads(captured.out.strip().splitlines()[-1])  # the linking is not lost
     assert os.listdir(out) == []
-
-
-# -- 6. a bad mel calibrate row ----------------------------------------------------------------------------------------
-
-
-def test_mel_calibrate_names_the_file_line_of_a_bad_row_before_loading(setup, tmp_path, capsys, no_model_loading):
-    rows = [_line({"text": f"{NASA} {i}", "mention": "NASA", "entity_id": "nasa"}) for i in range(8)]
-    rows.insert(3, b"")  # a blank line and an unlabelled row: file lines and labelled rows differ
-    rows.insert(5, _line({"text": NASA, "mention": "NASA"}))
-    rows.append(_line({"text": NASA, "mention_start": 14, "mention_end": 99, "entity_id": "nasa"}))  # line 11
-    data = tmp_path / "dev.jsonl"
-    data.write_bytes(b"\n".join(rows) + b"\n")
-    code = main(["calibrate", "--model", setup["nsp"], "--kb", setup["kb"], "--data", str(data), "--no_images"])
-    assert code == 2
-    err = _one_line(capsys.readouterr().err)
-    assert f"--data {str(data)!r} line 11:" in err and "mention span (14, 99)" in err and "input 8" not in err
-
-
-@pytest.mark.parametrize(
-    "row, expected",
-    [
-        ({"text": "", "mention": "NASA"}, "'text' must be a non-empty string"),
-        ({"text": NASA, "mention_start": True, "mention_end": 4}, "mention_start must be an integer"),
-        ({"text": NASA, "mention": "NASA", "boxes": [[1, 2]]}, "boxes must be a list"),
-        ({"text": NASA}, "give 'mention'"),
-    ],
-)
-def test_mel_calibrate_row_checks(setup, tmp_path, capsys, no_model_loading, row, expected):
-    data = tmp_path / "dev.jsonl"
-    data.write_bytes(_line({"text": NASA, "mention": "NASA", "entity_id": "nasa"}) + b"\n"
-                     + _line({**row, "entity_id": "nasa"}) + b"\n")
-    assert main(["calibrate", "--model", setup["nsp"], "--kb", setup["kb"], "--data", str(data), "--no_images"]) == 2
-    err = _one_line(capsys.readouterr().err)
-    assert "line 2:" in err and expected in err

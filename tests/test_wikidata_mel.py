@@ -1,5 +1,6 @@
-"""WikiMEL and RichpediaMEL builders on small fixtures of their release layouts; the alignment that loses no mention
-(builders, both processors, the pipeline); metrics over every gold mention (PFMEL and ZEMEL evaluation)."""
+"""The alignment that loses no mention across the stack, on the WikiMEL cases (tests/test_wikimel.py holds the
+fixture): the corpus offsets, both processors and the pipeline; metrics over every gold mention (PFMEL and ZEMEL
+evaluation, the metric modules, benchmarks/quality.py)."""
 
 from __future__ import annotations
 
@@ -7,34 +8,15 @@ import json
 import os
 
 import pytest
-from PIL import Image
 
 from inference_fixtures import register_all, tiny_nsp, tiny_zemel
 from pfmel_fixtures import tiny_backbone  # noqa: F401  (session fixture)
-from modeling_mel.corpus import KB_FEATURES, MENTION_FEATURES, load_mel_corpus, resolve_offsets, seeded_holdout
+from modeling_mel.corpus import load_mel_corpus, resolve_offsets
 from modeling_mel.processing_multimodal_nsp import mention_prompt
 from modeling_mel.mention_spans import align_mention
+from test_wikimel import CASES, KB, write_wikimel
 
 register_all()
-
-# (text, mention as released, the span it must get, status); the last one aligns nowhere
-CASES = [
-    ("Hermann von Beckerath.", "Hermann Beckerath", "Hermann von Beckerath", "aligned"),
-    ("The Earl of Aberdeen in the 1850s", "Earl Aberdeen", "Earl of Aberdeen", "aligned"),
-    ("Suleiman the Magnificent", "Suleiman Magnificent", "Suleiman the Magnificent", "aligned"),
-    ("Karl Robert Eduard Hartmann .", "Karl Robert Eduard von Hartmann", "Karl Robert Eduard Hartmann", "aligned"),
-    ("Portrait of Émile de Kératry, 1870", "Emile Keratry", "Émile de Kératry", "aligned"),  # diacritics
-    ("Portrait of an unknown sitter", "Xyzzy Plugh", None, "unaligned"),
-]
-KB = {  # QID -> name, description
-    "Q1": ("Hermann von Beckerath", "German banker"),
-    "Q2": ("George Hamilton-Gordon, 4th Earl of Aberdeen", "British prime minister"),
-    "Q3": ("Suleiman the Magnificent", "Ottoman sultan"),
-    "Q4": ("Karl Robert Eduard von Hartmann", "German philosopher"),
-    "Q5": ("Émile de Kératry", "French politician"),
-    "Q6": ("Noel Harrison", "English singer"),
-    "Q7": ("Stefanie Powers", "American actress"),
-}
 
 
 @pytest.mark.parametrize("text, mention, expected, status", CASES)
@@ -49,135 +31,11 @@ def test_align_mention_cases(text, mention, expected, status):
         assert resolve_offsets(text, mention, start, end)[2] == "ok"  # an aligned span, given back, holds
 
 
-# -- fixtures in the release layouts -----------------------------------------------------------------------------
-
-
-def _write_json(path, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False)
-
-
-def _write_kb(d) -> None:
-    _write_json(os.path.join(d, "qid2ne.json"), {q: n for q, (n, _) in KB.items()})
-    _write_json(os.path.join(d, "qid2abs.json"), {q: a for q, (_, a) in KB.items()})
-
-
-def write_wikimel(d: str) -> None:
-    """WikiMEL: the six cases (one sample each), a sample with two mentions (one gold outside the KB), a split id
-    without sample, one image and one corrupt image."""
-    answers = ["Q1", "Q2", "Q3", "Q4", "Q5", "Q6"]
-    samples = {
-        str(100 + i): {"id": str(100 + i), "sentence": t, "mentions": [m], "entities": [KB[a][0]], "answer": [a]}
-        for i, ((t, m, _, _), a) in enumerate(zip(CASES, answers))
-    }
-    samples["200"] = {"id": "200", "sentence": "Powers with Noel Harrison in London", "mentions": ["Noel Harrison", "Powers"],
-                      "entities": ["Noel Harrison", "Stefanie Powers"], "answer": ["Q6", "Q99"]}  # Q99: not in the KB
-    _write_json(os.path.join(d, "Wikidata-MEL.json"), samples)
-    _write_json(os.path.join(d, "splits.json"), {"train": ["100", "101", "102", "999"], "dev": ["103", "104", "105", "200"]})
-    _write_kb(d)
-    os.makedirs(os.path.join(d, "images"))
-    Image.new("RGB", (8, 8), (200, 10, 10)).save(os.path.join(d, "images", "100.png"))
-    with open(os.path.join(d, "images", "101.jpg"), "wb") as f:
-        f.write(b"not a jpeg")
-
-
-def write_richpedia(d: str) -> None:
-    """RichpediaMEL: one mention a row (strings), train.json with ten rows, test.json with two."""
-    rows = {f"Q{100 + i}": {"id": f"Q{100 + i}", "sentence": f"Person {i} was a painter.", "mentions": f"Person {i}",
-                            "entities": f"Person {i}", "answer": "Q1"} for i in range(9)}
-    rows["Q4"] = {"id": "Q4", "sentence": CASES[3][0], "mentions": CASES[3][1], "entities": KB["Q4"][0], "answer": "Q4"}
-    _write_json(os.path.join(d, "train.json"), rows)
-    test = {"Q5": {"id": "Q5", "sentence": CASES[4][0], "mentions": CASES[4][1], "entities": "x", "answer": "Q5"},
-            "Q6": {"id": "Q6", "sentence": CASES[5][0], "mentions": CASES[5][1], "entities": "x", "answer": "Q6"}}
-    _write_json(os.path.join(d, "test.json"), test)
-    _write_kb(d)
-
-
 @pytest.fixture(scope="module")
 def wikimel_dir(tmp_path_factory) -> str:
     d = str(tmp_path_factory.mktemp("wikimel"))
     write_wikimel(d)
     return d
-
-
-@pytest.fixture(scope="module")
-def richpedia_dir(tmp_path_factory) -> str:
-    d = str(tmp_path_factory.mktemp("richpedia"))
-    write_richpedia(d)
-    return d
-
-
-def _report(dd) -> str:
-    return dd[list(dd)[0]].info.description.split("Build report: ")[1]
-
-
-def test_wikimel_keeps_every_mention(wikimel_dir, tmp_path):
-    dd = load_mel_corpus("wikimel", wikimel_dir, cache_dir=str(tmp_path / "c"))
-    assert list(dd) == ["train", "dev"] and dd["train"].features == MENTION_FEATURES
-    assert dd["train"]["id"] == ["100", "101", "102"] and dd["dev"]["id"] == ["103", "104", "105", "200-0", "200-1"]
-    rows = {r["id"]: r for s in dd for r in dd[s]}
-    for i, (text, mention, expected, _) in enumerate(CASES):
-        r = rows[str(100 + i)]
-        assert r["text"] == text and r["mention"] == mention
-        got = None if r["mention_start"] is None else text[r["mention_start"] : r["mention_end"]]
-        assert got == expected
-    assert rows["105"]["mention_end"] is None and rows["200-1"]["entity_id"] == "Q99"
-    assert rows["100"]["image"].size == (8, 8) and rows["101"]["image"] is None
-    report = _report(dd)
-    assert "kept train 3, dev 5; skipped 0" in report
-    for note in ("aligned: 5", "unaligned: 1", "offsets located: 2", "entity not in KB: 1", "no image: 6",
-                 "unreadable image: 1", "split id without sample (train): 1"):
-        assert note in report, note
-    assert not os.path.exists(os.path.join(wikimel_dir, "skipped.json"))  # the release folder is left alone
-
-    kb = load_mel_corpus("wikimel", wikimel_dir, config="kb", cache_dir=str(tmp_path / "c"))
-    assert kb.features == KB_FEATURES and len(kb) == len(KB)
-    assert kb[0] == {"entity_id": "Q1", "name": "Hermann von Beckerath", "screen_name": "", "location": "",
-                     "description": "German banker", "images": [], "timeline": []}
-
-
-def test_wikimel_without_dev_and_errors(tmp_path):
-    d = str(tmp_path / "w")
-    write_wikimel(d)
-    os.remove(os.path.join(d, "splits.json"))
-    dd = load_mel_corpus("wikimel", d, cache_dir=str(tmp_path / "c"), dev_fraction=0.3)
-    assert sum(len(dd[s]) for s in dd) == 8 and len(dd["dev"]) >= 1  # all samples, a seeded dev cut from train
-    with pytest.raises(ValueError, match="dev_fraction must be a number in"):
-        load_mel_corpus("wikimel", d, cache_dir=str(tmp_path / "c"), dev_fraction=1.5)
-    with pytest.raises(ValueError, match="split_method='seeded'"):
-        load_mel_corpus("wikimel", d, cache_dir=str(tmp_path / "c"), split_method="seeded")
-    os.remove(os.path.join(d, "qid2ne.json"))
-    with pytest.raises(FileNotFoundError, match="qid2ne.json"):
-        load_mel_corpus("wikimel", d, cache_dir=str(tmp_path / "c2"))
-
-
-def test_richpedia_seeded_dev_and_test(richpedia_dir, tmp_path):
-    dd = load_mel_corpus("richpedia_mel", richpedia_dir, cache_dir=str(tmp_path / "c"))
-    assert list(dd) == ["train", "dev", "test"] and (len(dd["train"]), len(dd["dev"]), len(dd["test"])) == (9, 1, 2)
-    assert dd["dev"]["id"] == sorted(seeded_holdout([f"Q{100 + i}" for i in range(9)] + ["Q4"], 0.1, seed=0))
-    again = load_mel_corpus("richpedia_mel", richpedia_dir, cache_dir=str(tmp_path / "c2"))
-    assert again["dev"]["id"] == dd["dev"]["id"]  # same seed, same split
-    rows = {r["id"]: r for s in dd for r in dd[s]}
-    r = rows["Q4"]
-    assert r["text"][r["mention_start"] : r["mention_end"]] == "Karl Robert Eduard Hartmann"
-    assert rows["Q6"]["mention_start"] is None
-    assert "dev split cut from train (seeded): 1" in _report(dd) and "unaligned: 1" in _report(dd)
-    whole = load_mel_corpus("richpedia_mel", richpedia_dir, cache_dir=str(tmp_path / "c3"), dev_fraction=0.0)
-    assert list(whole) == ["train", "test"] and len(whole["train"]) == 10
-
-
-def test_build_dataset_command(wikimel_dir, richpedia_dir, tmp_path):
-    import datasets
-
-    from modeling_mel.cli import main
-
-    for name, d in (("wikimel", wikimel_dir), ("richpedia_mel", richpedia_dir)):
-        out = str(tmp_path / name)
-        assert main(["build-dataset", "--dataset", name, "--data_dir", d, "--out", out,
-                     "--cache_dir", str(tmp_path / "c")]) == 0
-        assert len(datasets.load_from_disk(os.path.join(out, "kb"))) == len(KB)
-        assert "train" in datasets.load_from_disk(os.path.join(out, "mentions"))
 
 
 # -- both processors and the pipeline -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""ModelTester-style checks of ZemelPolyEncoder (as transformers' model tests and tests/test_multimodal_nsp.py's
-MultimodalNSPModelTester do): the text stream equals transformers' BERT modules weight for weight, outputs survive
-save/load, an example's scores do not depend on the rest of its batch or on padding, eval is deterministic, and
-training reaches every parameter."""
+"""ModelTester-style checks of ZemelPolyEncoder (as transformers' model tests and
+tests/test_modeling_multimodal_nsp.py's MultimodalNSPModelTester do): the text stream equals transformers' BERT
+modules weight for weight, outputs survive save/load, an example's scores do not depend on the rest of its batch or
+on padding, eval is deterministic, and training reaches every parameter."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """ZEMEL training and evaluation end to end: train/train_zemel.py and train/evaluate_zemel.py on the ZEMELD sample
 (tiny random BERT with the MiniLM vocabulary, tiny random ResNet features), a text-only mel_jsonl corpus, the cached
-scoring of modeling_mel.zemel_evaluation against the model's forward, V-T-KG pairing, and bad input."""
+scoring of modeling_mel.zemel_evaluation against the model's forward, and bad input. V-T-KG pairing and the metric
+module: tests/test_zemel_evaluation.py."""
 
 from __future__ import annotations
 
@@ -66,17 +67,6 @@ def trained(tmp_path_factory, scripts, tiny_backbone, zemeld_raw):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def test_help_exits_zero(scripts, capsys):
-    for module in scripts:
-        with pytest.raises(SystemExit) as exc:
-            module.main(["--help"])
-        assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for option in ("--num_candidates", "--scoring", "--poly_m", "--image_features", "--resume_from_checkpoint",
-                   "--model_path", "--eval_kb"):
-        assert option in text
-
-
 def test_end_to_end_writes_results_and_reloadable_model(trained):
     out = trained["out"]
     results = json.load(open(os.path.join(out, "eval_results.json")))
@@ -214,39 +204,6 @@ def test_bad_input_fails_before_training(scripts, tiny_backbone, zemeld_raw, tmp
     with pytest.raises(ValueError, match="zero-shot"):
         train.main(["--dataset", "zemeld", *[str(leaky) if a == zemeld_raw else a for a in base]])
     assert not os.path.exists(tmp_path / "o" / "model.safetensors")
-
-
-def test_v_t_kg_pairing_predictor():
-    from modeling_mel.zemel_evaluation import predict_vt_triples
-    from modeling_mel.zemel_metrics import gold_triples, v_t_kg_metrics
-
-    boxes = [[0, 0, 10, 10], [20, 20, 30, 30]]
-    rows = [
-        {"image_id": "i", "image_boxes": boxes, "box": boxes[0], "mention_start": 0, "mention_end": 3, "entity_id": "A"},
-        {"image_id": "i", "image_boxes": boxes, "box": boxes[1], "mention_start": 8, "mention_end": 11, "entity_id": "B"},
-    ]
-    lists = [["A", "X"], ["B", "A"]]
-    # mention 0 prefers box 0 with entity A; mention 1 fits box 1 best (greedy on mention 1 alone would take box 0)
-    scores = {(0, 0): [5.0, 1.0], (0, 1): [0.0, 1.0], (1, 0): [6.0, 0.0], (1, 1): [4.0, 0.0]}
-    pred = predict_vt_triples(rows, lists, scores, n=5)
-    assert sorted(pred, key=lambda t: t[2]) == [("i", boxes[0], (0, 3), "A"), ("i", boxes[1], (8, 11), "B")]
-    assert v_t_kg_metrics(pred, gold_triples(rows))["v_t_kg_micro_f1"] == 1.0
-    # at n=1 mention 1 keeps only B: same pairing
-    assert len(predict_vt_triples(rows, lists, scores, n=1)) == 2
-    # a mention without candidates gives no triple: recall drops, precision stays
-    pred = predict_vt_triples(rows, [["A"], []], scores, n=5)
-    m = v_t_kg_metrics(pred, gold_triples(rows))
-    assert m["v_t_kg_precision"] == 1.0 and m["v_t_kg_recall"] == 0.5
-
-
-def test_evaluate_metric_module_matches_functions():
-    from modeling_mel.zemel_evaluation import ZemelLinkingMetric
-    from modeling_mel.zemel_metrics import linking_metrics
-
-    preds, gold = ["a", "", "c", "x"], ["a", "b", "c", "d"]
-    got = ZemelLinkingMetric().compute(predictions=preds, references=gold, n=5)
-    assert got == linking_metrics(["a", None, "c", "x"], gold, 5)
-    assert got["precision/5"] == pytest.approx(2 / 3) and got["r@1/5"] == pytest.approx(0.5)
 
 
 @pytest.mark.slow

@@ -1,11 +1,10 @@
-"""ZEMELD builder and sample generator: layout, configs, zero-shot check, bad input (skip/strict)."""
+"""ZEMELD builder on the sample: layout, configs, zero-shot check, bad input (skip/strict). The sample generator:
+tests/test_zemeld_sample.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -30,19 +29,6 @@ def build(zemeld, config, data_dir, cache, **kw):
     b = zemeld.Zemeld(config_name=config, data_dir=str(data_dir), cache_dir=str(cache), **kw)
     b.download_and_prepare()
     return b, b.as_dataset()
-
-
-def test_generator_help(repo_root):
-    out = subprocess.run([sys.executable, os.path.join(repo_root, "datasets_scripts", "zemeld", "generate_zemeld_sample.py"),
-                          "--help"], capture_output=True, text=True, check=True)
-    assert "--seed" in out.stdout and "--out" in out.stdout
-
-
-def test_generator_is_deterministic(tmp_path, zemeld_modules):
-    zemeld_modules[0].generate(str(tmp_path / "a"), seed=3, n_images=20)
-    zemeld_modules[0].generate(str(tmp_path / "b"), seed=3, n_images=20)
-    for name in ("annotations.jsonl", "kb.jsonl"):
-        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
 
 
 def test_mentions_and_kb(sample, tmp_path, zemeld_modules):

@@ -1,10 +1,22 @@
-"""The PFMEL split procedure (paper section 4.1) as a pure function."""
+"""modeling_mel.corpus: the PFMEL split procedure (paper section 4.1) as a pure function; the corpus registry and
+load_mel_corpus's errors; the helpers every builder shares (entity keys and names, timeline order, seeded hold-out)."""
 
 from __future__ import annotations
 
 import pytest
 
-from modeling_mel.corpus import _share, paper_split, split_parts
+from modeling_mel.corpus import (
+    DATASET_BUILDERS,
+    _share,
+    entity_display_name,
+    get_builder_class,
+    load_mel_corpus,
+    normalize_entity_key,
+    paper_split,
+    seeded_holdout,
+    sort_timeline,
+    split_parts,
+)
 
 
 def _entities(n_groups: int = 30, seed_rows: int = 0) -> list[str]:
@@ -85,3 +97,50 @@ def test_edge_cases(ents, expected):
 def test_bad_fractions():
     with pytest.raises(ValueError, match="sum to 1"):
         paper_split(["a", "b"], random_fractions=(0.5, 0.5, 0.5))
+
+
+# -- registry and load_mel_corpus --------------------------------------------------------------------------------------
+
+
+def test_every_registered_corpus_has_its_builder():
+    assert set(DATASET_BUILDERS) == {"twitter_mel", "mel_jsonl", "zemeld", "wikimel", "richpedia_mel", "mimic_mel"}
+    for name, class_name in DATASET_BUILDERS.items():
+        cls = get_builder_class(name)
+        assert cls.__name__ == class_name and cls.__module__ == f"modeling_mel.builders.{name}"
+
+
+def test_load_mel_corpus_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown dataset 'nope'.*mel_jsonl.*twitter_mel"):
+        load_mel_corpus("nope", str(tmp_path))
+    with pytest.raises(ValueError, match=r"Unknown config 'bogus'.*\['mentions', 'kb'\]"):
+        load_mel_corpus("twitter_mel", str(tmp_path), config="bogus")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        load_mel_corpus("twitter_mel", str(tmp_path / "missing"))
+
+
+# -- shared helpers ----------------------------------------------------------------------------------------------------
+
+
+def test_entity_display_name():
+    assert entity_display_name({"entity_id": "a_w", "name": "Alice W", "screen_name": "a_w"}) == "Alice W"
+    assert entity_display_name({"entity_id": "a_w", "name": "", "screen_name": "@a_w"}) == "@a_w"
+    assert entity_display_name({"entity_id": "Q42", "name": " "}) == "Q42"
+
+
+def test_entity_keys_and_timeline_order():
+    assert normalize_entity_key("  @BradWiggins ") == normalize_entity_key("bradwiggins") == "bradwiggins"
+    assert normalize_entity_key(None) == ""
+    timeline = [{"tweet_id": "9"}, {"tweet_id": "100"}, {"tweet_id": "20"}]
+    assert [t["tweet_id"] for t in sort_timeline(timeline)] == ["100", "20", "9"]  # numeric, most recent first
+    mixed = [{"tweet_id": "9"}, {"tweet_id": "x1"}, {"tweet_id": "100"}]
+    assert sort_timeline(mixed) == mixed  # a non-numeric id: the given order
+
+
+def test_seeded_holdout_is_a_seeded_share_of_the_keys():
+    keys = [f"Q{i}" for i in range(20)]
+    held = seeded_holdout(keys, 0.25, seed=0)
+    assert len(held) == 5 and held <= set(keys)
+    assert seeded_holdout(reversed(keys), 0.25, seed=0) == held  # the input order does not matter
+    assert seeded_holdout(keys + keys, 0.25, seed=0) == held  # nor duplicates
+    assert any(seeded_holdout(keys, 0.25, seed=s) != held for s in (1, 2, 3))
+    assert seeded_holdout(keys, 0.0) == set()

@@ -1,4 +1,6 @@
-"""TwitterMel and MelJsonl builders: sample corpus, a raw fixture with every kind of bad row, errors."""
+"""The twitter_mel builder (modeling_mel.builders.twitter_mel) on a raw fixture with one row of every kind of
+problem (exact kept / skipped / note counts), its options, the profile database and Adjali et al.'s file names,
+and its errors."""
 
 from __future__ import annotations
 
@@ -9,17 +11,10 @@ import os
 import sqlite3
 
 import datasets
-import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_mel.corpus import (
-    KB_FEATURES,
-    MENTION_FEATURES,
-    entity_display_name,
-    get_builder_class,
-    load_mel_corpus,
-)
+from modeling_mel.corpus import KB_FEATURES, MENTION_FEATURES, get_builder_class, load_mel_corpus
 
 URL_1003 = "http://pbs.example/media/1003.png"
 URL_101 = "http://pbs.example/media/101.png"
@@ -169,6 +164,7 @@ def _skipped(d: str, config: str) -> dict:
         return json.load(f)[config]
 
 
+
 # ------------------------------------------------------------------------------------------------
 # raw fixture
 
@@ -283,10 +279,6 @@ def test_split_lists_never_leak_a_row_into_two_splits(raw_dir, tmp_path, caplog)
 
 
 def test_errors(raw_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown dataset 'nope'.*mel_jsonl.*twitter_mel"):
-        load_mel_corpus("nope", raw_dir)
-    with pytest.raises(ValueError, match=r"Unknown config 'bogus'.*\['mentions', 'kb'\]"):
-        load_mel_corpus("twitter_mel", raw_dir, config="bogus")
     TwitterMel = get_builder_class("twitter_mel")
     with pytest.raises(ValueError, match="mentions"):
         TwitterMel(config_name="bogus", data_dir=raw_dir, cache_dir=str(tmp_path / "c"))
@@ -302,155 +294,6 @@ def test_errors(raw_dir, tmp_path):
     (empty / "users.jsonl").write_text(json.dumps({"userScreenName": "y", "userName": "Y"}) + "\n")
     with pytest.raises(ValueError, match=r"No usable mention.*entity not in KB: 1"):
         load_mel_corpus("twitter_mel", str(empty), cache_dir=str(tmp_path / "c"))
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
-        load_mel_corpus("twitter_mel", str(tmp_path / "missing"))
-
-
-# ------------------------------------------------------------------------------------------------
-# sample corpus, both layouts
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from modeling_mel.builders import sample as gen
-    root = tmp_path_factory.mktemp("samples")
-    tw, js = str(root / "twitter"), str(root / "jsonl")
-    counts = gen.generate_twitter_sample(tw, seed=0)
-    assert gen.generate_jsonl_sample(js, seed=0) == counts
-    return {"twitter": tw, "jsonl": js, "counts": counts, "cache": str(root / "cache")}
-
-
-def test_sample_twitter_layout(samples):
-    counts = samples["counts"]
-    assert counts["entities"] == 40 and counts["mentions"] == 300 and counts["tweets_with_two_mentions"] > 0
-    dd = load_mel_corpus("twitter_mel", samples["twitter"], cache_dir=samples["cache"])
-    assert {s: len(d) for s, d in dd.items()} == {s: counts[s] for s in ("train", "train07", "train05", "dev", "test")}
-    report = _skipped(samples["twitter"], "mentions")
-    assert report["skipped"] == {}
-    assert report["notes"] == {"no image": counts["mentions_without_image"]}
-    assert set(dd["train05"]["id"]) <= set(dd["train07"]["id"]) <= set(dd["train"]["id"])
-    kb = load_mel_corpus("twitter_mel", samples["twitter"], config="kb", cache_dir=samples["cache"])
-    assert len(kb) == 40 and _skipped(samples["twitter"], "kb")["skipped"] == {}
-    assert sum(len(t) for t in kb["timeline"]) == counts["timeline_tweets"]
-    # ambiguous surnames: 4 entities named "... Wiggins"
-    assert sum("wiggins" in n.lower() for n in kb["name"]) == 4
-    ids = [i for s in ("train", "dev", "test") for i in dd[s]["id"]]
-    assert len(ids) == len(set(ids)) == 300
-
-
-def _rows(ds: datasets.Dataset) -> list[dict]:
-    ds = ds.cast_column("image", datasets.Image(decode=False))
-    out = []
-    for r in ds:
-        img = r["image"]
-        out.append(dict(r, image=None if img is None else (img["bytes"] or open(img["path"], "rb").read())))
-    return out
-
-
-def test_sample_jsonl_layout_same_rows(samples):
-    tw = load_mel_corpus("twitter_mel", samples["twitter"], cache_dir=samples["cache"])
-    js = load_mel_corpus("mel_jsonl", samples["jsonl"], cache_dir=samples["cache"])
-    assert list(js) == ["train", "dev", "test"]
-    for s in js:
-        assert js[s].features == tw[s].features == MENTION_FEATURES
-        assert _rows(js[s]) == _rows(tw[s])
-    kb_tw = load_mel_corpus("twitter_mel", samples["twitter"], config="kb", cache_dir=samples["cache"])
-    kb_js = load_mel_corpus("mel_jsonl", samples["jsonl"], config="kb", cache_dir=samples["cache"])
-    assert kb_js.features == kb_tw.features == KB_FEATURES
-    for a, b in zip(kb_tw, kb_js):
-        assert {k: a[k] for k in a if k not in ("images", "timeline")} == {
-            k: b[k] for k in b if k not in ("images", "timeline")
-        }
-        assert [(t["tweet_id"], t["text"]) for t in a["timeline"]] == [
-            (t["tweet_id"], t["text"]) for t in b["timeline"]
-        ]
-        assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["images"], b["images"]))
-        assert len(a["images"]) == len(b["images"])
-    # without split fields, MelJsonl applies the seeded PFMEL split
-    seeded = load_mel_corpus("mel_jsonl", samples["jsonl"], cache_dir=samples["cache"], split_method="seeded")
-    assert list(seeded) == ["train", "train07", "train05", "dev", "test"]
-
-
-def test_sample_generation_is_seeded(tmp_path):
-    from modeling_mel.builders import sample as gen
-    a, b, c = (str(tmp_path / x) for x in "abc")
-    gen.generate_twitter_sample(a, seed=0, n_entities=12, n_mentions=40)
-    gen.generate_twitter_sample(b, seed=0, n_entities=12, n_mentions=40)
-    gen.generate_twitter_sample(c, seed=1, n_entities=12, n_mentions=40)
-    read = lambda d, f: open(os.path.join(d, f), "rb").read()  # noqa: E731
-    for f in ("ground_truth.tsv", "timeline_kb.tsv", "users.jsonl", "Train_ids.txt", "Test_ids.txt"):
-        assert read(a, f) == read(b, f)
-    assert read(a, "ground_truth.tsv") != read(c, "ground_truth.tsv")
-    assert sorted(os.listdir(os.path.join(a, "images"))) == sorted(os.listdir(os.path.join(b, "images")))
-
-
-# ------------------------------------------------------------------------------------------------
-# MelJsonl on a small hand-written corpus
-
-
-def test_mel_jsonl_small_corpus(tmp_path):
-    d = tmp_path / "js"
-    _png(str(d / "img" / "a.png"))
-    (d / "img" / "bad.png").write_bytes(b"nope")
-    kb = [
-        {
-            "entity_id": "Q1",
-            "name": "Paris",
-            "description": "capital of France",
-            "images": ["img/a.png", "img/missing.png"],
-        },
-        {"entity_id": "Q2", "name": "Paris Hilton"},
-        {"entity_id": "q1", "name": "dup"},  # duplicate entity (case-insensitive)
-        {"name": "no id"},  # missing entity_id
-    ]
-    mentions = [
-        {"id": "m1", "text": "I love Paris", "mention": "Paris", "image": "img/a.png", "entity_id": "Q1", "split": "train"},
-        {"id": "m2", "text": "Paris Hilton again", "mention": "Paris Hilton", "mention_start": 0, "mention_end": 12,
-         "entity_id": "Q2", "split": "validation"},
-        {"id": "m3", "text": "x", "mention": "Paris", "entity_id": "Q1", "split": "test"},  # aligns nowhere: kept, no span
-        {"id": "m4", "text": "Paris", "mention": "Paris", "entity_id": "Q9", "split": "test"},  # entity not in KB
-        {"id": "m5", "text": "Paris", "mention": "Paris", "entity_id": "Q1", "image": "img/bad.png", "split": "test"},
-        {"id": "m6", "text": "Paris", "mention": "Paris", "entity_id": "q2", "image": "img/gone.png", "split": "test"},
-        {"id": "m7", "text": "Paris", "mention": "Paris", "entity_id": "Q1", "split": "holdout"},  # unknown split value
-        {"id": "m1", "text": "Paris", "mention": "Paris", "entity_id": "Q1", "split": "test"},  # duplicate mention
-        {"text": "Paris", "mention": "Paris", "entity_id": "Q1"},  # missing or invalid field
-    ]  # fmt: skip
-    (d / "kb.jsonl").write_text("\n".join(json.dumps(r) for r in kb) + "\n")
-    (d / "mentions.jsonl").write_text("\n".join(json.dumps(r) for r in mentions) + "\n{oops\n")
-    dd = load_mel_corpus("mel_jsonl", str(d), cache_dir=str(tmp_path / "c"))
-    assert dd["train"].features == MENTION_FEATURES
-    assert {s: dd[s]["id"] for s in dd} == {"train": ["m1"], "dev": ["m2"], "test": ["m3", "m5", "m6"]}
-    rep = _skipped(str(d), "mentions")
-    assert rep["skipped"] == {
-        "duplicate mention": 1,
-        "entity not in KB": 1,
-        "malformed JSON line": 1,
-        "missing or invalid field": 1,
-        "unknown split value": 1,
-    }
-    assert rep["notes"] == {
-        "image file missing": 1, "no image": 2, "offsets located": 3, "unaligned": 1, "unreadable image": 1
-    }
-    assert dd["test"][0]["mention_start"] is None and dd["test"][0]["mention_end"] is None  # m3
-    assert dd["test"][2]["entity_id"] == "Q2"  # matched case-insensitively
-    assert dd["train"][0]["mention_start"] == 7 and dd["train"][0]["image"].size == (8, 8)
-
-    kbds = load_mel_corpus("mel_jsonl", str(d), config="kb", cache_dir=str(tmp_path / "c"))
-    assert kbds.features == KB_FEATURES and kbds["entity_id"] == ["Q1", "Q2"]
-    assert len(kbds[0]["images"]) == 1 and kbds[1]["screen_name"] == "" and kbds[1]["timeline"] == []
-    krep = _skipped(str(d), "kb")
-    assert krep["skipped"] == {"duplicate entity": 1, "missing entity_id": 1}
-    assert krep["notes"] == {"image file missing": 1}
-
-    os.remove(d / "kb.jsonl")
-    with pytest.raises(FileNotFoundError, match=r"kb\.jsonl"):
-        load_mel_corpus("mel_jsonl", str(d), cache_dir=str(tmp_path / "c2"))
-
-
-def test_entity_display_name():
-    assert entity_display_name({"entity_id": "a_w", "name": "Alice W", "screen_name": "a_w"}) == "Alice W"
-    assert entity_display_name({"entity_id": "a_w", "name": "", "screen_name": "@a_w"}) == "@a_w"
-    assert entity_display_name({"entity_id": "Q42", "name": " "}) == "Q42"
 
 
 def test_twitter_mel_reads_the_release_file_names(tmp_path):

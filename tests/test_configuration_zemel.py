@@ -1,0 +1,77 @@
+"""ZemelConfig (modeling_mel.configuration_zemel): defaults derived from the text stream, the architecture hash that
+entity indexes and candidate caches are checked against, the round trip through save_pretrained / from_pretrained,
+and the one-line errors of bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modeling_mel.configuration_zemel import DEFAULT_TEXT_CONFIG, ZemelConfig, config_hash
+
+TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64)
+
+
+def tiny_config(**overrides) -> ZemelConfig:
+    kw = dict(text_config=TEXT, v_feature_dim=16, v_hidden_size=24, v_num_attention_heads=4, v_intermediate_size=30,
+              v_num_hidden_layers=2, bi_hidden_size=32, bi_num_attention_heads=4, poly_m=4, max_regions=3)
+    kw.update(overrides)
+    return ZemelConfig(**kw)
+
+
+def test_defaults_follow_the_text_stream():
+    default = ZemelConfig()
+    assert default.hidden_size == DEFAULT_TEXT_CONFIG["hidden_size"] == 384  # the embedded MiniLM's size
+    assert default.co_attention_layers == [4, 5] and default.v_co_attention_layers == [0, 1]  # the last two of each
+    one_layer = tiny_config(text_config=dict(TEXT, num_hidden_layers=1), v_num_hidden_layers=0)
+    assert one_layer.co_attention_layers == [0] and one_layer.v_co_attention_layers == [-1]
+    assert tiny_config(text_config=dict(TEXT, layer_norm_eps=1e-6)).layer_norm_eps == 1e-6
+    assert default.special_token_init == {"[M]": '"', "[/M]": '"', "[ENT]": "."}
+
+
+def test_config_hash_and_roundtrip(tmp_path):
+    c = tiny_config()
+    assert config_hash(c) == c.config_hash() == tiny_config(v_hidden_dropout_prob=0.3).config_hash()
+    assert c.config_hash() != tiny_config(poly_m=5).config_hash()
+    c.save_pretrained(tmp_path)
+    c2 = ZemelConfig.from_pretrained(tmp_path)
+    assert c2.config_hash() == c.config_hash() and c2.text_config.hidden_size == 32
+    assert c2.co_attention_layers == [0, 1] and c2.layer_norm_eps == c.text_config.layer_norm_eps
+
+
+def test_hash_ignores_token_ids_and_dropout_but_not_the_architecture(tmp_path):
+    base = tiny_config().config_hash()
+    assert tiny_config(entity_token_id=7, logit_scale=20.0, modality_gate_init=1.0).config_hash() == base
+    for changed in (dict(scoring="bi"), dict(pooling="mean"), dict(normalize_embeddings=True), dict(fusion="sum"),
+                    dict(text_config=dict(TEXT, hidden_size=64))):
+        assert tiny_config(**changed).config_hash() != base, changed
+    # the saved file holds the text stream as a nested dict, and a hand edit of it changes the hash on reload
+    tiny_config().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "zemel" and saved["text_config"]["hidden_size"] == 32
+    saved["poly_m"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ZemelConfig.from_pretrained(tmp_path).config_hash() == tiny_config(poly_m=8).config_hash() != base
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(poly_m=0), "poly_m must be >= 1, got 0"),
+        (dict(scoring="cross"), r"unknown scoring 'cross'; expected one of \('poly', 'bi'\)"),
+        (dict(fusion="mean"), "unknown fusion 'mean'"),
+        (dict(pooling="max"), "unknown pooling 'max'"),
+        (dict(logit_scale=0), "logit_scale must be > 0"),
+        (dict(v_hidden_size=30), r"v_hidden_size=30 is not a multiple of its number of attention heads \(4\)"),
+        (dict(max_regions=0), "max_regions must be >= 1"),
+        (dict(loss_type="triplet"), "unknown loss_type 'triplet'"),
+        (dict(co_attention_layers=[1, 0]), "must be strictly increasing text-layer indices in"),
+        (dict(co_attention_layers=[0, 1], v_co_attention_layers=[1]), "must have one entry per co-attention block"),
+        (dict(text_config="bert"), "text_config must be a dict or a BertConfig, got str"),
+    ],
+)
+def test_bad_settings_name_the_setting(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
