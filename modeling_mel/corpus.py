@@ -411,6 +411,15 @@ def offset_note(status: str) -> str | None:
     return OFFSET_NOTES.get(status)
 
 
+def mention_record(row_id: str, text: str, mention: str, start: int | None, end: int | None, image: Any,
+                   entity_id: str, where: str, notes: list[str]) -> dict:
+    """A built mention sample as the builders hand it to :func:`emit_split_rows`: the ``mentions`` row, where it was
+    read (for the skip report) and its build notes."""
+    row = {"id": row_id, "text": text, "mention": mention, "mention_start": start, "mention_end": end, "image": image,
+           "entity_id": entity_id}
+    return {"row": row, "where": where, "notes": notes}
+
+
 def url_cache_name(url: str) -> str:
     """File name (without extension) of a media URL in the image cache: ``sha1(url.encode("utf-8"))`` hex."""
     return hashlib.sha1(url.strip().encode("utf-8")).hexdigest()
@@ -664,21 +673,8 @@ class WikidataMelBuilder(MelCorpusBuilder):
                     report.skip(image_note, where)
                     continue
                 notes.append(image_note)
-            out.append(
-                {
-                    "row": {
-                        "id": str(key) if len(pairs) == 1 else f"{key}-{k}",
-                        "text": text,
-                        "mention": mention,
-                        "mention_start": start,
-                        "mention_end": end,
-                        "image": image,
-                        "entity_id": entity_id,
-                    },
-                    "where": where,
-                    "notes": notes,
-                }
-            )
+            out.append(mention_record(str(key) if len(pairs) == 1 else f"{key}-{k}", text, mention, start, end, image,
+                                      entity_id, where, notes))
         return out
 
     def _cut_dev(self, splits: dict[str, list], report: SkipReport) -> dict[str, list]:

@@ -61,6 +61,7 @@ class CrossLinker:
         self.pair_batch_size = int(pair_batch_size)
         self.max_length = int(max_length) if max_length else None
         self._entity_ids: dict[Any, list[int]] = {}
+        self._mention_ids: tuple[tuple[str, ...], list[list[int]]] = ((), [])
 
     @property
     def weight(self) -> float:
@@ -136,7 +137,10 @@ class CrossLinker:
         """Encoded pairs ``(mention i, entity key)``: sentence A the mention side ``mention_sides[i]`` (+ its image),
         sentence B ``entity_side(key)`` (+ ``entity_image(key)``), truncated as in training (``encode_pair``)."""
         max_length = int(self.max_length or self.processor.max_length)
-        ids_a = self._token_ids(list(mention_sides))
+        sides = tuple(mention_sides)
+        if self._mention_ids[0] != sides:  # the waves of one batch (CrossLinker.link) share the mention sides
+            self._mention_ids = (sides, self._token_ids(list(sides)))
+        ids_a = self._mention_ids[1]
         ids_b = self.entity_token_ids([key for _, key in pairs], entity_side)
         images_b: dict[Any, np.ndarray | None] = {}
         features = []

@@ -9,16 +9,7 @@ import json
 import pytest
 
 from modeling_mel.configuration_zemel import DEFAULT_TEXT_CONFIG, ZemelConfig, config_hash
-
-TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64)
-
-
-def tiny_config(**overrides) -> ZemelConfig:
-    kw = dict(text_config=TEXT, v_feature_dim=16, v_hidden_size=24, v_num_attention_heads=4, v_intermediate_size=30,
-              v_num_hidden_layers=2, bi_hidden_size=32, bi_num_attention_heads=4, poly_m=4, max_regions=3)
-    kw.update(overrides)
-    return ZemelConfig(**kw)
+from test_modeling_zemel import TEXT, tiny_config  # the tiny sizes the model tests use
 
 
 def test_defaults_follow_the_text_stream():

@@ -51,6 +51,7 @@ from modeling_mel.corpus import (
     SkipReport,
     emit_split_rows,
     load_json_file,
+    mention_record,
     offset_note,
     resolve_offsets,
 )
@@ -362,19 +363,7 @@ class MimicMel(MelCorpusBuilder):
                 report.skip(problem, where)
                 return None
             notes.append(problem)
-        return {
-            "row": {
-                "id": f"{split}-{i}",
-                "text": text,
-                "mention": mention,
-                "mention_start": start,
-                "mention_end": end,
-                "image": image,
-                "entity_id": entity_id,
-            },
-            "where": where,
-            "notes": notes,
-        }
+        return mention_record(f"{split}-{i}", text, mention, start, end, image, entity_id, where, notes)
 
     def _mentions(self, data_dir: str, report: SkipReport) -> dict[str, list[dict]]:
         kb_ids = {e["entity_id"] for e in self._load_kb(data_dir, SkipReport(self.name, "kb"))}
