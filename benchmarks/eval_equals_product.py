@@ -8,7 +8,9 @@ For the first ``--n`` mentions of the dev split (every one, against the whole KB
 
 * the trained ZEMEL through ``mel evaluate-zemel --predictions_top_k`` (the evaluation script), ``mel link --index
   --candidates dense``, ``pipeline(kb=index, candidates="dense")`` and the dense part of
-  ``EntityIndex.retrieve_scored`` (the first stage of every two-stage ``mel link``);
+  ``EntityIndex.retrieve_scored`` (the first stage of every two-stage ``mel link``; it encodes contexts in float32
+  because a reranker fuses its scores, so under ``--precision bf16`` it is compared with the float32 ``pipeline()``
+  over the same index, in its own row ``zemel_retriever``);
 * the NSP reranker through ``mel evaluate --retriever`` (the evaluation script, ``--predictions_file``), ``mel link
   --retriever`` and ``pipeline(retriever=index)``, with the same ``--retriever_k`` (``mel link`` and ``pipeline()``
   with the same batch size, 32);
@@ -127,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     index.bf16 = bf16
     spans = [{"mention": r["mention"], "mention_start": r["mention_start"], "mention_end": r["mention_end"]} for r in inputs]
     scored = index.retrieve_scored([r["text"] for r in inputs], spans, args.top_k)
-    zemel["EntityIndex.retrieve_scored"] = {i: row[: args.top_k] for i, row in zip(ids, scored)}
+    retrieved = {i: row[: args.top_k] for i, row in zip(ids, scored)}
+    if bf16:
+        # retrieve_scored encodes contexts in float32 (a reranker fuses its scores: EntityIndex.dense_linker) over a
+        # bf16 selection: it must rank as the float32 product over the same index vectors does
+        pipe32 = pipeline("multimodal-entity-linking", model=args.zemel_model, kb=args.zemel_index, use_images=False,
+                          bf16=False)
+        outputs = pipe32(pipe_inputs, top_k=args.top_k, candidates="dense", batch_size=32)
+        results["zemel_retriever"] = compare({
+            "pipeline(kb=index, bf16=False)": {i: _ranking(o, args.top_k) for i, o in zip(ids, outputs)},
+            "EntityIndex.retrieve_scored (float32 contexts, bf16 selection)": retrieved}, ids)
+    else:
+        zemel["EntityIndex.retrieve_scored"] = retrieved
     results["zemel"] = compare(zemel, ids)
 
     if args.rerank_model:  # the reranker: evaluation script, mel link, pipeline()
@@ -159,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"{args.dataset} dev, first {len(rows)} mentions, top {args.top_k} compared, whole KB, text only, "
              f"{args.precision}, 2 cores", "",
              "| linker | paths | mentions ranked identically (ids and order) | max score difference |", "|---|---|---|---|"]
-    for name in ("zemel", "rerank"):
+    for name in ("zemel", "zemel_retriever", "rerank"):
         if name in results:
             r = results[name]
             lines.append(f"| {name} | {', '.join(r['paths'])} | {r['identical']} / {r['mentions']} | "
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out_dir, args.name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    for name in ("zemel", "rerank"):
+    for name in ("zemel", "zemel_retriever", "rerank"):
         if name in results and results[name]["first_difference"]:
             print(f"first difference ({name}):", json.dumps(results[name]["first_difference"]))
     return 0

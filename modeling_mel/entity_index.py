@@ -307,8 +307,14 @@ class EntityIndex:
     def dense_linker(self) -> Any:
         """The :class:`~modeling_mel.linking_dense.DenseLinker` of the attached model over this index (made once):
         the vectors stored (or decoded from the codes), this index as the searcher above the exhaustive threshold,
-        the model's device, bf16 where the index was encoded in bf16 and this device runs it fast (``bf16``
-        attribute: set it to force a precision), contexts as long as in training (``config.context_max_length``)."""
+        the model's device, a bf16 selection where the index was encoded in bf16 and this device runs it fast (``bf16``
+        attribute: set it to force a precision), contexts as long as in training (``config.context_max_length``).
+
+        Contexts are encoded in float32 whatever ``bf16``: this linker serves :meth:`retrieve_scored`, whose scores a
+        reranker fuses with its own (times ``config.retriever_score_weight``, 64 for the WikiMEL reranker of
+        ``benchmarks/quality.py``), so a bf16 context's rounding would reach the fused order 64 times over. Measured on
+        WikiMEL dev (2,627 mentions, ``retriever_k`` 8): two-stage H@1 0.9071 with float32 contexts, 0.9064 with bf16
+        ones, at 46 vs 52 mentions/s (docs/results.md)."""
         from .hardware import bf16_is_fast
         from .linking_dense import DenseLinker
 
@@ -318,7 +324,8 @@ class EntityIndex:
             bf16 = bool(self.config.get("bf16")) and bf16_is_fast(device.type)
         linker = self.__dict__.get("_linker")
         if linker is None or linker.model is not self.model or linker.device != device or linker.bf16 != bf16:
-            linker = DenseLinker(self.model, self.processor, self.vectors, searcher=self, device=device, bf16=bf16)
+            linker = DenseLinker(self.model, self.processor, self.vectors, searcher=self, device=device, bf16=bf16,
+                                 context_bf16=False)
             self.__dict__["_linker"] = linker
         return linker
 

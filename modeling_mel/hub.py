@@ -358,26 +358,144 @@ def render_card_text(
     return f"---\n{front}---\n\n{fill(body).lstrip()}"
 
 
-def config_notes(config: Mapping[str, Any]) -> str:
-    """What the card states about this model from its own ``config.json`` (PFMEL: the NSP head's origin; ZEMEL: the
-    training negatives)."""
-    notes = []
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _training_facts(model_dir: str) -> dict:
+    """What the training run wrote beside the weights: ``train_results.json`` (ZEMEL) or the ``train`` entry of
+    ``eval_results.json`` (PFMEL fine-tuning); empty when neither exists."""
+    facts = _read_json(os.path.join(model_dir, "train_results.json"))
+    train = _read_json(os.path.join(model_dir, "eval_results.json")).get("train")
+    if isinstance(train, dict):
+        facts = {**train, **facts}
+    return facts
+
+
+def _is_zemel(config: Mapping[str, Any]) -> bool:
+    return config.get("model_type") == "zemel"
+
+
+def family_description(config: Mapping[str, Any], processor_config: Mapping[str, Any] | None = None) -> str:
+    """The card's description of this model's method, from its config (scoring, poly codes, lengths, images; for
+    PFMEL the templates, pair length and image token)."""
+    processor_config = processor_config or {}
+    text_only = config.get("image_features") == "none" or processor_config.get("image_features") == "none"
+    if _is_zemel(config):
+        if config.get("scoring", "poly") == "poly":
+            head = (f"a poly-encoder head: {config.get('poly_m')} learned poly codes attend over the context's tokens, "
+                    "the candidate vector attends over the codes (`scoring: poly`)")
+        else:
+            head = "a bi-encoder head: one vector per side, scored by their dot product (`scoring: bi`)"
+        images = ("trained text only (`image_features: none`): the vision stream is unused" if text_only else
+                  f"image regions ({config.get('max_regions')} per image) enter the vision stream; candidates use at "
+                  f"most {config.get('max_entity_images')} KB images")
+        return (f"**ZEMEL** (Zheng et al. 2022): co-attentional two-stream (text + image regions) encoders for the "
+                f"mention context (at most {config.get('context_max_length')} tokens, mention marked by "
+                f"`{config.get('mention_start_token')}` / `{config.get('mention_end_token')}`) and for the candidate "
+                f"entity (at most {config.get('candidate_max_length')} tokens), with {head}. Images: {images}. "
+                "Candidate vectors are cached in an entity index (`mel index`), so linking a large KB is one context "
+                "encoding per mention.")
     head = config.get("nsp_head_pretrained")
-    if head is True:
-        notes.append("the NSP head started from the backbone's pre-trained next-sentence-prediction head (the paper's "
-                     "premise).")
-    elif head is False:
-        notes.append("the backbone had no pre-trained next-sentence-prediction head (`cls.seq_relationship`): the NSP "
-                     "head was trained from random weights, so this model does not mine BERT's pre-trained NSP head "
-                     "as the paper does (train on `bert-base-uncased` for that).")
-    negatives = config.get("training_negatives")
-    if negatives == "bm25":
-        notes.append("trained with BM25 + rule candidates as negatives (`--negatives bm25`, the ZEMEL paper's setting) "
-                     "plus in-batch negatives.")
-    elif negatives == "dense":
-        notes.append("trained with hard negatives mined by the model itself before each epoch (`--negatives dense`, "
-                     "the package default; the ZEMEL paper uses BM25 + rule candidates) plus in-batch negatives.")
-    return " ".join(notes) or "nothing beyond the description above."
+    head_text = {True: "its NSP head started from the backbone's pre-trained next-sentence-prediction head (the "
+                       "paper's premise)",
+                 False: "the backbone had no pre-trained next-sentence-prediction head (`cls.seq_relationship`), so "
+                        "the NSP head was trained from random weights: this model does not mine BERT's pre-trained NSP "
+                        "head as the paper does (train on `bert-base-uncased` for that)"}.get(
+        head, "the origin of its NSP head was not recorded")
+    images = ("trained text only (`image_features: none`)" if text_only else
+              f"a pooled {config.get('image_feature_dim')}-d image feature is projected into an image token "
+              f"(`{config.get('image_token', '[IMG]')}`) inside its sentence")
+    length = processor_config.get("max_length")
+    return ("**PFMEL** (Li et al. 2022): a BERT next-sentence-prediction cross-encoder. The linking score of a "
+            "(mention, entity) pair is log p(entity sentence follows mention sentence), with the prompts "
+            "`\"<text>. <mention> is\"` / `\"@<screen name>. <entity context>\"`"
+            + (f", pairs cut to {length} tokens" if length else "") + f". Images: {images}. NSP head: {head_text}.")
+
+
+def candidate_text(config: Mapping[str, Any]) -> str:
+    """How this model's candidates are generated, from its config (PFMEL: the name-rule cap, the retriever fusion)."""
+    if _is_zemel(config):
+        return ("the dense top k of the cached candidate vectors (exhaustive up to 50,000 entities, else the FAISS "
+                "index), every one rescored by the model; `mel link --candidates all` adds BM25 and the paper's name "
+                "rules.")
+    text = (f"the name rule: KB entities whose name contains the mention, at most {config.get('max_candidates')} "
+            "(`max_candidates`, as in training).")
+    weight = config.get("retriever_score_weight")
+    if weight:
+        text += (f" This model was trained as the reranker of a ZEMEL retriever: with `retriever=` (`mel link "
+                 f"--retriever`) it scores the retriever's top {config.get('retriever_k')} and the as many closest "
+                 f"names, and ranks by log p + {weight:g} x the retriever score (`retriever_score_weight`, calibrated "
+                 "on held-out training mentions).")
+    return text
+
+
+def training_text(config: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
+    """The card's training paragraph of this checkpoint: its corpus, negatives, loss and size, from its config and
+    the results its training wrote."""
+    dataset = config.get("training_dataset")
+    corpus = f"the `{dataset}` corpus (`--dataset {dataset}`)" if dataset else "a corpus that was not recorded"
+    if _is_zemel(config):
+        negatives = config.get("training_negatives")
+        neg = {"bm25": "BM25 + rule candidates (`--negatives bm25`, the ZEMEL paper's setting)",
+               "dense": "hard negatives mined with the model being trained before each epoch (`--negatives dense`, "
+                        "the package default; the ZEMEL paper uses BM25 + rule candidates)",
+               "none": "no mined negatives (`--num_candidates 1`)"}.get(negatives, "negatives that were not recorded")
+        size = ""
+        if facts.get("train_mentions"):
+            size = (f" on {facts['train_mentions']:,} mentions against a KB of {facts.get('train_kb', 0):,} entities, "
+                    f"{facts.get('global_step')} optimisation steps, final training loss {facts.get('train_loss', 0):.4f}")
+        k = facts.get("num_candidates")
+        return (f"Trained on {corpus}{size}: cross-entropy of each mention over its gold entity and "
+                + (f"{int(k) - 1} negatives from " if k else "its negatives from ") + neg
+                + ", plus the candidates of the other mentions of the batch (in-batch negatives, other copies of the "
+                "gold masked). Entities of the evaluation KB are unseen in training where the split is zero-shot.")
+    parts = [f"A next-sentence-prediction cross-encoder fine-tuned on {corpus}"]
+    if facts.get("mentions"):
+        parts.append(f" ({facts['mentions']:,} mentions, {facts.get('pairs', 0):,} pairs, {facts.get('loss')} loss, "
+                     f"{facts.get('global_step')} steps; candidate recall of the training candidates "
+                     f"{facts.get('candidate_recall')})")
+    parts.append(". The paper's recipe (Li et al. 2022): pre-training on the three NSP task families with role "
+                 "swapping, then NSP fine-tuning with negatives from the name-rule candidate set; the training "
+                 "arguments of this checkpoint are in `training_args.bin`.")
+    return "".join(parts)
+
+
+def metric_definitions(config: Mapping[str, Any]) -> str:
+    """The card's metric definitions and denominators for this model's family."""
+    common = ("Every gold mention of a split is counted: a mention with no candidate or with its gold entity outside "
+              "the KB counts as wrong.")
+    if _is_zemel(config):
+        return (common + " H@k is the share of gold mentions whose gold entity ranks in the top k over the whole "
+                "evaluation KB, MRR the mean reciprocal rank. At N candidates, precision is correct / mentions with a "
+                "non-empty candidate list, R@1 is correct / all gold mentions and micro-F1 their harmonic mean. These "
+                "are the package's definitions (docs/training_zemel.md); the ZEMEL paper does not define its P/R/F1 "
+                "precisely (in its Table 2, R@1 exceeds precision for four baselines, impossible under these "
+                "definitions), so the figures are not directly comparable with that table.")
+    return (common + f" Accuracy is correct / all gold mentions; candidate recall is the share of gold mentions whose "
+            f"gold entity is among their candidates (at most {config.get('max_candidates')}), the ceiling of the "
+            "accuracy; H@k and MRR rank each mention's candidates.")
+
+
+def card_sections(model_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """The card's model-specific fields, each generated from the folder's ``config.json``, ``processor_config.json``
+    and training results: ``family_description``, ``candidate_generation``, ``training_procedure``,
+    ``metric_definitions``, ``dataset_name``."""
+    processor_config = _read_json(os.path.join(model_dir, "processor_config.json"))
+    out = {
+        "family_description": family_description(config, processor_config),
+        "candidate_generation": candidate_text(config),
+        "training_procedure": training_text(config, _training_facts(model_dir)),
+        "metric_definitions": metric_definitions(config),
+    }
+    if config.get("training_dataset"):
+        out["dataset_name"] = str(config["training_dataset"])
+    return out
 
 
 def _recorded_image_encoder(model_dir: str) -> dict | None:
@@ -430,6 +548,9 @@ def render_model_card(
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     info = card_facts(config.get("model_type"))
+    trained_on = config.get("training_dataset")
+    if trained_on:  # the corpus the model was trained on, not the family's usual one
+        info.update(dataset_id=str(trained_on), dataset_name=str(trained_on))
     default_dataset = {"type": info["dataset_id"], "name": info["dataset_name"], "split": "test"}
     default_dataset.update(dataset or {})
     entries = parse_results(results, default_dataset)
@@ -441,8 +562,11 @@ def render_model_card(
     if not name_or_path or os.path.exists(name_or_path) or name_or_path.startswith(("/", ".")):
         name_or_path = "not recorded (the package default is all-MiniLM-L6-v2)"
     fields.setdefault("base_model", name_or_path)
-    fields.setdefault("model_notes", config_notes(config))
-    fields.setdefault("image_encoder", image_encoder_card_text(_recorded_image_encoder(model_dir), config))
+    for key, value in card_sections(model_dir, config).items():
+        fields.setdefault(key, value)
+    processor_config = _read_json(os.path.join(model_dir, "processor_config.json"))
+    fields.setdefault("image_encoder", image_encoder_card_text(_recorded_image_encoder(model_dir),
+                                                               {**processor_config, **config}))
     text = render_card_text(template_text, model_name, info, entries, fields)
     split_front_matter(text)  # the result must parse
     output = os.fspath(output) if output is not None else os.path.join(model_dir, "README.md")
@@ -459,7 +583,7 @@ __all__ = [
     "check_model_folder",
     "render_model_card",
     "render_card_text",
-    "config_notes",
+    "card_sections",
     "image_encoder_card_text",
     "parse_results",
     "split_front_matter",

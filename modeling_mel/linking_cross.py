@@ -7,15 +7,20 @@ score pairs through :class:`CrossLinker`:
 * pairs are assembled from token ids (each distinct mention side and entity side tokenised once, the entity sides of a
   pipeline cached across calls) by the processor's ``encode_pair`` and its templates (``mention_side`` /
   ``entity_side``, the prompts of training);
-* pairs run sorted by length, in batches cut by a token budget (at most ``pair_batch_size`` pairs and
-  ``pair_batch_size * 64`` padded tokens), padded to a multiple of 8, under bf16 autocast when asked; a pair's score
-  ``model.link_scores(logits)`` (log p(B follows A)) does not depend on its batch;
+* pairs run sorted by length, in batches of one padded width (a multiple of 8) cut by a token budget (at most
+  ``pair_batch_size`` pairs and ``pair_batch_size * 64`` padded tokens), under bf16 autocast when asked; a pair's score
+  ``model.link_scores(logits)`` (log p(B follows A));
 * a pair's score is fused with its first-stage retriever score (``score + weight * retriever score``, the weight
   calibrated at fine-tuning: ``config.retriever_score_weight``), and each mention's candidates are ranked by the
   package's tie rule (score, then KB position: :func:`modeling_mel.ranking.rank_by_score`);
 * when only the ``top_k`` best are asked for, pairs that cannot reach them are not scored (:meth:`CrossLinker.link`:
   a log-probability is at most 0, so ``weight * retriever score`` bounds a fused score): the same ``top_k``, with the
-  same scores, for fewer forward passes.
+  same scores, for fewer forward passes;
+* the evaluation, ``mel link`` and ``pipeline()`` batch the same pairs differently (all of a split's pairs at once,
+  a batch of mentions, pruning waves), so a pair's score must not depend on its batch: a batch holds pairs of one
+  padded width, and no pair is ever padded beyond its own width (under bf16 the padding width changes a score's
+  rounding by up to 0.03 on the WikiMEL reranker; with one width per batch, bf16 scores on CPU are bitwise the same
+  for any batch size and order).
 """
 
 from __future__ import annotations
@@ -70,17 +75,21 @@ class CrossLinker:
 
     # -- batching and scoring -------------------------------------------------------------------------------------
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices of pairs in batches: sorted by length (ascending), each batch at most ``pair_batch_size`` pairs and
-        ``pair_batch_size * 64`` padded tokens (the pair joining a batch sets its width)."""
+        """Indices of pairs in batches: sorted by length (ascending), each batch of pairs of one padded width (the
+        length rounded up to a multiple of 8), at most ``pair_batch_size`` pairs and ``pair_batch_size * 64`` padded
+        tokens. One width per batch: no pair is padded beyond its own width, so its score does not depend on the
+        other pairs of the request (bf16 rounding changes with the padding)."""
         order = sorted(range(len(lengths)), key=lambda j: lengths[j])
         budget = self.pair_batch_size * TOKENS_PER_PAIR
         out: list[list[int]] = []
+        last_width = None
         for j in order:
             width = -(-int(lengths[j]) // 8) * 8  # padded to a multiple of 8
-            if out and len(out[-1]) < self.pair_batch_size and (len(out[-1]) + 1) * width <= budget:
+            if out and width == last_width and len(out[-1]) < self.pair_batch_size and (len(out[-1]) + 1) * width <= budget:
                 out[-1].append(j)
             else:
                 out.append([j])
+            last_width = width
         return out
 
     def score_features(
@@ -167,37 +176,41 @@ class CrossLinker:
         top_k: int | None = None,
         weight: float | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Each mention's ranked candidates; ``score_pairs([(mention index, position), ...])`` scores pairs.
+        """Each mention's ranked candidates (KB positions, duplicates once); ``score_pairs([(mention index, position),
+        ...])`` scores pairs (through :meth:`score_features`, so in the linker's precision).
 
         Without ``top_k`` (or without a first stage to fuse) every pair is scored and every candidate ranked. With
         ``top_k`` and a positive fusion weight only the exact ``top_k`` is returned, and pairs that cannot reach it are
         never scored: a pair's score is a log-probability (at most 0), so a candidate's fused score is at most
         ``weight * retriever score``. The ``top_k`` candidates of highest bound are scored first; a remaining
         candidate whose bound is below the ``top_k``-th best fused score found is left out (it can only rank lower),
-        the others are scored too. The returned scores and order are those of scoring every pair."""
+        the others are scored too. The returned scores and order are those of scoring every pair (a pair's score does
+        not depend on its batch: :meth:`batches`)."""
         weight = self.weight if weight is None else float(weight)
-        if top_k is None or first_stage is None or weight <= 0:
-            pairs = [(i, p) for i, row in enumerate(candidates) for p in row]
-            ranked = self.rank(candidates, score_pairs(pairs) if pairs else [], first_stage, weight)
-            return ranked if top_k is None else [row[: int(top_k)] for row in ranked]
-        k = int(top_k)
-        bound = [{p: weight * first_stage[i].get(p, 0.0) for p in row} for i, row in enumerate(candidates)]
-        order = [sorted(dict.fromkeys(row), key=lambda p, b=b: (-b[p], p)) for row, b in zip(candidates, bound)]
-        fused: list[dict[int, float]] = [{} for _ in candidates]
+        rows = [list(dict.fromkeys(row)) for row in candidates]
+        prior = [{p: weight * first_stage[i].get(p, 0.0) if first_stage is not None and weight else 0.0 for p in row}
+                 for i, row in enumerate(rows)]
+        fused: list[dict[int, float]] = [{} for _ in rows]
 
         def score(pairs: list[tuple[int, int]]) -> None:
             if pairs:
                 for (i, p), s in zip(pairs, score_pairs(pairs).tolist()):
-                    fused[i][p] = s + bound[i][p]
+                    fused[i][p] = s + prior[i][p]
 
-        score([(i, p) for i, row in enumerate(order) for p in row[:k]])
-        rest = []
-        for i, row in enumerate(order):
-            if len(row) > k:
-                threshold = sorted(fused[i].values(), reverse=True)[k - 1]  # the k-th best so far: a lower bound
-                rest += [(i, p) for p in row[k:] if bound[i][p] >= threshold]
-        score(rest)
-        return [rank_by_score(list(f), list(f.values()))[:k] for f in fused]
+        if top_k is None or first_stage is None or weight <= 0:
+            score([(i, p) for i, row in enumerate(rows) for p in row])
+        else:
+            k = int(top_k)
+            order = [sorted(row, key=lambda p, b=b: (-b[p], p)) for row, b in zip(rows, prior)]
+            score([(i, p) for i, row in enumerate(order) for p in row[:k]])
+            rest = []
+            for i, row in enumerate(order):
+                if len(row) > k:
+                    threshold = sorted(fused[i].values(), reverse=True)[k - 1]  # the k-th best so far: a lower bound
+                    rest += [(i, p) for p in row[k:] if prior[i][p] >= threshold]
+            score(rest)
+        ranked = [rank_by_score(list(f), list(f.values())) for f in fused]
+        return ranked if top_k is None else [row[: int(top_k)] for row in ranked]
 
     def rank(
         self,

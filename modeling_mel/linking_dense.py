@@ -77,6 +77,9 @@ class DenseLinker:
             used for KBs above ``exact_threshold`` entities.
         device: where the model runs and the cache lives (default: the model's device).
         bf16: bf16 autocast for context encoding and exhaustive top-k selection (rescoring stays float32).
+        context_bf16: bf16 autocast for context encoding alone (default: ``bf16``). ``False`` with ``bf16=True``:
+            float32 contexts (so float32 scores) with a bf16 selection, what a retriever whose scores are fused with a
+            reranker's uses (:meth:`~modeling_mel.entity_index.EntityIndex.dense_linker`).
         exact_threshold: KBs up to this size are scored exhaustively.
         max_length: the context length (default: the model's ``config.context_max_length``, as trained).
     """
@@ -91,6 +94,7 @@ class DenseLinker:
         bf16: bool = False,
         exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
         max_length: int | None = None,
+        context_bf16: bool | None = None,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -100,6 +104,7 @@ class DenseLinker:
         self.vectors = vectors
         self.searcher = searcher
         self.bf16 = bool(bf16)
+        self.context_bf16 = self.bf16 if context_bf16 is None else bool(context_bf16)
         self.exact_threshold = int(exact_threshold)
         self.max_length = int(max_length) if max_length else None
         self._decoded: torch.Tensor | None = None
@@ -145,13 +150,13 @@ class DenseLinker:
         max_length = self.max_length or trained_lengths(self.model)[0]
         enc = self.processor.encode_contexts(list(texts), list(spans), regions=regions, max_length=max_length)
         enc = {key: value.to(self.device) for key, value in enc.items()}
-        dtype = torch.bfloat16 if self.bf16 else None
+        dtype = torch.bfloat16 if self.context_bf16 else None
         if hasattr(self.model, "inference_context"):
             return self.model.inference_context(**enc, autocast_dtype=dtype)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.context_bf16):
                 return self.model.encode_context(**enc)
         finally:
             self.model.train(was_training)

@@ -154,14 +154,21 @@ def predict_linking(
     ``retriever_scores`` (retrieve-then-rerank, as the pipeline does). Mentions without candidates get ``ranked=[]``.
     """
     linker = CrossLinker(model, processor, bf16=bf16, pair_batch_size=batch_size)
-    features, keys = examples.candidate_features(processor)
-    scores = linker.score_features(features, PFMELCollator(processor, examples.table), progress=progress)
+    features, _ = examples.candidate_features(processor)
+    collate = PFMELCollator(processor, examples.table)
     order = examples.kb_order or {e: i for i, e in enumerate(examples.entity_text)}
     positions = [[order[c] for c in m.candidates] for m in examples.mentions]
+    where = {(i, p): j for j, (i, p) in enumerate((i, p) for i, row in enumerate(positions) for p in row)}
     first = [{order[e]: s for e, s in m.retriever_scores.items() if e in order} if m.retriever_scores else {}
              for m in examples.mentions]
     ids = {p: e for e, p in order.items()}
-    ranked = linker.rank(positions, scores, first, retriever_weight)
+    calls = iter([True])  # the first call (the top_k wave or every pair) shows the progress bar
+
+    def score_pairs(pairs: list[tuple[int, int]]) -> torch.Tensor:
+        return linker.score_features([features[where[pair]] for pair in pairs], collate,
+                                     progress=progress and next(calls, False))
+
+    ranked = linker.link(positions, score_pairs, first, weight=retriever_weight)
     return [LinkingPrediction(m.mention_id, m.mention, m.gold, [(ids[p], s) for p, s in row])
             for m, row in zip(examples.mentions, ranked)]
 
@@ -836,6 +843,7 @@ def run_finetuning(
                              calibration_ids=[m.mention_id for m in calibration.mentions])
         logger.info("retriever score weight %s (held-out accuracy by weight: %s)", weight, table)
     trained.config.max_candidates = int(data_args.max_candidates)  # the pipeline scores as many name-rule candidates
+    trained.config.training_dataset = data_args.dataset  # the model card names the corpus
     trainer.save_model(args.output_dir)
     results, _ = evaluate_splits(
         trained, processor, corpus, args.eval_splits, args.per_device_eval_batch_size, args.bf16_eval,

@@ -646,8 +646,9 @@ def run_zemel_training(
     train_output = trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
 
     # 7. Save model + processor (auto_map and code files come from the package registration); the config records the
-    #    negatives it was trained with (the model card states them).
+    #    negatives and the corpus it was trained with (the model card states them).
     model.config.training_negatives = data_args.negatives if k > 1 else "none"
+    model.config.training_dataset = data_args.dataset
     trainer.save_model(train_args.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     train_results = {"train_loss": train_output.training_loss, "global_step": train_output.global_step, "losses": losses,

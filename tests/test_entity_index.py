@@ -135,3 +135,28 @@ def test_index_bad_input(zemel, kb_path, tmp_path, built):
         index.search(np.zeros((2, 7), np.float32), 3)
     # k larger than the index: every entity, no error
     assert index.search(np.zeros((1, 32), np.float32), 1000)[1].shape == (1, len(KB_ROWS))
+
+
+def test_retrieve_scored_encodes_contexts_in_float32_under_bf16(built, zemel):
+    # issue 26: retrieve_scored feeds a reranker's fusion (its score times config.retriever_score_weight, e.g. 64), so
+    # its contexts are float32 even with a bf16 selection: the scores equal float32 retrieval's
+    index, _ = built
+    texts, spans = ["launch day at NASA", "the Apollo program of NASA and ESA"], ["NASA", "Apollo"]
+    try:
+        index.bf16 = False
+        want = index.retrieve_scored(texts, spans, 4)
+        index.bf16 = True
+        got = index.retrieve_scored(texts, spans, 4)
+        linker = index.dense_linker()
+        assert linker.bf16 and not linker.context_bf16
+    finally:
+        index.bf16 = None
+    assert [[e for e, _ in row] for row in got] == [[e for e, _ in row] for row in want]
+    np.testing.assert_allclose([s for row in got for _, s in row], [s for row in want for _, s in row], atol=1e-5)
+    # bf16 contexts (the pipeline's own ZEMEL path) would move the scores
+    from modeling_mel.linking_dense import DenseLinker
+
+    bf16_contexts = DenseLinker(zemel[0], zemel[1], torch.as_tensor(index.vectors), bf16=True).link(texts, spans, 4)
+    moved = [abs(s - dict(w)[index.entities[p]["entity_id"]]) for row, w in zip(bf16_contexts, want) for p, s in row
+             if index.entities[p]["entity_id"] in dict(w)]
+    assert moved and max(moved) > 1e-4

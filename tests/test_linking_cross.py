@@ -49,6 +49,7 @@ def test_batches_sorted_by_tokens_within_budget(nsp):
     assert [lengths[j] for j in flat] == sorted(lengths)
     width = lambda b: max(-(-lengths[j] // 8) * 8 for j in b)  # noqa: E731 - padded to a multiple of 8
     assert all(len(b) <= 4 and len(b) * width(b) <= 4 * 64 for b in batches)
+    assert all(len({-(-lengths[j] // 8) for j in b}) == 1 for b in batches)  # one padded width per batch
     assert any(len(b) == 4 and width(b) == 64 for b in batches)  # 64-token pairs still go 4 to a pass
     assert linker.batches([]) == []
 
@@ -147,3 +148,40 @@ def test_top_k_linking_scores_fewer_pairs_and_returns_the_same_top_k(nsp):
             assert len(asked) == len(set(asked)) <= sum(map(len, cands))  # each pair scored at most once
             pruned_any |= len(asked) < sum(map(len, cands))
     assert pruned_any
+
+
+
+def test_bf16_scores_do_not_depend_on_the_batch(nsp):
+    # issue 26: the evaluation, mel link and pipeline() batch the same pairs differently; one padded width per batch
+    # keeps a pair's bf16 score bitwise the same in any batch (padding it wider changes its bf16 rounding)
+    import random
+
+    model, processor = nsp
+    sides = [MENTION_SIDES[0], MENTION_SIDES[1], "a mid-sized mention text about a few things . c is"]
+    pairs = [(i, p) for i in range(3) for p in range(len(KB_ROWS))]
+    base = CrossLinker(model, processor, bf16=True, pair_batch_size=64)
+    features = base.pair_features(sides, pairs, entity_side(processor))
+    assert len({-(-len(f["input_ids"]) // 8) for f in features}) > 2  # several widths
+    want = base.score_features(features)
+    rng = random.Random(0)
+    for size in (1, 2, 5):
+        order = list(range(len(features)))
+        rng.shuffle(order)
+        got = CrossLinker(model, processor, bf16=True, pair_batch_size=size).score_features([features[j] for j in order])
+        assert torch.equal(got, want[torch.tensor(order)]), size
+    # the same pairs padded to the widest one in a single batch score differently under bf16: what one width per
+    # batch avoids
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = model.link_scores(model(**processor.pad(features, return_tensors="pt")).logits).float()
+    assert not torch.equal(padded, want)
+
+def test_bf16_pipeline_ranks_alike_whatever_the_pair_batch(nsp, tmp_path):
+    model, processor = nsp
+    root = str(tmp_path)
+    write_kb(root)
+    pipe = pipeline(TASK, model=model, processor=processor, kb=os.path.join(root, "kb.jsonl"), use_images=False,
+                    bf16=True)
+    items = mentions(root)
+    a, b = pipe(items, top_k=5, pair_batch_size=1), pipe(items, top_k=5, pair_batch_size=64)
+    assert [[r["entity_id"] for r in x] for x in a] == [[r["entity_id"] for r in x] for x in b]
+    assert any(len(x) > 1 for x in a)
