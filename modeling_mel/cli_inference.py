@@ -33,7 +33,7 @@ def load_model_and_processor(
     from transformers import AutoModel, AutoProcessor
 
     from .model_files import load_pretrained
-    from .pipeline_entity_linking import weight_mismatch_message
+    from .weight_checks import weight_mismatch_message
 
     if not os.path.isdir(path) and not trust_remote_code and "/" not in path:
         raise SystemExit(f"mel: model {path!r} is not a directory; pass a saved model folder or a hub id")

@@ -212,61 +212,19 @@ class ZemelConfig(PretrainedConfig):
         initializer_range: float | None = None,
         **kwargs,
     ):
-        if text_config is None:
-            text_config = BertConfig(**DEFAULT_TEXT_CONFIG)
-        elif isinstance(text_config, dict):
-            text_config = BertConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
-        elif not isinstance(text_config, PretrainedConfig):
-            raise ValueError(f"text_config must be a dict or a BertConfig, got {type(text_config).__name__}")
+        """Checks the settings (a `ValueError` names a bad one) and stores them; the arguments are described in the
+        class docstring."""
+        text_config = _as_text_config(text_config)
         self.text_config = text_config
-
-        if int(poly_m) < 1:
-            raise ValueError(f"poly_m must be >= 1, got {poly_m!r}")
-        if scoring not in SCORING_MODES:
-            raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSION_MODES}")
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLING_MODES}")
-        if not float(logit_scale) > 0:
-            raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
-        for name, size, heads in (
-            ("v_hidden_size", v_hidden_size, v_num_attention_heads),
-            ("bi_hidden_size", bi_hidden_size, bi_num_attention_heads),
-        ):
-            if int(heads) < 1 or int(size) % int(heads) != 0:
-                raise ValueError(f"{name}={size!r} is not a multiple of its number of attention heads ({heads!r})")
-        for name, value in (("v_feature_dim", v_feature_dim), ("v_spatial_dim", v_spatial_dim), ("max_regions", max_regions)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
-        if int(v_num_hidden_layers) < 0:
-            raise ValueError(f"v_num_hidden_layers must be >= 0, got {v_num_hidden_layers!r}")
-
-        n_text = int(text_config.num_hidden_layers)
-        if co_attention_layers is None:
-            co_attention_layers = list(range(max(0, n_text - 2), n_text))
-        co_attention_layers = [int(i) for i in co_attention_layers]
-        if any(i < 0 or i >= n_text for i in co_attention_layers) or co_attention_layers != sorted(set(co_attention_layers)):
-            raise ValueError(
-                f"co_attention_layers {co_attention_layers!r} must be strictly increasing text-layer indices in [0, {n_text})"
-            )
-        n_co = len(co_attention_layers)
-        if v_co_attention_layers is None:
-            last = list(range(max(0, v_num_hidden_layers - n_co), v_num_hidden_layers))
-            v_co_attention_layers = [-1] * (n_co - len(last)) + last
-        v_co_attention_layers = [int(i) for i in v_co_attention_layers]
-        if len(v_co_attention_layers) != n_co:
-            raise ValueError(
-                f"v_co_attention_layers {v_co_attention_layers!r} must have one entry per co-attention block ({n_co})"
-            )
-        for a, b in zip(v_co_attention_layers, v_co_attention_layers[1:]):
-            if b < a or (b == a and b != -1):
-                raise ValueError(f"v_co_attention_layers {v_co_attention_layers!r} must be increasing")
-        if any(i < -1 or i >= v_num_hidden_layers for i in v_co_attention_layers):
-            raise ValueError(
-                f"v_co_attention_layers {v_co_attention_layers!r} must be visual-layer indices in [-1, {v_num_hidden_layers})"
-            )
-
+        _check_settings(
+            poly_m=poly_m, scoring=scoring, fusion=fusion, pooling=pooling, logit_scale=logit_scale,
+            v_hidden_size=v_hidden_size, v_num_attention_heads=v_num_attention_heads, bi_hidden_size=bi_hidden_size,
+            bi_num_attention_heads=bi_num_attention_heads, v_feature_dim=v_feature_dim, v_spatial_dim=v_spatial_dim,
+            max_regions=max_regions, v_num_hidden_layers=v_num_hidden_layers,
+        )
+        co_attention_layers, v_co_attention_layers = _co_attention_schedule(
+            int(text_config.num_hidden_layers), co_attention_layers, v_co_attention_layers, v_num_hidden_layers
+        )
         self.v_feature_dim = int(v_feature_dim)
         self.v_spatial_dim = int(v_spatial_dim)
         self.v_hidden_size = int(v_hidden_size)
@@ -328,6 +286,92 @@ def config_hash(config: ZemelConfig) -> str:
     """
     payload = json.dumps(config.architecture_dict(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
+
+
+def _as_text_config(text_config: dict | PretrainedConfig | None) -> PretrainedConfig:
+    """The text-stream config: the MiniLM-sized default for ``None``, a :class:`BertConfig` built from a ``dict``
+    (its ``model_type`` dropped), or the given config itself; ``ValueError`` for anything else."""
+    if text_config is None:
+        text_config = BertConfig(**DEFAULT_TEXT_CONFIG)
+    elif isinstance(text_config, dict):
+        text_config = BertConfig(**{k: v for k, v in text_config.items() if k != "model_type"})
+    elif not isinstance(text_config, PretrainedConfig):
+        raise ValueError(f"text_config must be a dict or a BertConfig, got {type(text_config).__name__}")
+    return text_config
+
+
+def _check_settings(
+    *,
+    poly_m: int,
+    scoring: str,
+    fusion: str,
+    pooling: str,
+    logit_scale: float,
+    v_hidden_size: int,
+    v_num_attention_heads: int,
+    bi_hidden_size: int,
+    bi_num_attention_heads: int,
+    v_feature_dim: int,
+    v_spatial_dim: int,
+    max_regions: int,
+    v_num_hidden_layers: int,
+) -> None:
+    """``ValueError`` naming the first of these :class:`ZemelConfig` settings that is out of range or unknown."""
+    if int(poly_m) < 1:
+        raise ValueError(f"poly_m must be >= 1, got {poly_m!r}")
+    if scoring not in SCORING_MODES:
+        raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORING_MODES}")
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"unknown fusion {fusion!r}; expected one of {FUSION_MODES}")
+    if pooling not in POOLING_MODES:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLING_MODES}")
+    if not float(logit_scale) > 0:
+        raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
+    for name, size, heads in (
+        ("v_hidden_size", v_hidden_size, v_num_attention_heads),
+        ("bi_hidden_size", bi_hidden_size, bi_num_attention_heads),
+    ):
+        if int(heads) < 1 or int(size) % int(heads) != 0:
+            raise ValueError(f"{name}={size!r} is not a multiple of its number of attention heads ({heads!r})")
+    for name, value in (("v_feature_dim", v_feature_dim), ("v_spatial_dim", v_spatial_dim), ("max_regions", max_regions)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if int(v_num_hidden_layers) < 0:
+        raise ValueError(f"v_num_hidden_layers must be >= 0, got {v_num_hidden_layers!r}")
+
+
+def _co_attention_schedule(
+    n_text: int,
+    co_attention_layers: list[int] | None,
+    v_co_attention_layers: list[int] | None,
+    v_num_hidden_layers: int,
+) -> tuple[list[int], list[int]]:
+    """``(co_attention_layers, v_co_attention_layers)`` with their defaults filled in (see :class:`ZemelConfig`), as
+    lists of ints; ``ValueError`` when they are not increasing layer indices of the two streams, one per block."""
+    if co_attention_layers is None:
+        co_attention_layers = list(range(max(0, n_text - 2), n_text))
+    co_attention_layers = [int(i) for i in co_attention_layers]
+    if any(i < 0 or i >= n_text for i in co_attention_layers) or co_attention_layers != sorted(set(co_attention_layers)):
+        raise ValueError(
+            f"co_attention_layers {co_attention_layers!r} must be strictly increasing text-layer indices in [0, {n_text})"
+        )
+    n_co = len(co_attention_layers)
+    if v_co_attention_layers is None:
+        last = list(range(max(0, v_num_hidden_layers - n_co), v_num_hidden_layers))
+        v_co_attention_layers = [-1] * (n_co - len(last)) + last
+    v_co_attention_layers = [int(i) for i in v_co_attention_layers]
+    if len(v_co_attention_layers) != n_co:
+        raise ValueError(
+            f"v_co_attention_layers {v_co_attention_layers!r} must have one entry per co-attention block ({n_co})"
+        )
+    for a, b in zip(v_co_attention_layers, v_co_attention_layers[1:]):
+        if b < a or (b == a and b != -1):
+            raise ValueError(f"v_co_attention_layers {v_co_attention_layers!r} must be increasing")
+    if any(i < -1 or i >= v_num_hidden_layers for i in v_co_attention_layers):
+        raise ValueError(
+            f"v_co_attention_layers {v_co_attention_layers!r} must be visual-layer indices in [-1, {v_num_hidden_layers})"
+        )
+    return co_attention_layers, v_co_attention_layers
 
 
 

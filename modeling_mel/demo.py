@@ -43,45 +43,20 @@ def _image_model() -> str:
     return "random:resnet-50"
 
 
-def run_demo(
-    output_dir: str = "outputs/demo", quick: bool = True, seed: int = 0, backbone: str | None = None, bf16: bool | None = None
-) -> dict[str, Any]:
-    """Run the demo; returns accuracies (``pfmel``, ``nsp_bert``, ``name_match`` per split), paths and timings.
-
-    ``bf16=None`` (default) uses bf16 autocast in quick mode where this machine runs it fast; ``True``/``False`` force it.
-
-    The demo is offline by design: it switches the hub off for this process before loading anything.
-    """
+def _go_offline() -> None:
+    """Switch the hub off for this process (environment and the already-imported constant), before loading anything."""
     import huggingface_hub.constants as hub_constants
-    import torch
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     hub_constants.HF_HUB_OFFLINE = True
 
+
+def _sample_corpus(output_dir: str, quick: bool, seed: int) -> tuple[str, Any]:
+    """Step 1: the seeded sample corpus in the raw Twitter MEL layout under ``output_dir/data`` (generated once);
+    returns its folder and the :class:`~modeling_mel.pfmel_training.PFMELDataArguments` of the demo."""
     from .builders import sample
-    from .hardware import bf16_is_fast
-    from .image_features import ImageFeatureExtractor
-    from .pfmel_training import (
-        PFMELDataArguments,
-        PFMELFinetuningArguments,
-        PFMELModelArguments,
-        PFMELPretrainingArguments,
-        linking_metrics,
-        name_match_baseline,
-        predict_linking,
-        run_finetuning,
-        run_pretraining,
-    )
-    from .pfmel_data import PFMELCorpus
+    from .pfmel_training import PFMELDataArguments
 
-    start = time.time()
-    timings: dict[str, float] = {}
-    os.makedirs(output_dir, exist_ok=True)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    if bf16 is None:
-        bf16 = quick and bf16_is_fast()
-
-    # 1. The sample corpus (seeded) in the raw Twitter MEL layout.
     data_dir = os.path.join(output_dir, "data")
     if not os.path.isfile(os.path.join(data_dir, "ground_truth.tsv")):
         sample.generate_twitter_sample(data_dir, seed=seed)
@@ -89,10 +64,15 @@ def run_demo(
         dataset="twitter_mel", data_dir=data_dir, image_size=64 if quick else 224,
         image_cache_dir=os.path.join(output_dir, "image_features"), dataset_cache_dir=os.path.join(output_dir, "datasets_cache"),
     )
-    timings["data"] = time.time() - start
+    return data_dir, data_args
 
-    # 2. Image features (ResNet-50, cached by content hash) and the corpus views.
-    t = time.time()
+
+def _corpus_views(data_args: Any, data_dir: str, seed: int) -> tuple[Any, Any, Any]:
+    """Step 2: the image extractor (ResNet-50, cached by content hash), the corpus with the training features and
+    its text-only view; returns ``(extractor, corpus, text_corpus)``."""
+    from .image_features import ImageFeatureExtractor
+    from .pfmel_data import PFMELCorpus
+
     image_model = _image_model()
     extractor = ImageFeatureExtractor(
         image_model, cache_dir=data_args.image_cache_dir, image_size=data_args.image_size, seed=seed
@@ -100,7 +80,13 @@ def run_demo(
     corpus = PFMELCorpus.load("twitter_mel", data_dir, cache_dir=data_args.dataset_cache_dir, extractor=extractor)
     corpus.linking_data("train")  # dev/test features come at evaluation (the feature centre is a training statistic)
     text_corpus = PFMELCorpus(corpus.mentions, corpus.kb, image_features="none")
-    timings["features"] = time.time() - t
+    return extractor, corpus, text_corpus
+
+
+def _training_settings(quick: bool, seed: int, bf16: bool) -> tuple[dict, int, dict, dict]:
+    """The Trainer arguments of every run (``common``), the max length, and quick mode's pre-training and fine-tuning
+    overrides (none in full mode: the paper's settings, the arguments' defaults)."""
+    import torch
 
     common = dict(
         report_to="none", seed=seed, use_cpu=not torch.cuda.is_available(), save_strategy="no", logging_steps=5,
@@ -109,9 +95,22 @@ def run_demo(
     max_length = 128 if quick else 300
     pre_kw = dict(num_train_epochs=3, per_device_train_batch_size=16, learning_rate=1e-4) if quick else {}
     fine_kw = dict(warmup_steps=0.1) if quick else {}  # the paper's fine-tuning (PFMELFinetuningArguments defaults)
-    model_args = PFMELModelArguments(backbone=backbone, max_length=max_length)
+    return common, max_length, pre_kw, fine_kw
 
-    # 3. PFMEL pre-training: mixed-modal, text-only and multimodal NSP, role-swapped.
+
+def _train_pfmel(output_dir: str, data_args: Any, model_args: Any, corpus: Any, common: dict, pre_kw: dict,
+                 fine_kw: dict, bf16: bool, timings: dict[str, float]) -> tuple[dict, dict, str]:
+    """Steps 3 and 4: PFMEL pre-training (mixed-modal, text-only and multimodal NSP, role-swapped), then fine-tuning
+    from the pre-trained model with evaluation on dev and test; records their ``timings``; returns the pre-training
+    result, the fine-tuning metrics per split and the saved model's folder."""
+    from .pfmel_training import (
+        PFMELFinetuningArguments,
+        PFMELModelArguments,
+        PFMELPretrainingArguments,
+        run_finetuning,
+        run_pretraining,
+    )
+
     t = time.time()
     pre_dir = os.path.join(output_dir, "pfmel_pretrained")
     pre = run_pretraining(
@@ -121,30 +120,33 @@ def run_demo(
     )
     timings["pretrain"] = time.time() - t
 
-    # 4. PFMEL fine-tuning from the pre-trained model; evaluation on dev and test.
     t = time.time()
     model_dir = os.path.join(output_dir, "pfmel")
     pfmel = run_finetuning(
-        data_args, PFMELModelArguments(init_from=pre_dir, max_length=max_length),
+        data_args, PFMELModelArguments(init_from=pre_dir, max_length=model_args.max_length),
         PFMELFinetuningArguments(output_dir=model_dir, bf16_eval=bf16, **common, **fine_kw), corpus=corpus,
     )
     timings["finetune_pfmel"] = time.time() - t
+    return pre, pfmel, model_dir
 
-    # 5. NSP-BERT: the same fine-tuning, text only, no pre-training.
-    t = time.time()
-    nsp = run_finetuning(
+
+def _train_nsp_bert(output_dir: str, data_dir: str, model_args: Any, text_corpus: Any, common: dict, fine_kw: dict,
+                    bf16: bool) -> dict:
+    """Step 5: NSP-BERT, PFMEL's fine-tuning on the text-only corpus without pre-training; returns its metrics."""
+    from .pfmel_training import PFMELDataArguments, PFMELFinetuningArguments, run_finetuning
+
+    return run_finetuning(
         PFMELDataArguments(dataset="twitter_mel", data_dir=data_dir, image_features="none"), model_args,
         PFMELFinetuningArguments(output_dir=os.path.join(output_dir, "nsp_bert"), bf16_eval=bf16, **common, **fine_kw),
         corpus=text_corpus,
     )
-    timings["finetune_nsp_bert"] = time.time() - t
 
-    # 6. Name-match baseline.
-    names = {e: str(r.get("name") or e) for e, r in corpus.entities.items()}
-    baseline = {s: linking_metrics(name_match_baseline(corpus.linking_data(s), names)) for s in ("dev", "test")}
 
-    # 7. Link one example mention with the saved model.
+def _link_one_example(model_dir: str, max_length: int, corpus: Any, bf16: bool) -> tuple[dict, Any]:
+    """Step 7: link one test mention (the first with more than two candidates) with the model saved in ``model_dir``;
+    returns the ``example`` entry of the results and the model's ``nsp_head_pretrained``."""
     from .modeling_multimodal_nsp import BertForMultimodalNSP
+    from .pfmel_training import predict_linking
     from .processing_multimodal_nsp import MultimodalNSPProcessor
 
     model = BertForMultimodalNSP.from_pretrained(model_dir).eval()
@@ -154,24 +156,82 @@ def run_demo(
     ambiguous = [i for i, m in enumerate(test.mentions) if len(m.candidates) > 2] or list(range(len(test.mentions)))
     one = _subset(test, ambiguous[:1])
     pred = predict_linking(model, processor, one, bf16=bf16)[0]
+    example = {"mention": pred.mention, "text": one.mentions[0].prompt, "gold": pred.gold, "ranked": pred.ranked[:5]}
+    return example, model.config.nsp_head_pretrained
+
+
+def _accuracy_table(pfmel: dict, nsp: dict, baseline: dict) -> dict[str, dict[str, Any]]:
+    """The ``accuracy`` entry of the results: per split (dev, test), PFMEL, NSP-BERT and name-match accuracy, PFMEL's
+    candidate recall and the number of mentions."""
+    return {
+        split: {
+            "PFMEL": pfmel[split]["accuracy"],
+            "NSP-BERT": nsp[split]["accuracy"],
+            "name-match": baseline[split]["accuracy"],
+            "candidate_recall": pfmel[split]["candidate_recall"],
+            "n": pfmel[split]["n"],
+        }
+        for split in ("dev", "test")
+    }
+
+
+def run_demo(
+    output_dir: str = "outputs/demo", quick: bool = True, seed: int = 0, backbone: str | None = None, bf16: bool | None = None
+) -> dict[str, Any]:
+    """Run the demo; returns accuracies (``pfmel``, ``nsp_bert``, ``name_match`` per split), paths and timings.
+
+    ``bf16=None`` (default) uses bf16 autocast in quick mode where this machine runs it fast; ``True``/``False`` force it.
+
+    The demo is offline by design: it switches the hub off for this process before loading anything.
+    """
+    import torch
+
+    _go_offline()
+
+    from .hardware import bf16_is_fast
+    from .pfmel_training import PFMELModelArguments, linking_metrics, name_match_baseline
+
+    start = time.time()
+    timings: dict[str, float] = {}
+    os.makedirs(output_dir, exist_ok=True)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if bf16 is None:
+        bf16 = quick and bf16_is_fast()
+
+    # 1. The sample corpus (seeded) in the raw Twitter MEL layout.
+    data_dir, data_args = _sample_corpus(output_dir, quick, seed)
+    timings["data"] = time.time() - start
+
+    # 2. Image features (ResNet-50, cached by content hash) and the corpus views.
+    t = time.time()
+    extractor, corpus, text_corpus = _corpus_views(data_args, data_dir, seed)
+    timings["features"] = time.time() - t
+
+    common, max_length, pre_kw, fine_kw = _training_settings(quick, seed, bf16)
+    model_args = PFMELModelArguments(backbone=backbone, max_length=max_length)
+
+    # 3. and 4. PFMEL pre-training, then fine-tuning; evaluation on dev and test.
+    pre, pfmel, model_dir = _train_pfmel(output_dir, data_args, model_args, corpus, common, pre_kw, fine_kw, bf16,
+                                         timings)
+
+    # 5. NSP-BERT: the same fine-tuning, text only, no pre-training.
+    t = time.time()
+    nsp = _train_nsp_bert(output_dir, data_dir, model_args, text_corpus, common, fine_kw, bf16)
+    timings["finetune_nsp_bert"] = time.time() - t
+
+    # 6. Name-match baseline.
+    names = {e: str(r.get("name") or e) for e, r in corpus.entities.items()}
+    baseline = {s: linking_metrics(name_match_baseline(corpus.linking_data(s), names)) for s in ("dev", "test")}
+
+    # 7. Link one example mention with the saved model.
+    example, nsp_head_pretrained = _link_one_example(model_dir, max_length, corpus, bf16)
 
     results = {
-        "accuracy": {
-            split: {
-                "PFMEL": pfmel[split]["accuracy"],
-                "NSP-BERT": nsp[split]["accuracy"],
-                "name-match": baseline[split]["accuracy"],
-                "candidate_recall": pfmel[split]["candidate_recall"],
-                "n": pfmel[split]["n"],
-            }
-            for split in ("dev", "test")
-        },
+        "accuracy": _accuracy_table(pfmel, nsp, baseline),
         "pretraining": pre,
-        "example": {
-            "mention": pred.mention, "text": one.mentions[0].prompt, "gold": pred.gold, "ranked": pred.ranked[:5],
-        },
+        "example": example,
         "model_dir": model_dir,
-        "nsp_head_pretrained": model.config.nsp_head_pretrained,
+        "nsp_head_pretrained": nsp_head_pretrained,
         "image_encoder": extractor.identity["name"] + (f" (random init, seed {seed})" if extractor.random else ""),
         "bf16": bf16,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import json
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -286,6 +287,157 @@ def _skip_reason(image: Any, extractor: ImageFeatureExtractor) -> str | None:
     return None
 
 
+def _resolve_family(dataset: str, family: str) -> str:
+    """``zemel`` or ``pfmel``: ``auto`` picks zemel for the ZEMEL corpora, else pfmel; another name is a ValueError."""
+    from .zemel_evaluation import ZEMEL_DATASETS
+
+    if family == "auto":
+        family = "zemel" if dataset in ZEMEL_DATASETS else "pfmel"
+    if family not in ("zemel", "pfmel"):
+        raise ValueError(f"unknown --family {family!r}; choose auto, zemel or pfmel")
+    return family
+
+
+def _open_cache(out: str, extractor: ImageFeatureExtractor, dataset: str, data_dir: str, family: str,
+                image_regions: str) -> FeatureCache:
+    """The cache folder ``out``: resumed when it has an ``index.json`` (refused for another encoder than
+    ``extractor``'s), else created for it; its index then names this corpus and is marked incomplete."""
+    os.makedirs(out, exist_ok=True)
+    index_path = os.path.join(out, INDEX_FILE)
+    if os.path.isfile(index_path):
+        cache = FeatureCache(out)
+        check_cache_encoder(out, cache.identity, extractor,
+                            fix=f"pass --image_model {cache.identity.get('name')} to resume it, or another --out")
+    else:
+        _write_json(index_path, {"format": 1, "identity": extractor.identity, "model_key": extractor.model_key})
+        cache = FeatureCache(out)
+    cache.write_index(dataset=dataset, data_dir=os.path.abspath(data_dir), family=family,
+                      image_regions=image_regions if family == "zemel" else None, complete=False)
+    return cache
+
+
+@contextlib.contextmanager
+def _answered_from_cache(extractor: ImageFeatureExtractor, cache: FeatureCache) -> Iterator[None]:
+    """Within the block, ``extractor`` answers the images already in ``cache`` from it (no encoding); its own
+    ``_lookup`` is put back on leaving, error or not."""
+    original_lookup = extractor._lookup
+
+    def lookup(key: str, patches: bool = False):
+        feat = original_lookup(key, patches)
+        if feat is None and key in cache:
+            feat = extractor._memory[key] = cache.get(key)
+        return feat
+
+    extractor._lookup = lookup
+    try:
+        yield
+    finally:
+        extractor._lookup = original_lookup
+
+
+def _flush(extractor: ImageFeatureExtractor, cache: FeatureCache) -> None:
+    """Write the extractor's features that are not in ``cache`` yet as one new shard (one per chunk)."""
+    new = {k: v for k, v in extractor._memory.items() if k not in cache}
+    cache.add_shard(new)
+
+
+class _SkipReport:
+    """Skipped images counted by reason, with the first 10 examples of each reason."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter = collections.Counter()
+        self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+    def add(self, reason: str, what: Any) -> None:
+        """Count one skipped image ``what`` under ``reason``."""
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < 10:
+            self.examples[reason].append(str(what))
+
+    def add_extractor_counts(self, extractor: ImageFeatureExtractor, before: Mapping[str, int]) -> None:
+        """Add the unreadable images the extractor counted itself (KB and PFMEL images) since ``before``."""
+        for reason in ("missing", "corrupt", "too_large"):
+            n = extractor.stats[reason] - before[reason]
+            if n:
+                self.counts[reason] += n
+
+    def as_dict(self) -> dict:
+        """The report written to ``skip_report.json``: ``counts``, ``examples`` and ``total``."""
+        return {"counts": dict(self.counts), "examples": dict(self.examples), "total": int(sum(self.counts.values()))}
+
+
+def _zemel_image_rows(data: Any) -> list[dict]:
+    """The mention rows of every split that have an image, one per image key (first row wins)."""
+    rows, seen = [], set()
+    for split_rows in data.mentions.values():
+        for r in split_rows:
+            key = r.get("image_key", r["id"])
+            if r.get("image") is not None and key not in seen:
+                seen.add(key)
+                rows.append(r)
+    return rows
+
+
+def _zemel_kb_entities(data: Any) -> list[tuple[str, Any]]:
+    """The ``(entity id, entity)`` pairs of the full KB updated with every split's KB."""
+    kb = dict(data.full_kb)
+    for split_kb in (data.kbs or {}).values():
+        kb.update(split_kb)
+    return list(kb.items())
+
+
+def _extract_zemel(dataset: str, data_dir: str, extractor: ImageFeatureExtractor, cache: FeatureCache,
+                   skips: _SkipReport, image_regions: str, max_entity_images: int, chunk_size: int,
+                   progress: bool) -> None:
+    """ZEMEL family: encode every split's mention regions, then the KB's images, one shard per chunk; mention images
+    that give no feature are counted in ``skips``."""
+    from .zemel_evaluation import RegionFeatures, load_zemel_data
+
+    data = load_zemel_data(dataset, data_dir)
+    regions = RegionFeatures(extractor, max_entity_images, regions=image_regions)
+    rows = _zemel_image_rows(data)
+    entities = _zemel_kb_entities(data)
+    total = len(rows) + len(entities)
+    bar = _progress(total, progress)
+    for start in range(0, len(rows), chunk_size):
+        part = rows[start : start + chunk_size]
+        regions.add_rows(part)
+        for r in part:
+            if regions._images.get(r.get("image_key", r["id"])) is None:
+                skips.add(_skip_reason(r["image"], extractor) or "corrupt", r["image"])
+        _flush(extractor, cache)
+        bar.update(len(part))
+    for start in range(0, len(entities), chunk_size):
+        part = dict(entities[start : start + chunk_size])
+        regions.add_entities(part)
+        _flush(extractor, cache)
+        bar.update(len(part))
+    bar.close()
+
+
+def _extract_pfmel(dataset: str, data_dir: str, extractor: ImageFeatureExtractor, cache: FeatureCache,
+                   chunk_size: int, progress: bool) -> None:
+    """PFMEL family: encode :class:`~modeling_mel.pfmel_data.PFMELCorpus`'s mention images split by split, then its
+    entity images, one shard per chunk."""
+    from .pfmel_data import PFMELCorpus
+
+    corpus = PFMELCorpus.load(dataset, data_dir, image_features="resnet50", extractor=extractor)
+    splits = [(s, corpus.split(s)) for s in corpus.mentions]
+    eids = list(corpus.entities)
+    total = sum(len(ds) for _, ds in splits) + len(eids)
+    bar = _progress(total, progress)
+    for _, ds in splits:
+        for start in range(0, len(ds), chunk_size):
+            corpus.ensure_mention_features(ds.select(range(start, min(len(ds), start + chunk_size))))
+            _flush(extractor, cache)
+            bar.update(min(chunk_size, len(ds) - start))
+    for start in range(0, len(eids), chunk_size):
+        corpus.ensure_entity_features(eids[start : start + chunk_size])
+        _flush(extractor, cache)
+        bar.update(len(eids[start : start + chunk_size]))
+    bar.close()
+
+
 def extract_features(
     dataset: str,
     data_dir: str,
@@ -306,109 +458,26 @@ def extract_features(
     or patch tokens with ``image_regions="patches"``) and the KB's images; PFMEL family:
     :class:`~modeling_mel.pfmel_data.PFMELCorpus`'s mention and entity images. Returns the summary written in
     ``index.json`` (``encoded``, ``cached``, ``skipped``: the skip report)."""
-    from .zemel_evaluation import ZEMEL_DATASETS, RegionFeatures, build_image_extractor
+    from .zemel_evaluation import build_image_extractor
 
-    if family == "auto":
-        family = "zemel" if dataset in ZEMEL_DATASETS else "pfmel"
-    if family not in ("zemel", "pfmel"):
-        raise ValueError(f"unknown --family {family!r}; choose auto, zemel or pfmel")
+    family = _resolve_family(dataset, family)
     if extractor is None:
         extractor = build_image_extractor(image_model, image_size, None, batch_size=batch_size, feature=image_feature)
-    os.makedirs(out, exist_ok=True)
-    index_path = os.path.join(out, INDEX_FILE)
-    if os.path.isfile(index_path):
-        cache = FeatureCache(out)
-        check_cache_encoder(out, cache.identity, extractor,
-                            fix=f"pass --image_model {cache.identity.get('name')} to resume it, or another --out")
-    else:
-        _write_json(index_path, {"format": 1, "identity": extractor.identity, "model_key": extractor.model_key})
-        cache = FeatureCache(out)
-    cache.write_index(dataset=dataset, data_dir=os.path.abspath(data_dir), family=family,
-                      image_regions=image_regions if family == "zemel" else None, complete=False)
+    cache = _open_cache(out, extractor, dataset, data_dir, family, image_regions)
 
     # already-done images answer from the cache (no encoding); new features are flushed as one shard per chunk
-    original_lookup = extractor._lookup
-
-    def lookup(key: str, patches: bool = False):
-        feat = original_lookup(key, patches)
-        if feat is None and key in cache:
-            feat = extractor._memory[key] = cache.get(key)
-        return feat
-
-    extractor._lookup = lookup
     encoded_before = extractor.stats["encoded"]
-
-    def flush() -> None:
-        new = {k: v for k, v in extractor._memory.items() if k not in cache}
-        cache.add_shard(new)
-
-    skips: collections.Counter = collections.Counter()
-    examples: dict[str, list[str]] = collections.defaultdict(list)
-
-    def skip(reason: str, what: Any) -> None:
-        skips[reason] += 1
-        if len(examples[reason]) < 10:
-            examples[reason].append(str(what))
-
+    skips = _SkipReport()
     stats_before = collections.Counter(extractor.stats)
-    try:
+    with _answered_from_cache(extractor, cache):
         if family == "zemel":
-            from .zemel_evaluation import load_zemel_data
-
-            data = load_zemel_data(dataset, data_dir)
-            regions = RegionFeatures(extractor, max_entity_images, regions=image_regions)
-            rows, seen = [], set()
-            for split_rows in data.mentions.values():
-                for r in split_rows:
-                    key = r.get("image_key", r["id"])
-                    if r.get("image") is not None and key not in seen:
-                        seen.add(key)
-                        rows.append(r)
-            kb = dict(data.full_kb)
-            for split_kb in (data.kbs or {}).values():
-                kb.update(split_kb)
-            entities = list(kb.items())
-            total = len(rows) + len(entities)
-            bar = _progress(total, progress)
-            for start in range(0, len(rows), chunk_size):
-                part = rows[start : start + chunk_size]
-                regions.add_rows(part)
-                for r in part:
-                    if regions._images.get(r.get("image_key", r["id"])) is None:
-                        skip(_skip_reason(r["image"], extractor) or "corrupt", r["image"])
-                flush()
-                bar.update(len(part))
-            for start in range(0, len(entities), chunk_size):
-                part = dict(entities[start : start + chunk_size])
-                regions.add_entities(part)
-                flush()
-                bar.update(len(part))
+            _extract_zemel(dataset, data_dir, extractor, cache, skips, image_regions, max_entity_images, chunk_size,
+                           progress)
         else:
-            from .pfmel_data import PFMELCorpus
-
-            corpus = PFMELCorpus.load(dataset, data_dir, image_features="resnet50", extractor=extractor)
-            splits = [(s, corpus.split(s)) for s in corpus.mentions]
-            eids = list(corpus.entities)
-            total = sum(len(ds) for _, ds in splits) + len(eids)
-            bar = _progress(total, progress)
-            for _, ds in splits:
-                for start in range(0, len(ds), chunk_size):
-                    corpus.ensure_mention_features(ds.select(range(start, min(len(ds), start + chunk_size))))
-                    flush()
-                    bar.update(min(chunk_size, len(ds) - start))
-            for start in range(0, len(eids), chunk_size):
-                corpus.ensure_entity_features(eids[start : start + chunk_size])
-                flush()
-                bar.update(len(eids[start : start + chunk_size]))
-        bar.close()
-    finally:
-        extractor._lookup = original_lookup
+            _extract_pfmel(dataset, data_dir, extractor, cache, chunk_size, progress)
     # unreadable KB (and PFMEL) images: counted by the extractor as it meets them
-    for reason in ("missing", "corrupt", "too_large"):
-        n = extractor.stats[reason] - stats_before[reason]
-        if n:
-            skips[reason] += n
-    report = {"counts": dict(skips), "examples": dict(examples), "total": int(sum(skips.values()))}
+    skips.add_extractor_counts(extractor, stats_before)
+    report = skips.as_dict()
     _write_json(os.path.join(out, SKIP_REPORT_FILE), report)
     summary = {"encoded": int(extractor.stats["encoded"] - encoded_before), "features": len(cache), "skipped": report}
     cache.write_index(complete=True, summary=summary)

@@ -10,7 +10,9 @@ A folder written by :func:`save_for_hub` loads anywhere with only transformers i
 It holds ``config.json`` (``auto_map`` for AutoConfig/AutoModel; ``custom_pipelines`` for the linking pipeline),
 ``model.safetensors``, the processor files (``processor_config.json`` with an AutoProcessor ``auto_map``, tokenizer
 files), the code files (``configuration_*``, ``modeling_*``, ``processing_*``, ``pipeline_entity_linking.py``,
-``knowledge_base.py``, ``image_features.py``) and a ``README.md`` model card rendered from the template ``model_card.md``.
+``knowledge_base.py``, ``image_features.py`` and every other module they import relatively, e.g. ``linking_kb.py``,
+``pipeline_inputs.py``, ``weight_checks.py``: transformers' ``custom_object_save`` follows the relative imports) and a
+``README.md`` model card rendered from the template ``model_card.md``.
 
 With the package installed and NO remote code, a folder that declares ``custom_pipelines`` needs either
 ``trust_remote_code=True`` or ``pipeline_class=modeling_mel.MultimodalEntityLinkingPipeline`` (transformers refuses to

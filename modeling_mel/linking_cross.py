@@ -1,7 +1,7 @@
 """The cross linker: the one owner of PFMEL pair scoring (an NSP cross-encoder over (mention, entity) pairs).
 
 ``pipeline()`` and ``mel link`` (``MultimodalEntityLinkingPipeline``), the PFMEL evaluation
-(``pfmel_training.predict_linking``, what ``mel evaluate`` and ``quality.py`` run) and the reranker's calibration all
+(``pfmel_evaluation.predict_linking``, what ``mel evaluate`` and ``quality.py`` run) and the reranker's calibration all
 score pairs through :class:`CrossLinker`:
 
 * pairs are assembled from token ids (each distinct mention side and entity side tokenised once, the entity sides of a

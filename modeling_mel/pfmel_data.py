@@ -1,24 +1,8 @@
-"""PFMEL data: NSP pre-training pairs and NSP linking (fine-tuning / evaluation) examples.
+"""PFMEL data: NSP linking (fine-tuning / evaluation) examples, the encoding and collation of NSP pairs, and the
+corpus view (sentences, linking examples, image features and candidates, computed once).
 
-Pre-training (paper, section 3.3). Each linked mention gives a *sentence*
-``{text, image, entity_context, entity_image}``: the tweet text and image, and the context and image of its
-gold entity (``entity_context(profile, timeline)``; the entity image is the mean ResNet feature over the
-entity's timeline images). Every sentence ``s`` draws a next sentence ``n``: with probability 0.5 a random
-*other* sentence (label ``1`` = random), otherwise itself (label ``0`` = is next, BERT's convention). By default
-(``negative_draw="distinct"``) the random sentence comes from another tweet and its entity is gold for no mention
-of either tweet, so that no identical input pair carries both labels (a tweet with two mentions would otherwise
-be drawn as its own "random" next sentence); ``"paper"`` is the paper's plain draw among all other sentences.
-The tasks then make pairs
-``(A | B)``:
-
-* ``mixed`` (two pairs a sentence): ``(s.text | n.entity_image)`` and ``(s.entity_context | n.image)``;
-* ``text``: ``(s.text | n.entity_context)``;
-* ``multi``: ``(s.text + s.image | n.entity_context + n.entity_image)``.
-
-Role swapping (``swap_roles=True``) adds, for every ``(s, n)``, the same task pairs built from ``(n, s)``: the
-original next sentence takes the role of the sentence and vice versa, with the same label, e.g.
-``(n.text | s.entity_image)``. A sentence that drew itself (label 0) gives an identical swapped pair; it is
-kept, so swapping exactly doubles the data (``mixed``: ``2n -> 4n``, ``text`` and ``multi``: ``n -> 2n``).
+The pre-training sentences and pairs (paper, section 3.3) are made by :mod:`modeling_mel.pfmel_pretraining_pairs`,
+the image feature table by :mod:`modeling_mel.pfmel_features`; their names are importable from here too.
 
 Linking (section 3.4). Sentence A is ``mention_prompt(text, mention)`` (``"<text>. <mention> is"``) plus the
 tweet image, sentence B ``entity_prompt(screen_name, entity_context)`` (``"@screen. <entity context>"``) plus
@@ -44,7 +28,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,142 +36,34 @@ import torch
 from .candidates import NameRuleCandidates, closest_first
 from .corpus import ListDataset  # noqa: F401 - re-exported
 from .image_features import image_source
+from .pfmel_features import FeatureTable, load_precomputed_features, save_precomputed_features  # noqa: F401
+from .pfmel_pretraining_pairs import (  # noqa: F401 - re-exported (they lived here before)
+    NEGATIVE_DRAWS,
+    TASK_ALIASES,
+    TASKS,
+    NSPPair,
+    Sentence,
+    check_tasks,
+    draw_next_sentences,
+    make_pretraining_pairs,
+)
 from .processing_multimodal_nsp import (
     is_twitter_user,
     kb_entity_context,
     kb_entity_images,
     kb_entity_prompt,
     mention_prompt,
-    normalize_image_features,
 )
 
 logger = logging.getLogger(__name__)
 
-#: Pre-training tasks, their ids (``task_ids`` of an example) and their loss names (``loss_mix`` ...).
-TASKS: tuple[str, ...] = ("mixed", "text", "multi")
-TASK_ALIASES: dict[str, str] = {"mixed": "mixed", "mix": "mixed", "text": "text", "multi": "multi", "multimodal": "multi"}
+#: The ids of the tasks (``task_ids`` of an encoded example; ``link``: fine-tuning) and their loss names
+#: (``loss_mix`` ...).
 TASK_IDS: dict[str, int] = {"mixed": 0, "text": 1, "multi": 2, "link": 3}
 TASK_LOSS_NAMES: dict[int, str] = {0: "mix", 1: "text", 2: "multi", 3: "link"}
 IMAGE_FEATURE_MODES = ("resnet50", "precomputed", "none")
 FEATURE_NORMS = ("center_l2", "l2", "none")
 DEFAULT_MAX_CANDIDATES = 32
-
-
-def check_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
-    """Normalise a task list (``"mixed,text"`` or ``["mixed", "text"]``); ``ValueError`` names an unknown task."""
-    if isinstance(tasks, str):
-        tasks = [t for t in tasks.replace(",", " ").split() if t]
-    out: list[str] = []
-    for t in tasks:
-        key = str(t).strip().lower()
-        if key not in TASK_ALIASES:
-            raise ValueError(f"unknown pre-training task {t!r}; valid tasks are {list(TASKS)} (aliases: mix, multimodal)")
-        if TASK_ALIASES[key] not in out:
-            out.append(TASK_ALIASES[key])
-    if not out:
-        raise ValueError(f"no pre-training task given; choose from {list(TASKS)}")
-    return tuple(out)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Image features
-# ---------------------------------------------------------------------------------------------------------------------
-class FeatureTable:
-    """Image feature vectors by key (``mention:<id>``, ``entity:<id>``); row 0 is the zero vector (no image).
-
-    Rows are stored raw. :meth:`gather` (what the model receives) applies the feature normalisation: subtract
-    ``center`` when set, then divide by the L2 norm when ``l2``; a zero row (no image) stays zero.
-    """
-
-    def __init__(self, dim: int = 2048, l2: bool = False, center: np.ndarray | None = None) -> None:
-        self.dim = int(dim)
-        self.l2 = bool(l2)
-        self.center = None if center is None else np.asarray(center, np.float32).reshape(self.dim)
-        self.index: dict[str, int] = {}
-        self._rows: list[np.ndarray] = [np.zeros(self.dim, np.float32)]
-        self._array: np.ndarray | None = None
-
-    def add(self, key: str, vector: np.ndarray) -> int:
-        """Store ``vector`` under ``key`` (an existing key keeps its row); returns its row."""
-        if key in self.index:
-            return self.index[key]
-        vector = np.asarray(vector, np.float32).reshape(-1)
-        if vector.shape[0] != self.dim:
-            raise ValueError(f"feature of {key!r} has size {vector.shape[0]}; this table holds {self.dim}-d features")
-        self.index[key] = len(self._rows)
-        self._rows.append(vector)
-        self._array = None
-        return self.index[key]
-
-    def row(self, key: str) -> int:
-        """Row of ``key``; 0 (zeros) when absent."""
-        return self.index.get(key, 0)
-
-    @property
-    def array(self) -> np.ndarray:
-        """All raw rows as one ``(n_rows, dim)`` float32 array."""
-        if self._array is None or len(self._array) != len(self._rows):
-            self._array = np.stack(self._rows).astype(np.float32)
-        return self._array
-
-    def nonzero_mean(self) -> np.ndarray:
-        """Mean of the non-zero rows (the centre used by ``feature_norm="center_l2"``)."""
-        arr = self.array
-        ok = np.abs(arr).sum(1) > 0
-        return arr[ok].mean(0) if ok.any() else np.zeros(self.dim, np.float32)
-
-    def normalized(self, rows: Sequence[int]) -> np.ndarray:
-        """Rows as the model receives them: ``(len(rows), dim)``."""
-        return normalize_image_features(self.array[list(rows)], self.center, self.l2)
-
-    def gather(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Normalised features of per-example row lists, zero padded: ``(B, n_max, dim)``."""
-        n = max((len(r) for r in rows), default=0)
-        out = np.zeros((len(rows), n, self.dim), np.float32)
-        for i, r in enumerate(rows):
-            if len(r):
-                out[i, : len(r)] = self.normalized(r)
-        return torch.from_numpy(out)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
-def save_precomputed_features(path: str | os.PathLike, mentions: Mapping[str, Any], entities: Mapping[str, Any]) -> None:
-    """Write a precomputed feature map for ``--image_features precomputed --features_path path``.
-
-    Format: a ``.safetensors`` or ``.npz`` file of float32 vectors (all the same size, 2048 for ResNet-50)
-    named ``mention:<mention id>`` (the tweet image of a mention row) and ``entity:<entity_id>`` (the entity
-    image, i.e. the mean over its timeline images). Missing keys read as zeros (no image).
-    """
-    tensors = {f"mention:{k}": np.asarray(v, np.float32).reshape(-1) for k, v in mentions.items()}
-    tensors.update({f"entity:{k}": np.asarray(v, np.float32).reshape(-1) for k, v in entities.items()})
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-
-        save_file(tensors, path)
-    elif path.endswith(".npz"):
-        np.savez(path, **tensors)
-    else:
-        raise ValueError(f"features path {path!r} must end with .safetensors or .npz")
-
-
-def load_precomputed_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a feature map written by :func:`save_precomputed_features` (``.safetensors`` or ``.npz``)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"features file {path!r} does not exist; write one with save_precomputed_features()")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
-    if path.endswith(".npz"):
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    raise ValueError(f"features path {path!r} must end with .safetensors or .npz")
-
-
 
 
 def _undecoded(ds):
@@ -216,144 +92,6 @@ def _undecoded(ds):
     except Exception as err:  # pragma: no cover - decoded images work too, only slower
         logger.debug("could not switch images to decode=False: %s", err)
     return ds
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Sentences and pairs
-# ---------------------------------------------------------------------------------------------------------------------
-@dataclass
-class Sentence:
-    """A PFMEL pre-training sentence: a tweet (text, image row) and its gold entity (context, image row)."""
-
-    mention_id: str
-    text: str
-    image: int
-    entity_id: str
-    entity_context: str
-    entity_image: int
-
-
-@dataclass
-class NSPPair:
-    """One NSP pair before tokenisation: sentence A and B as text plus image rows, label and task."""
-
-    text_a: str | None
-    images_a: tuple[int, ...]
-    text_b: str | None
-    images_b: tuple[int, ...]
-    label: int
-    task: str
-    sentence: int = -1  # index of the sentence (A side) in its list
-    next: int = -1  # index of the next sentence (B side)
-    swapped: bool = False
-
-
-NEGATIVE_DRAWS = ("distinct", "paper")
-
-
-def draw_next_sentences(sentences: Sequence[Sentence], seed: int = 0, negative_draw: str = "distinct") -> list[tuple[int, int]]:
-    """For each sentence ``i`` a ``(next index, label)``: itself (0) or, with probability 0.5, another (1).
-
-    ``negative_draw="paper"`` draws the other sentence among all other sentences, as the paper's text says. With
-    several mentions in one tweet that draw can contradict itself: sentence ``(tweet T, entity E2)`` drawn as the
-    random next sentence of ``(T, E1)`` gives the input ``(T, E2)`` label 1, while ``(T, E2)`` itself carries
-    label 0. ``"distinct"`` (the default) draws from another tweet whose entity is not gold for any mention of
-    the first tweet, and the other way round (needed by the role-swapped pairs), comparing tweets by text and
-    by image: no identical ``(A, B)`` input carries both labels. A sentence for which no such sentence exists
-    (a tiny corpus) keeps label 0; the number is logged.
-    """
-    if negative_draw not in NEGATIVE_DRAWS:
-        raise ValueError(f"unknown negative_draw {negative_draw!r}; choose one of {list(NEGATIVE_DRAWS)}")
-    n = len(sentences)
-    if n < 2:
-        raise ValueError(f"NSP pre-training needs at least 2 linked sentences, got {n}")
-    rng = random.Random(seed)
-    gold_of_text: dict[str, set[str]] = {}
-    gold_of_image: dict[int, set[str]] = {}
-    for s in sentences:
-        gold_of_text.setdefault(s.text, set()).add(s.entity_id)
-        if s.image:  # row 0 is "no image"
-            gold_of_image.setdefault(s.image, set()).add(s.entity_id)
-
-    def golds(s: Sentence) -> set[str]:
-        return gold_of_text[s.text] | gold_of_image.get(s.image, set()) if s.image else gold_of_text[s.text]
-
-    def distinct(s: Sentence, t: Sentence) -> bool:
-        return (
-            t.text != s.text
-            and (not s.image or t.image != s.image)
-            and t.entity_id not in golds(s)
-            and s.entity_id not in golds(t)
-        )
-
-    out, stuck = [], 0
-    for i, s in enumerate(sentences):
-        if rng.random() >= 0.5:
-            out.append((i, 0))
-            continue
-        if negative_draw == "paper":
-            j = rng.randrange(n - 1)
-            out.append((j + (j >= i), 1))
-            continue
-        j = -1
-        for _ in range(64):  # rejection sampling; a full scan only when the corpus is tiny or one-sided
-            k = rng.randrange(n)
-            if k != i and distinct(s, sentences[k]):
-                j = k
-                break
-        if j < 0:
-            valid = [k for k in range(n) if k != i and distinct(s, sentences[k])]
-            j = rng.choice(valid) if valid else -1
-        if j < 0:
-            stuck += 1
-            out.append((i, 0))
-        else:
-            out.append((j, 1))
-    if stuck:
-        logger.warning("%d of %d sentences have no distinct random next sentence (another tweet, another entity): "
-                       "they keep their own next sentence (label 0)", stuck, n)
-    return out
-
-
-def _task_pairs(task: str, s: Sentence, n: Sentence, label: int, i: int, j: int, swapped: bool) -> list[NSPPair]:
-    kw = dict(label=label, sentence=i, next=j, swapped=swapped)
-    if task == "mixed":
-        return [
-            NSPPair(s.text, (), None, (n.entity_image,), task="mixed", **kw),
-            NSPPair(s.entity_context, (), None, (n.image,), task="mixed", **kw),
-        ]
-    if task == "text":
-        return [NSPPair(s.text, (), n.entity_context, (), task="text", **kw)]
-    if task == "multi":
-        return [NSPPair(s.text, (s.image,), n.entity_context, (n.entity_image,), task="multi", **kw)]
-    raise ValueError(f"unknown pre-training task {task!r}; valid tasks are {list(TASKS)}")
-
-
-def make_pretraining_pairs(
-    sentences: Sequence[Sentence],
-    tasks: str | Iterable[str] = TASKS,
-    swap_roles: bool = True,
-    seed: int = 0,
-    negative_draw: str = "distinct",
-) -> list[NSPPair]:
-    """PFMEL's pre-training pairs (see the module docstring): per task, ``mixed`` 2n (less the pairs whose image side
-    has no image: skipped, counted in the log), ``text`` n, ``multi`` n pairs, twice as many with ``swap_roles``. The next sentences are drawn once (seeded) and shared by all tasks;
-    ``negative_draw`` chooses how the random next sentence is drawn (see :func:`draw_next_sentences`)."""
-    tasks = check_tasks(tasks)
-    draws = draw_next_sentences(sentences, seed=seed, negative_draw=negative_draw)
-    pairs: list[NSPPair] = []
-    for task in tasks:
-        for i, (j, label) in enumerate(draws):
-            pairs += _task_pairs(task, sentences[i], sentences[j], label, i, j, False)
-            if swap_roles:
-                pairs += _task_pairs(task, sentences[j], sentences[i], label, j, i, True)
-    # A mixed-modal pair pairs text with an image: one whose image side is "no image" (row 0) carries nothing of its
-    # image sentence, and the same input can then be drawn with both labels. Such pairs are not built (counted).
-    kept = [p for p in pairs if not (p.task == "mixed" and p.text_b is None and not any(p.images_b))]
-    if len(kept) < len(pairs):
-        logger.info("pre-training: %d mixed-modal pairs skipped (reason: the image side has no image)",
-                    len(pairs) - len(kept))
-    return kept
 
 
 # ---------------------------------------------------------------------------------------------------------------------

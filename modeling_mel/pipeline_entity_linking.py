@@ -18,11 +18,13 @@ nowhere is still linked, without a span (PFMEL's prompt needs none; ZEMEL puts `
 Images: an unreadable input image (missing file, corrupt bytes) is treated as "no image" with a logged warning, or
 raises ``ValueError`` naming the file with ``strict_images=True``. ``use_images=False`` ignores all images.
 
-This file ships with saved models (``custom_pipelines`` in ``config.json``): it imports only torch, transformers,
-``knowledge_base.py`` (the KB reader and encoder, shipped beside it) and, lazily, the other modeling-mel files
-(``image_features`` for the default image encoder, ``index_files`` to read a saved index folder; the
-``modeling_mel`` package, when installed, for BM25 candidates, FAISS indexes and index retrievers). Nothing in the
-package imports this file back except the CLI, ``hub.py`` and the package ``__init__``.
+This file ships with saved models (``custom_pipelines`` in ``config.json``): it imports only torch, transformers and
+the modeling-mel files it imports relatively, which ship beside it (transformers copies them): ``knowledge_base.py``
+(the KB reader and encoder), ``linking_kb.py`` (the KB as the pipeline sees it, and the reading of an index folder),
+``pipeline_inputs.py`` (the checks of input dicts and call parameters), ``weight_checks.py`` (weights of another
+model), the two linkers and, lazily, ``image_features`` for the default image encoder and ``index_files`` to read a
+saved index folder; the ``modeling_mel`` package, when installed, serves FAISS indexes and index retrievers. Nothing
+in the package imports this file back except the CLI, ``hub.py`` and the package ``__init__``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from transformers import Pipeline
@@ -39,15 +41,12 @@ logger = logging.getLogger(__name__)
 
 TASK = "multimodal-entity-linking"
 NIL_CALIBRATION_NAME = "nil_calibration.json"  # written by `mel calibrate` into the model folder
-_NOT_GIVEN = object()
-CANDIDATE_MODES = ("auto", "rule", "bm25", "dense", "all")
 #: predictions per mention when a call gives no top_k
 DEFAULT_TOP_K = 5
 #: Most pixels of an input image that is decoded (``max_image_pixels``), as ``image_features.DEFAULT_MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
-from .candidates import NameRuleCandidates
 from .linking_cross import CrossLinker
 from .linking_dense import DenseLinker, trained_lengths
 from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB layer
@@ -67,100 +66,13 @@ from .knowledge_base import (  # noqa: F401 - re-exported: the pipeline's KB lay
     normalize_entity,
     read_jsonl,
 )
+from .linking_kb import LinkingKB, _cache_of, _load_index_dir  # noqa: F401 - re-exported: the KB the pipeline reads
+from .pipeline_inputs import _NOT_GIVEN, CANDIDATE_MODES, call_parameters, check_linking_input  # noqa: F401
+from .weight_checks import _checkpoint_keys, check_model_weights, weight_mismatch_message  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Weights that belong to another model
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def weight_mismatch_message(
-    folder: str, model: Any, missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[Any] = (),
-    option: str = "allow_weight_mismatch=True",
-) -> str | None:
-    """The one-line error for a checkpoint whose weights do not fit its model class (missing weights would be left
-    random, unexpected ones ignored), or ``None`` when the load report is clean."""
-    missing, unexpected = sorted(map(str, missing)), sorted(map(str, unexpected))
-    mismatched = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in mismatched]
-    if not (missing or unexpected or mismatched):
-        return None
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} weights of the model are missing from the checkpoint and would be random "
-                     f"({some(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} checkpoint weights are not the model's ({some(unexpected)})")
-    if mismatched:
-        parts.append(f"{len(mismatched)} weights have another shape ({some(mismatched)})")
-    return (
-        f"model {folder!r}: its weights do not belong to its {type(model).__name__} config: {'; '.join(parts)}; "
-        "config.json and the weights come from different models? Save the model again with save_pretrained, or "
-        f"pass {option} to load it anyway"
-    )
-
-
-def _checkpoint_keys(folder: str) -> set[str] | None:
-    """The weight names saved in a model folder (safetensors, sharded or not, or pytorch_model.bin), read without
-    loading the weights; ``None`` when the folder holds no checkpoint this function reads."""
-    single, index = os.path.join(folder, "model.safetensors"), os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        from safetensors import safe_open
-
-        with safe_open(single, framework="pt") as f:
-            return set(f.keys())
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            return set(json.load(f).get("weight_map", {}))
-    binary = os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(binary):
-        return set(torch.load(binary, map_location="cpu", weights_only=True, mmap=True))
-    return None
-
-
-def check_model_weights(model: Any, option: str = "allow_weight_mismatch=True") -> None:
-    """``ValueError`` (:func:`weight_mismatch_message`) when the model was loaded from a local folder whose weight
-    names are not the model's own: every weight the model saves (``state_dict``: no non-persistent buffers) must be in
-    the checkpoint, or one of its tied aliases, and every checkpoint weight must be the model's. Models that are not
-    from a local folder are not checked, nor models built from a folder of another model type (a PFMEL or ZEMEL
-    model initialised from a text backbone keeps the backbone's folder as its ``name_or_path``)."""
-    folder = str(getattr(model, "name_or_path", "") or "")
-    if not folder or not os.path.isdir(folder) or not hasattr(model, "state_dict"):
-        return
-    try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            saved_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return
-    if saved_type != getattr(getattr(model, "config", None), "model_type", None):
-        return
-    saved = _checkpoint_keys(folder)
-    if saved is None:
-        return
-    import re
-
-    own = set(model.state_dict())
-    aliases: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(param), []).append(name)
-    tied = {name: names for names in aliases.values() for name in names}
-
-    def ignored(key: str, attribute: str) -> bool:
-        return any(re.search(p, key) for p in getattr(model, attribute, None) or ())
-
-    missing = [k for k in own if k not in saved and not any(a in saved for a in tied.get(k, ()))
-               and not ignored(k, "_keys_to_ignore_on_load_missing") and not ignored(k, "_keys_to_ignore_on_save")]
-    unexpected = [k for k in saved if k not in own and not ignored(k, "_keys_to_ignore_on_load_unexpected")]
-    message = weight_mismatch_message(folder, model, missing, unexpected, option=option)
-    if message is not None:
-        raise ValueError(message)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The KB as the pipeline sees it
+# The pipeline
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -172,96 +84,6 @@ class _Ranking:
 
     def __init__(self, pairs: list) -> None:
         self.pairs = pairs
-
-
-class LinkingKB:
-    """Entities plus the look-ups the pipeline needs: name rule, BM25 (lazy), dense search over cached vectors.
-
-    Args:
-        entities: normalised entity records (see :func:`normalize_entity`).
-        vectors: optional ``(N, H)`` candidate cache (ZEMEL): a tensor, or an index's ``CodeVectors`` (rows decoded
-            from compressed FAISS codes when the index was written without its exact vectors).
-        searcher: optional object with ``search(query_vectors (Q, H) numpy/tensor, k) -> (scores, indices)``
-            (an ``EntityIndex``); exact torch search over ``vectors`` otherwise.
-        device: where the cache lives (the pipeline's device): a tensor cache is moved there once, rows decoded from
-            compressed codes go there; the searcher (FAISS) stays on the CPU. ``None``: where ``vectors`` are.
-    """
-
-    def __init__(
-        self, entities: list[dict], vectors: torch.Tensor | None = None, searcher: Any = None, device: Any = None
-    ):
-        if len(entities) == 0:
-            raise ValueError(
-                "the knowledge base is empty (0 entities); pass a kb.jsonl / Dataset / index with at least one entity"
-            )
-        self.entities = entities
-        self.position = {}
-        for i, e in enumerate(entities):
-            if e["entity_id"] in self.position:
-                raise ValueError(f"entity_id {e['entity_id']!r} occurs twice in the KB (rows {self.position[e['entity_id']]} and {i})")
-            self.position[e["entity_id"]] = i
-        self.device = torch.device(device) if device is not None else None
-        if self.device is not None and isinstance(vectors, torch.Tensor):
-            vectors = vectors.to(self.device)  # no copy when already there (the CPU)
-        self.vectors = vectors
-        self.searcher = searcher
-        self._rule: NameRuleCandidates | None = None
-        self._bm25 = None
-
-    def __len__(self) -> int:
-        return len(self.entities)
-
-    def name_rule(self, mention: str, k: int | None = None) -> list[int]:
-        """PFMEL's rule (``candidates.NameRuleCandidates``): positions of entities whose name contains the mention
-        (case-insensitive), closest names first (``candidates.closest_first``: exact name, shorter names, KB order);
-        the first ``k`` (PFMEL scores every candidate, so only very common mentions are cut)."""
-        if self._rule is None:
-            self._rule = NameRuleCandidates(self.entities)
-        return self._rule.closest(mention, k)
-
-    def bm25(self, mention: str, k: int) -> list[int]:
-        """ZEMEL's BM25 + rules candidates (``candidates.Bm25RuleCandidates``; needs the ``bm25s`` package)."""
-        if self._bm25 is None:
-            from .candidates import Bm25RuleCandidates
-
-            self._bm25 = Bm25RuleCandidates([e["entity_id"] for e in self.entities], [e["name"] for e in self.entities])
-        return [self.position[e] for e in self._bm25(mention, k)]
-
-
-def _load_index_dir(path: str, model: Any) -> tuple[list[dict], torch.Tensor | None, Any, dict]:
-    """Entities, vectors, searcher and config of a saved entity index, read and checked by the one index-folder reader
-    (``index_files.read_index_folder``, which ``EntityIndex.load`` uses too): entity count, sha256 checksums, vector
-    shape, index kind, FAISS ``ntotal``; ``ValueError`` naming the file and what differs.
-
-    With the modeling_mel package, the searcher is an ``EntityIndex`` over the folder's FAISS index. Without it (this
-    file shipped with a model), ``faiss.index`` is not read: exact search over the saved vectors.
-    """
-    from .index_files import read_index_folder
-
-    try:
-        from modeling_mel.entity_index import EntityIndex
-    except ImportError:
-        EntityIndex = None
-    folder = read_index_folder(path, model=model, read_faiss=EntityIndex is not None)
-    if EntityIndex is None:
-        return folder.entities, _cache_of(folder.vectors), None, folder.config
-    index = EntityIndex.from_folder(folder, model=model)
-    return index.entities, _cache_of(index.vectors), (index if index.has_vectors else None), index.config
-
-
-def _cache_of(vectors: Any) -> Any:
-    """The pipeline's candidate cache of an ``EntityIndex``'s vectors: a tensor over the exact float32 vectors, or
-    the index's lazy rows decoded from compressed FAISS codes (an index written without its vectors) as they are."""
-    if vectors is None or isinstance(vectors, torch.Tensor):
-        return vectors
-    if type(vectors).__module__ == "numpy":
-        return torch.from_numpy(vectors)
-    return vectors  # CodeVectors: rows decoded on demand
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The pipeline
-# ----------------------------------------------------------------------------------------------------------------------
 
 
 class MultimodalEntityLinkingPipeline(Pipeline):
@@ -554,53 +376,7 @@ class MultimodalEntityLinkingPipeline(Pipeline):
         return self.image_extractor
 
     # -- input checking ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_input(item: Any, position: int | None = None) -> dict:
-        where = "input" if position is None else f"input {position}"
-        if isinstance(item, str):
-            raise ValueError(
-                f"{where} is a string ({item[:60]!r}); every input must be a dict "
-                "{'text': ..., 'mention': ... (or 'mention_start'/'mention_end'), 'image': ...}"
-            )
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{where} is a {type(item).__name__}; expected a dict with 'text' and 'mention'")
-        text = item.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: 'text' must be a non-empty string, got {text!r:.80}")
-        from .mention_spans import align_mention
-
-        mention = item.get("mention")
-        start, end = item.get("mention_start"), item.get("mention_end")
-        if start is not None or end is not None:
-            try:
-                start = _as_int(start)
-                end = _as_int(end) if end is not None else start + len(mention or "")
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}: mention_start/mention_end must be integers, got {start!r}/{end!r}") from None
-            if not (0 <= start < end <= len(text)):
-                raise ValueError(f"{where}: mention span ({start}, {end}) is not inside the text {text[:80]!r}")
-            if mention is not None:
-                found = align_mention(text, str(mention), start, end)
-                if found is None or found[2] != "ok":  # the span must hold the mention (case ignored, or aligned)
-                    raise ValueError(
-                        f"{where}: mention {mention!r} is not at ({start}, {end}) of the text {text[:80]!r} "
-                        f"(found {text[start:end]!r})"
-                    )
-            if mention is None or text[start:end].casefold() == str(mention).strip().casefold():
-                mention = text[start:end]
-        else:
-            if not isinstance(mention, str) or not mention.strip():
-                raise ValueError(f"{where}: give 'mention' (a string) or 'mention_start'/'mention_end', got {mention!r}")
-            # verbatim, case-insensitive, or aligned by tokens ("Hermann Beckerath" -> "Hermann von Beckerath");
-            # a mention that aligns nowhere is linked without a span (ZEMEL marks it at the start of the context)
-            found = align_mention(text, mention)
-            start, end = (found[0], found[1]) if found is not None else (None, None)
-            if found is not None and found[2] == "located" and text[start:end].casefold() == mention.strip().casefold():
-                mention = text[start:end]
-        out = {"text": text, "mention": mention, "mention_start": start, "mention_end": end, "image": item.get("image")}
-        if item.get("boxes") is not None:
-            out["boxes"] = [list(map(float, b)) for b in item["boxes"]]
-        return out
+    _check_input = staticmethod(check_linking_input)  # one input dict, checked and completed (pipeline_inputs)
 
     def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         """Link one input dict (returns a list of dicts) or a list of inputs (returns a list of lists)."""
@@ -614,101 +390,28 @@ class MultimodalEntityLinkingPipeline(Pipeline):
             self._check_input(inputs)
         return super().__call__(inputs, *args, **kwargs)
 
-    def _sanitize_parameters(
-        self,
-        top_k: int | None = None,
-        candidates: str | None = None,
-        num_candidates: int | None = None,
-        pair_batch_size: int | None = None,
-        max_length: int | None = None,
-        nil_threshold: Any = _NOT_GIVEN,
-        retriever_k: int | None = None,
-        **unknown: Any,
-    ):
-        if unknown:
-            fixed = {"kb", "retriever", "image_extractor", "use_images", "strict_images", "index_batch_size", "exact_threshold",
-                     "bf16", "retriever_model", "allow_weight_mismatch", "max_image_pixels"}
-            names = sorted(unknown)
-            if set(names) & fixed:
-                raise ValueError(f"{names} can only be set when the pipeline is built, not per call")
-            raise ValueError(
-                f"unknown pipeline parameter(s) {names}; known: top_k, candidates, num_candidates, pair_batch_size, "
-                "max_length, nil_threshold, retriever_k, batch_size"
-            )
-        pre, fwd, post = {}, {}, {}
-        if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int):
-                raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-            if int(top_k) < 1:
-                raise ValueError(f"top_k must be >= 1, got {top_k!r}")
-            post["top_k"] = fwd["top_k"] = int(top_k)
-        if candidates is not None:
-            if candidates not in CANDIDATE_MODES:
-                raise ValueError(f"unknown candidates {candidates!r}; expected one of {CANDIDATE_MODES}")
-            fwd["candidates"] = candidates
-        if num_candidates is not None:
-            if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
-                raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
-            if int(num_candidates) < 1:
-                raise ValueError(f"num_candidates must be >= 1, got {num_candidates!r}")
-            fwd["num_candidates"] = int(num_candidates)
-        if pair_batch_size is not None:
-            if int(pair_batch_size) < 1:
-                raise ValueError(f"pair_batch_size must be >= 1, got {pair_batch_size!r}")
-            fwd["pair_batch_size"] = int(pair_batch_size)
-        if max_length is not None:
-            fwd["max_length"] = int(max_length)
-        if retriever_k is not None:
-            if isinstance(retriever_k, bool) or not isinstance(retriever_k, int) or retriever_k < 1:
-                raise ValueError(f"retriever_k must be an integer >= 1, got {retriever_k!r}")
-            fwd["retriever_k"] = int(retriever_k)
-        if nil_threshold is not _NOT_GIVEN:
-            if nil_threshold is not None and (isinstance(nil_threshold, bool) or not isinstance(nil_threshold, (int, float))):
-                raise ValueError(f"nil_threshold must be a number or None (off), got {nil_threshold!r}")
-            if nil_threshold is not None and nil_threshold != nil_threshold:  # NaN: every comparison false, never NIL
-                raise ValueError("nil_threshold is NaN, which would mean 'never NIL'; give a number, or None (off)")
-            post["nil_threshold"] = None if nil_threshold is None else float(nil_threshold)
-        return pre, fwd, post
+    def _sanitize_parameters(self, **params: Any) -> tuple[dict, dict, dict]:
+        return call_parameters(**params)  # top_k, candidates, num_candidates, ... (pipeline_inputs)
 
     # -- images --------------------------------------------------------------------------------------------------
     def _open_image(self, image: Any, where: str) -> Any:
-        """A PIL image, or ``None`` for no / unreadable image (``ValueError`` in strict mode)."""
+        """A PIL image, or ``None`` for no / unreadable image (``ValueError`` in strict mode): the package's one image
+        opener (:func:`modeling_mel.image_features.open_image`: a missing file, a directory, a corrupt file and an image
+        over ``max_image_pixels`` (from its header, before decoding) are errors naming the file)."""
         if image is None or not self.use_images:
             return None
-        from transformers.image_utils import load_image
+        from .image_features import open_image
 
         try:
-            if isinstance(image, (str, os.PathLike)):
-                path = os.fspath(image)
-                if os.path.isdir(path):
-                    raise OSError(f"image path {path!r} is a directory, not an image file")
-                if not os.path.isfile(path):
-                    raise OSError(f"image file {path!r} does not exist")
-                from PIL import Image
-
-                with Image.open(path) as header:  # the header only: refuse a huge image before decoding it
-                    self._check_pixels(header.size)
-                return load_image(path).convert("RGB")
-            if hasattr(image, "convert"):
-                self._check_pixels(getattr(image, "size", (0, 0)))
-                return image.convert("RGB")
-            raise OSError(f"unsupported image value of type {type(image).__name__}")
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
+            if not isinstance(image, (str, os.PathLike)) and not hasattr(image, "convert"):
+                raise TypeError(f"unsupported image value of type {type(image).__name__}")
+            return open_image(image, self.max_image_pixels)
+        except Exception as err:  # noqa: BLE001 - ImageReadError, or PIL's many types for a lazily decoded image
             msg = f"{where}: unreadable image {image!r:.120} ({err})"
             if self.strict_images:
                 raise ValueError(msg + "; fix the file or build the pipeline with strict_images=False") from err
             logger.warning("%s; linking without it", msg)
             return None
-
-    def _check_pixels(self, size: tuple[int, int]) -> None:
-        """``OSError`` naming the size when an image of ``size`` (from its header) is over ``max_image_pixels``."""
-        width, height = size
-        if self.max_image_pixels and width * height > self.max_image_pixels:
-            raise OSError(
-                f"{width}x{height} = {width * height:,} pixels, over the limit of {self.max_image_pixels:,} "
-                f"(max_image_pixels; decoding it would take about {width * height * 3 / 2**30:.1f} GiB): not decoded; "
-                "downscale it, or raise max_image_pixels / --max_image_pixels"
-            )
 
     def _mention_features(self, pil: Any, boxes: list | None) -> dict | None:
         """Mention image features: ``{"feature": (D,), "regions": (R, D), "spatial": (R, 5)}`` or ``None``."""

@@ -1,5 +1,7 @@
-"""ZEMEL evaluation (paper, section 5.1) with a candidate cache, plus the data and image-feature plumbing that the
-:mod:`modeling_mel.scripts.train_zemel` and :mod:`modeling_mel.scripts.evaluate_zemel` scripts share.
+"""ZEMEL evaluation (paper, section 5.1) with a candidate cache, plus the image-feature plumbing that the
+:mod:`modeling_mel.scripts.train_zemel` and :mod:`modeling_mel.scripts.evaluate_zemel` scripts share. The corpora
+(:class:`ZemelData`, :func:`load_zemel_data`, :func:`check_zero_shot`, the split and ``eval_kb`` names) live in
+:mod:`modeling_mel.zemel_data`; this module re-exports them.
 
 Pipeline of :func:`evaluate_split` for one split:
 
@@ -46,7 +48,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -56,243 +57,30 @@ import numpy as np
 import torch
 
 from .candidates import Bm25RuleCandidates
-from .image_features import image_source
 from .knowledge_base import encode_entities
 from .linking_dense import DenseLinker, row_span, row_text
 from .metrics import ranking_metrics
 from .ranking import rank_keys
 from .nil import is_nil_gold, nil_evaluation
+from .zemel_data import (  # re-exported: the runs, scripts and tests import them from here
+    DEFAULT_EVAL_KB,
+    EVAL_KB_HELP,
+    EVAL_KB_MODES,
+    ZEMEL_DATASETS,
+    ZemelData,
+    canonical_eval_kb,
+    canonical_split,
+    check_zero_shot,
+    load_zemel_data,
+)
 from .zemel_metrics import gold_triples, linking_metrics, mention_key, v_t_kg_metrics
 
 logger = logging.getLogger(__name__)
 
-ZEMEL_DATASETS = ("zemeld", "mel_jsonl", "wikimel", "richpedia_mel", "mimic_mel")  # all but zemeld: one KB for all splits
 IMAGE_FEATURE_MODES = ("resnet50", "none")
-EVAL_KB_MODES = ("unseen", "full", "gold_only", "split")  # "split": the default's former name, an alias of "unseen"
-DEFAULT_EVAL_KB = "unseen"
-EVAL_KB_HELP = (
-    "KB the candidates come from. unseen (default; alias: split): every KB entity not seen in training, unused ones "
-    "included (ZEMELD zero-shot setting; the whole KB on a corpus without a zero-shot split); full: the whole KB; "
-    "gold_only: only the gold entities of the evaluated split (a closed pool of answers: optimistic)"
-)
-_EVAL_KB_ALIASES = {"split": "unseen"}
 DEFAULT_NS = (5, 100)
 TINY_IMAGE_MODEL = "tiny"  # --image_model tiny: a small random-init ResNet with 64-d output (tests, quick runs)
 TINY_IMAGE_FEATURE_DIM = 64
-
-_SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
-
-
-def canonical_split(name: str) -> str:
-    """``validation``/``valid`` -> ``dev``; other names unchanged."""
-    return _SPLIT_ALIASES.get(str(name), str(name))
-
-
-def canonical_eval_kb(mode: str) -> str:
-    """``split`` -> ``unseen``; ValueError for a name outside :data:`EVAL_KB_MODES`."""
-    if mode not in EVAL_KB_MODES:
-        raise ValueError(f"unknown eval_kb {mode!r}; choose one of {list(EVAL_KB_MODES)}")
-    return _EVAL_KB_ALIASES.get(mode, mode)
-
-
-# ======================================================================================================================
-# Data
-# ======================================================================================================================
-
-
-@dataclass
-class ZemelData:
-    """A corpus ready for ZEMEL: mention rows per split, the gold entities of each split (``kbs``), the full KB and,
-    for a zero-shot corpus, the ids of the entities seen in training (gold of a training mention).
-
-    Rows are plain dicts: ``id``, ``text``, ``mention``, ``mention_start``, ``mention_end``, ``entity_id``, ``image``
-    (path, PIL image or None), ``image_key`` (rows of one image share it) and, for corpora with boxes (ZEMELD),
-    ``box``, ``box_index``, ``image_boxes``, ``image_id``. KB entries: ``entity_id``, ``name``, ``description``,
-    ``images`` (paths / PIL images).
-    """
-
-    dataset: str
-    mentions: dict[str, list[dict]]
-    kbs: dict[str, dict[str, dict]]
-    full_kb: dict[str, dict]
-    has_boxes: bool = False
-    zero_shot: bool = False
-    seen_in_training: frozenset[str] | None = None  # None: the gold entities of the ``train`` mentions
-
-    @property
-    def has_images(self) -> bool:
-        """Whether any mention or KB entity has an image."""
-        return any(r.get("image") is not None for rows in self.mentions.values() for r in rows) or any(
-            e.get("images") for e in self.full_kb.values()
-        )
-
-    def split(self, name: str) -> list[dict]:
-        """Rows of a split (``dev`` and ``validation`` are the same); ValueError naming the available splits."""
-        key = canonical_split(name)
-        if key not in self.mentions:
-            raise ValueError(
-                f"split {name!r} is not in the {self.dataset} corpus; available splits: {sorted(self.mentions)}"
-            )
-        return self.mentions[key]
-
-    def seen_entities(self) -> frozenset[str]:
-        """Entity ids seen in training (gold of a ``train`` mention)."""
-        if self.seen_in_training is not None:
-            return frozenset(self.seen_in_training)
-        return frozenset(r["entity_id"] for r in self.mentions.get("train", ()))
-
-    def gold_kb(self, name: str) -> dict[str, dict]:
-        """The gold entities of a split's mentions (KB order); ValueError when the split has none."""
-        key = canonical_split(name)
-        if self.kbs.get(key):
-            return self.kbs[key]
-        gold = {r["entity_id"] for r in self.mentions.get(key, ())}
-        kb = {e: v for e, v in self.full_kb.items() if e in gold}
-        if not kb:
-            raise ValueError(f"split {name!r} has no gold entity in the {self.dataset} KB")
-        return kb
-
-    def kb_for(self, name: str, eval_kb: str = DEFAULT_EVAL_KB) -> dict[str, dict]:
-        """KB a split is linked against.
-
-        * ``"unseen"`` (default; ``"split"`` is an alias): on a zero-shot corpus (ZEMELD), every KB entity NOT seen in
-          training, entities that no mention uses included (the training split itself gets its own gold entities:
-          the training KB); on a corpus without a zero-shot split, the full KB.
-        * ``"full"``: the whole KB.
-        * ``"gold_only"``: only the gold entities of the split's mentions. Optimistic: the candidates are drawn
-          from the closed pool of the split's answers, and KB entities no mention uses never compete.
-        """
-        mode = canonical_eval_kb(eval_kb)
-        key = canonical_split(name)
-        if mode == "full":
-            return self.full_kb
-        if mode == "gold_only":
-            return self.gold_kb(key)
-        if not self.zero_shot:  # one KB for all splits: nothing is unseen by construction
-            return self.full_kb
-        if key == "train":
-            return self.gold_kb(key)
-        seen = self.seen_entities()
-        return {e: v for e, v in self.full_kb.items() if e not in seen}
-
-
-
-
-def _import_zemeld():
-    from .builders.zemeld import Zemeld
-
-    return Zemeld
-
-
-def _load_zemeld(data_dir: str, cache_dir: str | None) -> ZemelData:
-    from .builders.zemeld import with_text  # ZEMELD's caption becomes the row's text, once
-
-    zemeld_cls = _import_zemeld()
-    built = {}
-    for config in ("mentions", "kb"):
-        builder = zemeld_cls(config_name=config, data_dir=os.path.abspath(data_dir), cache_dir=cache_dir)
-        builder.download_and_prepare()  # raises ValueError on a zero-shot violation (a dev/test entity in train)
-        built[config] = builder.as_dataset()
-    mentions = {}
-    for split, ds in built["mentions"].items():
-        rows = []
-        for r in ds:
-            rows.append(
-                {
-                    "id": r["id"],
-                    "text": with_text(r)["text"],
-                    "mention": r["mention"],
-                    "mention_start": _opt_int(r["mention_start"]),
-                    "mention_end": _opt_int(r["mention_end"]),
-                    "entity_id": r["entity_id"],
-                    "image": r["image"],
-                    "image_key": r["image_id"],
-                    "image_id": r["image_id"],
-                    "box": [float(v) for v in r["box"]],
-                    "box_index": int(r["box_index"]),
-                    "image_boxes": [[float(v) for v in b] for b in r["image_boxes"]],
-                }
-            )
-        mentions[canonical_split(split)] = rows
-
-    def kb_rows(ds) -> dict[str, dict]:
-        return {
-            r["entity_id"]: {"entity_id": r["entity_id"], "name": r["name"], "description": r["description"],
-                             "images": list(r["images"] or [])}
-            for r in ds
-        }
-
-    full = built["kb"]["full"]
-    kbs = {canonical_split(s): kb_rows(ds) for s, ds in built["kb"].items() if s != "full"}  # gold entities per split
-    seen = frozenset(e for e, flag in zip(full["entity_id"], full["seen_in_training"]) if flag)
-    return ZemelData("zemeld", mentions, kbs, kb_rows(full), has_boxes=True, zero_shot=True, seen_in_training=seen)
-
-
-def _opt_int(value: Any) -> int | None:
-    """``int(value)``, or None for a mention kept without a span."""
-    return None if value is None else int(value)
-
-
-def _load_mel_corpus(dataset: str, data_dir: str, cache_dir: str | None) -> ZemelData:
-    """A corpus of the shared mel_jsonl schema (``mel_jsonl``, ``wikimel``, ``richpedia_mel``, ``mimic_mel``): one KB
-    for all splits."""
-    from .corpus import load_mel_corpus
-
-    dd = load_mel_corpus(dataset, data_dir, "mentions", cache_dir=cache_dir)
-    kb = load_mel_corpus(dataset, data_dir, "kb", cache_dir=cache_dir)
-    if isinstance(kb, datasets.DatasetDict):
-        kb = kb[list(kb)[0]]
-    mentions = {}
-    for split, ds in dd.items():
-        ds = ds.cast_column("image", datasets.Image(decode=False))
-        mentions[canonical_split(split)] = [
-            {
-                "id": r["id"],
-                "text": r["text"],
-                "mention": r["mention"],
-                "mention_start": _opt_int(r["mention_start"]),
-                "mention_end": _opt_int(r["mention_end"]),
-                "entity_id": r["entity_id"],
-                "image": image_source(r["image"]),
-                "image_key": r["id"],
-            }
-            for r in ds
-        ]
-    kb = kb.select_columns([c for c in ("entity_id", "name", "description", "images") if c in kb.column_names])
-    if "images" in kb.column_names:
-        kb = kb.cast_column("images", datasets.List(datasets.Image(decode=False)))
-    full = {
-        r["entity_id"]: {
-            "entity_id": r["entity_id"],
-            "name": r.get("name") or "",
-            "description": r.get("description") or "",
-            "images": [x for x in (image_source(v) for v in r.get("images") or []) if x is not None],
-        }
-        for r in kb
-    }
-    return ZemelData(dataset, mentions, {}, full, has_boxes=False, zero_shot=False)
-
-
-def load_zemel_data(dataset: str, data_dir: str, cache_dir: str | None = None) -> ZemelData:
-    """Load a corpus for ZEMEL: ``zemeld`` (builder of :mod:`modeling_mel.builders.zemeld`; its zero-shot check raises
-    ValueError when a dev/test entity occurs in train) or a corpus of the generic schema (``mel_jsonl``, ``wikimel``,
-    ``richpedia_mel``, ``mimic_mel``; one KB for all splits). Mentions kept without a span have ``mention_start`` None."""
-    if dataset not in ZEMEL_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(ZEMEL_DATASETS)}")
-    if not data_dir or not os.path.isdir(data_dir):
-        raise ValueError(f"data_dir {data_dir!r} is not a directory; pass the folder holding the {dataset} files")
-    data = _load_zemeld(data_dir, cache_dir) if dataset == "zemeld" else _load_mel_corpus(dataset, data_dir, cache_dir)
-    logger.info(
-        "%s: mentions %s, KB %d entities%s", dataset, {s: len(r) for s, r in data.mentions.items()}, len(data.full_kb),
-        "" if data.has_images else " (no images: text only)",
-    )
-    return data
-
-
-def check_zero_shot(train_rows: Sequence[Mapping], eval_rows: Sequence[Mapping], split: str) -> list[str]:
-    """Entity ids of ``eval_rows`` that also occur in ``train_rows`` (sorted)."""
-    seen = {r["entity_id"] for r in train_rows}
-    return sorted({r["entity_id"] for r in eval_rows} & seen)
 
 
 # ======================================================================================================================
@@ -650,6 +438,98 @@ def predict_vt_triples(
     return triples
 
 
+def _checked_ns(rows: Sequence[Mapping[str, Any]], kb: Mapping[str, Any], ns: Sequence[int]) -> list[int]:
+    """The candidate counts ``ns``, sorted and unique; ValueError for a count below 1 or a split without rows; a
+    warning naming the gold entities outside the evaluation KB (always missed)."""
+    ns = sorted({int(n) for n in ns})
+    if not ns or ns[0] < 1:
+        raise ValueError(f"ns must be positive candidate counts, got {ns!r}")
+    if not rows:
+        raise ValueError("the split has no mention rows to evaluate")
+    unknown = sorted({r["entity_id"] for r in rows} - set(kb))
+    if unknown:
+        logger.warning("%d gold entities are not in the evaluation KB (always missed): %s", len(unknown), unknown[:10])
+    return ns
+
+
+def _mention_counts(
+    rows: Sequence[Mapping[str, Any]], kb: Mapping[str, Any], lists: Sequence[Sequence[str]], gold: Sequence[str]
+) -> dict[str, int]:
+    """``n``, ``kb_size`` and the counts of the mentions that can only be wrong (every gold mention stays in the
+    denominators: those are counted, never dropped), of those without a span and of the NIL ones."""
+    no_kb = [r["entity_id"] not in kb for r in rows]
+    no_cands = [not c for c in lists]
+    return {
+        "n": len(rows),
+        "kb_size": len(kb),
+        "n_gold_not_in_kb": sum(no_kb),
+        "n_no_candidates": sum(no_cands),
+        "n_unusable": sum(a or b for a, b in zip(no_kb, no_cands)),
+        "n_unaligned": sum(r.get("mention_start") is None for r in rows),
+        "n_nil": sum(is_nil_gold(g) for g in gold),
+    }
+
+
+def _metrics_at_each_n(
+    lists: Sequence[Sequence[str]],
+    scores: Sequence[Sequence[float]],
+    gold: Sequence[str],
+    ns: Sequence[int],
+    order: Mapping[str, int],
+) -> tuple[dict[str, float], dict[int, list[str | None]]]:
+    """The linking metrics (pairing given), the candidate recall and the random baseline at each ``N`` of ``ns``, and
+    the prediction of each mention at each ``N`` (:func:`best_candidate` with the KB positions ``order``)."""
+    results: dict[str, float] = {}
+    predictions = {}
+    for n in ns:
+        preds = [best_candidate(c, s, n, order)[0] for c, s in zip(lists, scores)]
+        predictions[n] = preds
+        m = linking_metrics(preds, gold, n)
+        results.update(m)
+        results[f"vt_kg_precision/{n}"] = m[f"precision/{n}"]
+        results[f"candidate_recall@{n}"] = sum(g in c[:n] for c, g in zip(lists, gold)) / len(lists)
+        results[f"random_r@1/{n}"] = sum((1.0 / len(c[:n])) if g in c[:n] else 0.0 for c, g in zip(lists, gold)) / len(lists)
+    return results, predictions
+
+
+def _v_t_kg_metrics(
+    model,
+    processor,
+    rows: Sequence[Mapping[str, Any]],
+    lists: Sequence[Sequence[str]],
+    scores: Sequence[Sequence[float]],
+    cache: CandidateCache,
+    regions: RegionFeatures | None,
+    ns: Sequence[int],
+    batch_size: int,
+    max_length: int,
+    bf16: bool,
+    progress: bool,
+) -> dict[str, float]:
+    """The V-T-KG metrics (pairing predicted) at each ``N`` of ``ns``: each mention's context scored against its
+    candidates once per box of its image (:func:`predict_vt_triples`); text only (``regions`` None), every box gets the
+    text-only ``scores`` (the pairing is then arbitrary)."""
+    keys = [(i, j) for i, r in enumerate(rows) for j in range(len(r.get("image_boxes") or []))]
+    if regions is not None:
+        # one context per (mention, box j): the whole image and box j as its regions
+        wrapped = [dict(rows[i], _vt_box=j) for i, j in keys]
+
+        def regions_fn(row: Mapping[str, Any]):
+            return regions.context(row, box_index=row["_vt_box"])
+
+        box_score_lists = score_contexts(model, processor, wrapped, [lists[i] for i, _ in keys], cache, regions_fn,
+                                         batch_size, max_length, bf16, progress)
+    else:
+        box_score_lists = [scores[i] for i, _ in keys]
+    box_scores = dict(zip(keys, box_score_lists))
+    gold_t = gold_triples(rows)
+    results: dict[str, float] = {}
+    for n in ns:
+        pred_t = predict_vt_triples(rows, lists, box_scores, n, cache.index)
+        results.update(v_t_kg_metrics(pred_t, gold_t, n))
+    return results
+
+
 def evaluate_split(
     model,
     processor,
@@ -677,15 +557,7 @@ def evaluate_split(
     ``return_predictions`` the result carries ``_predictions`` (candidate lists, their scores, the prediction at each
     ``N``) and, with ``kb_top``, each mention's top ``kb_top`` entities of the whole KB (``"kb_ranked"``:
     ``[(entity_id, score), ...]``, the ranking of ``pipeline(candidates="dense")`` and ``mel link``)."""
-    ns = sorted({int(n) for n in ns})
-    if not ns or ns[0] < 1:
-        raise ValueError(f"ns must be positive candidate counts, got {ns!r}")
-    if not rows:
-        raise ValueError("the split has no mention rows to evaluate")
-    unknown = sorted({r["entity_id"] for r in rows} - set(kb))
-    if unknown:
-        logger.warning("%d gold entities are not in the evaluation KB (always missed): %s", len(unknown), unknown[:10])
-    unknown_set = set(unknown)
+    ns = _checked_ns(rows, kb, ns)
     generator = Bm25RuleCandidates(list(kb), [str(kb[e].get("name") or "") for e in kb])
     top = max(ns)
     lists = [generator(r["mention"], top) for r in rows]
@@ -693,63 +565,21 @@ def evaluate_split(
 
     cache = encode_kb(model, processor, kb, regions.entity if regions is not None else None, batch_size,
                       candidate_max_length, bf16, progress)
-    context_regions = regions.context if regions is not None else None
     linked = link_rows(model, processor, rows, cache, lists, kb_ranking=kb_ranking, top=int(kb_top),
-                       regions=context_regions, batch_size=batch_size, max_length=context_max_length, bf16=bf16,
-                       progress=progress)  # each context encoded once for every use below
+                       regions=regions.context if regions is not None else None, batch_size=batch_size,
+                       max_length=context_max_length, bf16=bf16, progress=progress)  # each context encoded once
     scores = linked["scores"]
 
-    # every gold mention stays in the denominators; those that can only be wrong are counted
-    no_kb = [r["entity_id"] in unknown_set for r in rows]
-    no_cands = [not c for c in lists]
-    results: dict[str, Any] = {
-        "n": len(rows),
-        "kb_size": len(kb),
-        "n_gold_not_in_kb": sum(no_kb),
-        "n_no_candidates": sum(no_cands),
-        "n_unusable": sum(a or b for a, b in zip(no_kb, no_cands)),
-        "n_unaligned": sum(r.get("mention_start") is None for r in rows),
-        "n_nil": sum(is_nil_gold(g) for g in gold),
-    }
+    results: dict[str, Any] = _mention_counts(rows, kb, lists, gold)
     if kb_ranking:
         results.update(ranking_metrics(linked["ranks"], len(kb)))
-    predictions = {}
-    for n in ns:
-        preds = [best_candidate(c, s, n, cache.index)[0] for c, s in zip(lists, scores)]
-        predictions[n] = preds
-        m = linking_metrics(preds, gold, n)
-        results.update(m)
-        results[f"vt_kg_precision/{n}"] = m[f"precision/{n}"]
-        results[f"candidate_recall@{n}"] = sum(g in c[:n] for c, g in zip(lists, gold)) / len(rows)
-        results[f"random_r@1/{n}"] = sum((1.0 / len(c[:n])) if g in c[:n] else 0.0 for c, g in zip(lists, gold)) / len(rows)
-
+    at_each_n, predictions = _metrics_at_each_n(lists, scores, gold, ns, cache.index)
+    results.update(at_each_n)
     ranked = [rank_keys(c[:top], sc[:top], cache.index) for c, sc in zip(lists, scores)]
     results.update(nil_evaluation(ranked, gold, list(kb), nil_threshold, nil_fraction, nil_seed))
-
-    has_boxes = any(r.get("image_boxes") for r in rows)
-    if vt_kg and has_boxes:
-        expanded_rows, expanded_lists, keys = [], [], []
-        for i, r in enumerate(rows):
-            for j in range(len(r.get("image_boxes") or [])):
-                expanded_rows.append(r)
-                expanded_lists.append(lists[i])
-                keys.append((i, j))
-        if context_regions is not None:
-            # one context per (mention, box j): the whole image and box j as its regions
-            wrapped = [dict(r, _vt_box=j) for r, (_, j) in zip(expanded_rows, keys)]
-
-            def regions_fn(row: Mapping[str, Any]):
-                return regions.context(row, box_index=row["_vt_box"])
-
-            box_score_lists = score_contexts(model, processor, wrapped, expanded_lists, cache, regions_fn, batch_size,
-                                             context_max_length, bf16, progress)
-        else:  # text only: every box gets the text-only scores (the pairing is then arbitrary)
-            box_score_lists = [scores[i] for i, _ in keys]
-        box_scores = dict(zip(keys, box_score_lists))
-        gold_t = gold_triples(rows)
-        for n in ns:
-            pred_t = predict_vt_triples(rows, lists, box_scores, n, cache.index)
-            results.update(v_t_kg_metrics(pred_t, gold_t, n))
+    if vt_kg and any(r.get("image_boxes") for r in rows):
+        results.update(_v_t_kg_metrics(model, processor, rows, lists, scores, cache, regions, ns, batch_size,
+                                       context_max_length, bf16, progress))
     if return_predictions:
         results["_predictions"] = {"candidates": lists, "scores": scores, "predicted": predictions,
                                    "kb_ranked": linked.get("ranked")}
@@ -826,6 +656,7 @@ __all__ = [
     "IMAGE_FEATURE_MODES",
     "EVAL_KB_MODES",
     "DEFAULT_EVAL_KB",
+    "EVAL_KB_HELP",
     "canonical_eval_kb",
     "ZemelData",
     "load_zemel_data",

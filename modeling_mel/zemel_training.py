@@ -27,7 +27,8 @@ from transformers import Trainer, TrainerCallback
 from .configuration_zemel import SCORING_MODES
 from .linking_dense import DenseLinker, row_span, row_text
 from .run_outputs import SafeOutputTrainingArguments
-from .zemel_evaluation import EVAL_KB_HELP, EVAL_KB_MODES, IMAGE_FEATURE_MODES, ZEMEL_DATASETS
+from .zemel_data import EVAL_KB_HELP, EVAL_KB_MODES, ZEMEL_DATASETS, canonical_split
+from .zemel_evaluation import IMAGE_FEATURE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -532,25 +533,12 @@ def build_model(model_args: ZemelModelArguments, processor, feature_dim: int):
     return model
 
 
-def run_zemel_training(
-    data_args: ZemelDataArguments, model_args: ZemelModelArguments, train_args: ZemelTrainingArguments
-) -> dict:
-    """ZEMEL training and evaluation (the steps of :mod:`modeling_mel.scripts.train_zemel`): load the corpus and check the zero-shot
-    splits, compute image features, build processor and model from the backbone, train with :class:`ZemelTrainer`
-    (mined hard negatives + in-batch negatives), save model + processor + ``train_results.json``, evaluate the
-    evaluation splits into ``eval_results.json``. Returns ``{"train", "eval", "splits"}``."""
-    from .candidates import Bm25RuleCandidates
-    from .corpus import ListDataset
-    from .zemel_evaluation import (
-        RegionFeatures,
-        build_image_extractor,
-        canonical_split,
-        check_zero_shot,
-        evaluate_splits,
-        load_zemel_data,
-    )
+def _training_data(data_args: ZemelDataArguments):
+    """Step 2 of :func:`run_zemel_training`: the corpus (ZEMELD's zero-shot check raises here, before any training),
+    its training rows (at most ``max_train_samples``) and training KB, after checking the evaluation splits exist and
+    share no entity with training (ValueError on a zero-shot corpus, a warning otherwise)."""
+    from .zemel_data import check_zero_shot, load_zemel_data
 
-    # 2. Load the corpus (ZEMELD's zero-shot check raises here, before any training) and check the splits.
     data = load_zemel_data(data_args.dataset, data_args.data_dir, data_args.dataset_cache_dir)
     train_rows = list(data.split(data_args.train_split))
     eval_rows = {s: data.split(s) for s in data_args.eval_split_list}  # ValueError for a missing split
@@ -564,34 +552,40 @@ def run_zemel_training(
             raise ValueError(f"zero-shot split violated: {len(leaked)} {split} entities occur in training: {leaked[:20]}")
         if leaked:
             logger.warning("%d of the %s entities also occur in training: not a zero-shot evaluation", len(leaked), split)
-    train_kb = data.kb_for(data_args.train_split, "split")
+    return data, train_rows, data.kb_for(data_args.train_split, "split")
 
-    # 3. Image features: whole image + box crops per context image, KB images per entity (computed once).
-    regions = None
-    if data_args.image_features == "resnet50" and data.has_images:
-        if data_args.features:  # extract once: the cache made by mel features (its encoder; another is refused)
-            from .feature_cache import open_features
 
-            default_model = ZemelDataArguments.__dataclass_fields__["image_model"].default
-            extractor = open_features(data_args.features, image_model=(
-                data_args.image_model if data_args.image_model != default_model else None))
-        else:
-            extractor = build_image_extractor(data_args.image_model, data_args.image_size, data_args.image_cache_dir,
-                                              feature=data_args.image_feature)
-        regions = RegionFeatures(extractor, data_args.max_entity_images, regions=data_args.image_regions)
-        regions.add_rows(train_rows, progress=True)
-        regions.add_entities(train_kb, progress=True)
-        feature_dim = regions.feature_dim
-    else:
+def _training_regions(data_args: ZemelDataArguments, data, train_rows: Sequence[Mapping[str, Any]], train_kb: Mapping):
+    """Step 3 of :func:`run_zemel_training`: the image features of the training rows (whole image + box crops) and of
+    the training KB's entities, computed once (``mel features``' cache with ``--features``), and their dimension;
+    ``(None, 2048)`` when training text only."""
+    from .zemel_evaluation import RegionFeatures, build_image_extractor
+
+    if data_args.image_features != "resnet50" or not data.has_images:
         if data_args.image_features == "resnet50":
             logger.warning("the %s corpus has no images: training text only", data_args.dataset)
-        feature_dim = 2048
+        return None, 2048
+    if data_args.features:  # extract once: the cache made by mel features (its encoder; another is refused)
+        from .feature_cache import open_features
 
-    # 4. Processor and model (text streams from the backbone; new [M] [/M] [ENT] embeddings).
+        default_model = ZemelDataArguments.__dataclass_fields__["image_model"].default
+        extractor = open_features(data_args.features, image_model=(
+            data_args.image_model if data_args.image_model != default_model else None))
+    else:
+        extractor = build_image_extractor(data_args.image_model, data_args.image_size, data_args.image_cache_dir,
+                                          feature=data_args.image_feature)
+    regions = RegionFeatures(extractor, data_args.max_entity_images, regions=data_args.image_regions)
+    regions.add_rows(train_rows, progress=True)
+    regions.add_entities(train_kb, progress=True)
+    return regions, regions.feature_dim
+
+
+def _processor_and_model(data_args: ZemelDataArguments, model_args: ZemelModelArguments, regions, feature_dim: int):
+    """Step 4 of :func:`run_zemel_training`: the processor and the model (text streams from the backbone; new
+    ``[M] [/M] [ENT]`` embeddings), the image encoder's identity in the processor config (what ``mel index`` / ``link``
+    / ``serve`` and the pipeline build by default, and check) and the training settings in the model config."""
     from .processing_zemel import ZemelProcessor
 
-    # the image encoder's identity goes into the processor config (what mel index / link / serve and the pipeline
-    # build by default, and check)
     encoder = regions.extractor.identity if regions is not None else None
     processor = ZemelProcessor.from_backbone(model_args.backbone, max_regions=model_args.max_regions,
                                              feature_dim=feature_dim, context_template=model_args.context_template,
@@ -606,9 +600,16 @@ def run_zemel_training(
     model.config.max_entity_images = data_args.max_entity_images
     model.config.context_max_length = data_args.context_max_length
     model.config.candidate_max_length = data_args.candidate_max_length
+    return processor, model
 
-    # 5. Collator: each mention's list (gold + hard negatives: mined with the model before every epoch, or BM25+rules
-    #    over the training KB), shuffled, plus in-batch negatives.
+
+def _training_collator(data_args: ZemelDataArguments, train_args: ZemelTrainingArguments, processor, train_rows: list,
+                       train_kb: Mapping, regions):
+    """Step 5 of :func:`run_zemel_training`: the collator of each mention's list (gold + ``k - 1`` hard negatives:
+    mined with the model before every epoch by the returned callbacks, or BM25+rules over the training KB), shuffled,
+    plus in-batch negatives. Returns ``(collator, callbacks, k)``."""
+    from .candidates import Bm25RuleCandidates
+
     k = min(data_args.num_candidates, len(train_kb))
     callbacks = []
     if data_args.negatives == "dense" and k > 1:
@@ -632,6 +633,52 @@ def run_zemel_training(
             train=True, seed=train_args.seed,
         )
     )
+    return collator, callbacks, k
+
+
+def _save_and_evaluate(trainer: ZemelTrainer, processor, data, regions, train_results: dict,
+                       data_args: ZemelDataArguments, train_args: ZemelTrainingArguments) -> dict:
+    """Step 8 of :func:`run_zemel_training` (main process only): save the processor and ``train_results.json``,
+    evaluate the evaluation splits with the candidate cache into ``eval_results.json``; returns their metrics (``{}``
+    on the other processes or without evaluation splits)."""
+    from .zemel_evaluation import evaluate_splits
+
+    results: dict = {}
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(train_args.output_dir)
+        with open(os.path.join(train_args.output_dir, "train_results.json"), "w") as f:
+            json.dump(train_results, f, indent=2)
+        if data_args.eval_split_list:
+            results = evaluate_splits(
+                trainer.model, processor, data, data_args.eval_split_list, regions=regions, eval_kb=data_args.eval_kb,
+                max_samples=data_args.max_eval_samples, ns=data_args.ns,
+                batch_size=train_args.per_device_eval_batch_size, context_max_length=data_args.context_max_length,
+                candidate_max_length=data_args.candidate_max_length, bf16=train_args.bf16, progress=True,
+            )
+            with open(os.path.join(train_args.output_dir, "eval_results.json"), "w") as f:
+                json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+def run_zemel_training(
+    data_args: ZemelDataArguments, model_args: ZemelModelArguments, train_args: ZemelTrainingArguments
+) -> dict:
+    """ZEMEL training and evaluation (the steps of :mod:`modeling_mel.scripts.train_zemel`): load the corpus and check the zero-shot
+    splits, compute image features, build processor and model from the backbone, train with :class:`ZemelTrainer`
+    (mined hard negatives + in-batch negatives), save model + processor + ``train_results.json``, evaluate the
+    evaluation splits into ``eval_results.json``. Returns ``{"train", "eval", "splits"}``."""
+    from transformers import set_seed
+
+    from .corpus import ListDataset
+
+    # 1. The seed before anything random: the new weights (poly codes, [M] [/M] [ENT] embeddings, co-attention) are
+    #    drawn when the model is built, before the Trainer seeds its own run, so two runs must start from one seed.
+    set_seed(train_args.seed)
+    # 2.-5. The corpus, image features, processor and model, collator (the steps' functions above).
+    data, train_rows, train_kb = _training_data(data_args)
+    regions, feature_dim = _training_regions(data_args, data, train_rows, train_kb)
+    processor, model = _processor_and_model(data_args, model_args, regions, feature_dim)
+    collator, callbacks, k = _training_collator(data_args, train_args, processor, train_rows, train_kb, regions)
 
     # 6. Train.
     trainer = ZemelTrainer(
@@ -656,20 +703,7 @@ def run_zemel_training(
                      "negatives": model.config.training_negatives}
 
     # 8. Evaluate dev/test with the candidate cache (main process only).
-    results: dict = {}
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(train_args.output_dir)
-        with open(os.path.join(train_args.output_dir, "train_results.json"), "w") as f:
-            json.dump(train_results, f, indent=2)
-        if data_args.eval_split_list:
-            results = evaluate_splits(
-                trainer.model, processor, data, data_args.eval_split_list, regions=regions, eval_kb=data_args.eval_kb,
-                max_samples=data_args.max_eval_samples, ns=data_args.ns,
-                batch_size=train_args.per_device_eval_batch_size, context_max_length=data_args.context_max_length,
-                candidate_max_length=data_args.candidate_max_length, bf16=train_args.bf16, progress=True,
-            )
-            with open(os.path.join(train_args.output_dir, "eval_results.json"), "w") as f:
-                json.dump(results, f, indent=2, sort_keys=True)
+    results = _save_and_evaluate(trainer, processor, data, regions, train_results, data_args, train_args)
     trainer.accelerator.wait_for_everyone()
 
     # 9. Report.

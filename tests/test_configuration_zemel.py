@@ -61,8 +61,40 @@ def test_hash_ignores_token_ids_and_dropout_but_not_the_architecture(tmp_path):
         (dict(co_attention_layers=[1, 0]), "must be strictly increasing text-layer indices in"),
         (dict(co_attention_layers=[0, 1], v_co_attention_layers=[1]), "must have one entry per co-attention block"),
         (dict(text_config="bert"), "text_config must be a dict or a BertConfig, got str"),
+        (dict(bi_num_attention_heads=0), r"bi_hidden_size=32 is not a multiple of its number of attention heads \(0\)"),
+        (dict(v_feature_dim=0), "v_feature_dim must be >= 1, got 0"),
+        (dict(v_spatial_dim=0), "v_spatial_dim must be >= 1, got 0"),
+        (dict(v_num_hidden_layers=-1), "v_num_hidden_layers must be >= 0, got -1"),
+        (dict(co_attention_layers=[0, 2]),
+         r"co_attention_layers \[0, 2\] must be strictly increasing text-layer indices in \[0, 2\)"),
+        (dict(v_co_attention_layers=[1, 0]), r"v_co_attention_layers \[1, 0\] must be increasing"),
+        (dict(v_co_attention_layers=[0, 0]), r"v_co_attention_layers \[0, 0\] must be increasing"),
+        (dict(v_co_attention_layers=[0, 2]), r"must be visual-layer indices in \[-1, 2\)"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_the_first_bad_setting_is_named_and_layer_schedules_are_normalised():
+    # the checks run in the documented order: the plain settings, then the co-attention schedule, then the loss
+    with pytest.raises(ValueError, match="poly_m must be >= 1"):
+        tiny_config(poly_m=0, co_attention_layers=[5], loss_type="triplet")
+    with pytest.raises(ValueError, match="co_attention_layers"):
+        tiny_config(co_attention_layers=[5], loss_type="triplet")
+    # indices given as strings or tuples are stored as lists of ints; -1 may repeat (blocks before any visual layer)
+    c = tiny_config(co_attention_layers=("0", "1"), v_co_attention_layers=(-1, -1), poly_m="3")
+    assert c.co_attention_layers == [0, 1] and c.v_co_attention_layers == [-1, -1] and c.poly_m == 3
+    assert tiny_config(co_attention_layers=[]).v_co_attention_layers == []
+    three = tiny_config(text_config=dict(TEXT, num_hidden_layers=3), co_attention_layers=[0, 1, 2])
+    assert three.v_co_attention_layers == [-1, 0, 1]  # the last visual layers, padded with -1
+
+
+def test_every_argument_is_documented_in_the_class_docstring():
+    import inspect
+
+    names = [n for n in inspect.signature(ZemelConfig.__init__).parameters if n not in ("self", "kwargs")]
+    assert names[:3] == ["text_config", "v_feature_dim", "v_spatial_dim"] and len(names) == 32
+    undocumented = [n for n in names if not n.endswith("_token_id") and f"{n} (`" not in ZemelConfig.__doc__]
+    assert undocumented == []

@@ -1,5 +1,5 @@
 """Evaluation equals the product (issue 14): for the same model and KB, the PFMEL evaluation code
-(``pfmel_training.evaluate_splits``, what ``evaluate_linking.py`` runs) and ``pipeline()`` rank the same candidates
+(``pfmel_evaluation.evaluate_splits``, what ``evaluate_linking.py`` runs) and ``pipeline()`` rank the same candidates
 with the same scores on the sample's test split."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """ZemelPolyEncoder: cache == forward, poly head vs. a hand reference, bi mode, text-only input, BERT loading,
-save/load through AutoModel, bad input, and a tiny zero-shot training run on the sample corpus. The config's own
-checks: tests/test_configuration_zemel.py."""
+save/load through AutoModel (with the shipped code files), bad input, and a tiny zero-shot training run on the sample
+corpus. The config's own checks: tests/test_configuration_zemel.py; the encoder's layers:
+tests/test_modeling_zemel_layers.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import pytest
 import torch
 
+from modeling_mel import modeling_zemel, modeling_zemel_layers
 from modeling_mel.configuration_zemel import ZemelConfig
 from modeling_mel.modeling_zemel import ZemelContextOutput, ZemelPolyEncoder
 from modeling_mel.registry import register_all
@@ -217,13 +219,49 @@ def test_save_and_auto_model_load(tmp_path):
     x = inputs()
     ref = m(**x).scores
     m.save_pretrained(tmp_path)
-    assert {"configuration_zemel.py", "modeling_zemel.py", "config.json"} <= set(os.listdir(tmp_path))
+    assert {"configuration_zemel.py", "modeling_zemel.py", "modeling_zemel_layers.py", "config.json"} <= set(
+        os.listdir(tmp_path))
+    # the layers module ships with the model file that imports it, as it is in the package
+    for module in (modeling_zemel, modeling_zemel_layers):
+        shipped = (tmp_path / os.path.basename(module.__file__)).read_text(encoding="utf-8")
+        assert shipped == open(module.__file__, encoding="utf-8").read()
     remote = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
     torch.testing.assert_close(remote(**x).scores, ref)
     register_all()
     local = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(local, ZemelPolyEncoder)
     torch.testing.assert_close(local(**x).scores, ref)
+
+
+REMOTE_SCRIPT = """
+import sys
+sys.modules["modeling_mel"] = None  # the package is not installed: the model runs on the files shipped with it
+import torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained({folder!r}, trust_remote_code=True).eval()
+x, ref = torch.load({data!r})
+torch.testing.assert_close(model(**x).scores, ref)
+print(type(model).__module__, type(model.context_encoder).__module__, type(model.config).__module__)
+"""
+
+
+def test_saved_folder_runs_on_its_own_code_files_without_the_package(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    m = ZemelPolyEncoder(tiny_config(modality_gate_init=1.0)).eval()  # gates open: the visual layers count
+    x = inputs()
+    m.save_pretrained(tmp_path / "model")
+    torch.save((x, m(**x).scores.detach()), tmp_path / "data.pt")
+    script = REMOTE_SCRIPT.format(folder=str(tmp_path / "model"), data=str(tmp_path / "data.pt"))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    model_module, encoder_module, config_module = run.stdout.split()
+    assert model_module.startswith("transformers_modules.") and model_module.endswith(".modeling_zemel")
+    assert encoder_module.startswith("transformers_modules.") and encoder_module.endswith(".modeling_zemel_layers")
+    assert config_module.startswith("transformers_modules.") and config_module.endswith(".configuration_zemel")
 
 
 def test_resize_for_processor(minilm_tokenizer):

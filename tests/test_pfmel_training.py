@@ -1,5 +1,7 @@
-"""PFMEL training: per-task losses, prediction, the train/ scripts end to end, resume, errors, multi-process, the demo.
-Each script's own arguments and help: tests/test_<script>.py."""
+"""PFMEL training runs: the train/ scripts end to end (pre-training, fine-tuning, evaluation), resume, errors,
+multi-process. Each script's own arguments and help: tests/test_<script>.py; the Trainer's per-task losses:
+tests/test_pfmel_trainer.py; prediction and metrics: tests/test_pfmel_evaluation.py; the arguments:
+tests/test_pfmel_arguments.py; listwise training: tests/test_pfmel_listwise.py."""
 
 from __future__ import annotations
 
@@ -12,28 +14,15 @@ import sys
 import numpy as np
 import pytest
 from conftest import train_script
-import torch
 from transformers import TrainerCallback
 
 from modeling_mel.modeling_multimodal_nsp import BertForMultimodalNSP
-from modeling_mel.pfmel_data import PFMELCollator, encode_pairs, make_pretraining_pairs
-from modeling_mel.pfmel_training import (
-    PFMELModelArguments,
-    PFMELPretrainingArguments,
-    PFMELTrainer,
-    linking_metrics,
-    load_model_and_processor,
-    name_match_baseline,
-    predict_linking,
-)
 
 from pfmel_fixtures import (  # noqa: F401 - fixtures
     base_argv,
     make_tiny_backbone,
-    pfmel_corpus,
     tiny_backbone,
     tiny_resnet_dir,
-    toy_corpus,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,61 +37,16 @@ TRAIN_ARGV = ["--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "Tru
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def test_trainer_loss_is_sum_of_task_means(pfmel_corpus, tiny_backbone, tmp_path):
-    model, processor = load_model_and_processor(PFMELModelArguments(backbone=tiny_backbone, max_length=64))
-    pairs = make_pretraining_pairs(pfmel_corpus.sentences("train"), swap_roles=True, seed=0)
-    feats = encode_pairs(processor, pairs)
-    pick = [0, 1, next(i for i, p in enumerate(pairs) if p.task == "text"), next(i for i, p in enumerate(pairs) if p.task == "multi")]
-    batch = PFMELCollator(processor, pfmel_corpus.table)([feats[i] for i in pick])
-    args = PFMELPretrainingArguments(output_dir=str(tmp_path), max_steps=4, logging_steps=2, report_to="none", use_cpu=True,
-                                     save_strategy="no", disable_tqdm=True)
-    from modeling_mel.pfmel_data import ListDataset
-
-    trainer = PFMELTrainer(model=model, args=args, train_dataset=ListDataset(feats),
-                           data_collator=PFMELCollator(processor, pfmel_corpus.table), processing_class=processor)
-    model.eval()
-    loss = trainer.compute_loss(model, dict(batch))
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "task_ids")}
-    per = torch.nn.functional.cross_entropy(model(**inputs).logits, batch["labels"], reduction="none")
-    t = batch["task_ids"]
-    expected = sum(per[t == k].mean() for k in torch.unique(t))
-    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    trainer.train()
-    logged = [h for h in trainer.state.log_history if "loss" in h]
-    assert logged and all(k.startswith("loss_") for h in logged for k in h if k.startswith("loss_"))
-    assert any({"loss_mix", "loss_text", "loss_multi"} & set(h) for h in logged)
-
-
-def test_predict_linking_matches_direct_scoring(pfmel_corpus, tiny_backbone):
-    model, processor = load_model_and_processor(PFMELModelArguments(backbone=tiny_backbone, max_length=64), seed=1)
-    model.eval()
-    data = pfmel_corpus.linking_data("dev")
-    preds = predict_linking(model, processor, data, batch_size=5)
-    assert [p.mention_id for p in preds] == [m.mention_id for m in data.mentions]
-    m, p = data.mentions[0], preds[0]
-    assert sorted(e for e, _ in p.ranked) == sorted(m.candidates)
-    assert [s for _, s in p.ranked] == sorted((s for _, s in p.ranked), reverse=True)
-    for eid, score in p.ranked:
-        feats = encode_pairs(processor, [data.pair(m, eid, 0)])
-        batch = PFMELCollator(processor, data.table)(feats)
-        batch = {k: v for k, v in batch.items() if k not in ("labels", "task_ids")}
-        with torch.no_grad():
-            direct = float(model.link_scores(model(**batch).logits)[0])
-        assert score == pytest.approx(direct, abs=1e-4)
-    bf16 = predict_linking(model, processor, data, batch_size=5, bf16=True)
-    # untrained tiny model: candidates are near ties, so compare scores, not ranks
-    fp32 = {(a.mention_id, e): s for a in preds for e, s in a.ranked}
-    assert max(abs(fp32[(b.mention_id, e)] - s) for b in bf16 for e, s in b.ranked) < 0.05
-    metrics = linking_metrics(preds)
-    assert set(metrics) >= {"accuracy", "candidate_recall", "mrr", "n"} and metrics["n"] == len(data.mentions)
-
-
-def test_name_match_baseline(pfmel_corpus, toy_corpus):
-    _, kb = toy_corpus
-    names = {r["entity_id"]: r["name"] for r in kb}
-    data = pfmel_corpus.linking_data("test")
-    for p, m in zip(name_match_baseline(data, names), data.mentions):
-        assert p.predicted == min(m.candidates, key=lambda e: len(names[e]))
+@pytest.mark.parametrize("old, new", [
+    ("pfmel_training", "pfmel_arguments"), ("pfmel_training", "pfmel_trainer"), ("pfmel_training", "pfmel_evaluation"),
+    ("pfmel_training", "pfmel_listwise"), ("pfmel_data", "pfmel_pretraining_pairs"), ("pfmel_data", "pfmel_features"),
+])
+def test_moved_names_stay_importable_from_their_old_module(old, new):
+    # scripts, tests and users import them from pfmel_training / pfmel_data, where they lived before
+    old_module, new_module = (importlib.import_module(f"modeling_mel.{m}") for m in (old, new))
+    assert new_module.__all__
+    for name in new_module.__all__:
+        assert getattr(old_module, name) is getattr(new_module, name), name
 
 
 def test_cli_help_and_commands(capsys):

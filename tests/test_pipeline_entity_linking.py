@@ -168,8 +168,15 @@ def test_remote_code_pipeline_in_fresh_process(nsp, zemel, kb_dir, tmp_path):
 
     items = [{"text": "hand hearts taylor's version", "mention": "taylor"}, {"text": "Justin on stage", "mention": "Justin"}]
     expected = {}
+    import modeling_mel
+
+    package = os.path.dirname(modeling_mel.__file__)
     for name, family in (("nsp", nsp), ("zemel", zemel)):
         save_for_hub(family[0], family[1], tmp_path / f"hub_{name}")
+        # the helpers the pipeline file imports relatively ship beside it, as they are in the package
+        for helper in ("linking_kb.py", "pipeline_inputs.py", "weight_checks.py", "knowledge_base.py"):
+            shipped = (tmp_path / f"hub_{name}" / helper).read_text(encoding="utf-8")
+            assert shipped == open(os.path.join(package, helper), encoding="utf-8").read(), helper
         pipe = make_pipe(family, os.path.join(kb_dir, "kb.jsonl"), use_images=False)
         expected[name] = pipe(items, top_k=3, **({"candidates": "dense"} if name == "zemel" else {}))
     script = REMOTE_SCRIPT.format(root=str(tmp_path), kb=os.path.join(kb_dir, "kb.jsonl"), items=items, out=str(tmp_path / "out.json"))

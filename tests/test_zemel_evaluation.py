@@ -1,41 +1,13 @@
-"""ZEMEL evaluation (modeling_mel.zemel_evaluation) on hand-made cases: the evaluation KB of each mode, the best
-candidate among the first N with the package's tie rule, V-T-KG pairing, the metric module, and the errors of bad
-corpus arguments. Evaluation of trained models: tests/test_zemel_training.py, test_eval_equals_product.py."""
+"""ZEMEL evaluation (modeling_mel.zemel_evaluation) on hand-made cases: the best candidate among the first N with the
+package's tie rule, V-T-KG pairing, the metric module, and the steps of evaluate_split (counts, metrics at each N).
+The evaluation KB of each mode and the corpus arguments: tests/test_zemel_data.py. Evaluation of trained models:
+tests/test_zemel_training.py, test_eval_equals_product.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from modeling_mel.zemel_evaluation import (
-    ZemelData,
-    best_candidate,
-    canonical_eval_kb,
-    canonical_split,
-    check_zero_shot,
-    load_zemel_data,
-)
-
-KB = {e: {"entity_id": e, "name": e} for e in ("a", "b", "c", "d", "unused")}
-
-
-def _data(zero_shot: bool) -> ZemelData:
-    mentions = {"train": [{"entity_id": "a"}, {"entity_id": "b"}], "dev": [{"entity_id": "c"}],
-                "test": [{"entity_id": "d"}, {"entity_id": "d"}]}
-    return ZemelData("toy", mentions, kbs={}, full_kb=KB, zero_shot=zero_shot)
-
-
-def test_evaluation_kb_of_each_mode():
-    zs = _data(zero_shot=True)
-    assert list(zs.kb_for("test")) == ["c", "d", "unused"]  # unseen: every entity not seen in training, unused too
-    assert list(zs.kb_for("validation", "split")) == ["c", "d", "unused"]  # the old name, and dev's other name
-    assert list(zs.kb_for("train")) == ["a", "b"]  # training is linked against its own gold entities
-    assert list(zs.kb_for("test", "gold_only")) == ["d"] and list(zs.kb_for("test", "full")) == list(KB)
-    assert list(_data(zero_shot=False).kb_for("test")) == list(KB)  # no zero-shot split: the whole KB
-    assert canonical_split("valid") == "dev" and canonical_eval_kb("split") == "unseen"
-    with pytest.raises(ValueError, match=r"unknown eval_kb 'seen'; choose one of \['unseen', 'full', 'gold_only'"):
-        zs.kb_for("test", "seen")
-    with pytest.raises(ValueError, match=r"split 'holdout' is not in the toy corpus; available splits: \['dev', "):
-        zs.split("holdout")
+from modeling_mel.zemel_evaluation import best_candidate
 
 
 def test_best_candidate_among_the_first_n_with_the_tie_rule():
@@ -43,15 +15,6 @@ def test_best_candidate_among_the_first_n_with_the_tie_rule():
     assert best_candidate(["x", "y"], [0.5, 0.5], n=5) == ("x", 0.5)  # a tie without a KB order: the earlier one
     assert best_candidate(["x", "y"], [0.5, 0.5], n=5, order={"x": 7, "y": 3}) == ("y", 0.5)  # else the KB position
     assert best_candidate([], [], n=5) == (None, float("-inf"))
-
-
-def test_zero_shot_check_and_corpus_arguments(tmp_path):
-    assert check_zero_shot([{"entity_id": "a"}, {"entity_id": "b"}], [{"entity_id": "b"}, {"entity_id": "c"}],
-                           "dev") == ["b"]
-    with pytest.raises(ValueError, match=r"unknown dataset 'twitter_mel'; choose one of \['zemeld', 'mel_jsonl'"):
-        load_zemel_data("twitter_mel", str(tmp_path))
-    with pytest.raises(ValueError, match="data_dir .* is not a directory"):
-        load_zemel_data("zemeld", str(tmp_path / "missing"))
 
 
 def test_v_t_kg_pairing_predictor():
@@ -85,3 +48,41 @@ def test_evaluate_metric_module_matches_functions():
     got = ZemelLinkingMetric().compute(predictions=preds, references=gold, n=5)
     assert got == linking_metrics(["a", None, "c", "x"], gold, 5)
     assert got["precision/5"] == pytest.approx(2 / 3) and got["r@1/5"] == pytest.approx(0.5)
+
+
+def test_evaluate_split_checks_its_arguments(caplog):
+    from modeling_mel.zemel_evaluation import _checked_ns
+
+    rows = [{"entity_id": "a"}, {"entity_id": "zz"}]
+    with caplog.at_level("WARNING", logger="modeling_mel.zemel_evaluation"):
+        assert _checked_ns(rows, {"a": {}}, (100, 5, 5)) == [5, 100]  # sorted, once each
+    assert "1 gold entities are not in the evaluation KB (always missed): ['zz']" in caplog.text
+    with pytest.raises(ValueError, match=r"ns must be positive candidate counts, got \[0, 5\]"):
+        _checked_ns(rows, {"a": {}}, (5, 0))
+    with pytest.raises(ValueError, match="the split has no mention rows to evaluate"):
+        _checked_ns([], {"a": {}}, (5,))
+
+
+def test_mention_counts_keep_every_gold_mention():
+    from modeling_mel.zemel_evaluation import _mention_counts
+
+    rows = [{"entity_id": "a", "mention_start": 0}, {"entity_id": "zz", "mention_start": None},
+            {"entity_id": "NIL", "mention_start": 3}, {"entity_id": "b", "mention_start": 1}]
+    lists = [["a"], ["a"], [], []]
+    counts = _mention_counts(rows, {"a": {}, "b": {}, "c": {}}, lists, [r["entity_id"] for r in rows])
+    # "zz" is outside the KB, "b" has no candidates, NIL both (counted once among the unusable)
+    assert counts == {"n": 4, "kb_size": 3, "n_gold_not_in_kb": 2, "n_no_candidates": 2, "n_unusable": 3,
+                      "n_unaligned": 1, "n_nil": 1}
+
+
+def test_metrics_at_each_n_cut_the_candidate_lists():
+    from modeling_mel.zemel_evaluation import _metrics_at_each_n
+
+    lists = [["x", "a"], ["b", "y"], []]
+    scores = [[0.9, 0.5], [0.1, 0.8], []]
+    results, predicted = _metrics_at_each_n(lists, scores, ["a", "b", "c"], [1, 2], {"x": 0, "a": 1, "b": 2, "y": 3})
+    assert predicted == {1: ["x", "b", None], 2: ["x", "y", None]}
+    assert results["precision/1"] == pytest.approx(0.5) and results["r@1/1"] == pytest.approx(1 / 3)
+    assert results["precision/2"] == 0.0 and results["vt_kg_precision/1"] == results["precision/1"]
+    assert results["candidate_recall@1"] == pytest.approx(1 / 3) and results["candidate_recall@2"] == pytest.approx(2 / 3)
+    assert results["random_r@1/1"] == pytest.approx(1 / 3) and results["random_r@1/2"] == pytest.approx(1 / 3)

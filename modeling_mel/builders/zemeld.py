@@ -122,6 +122,35 @@ def split_overlaps(entities: dict[str, set[str]]) -> dict[str, list[str]]:
     }
 
 
+def _mention_rows(valid: list[dict], image_id: str, image: str, width: float, height: float, caption: str,
+                  kb: dict[str, dict], split: str) -> list[dict]:
+    """The ``mentions`` rows of one image: one per entry of ``valid`` (see :meth:`Zemeld._valid_entities`), each
+    with the boxes, mentions, starts and entity ids of all of them."""
+    return [
+        {
+            "id": f"{image_id}-{j}",
+            "image_id": image_id,
+            "image": image,
+            "width": int(width),
+            "height": int(height),
+            "caption": caption,
+            "mention": ent["mention"],
+            "mention_start": ent["start"],
+            "mention_end": ent["end"],
+            "box": ent["box"],
+            "box_index": j,
+            "entity_id": ent["entity_id"],
+            "entity_name": str(kb[ent["entity_id"]].get("name", "")),
+            "image_boxes": [e["box"] for e in valid],
+            "image_mentions": [e["mention"] for e in valid],
+            "image_mention_starts": [e["start"] for e in valid],
+            "image_entity_ids": [e["entity_id"] for e in valid],
+            "split": split,
+        }
+        for j, ent in enumerate(valid)
+    ]
+
+
 class Zemeld(datasets.GeneratorBasedBuilder):
     """ZEMELD builder: configs ``mentions`` (one row per annotated box/mention/entity) and ``kb`` (entities)."""
 
@@ -188,6 +217,18 @@ class Zemeld(datasets.GeneratorBasedBuilder):
         for name in ("annotations.jsonl", "kb.jsonl"):
             if not os.path.isfile(os.path.join(data_dir, name)):
                 raise ValueError(f"ZEMELD: {name} not found in data_dir {data_dir!r} (see the dataset card for the layout)")
+        kb = self._read_kb(data_dir)
+        rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        for n, ann in enumerate(_read_jsonl(os.path.join(data_dir, "annotations.jsonl"))):
+            self._add_annotation(n, ann, data_dir, kb, rows)
+        entities = {s: {r["entity_id"] for r in rows[s]} for s in SPLITS}
+        self._check_zero_shot(entities)
+        self._log_counts(rows)
+        self._write_skipped()
+        return kb, rows, entities
+
+    def _read_kb(self, data_dir: str) -> dict[str, dict]:
+        """The rows of ``kb.jsonl`` by entity id (a row without ``entity_id`` is skipped)."""
         kb = {}
         for row in _read_jsonl(os.path.join(data_dir, "kb.jsonl")):
             eid = str(row.get("entity_id", ""))
@@ -195,74 +236,65 @@ class Zemeld(datasets.GeneratorBasedBuilder):
                 self._skip("kb_row_without_entity_id", {"row": row})
                 continue
             kb[eid] = row
+        return kb
 
-        rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        for n, ann in enumerate(_read_jsonl(os.path.join(data_dir, "annotations.jsonl"))):
-            image_id = str(ann.get("image_id") or os.path.splitext(os.path.basename(str(ann.get("image", n))))[0])
-            split = ann.get("split")
-            if split not in SPLITS:
-                self._skip("unknown_split", {"image_id": image_id, "split": split})
-                continue
-            path = os.path.join(data_dir, str(ann.get("image", "")))
-            if not ann.get("image") or not os.path.isfile(path):
-                self._skip("missing_image", {"image_id": image_id, "image": ann.get("image")})
-                continue
-            try:
-                width, height = _image_size(ann, path)
-            except Exception as err:  # unreadable image header
-                self._skip("unreadable_image", {"image_id": image_id, "image": ann.get("image"), "error": str(err)})
-                continue
-            caption = str(ann.get("caption") or "")
-            valid = []
-            for j, ent in enumerate(ann.get("entities") or []):
-                detail = {"image_id": image_id, "index": j, "box": ent.get("box"), "mention": ent.get("mention"),
-                          "entity_id": ent.get("entity_id")}
-                reason = check_box(ent.get("box"), width, height)
-                if reason:
-                    self._skip(reason, detail)
-                    continue
-                mention = str(ent.get("mention") or "")
-                if not mention.strip():
-                    self._skip("empty_mention", detail)
-                    continue
-                start = ent.get("mention_start")
-                start = None if start is None else int(start)
-                end = None if start is None else int(ent.get("mention_end") or start + len(mention))
-                start, end, status = resolve_offsets(caption, mention, start, end)
-                note = offset_note(status)
-                if note:  # kept: aligned by tokens, or without a span when nothing aligns
-                    self._notes[note] += 1
-                eid = str(ent.get("entity_id", ""))
-                if eid not in kb:
-                    self._skip("entity_not_in_kb", detail)
-                    continue
-                valid.append({"box": [float(v) for v in ent["box"]], "mention": mention, "start": start, "end": end,
-                              "entity_id": eid})
-            for j, ent in enumerate(valid):
-                rows[split].append(
-                    {
-                        "id": f"{image_id}-{j}",
-                        "image_id": image_id,
-                        "image": os.path.abspath(path),
-                        "width": int(width),
-                        "height": int(height),
-                        "caption": caption,
-                        "mention": ent["mention"],
-                        "mention_start": ent["start"],
-                        "mention_end": ent["end"],
-                        "box": ent["box"],
-                        "box_index": j,
-                        "entity_id": ent["entity_id"],
-                        "entity_name": str(kb[ent["entity_id"]].get("name", "")),
-                        "image_boxes": [e["box"] for e in valid],
-                        "image_mentions": [e["mention"] for e in valid],
-                        "image_mention_starts": [e["start"] for e in valid],
-                        "image_entity_ids": [e["entity_id"] for e in valid],
-                        "split": split,
-                    }
-                )
+    def _add_annotation(self, n: int, ann: dict, data_dir: str, kb: dict[str, dict],
+                        rows: dict[str, list[dict]]) -> None:
+        """Append to ``rows[split]`` one mention row per valid entity of the annotated image ``ann`` (line ``n`` of
+        ``annotations.jsonl``); an unknown split or a missing / unreadable image skips the whole annotation."""
+        image_id = str(ann.get("image_id") or os.path.splitext(os.path.basename(str(ann.get("image", n))))[0])
+        split = ann.get("split")
+        if split not in SPLITS:
+            self._skip("unknown_split", {"image_id": image_id, "split": split})
+            return
+        path = os.path.join(data_dir, str(ann.get("image", "")))
+        if not ann.get("image") or not os.path.isfile(path):
+            self._skip("missing_image", {"image_id": image_id, "image": ann.get("image")})
+            return
+        try:
+            width, height = _image_size(ann, path)
+        except Exception as err:  # unreadable image header
+            self._skip("unreadable_image", {"image_id": image_id, "image": ann.get("image"), "error": str(err)})
+            return
+        caption = str(ann.get("caption") or "")
+        valid = self._valid_entities(ann, image_id, caption, width, height, kb)
+        rows[split].extend(_mention_rows(valid, image_id, os.path.abspath(path), width, height, caption, kb, split))
 
-        entities = {s: {r["entity_id"] for r in rows[s]} for s in SPLITS}
+    def _valid_entities(self, ann: dict, image_id: str, caption: str, width: float, height: float,
+                        kb: dict[str, dict]) -> list[dict]:
+        """The entities of ``ann`` kept (box in the image, non-empty mention, entity in the KB), each as ``box``,
+        ``mention``, ``start``/``end`` (resolved in ``caption``; None when nothing aligns) and ``entity_id``; the
+        others are skipped by reason, and offset notes are counted."""
+        valid = []
+        for j, ent in enumerate(ann.get("entities") or []):
+            detail = {"image_id": image_id, "index": j, "box": ent.get("box"), "mention": ent.get("mention"),
+                      "entity_id": ent.get("entity_id")}
+            reason = check_box(ent.get("box"), width, height)
+            if reason:
+                self._skip(reason, detail)
+                continue
+            mention = str(ent.get("mention") or "")
+            if not mention.strip():
+                self._skip("empty_mention", detail)
+                continue
+            start = ent.get("mention_start")
+            start = None if start is None else int(start)
+            end = None if start is None else int(ent.get("mention_end") or start + len(mention))
+            start, end, status = resolve_offsets(caption, mention, start, end)
+            note = offset_note(status)
+            if note:  # kept: aligned by tokens, or without a span when nothing aligns
+                self._notes[note] += 1
+            eid = str(ent.get("entity_id", ""))
+            if eid not in kb:
+                self._skip("entity_not_in_kb", detail)
+                continue
+            valid.append({"box": [float(v) for v in ent["box"]], "mention": mention, "start": start, "end": end,
+                          "entity_id": eid})
+        return valid
+
+    def _check_zero_shot(self, entities: dict[str, set[str]]) -> None:
+        """Record the split overlaps; raise ValueError when a dev/test entity is gold in training (ids listed); warn
+        about entities gold in both dev and test (allowed)."""
         self._overlaps = split_overlaps(entities)
         leaks = [(s, self._overlaps[f"train&{s}"]) for s in ("dev", "test") if self._overlaps[f"train&{s}"]]
         if leaks:
@@ -275,6 +307,9 @@ class Zemeld(datasets.GeneratorBasedBuilder):
         if shared:  # allowed (both are unseen in training), but reported: each is in the KB of both splits
             logger.warning("ZEMELD: %d entities are gold in both dev and test (kept in both KBs): %s%s", len(shared),
                            shared[:20], " ..." if len(shared) > 20 else "")
+
+    def _log_counts(self, rows: dict[str, list[dict]]) -> None:
+        """Log the mentions per split, the skipped annotations by reason and the notes on kept mentions."""
         total = sum(self._skipped.values())
         logger.info(
             "ZEMELD: %s mentions; skipped %d annotations%s",
@@ -286,8 +321,6 @@ class Zemeld(datasets.GeneratorBasedBuilder):
             logger.warning("ZEMELD: skipped %d bad annotations by reason: %s", total, dict(self._skipped))
         if self._notes:
             logger.info("ZEMELD: notes on kept mentions: %s", dict(sorted(self._notes.items())))
-        self._write_skipped()
-        return kb, rows, entities
 
     def _write_skipped(self) -> None:
         path = os.path.join(self._cache_dir_root, f"zemeld-{self.config.name}-skipped.json")
