@@ -431,7 +431,7 @@ def candidate_text(config: Mapping[str, Any]) -> str:
     weight = config.get("retriever_score_weight")
     if weight:
         text += (f" This model was trained as the reranker of a ZEMEL retriever: with `retriever=` (`mel link "
-                 f"--retriever`) it scores the retriever's top {config.get('retriever_k')} and the as many closest "
+                 f"--retriever`) it scores the retriever's top {config.get('retriever_k')} and as many closest "
                  f"names, and ranks by log p + {weight:g} x the retriever score (`retriever_score_weight`, calibrated "
                  "on held-out training mentions).")
     return text
@@ -484,11 +484,13 @@ def metric_definitions(config: Mapping[str, Any]) -> str:
             "accuracy; H@k and MRR rank each mention's candidates.")
 
 
-def card_sections(model_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
+def card_sections(model_dir: str, config: Mapping[str, Any],
+                  processor_config: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The card's model-specific fields, each generated from the folder's ``config.json``, ``processor_config.json``
-    and training results: ``family_description``, ``candidate_generation``, ``training_procedure``,
-    ``metric_definitions``, ``dataset_name``."""
-    processor_config = _read_json(os.path.join(model_dir, "processor_config.json"))
+    (read here unless given) and training results: ``family_description``, ``candidate_generation``,
+    ``training_procedure``, ``metric_definitions``, ``dataset_name``."""
+    if processor_config is None:
+        processor_config = _read_json(os.path.join(model_dir, "processor_config.json"))
     out = {
         "family_description": family_description(config, processor_config),
         "candidate_generation": candidate_text(config),
@@ -498,16 +500,6 @@ def card_sections(model_dir: str, config: Mapping[str, Any]) -> dict[str, str]:
     if config.get("training_dataset"):
         out["dataset_name"] = str(config["training_dataset"])
     return out
-
-
-def _recorded_image_encoder(model_dir: str) -> dict | None:
-    """The ``image_encoder`` identity of ``processor_config.json`` in ``model_dir`` (written at training), or None."""
-    try:
-        with open(os.path.join(model_dir, "processor_config.json"), encoding="utf-8") as f:
-            value = json.load(f).get("image_encoder")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return dict(value) if isinstance(value, Mapping) else None
 
 
 def image_encoder_card_text(identity: Mapping[str, Any] | None, config: Mapping[str, Any] | None = None) -> str:
@@ -564,10 +556,11 @@ def render_model_card(
     if not name_or_path or os.path.exists(name_or_path) or name_or_path.startswith(("/", ".")):
         name_or_path = "not recorded (the package default is all-MiniLM-L6-v2)"
     fields.setdefault("base_model", name_or_path)
-    for key, value in card_sections(model_dir, config).items():
+    processor_config = _read_json(os.path.join(model_dir, "processor_config.json"))  # read once for every field
+    for key, value in card_sections(model_dir, config, processor_config).items():
         fields.setdefault(key, value)
-    processor_config = _read_json(os.path.join(model_dir, "processor_config.json"))
-    fields.setdefault("image_encoder", image_encoder_card_text(_recorded_image_encoder(model_dir),
+    recorded = processor_config.get("image_encoder")  # the encoder identity written at training
+    fields.setdefault("image_encoder", image_encoder_card_text(dict(recorded) if isinstance(recorded, Mapping) else None,
                                                                {**processor_config, **config}))
     text = render_card_text(template_text, model_name, info, entries, fields)
     split_front_matter(text)  # the result must parse

@@ -221,17 +221,16 @@ class CrossLinker:
     ) -> list[list[tuple[int, float]]]:
         """Each mention's candidates (KB positions) ranked by their pair scores (flat, mention after mention), plus
         ``weight`` (default :attr:`weight`) times the first-stage score when ``first_stage`` is given; ties by KB
-        position."""
-        weight = self.weight if weight is None else float(weight)
+        position: :meth:`link` over scores already computed (one fusion and tie rule)."""
         flat = scores.tolist() if hasattr(scores, "tolist") else list(scores)
-        out, offset = [], 0
+        index: dict[tuple[int, int], int] = {}  # (mention, position) -> its score in ``flat`` (first occurrence)
+        offset = 0
         for i, row in enumerate(candidates):
-            row_scores = flat[offset : offset + len(row)]
-            if first_stage is not None and weight:
-                row_scores = [s + weight * first_stage[i].get(p, 0.0) for s, p in zip(row_scores, row)]
-            out.append(rank_by_score(row, row_scores))
+            for j, p in enumerate(row):
+                index.setdefault((i, p), offset + j)
             offset += len(row)
-        return out
+        return self.link(candidates, lambda pairs: torch.tensor([flat[index[q]] for q in pairs], dtype=torch.float64),
+                         first_stage, weight=weight)
 
 
 __all__ = ["CrossLinker", "TOKENS_PER_PAIR"]

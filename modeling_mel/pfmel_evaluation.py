@@ -57,11 +57,8 @@ def predict_linking(
     first = [{order[e]: s for e, s in m.retriever_scores.items() if e in order} if m.retriever_scores else {}
              for m in examples.mentions]
     ids = {p: e for e, p in order.items()}
-    calls = iter([True])  # the first call (the top_k wave or every pair) shows the progress bar
-
-    def score_pairs(pairs: list[tuple[int, int]]) -> torch.Tensor:
-        return linker.score_features([features[where[pair]] for pair in pairs], collate,
-                                     progress=progress and next(calls, False))
+    def score_pairs(pairs: list[tuple[int, int]]) -> torch.Tensor:  # called once: every pair (no top_k)
+        return linker.score_features([features[where[pair]] for pair in pairs], collate, progress=progress)
 
     ranked = linker.link(positions, score_pairs, first, weight=retriever_weight)
     return [LinkingPrediction(m.mention_id, m.mention, m.gold, [(ids[p], s) for p, s in row])
