@@ -31,6 +31,11 @@ mention images with ``M``; without it (or without images) every stage is text on
   stage's index> --loss listwise`` on the retriever's top-k + closest names, then
   ``mel link --model NSP --retriever INDEX`` (needs the ``zemel`` stage, or ``--zemel_model`` and its index).
 
+* ``transfer`` (with ``--transfer_from DIR``, the ``--work_dir`` of a quality.py run on another dataset): that run's
+  ZEMEL (``DIR/zemel``, else ``DIR/zemel_bm25``) indexes this dataset's KB and links its dev split, and that run's
+  reranker (``DIR/rerank``, when present) reranks it, through the same ``mel index`` / ``mel link`` commands; nothing
+  is trained on this dataset. Compare with ``zemel_zero_shot``, the untrained backbone on the same split.
+
 The last ``--holdout_mentions`` (1000) train mentions are trained on by neither ZEMEL nor the reranker; they choose
 the reranker's retriever-score weight (``finetune_linking.py --calibration_mentions``), where the retriever's
 scores are as confident as on unseen mentions.
@@ -52,9 +57,10 @@ from typing import Any, Sequence
 
 from common import REPO_ROOT, RESULTS_DIR, machine_info  # noqa: E402  (sets sys.path and the offline env)
 
-STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank", "zemel_bm25")
-#: the stages of a plain run (zemel_bm25, ZEMEL trained with the paper's BM25 + rule negatives, on request)
-DEFAULT_STAGES = STAGES[:-1]
+STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank", "zemel_bm25", "transfer")
+#: the stages of a plain run (zemel_bm25, ZEMEL trained with the paper's BM25 + rule negatives, on request; transfer
+#: when ``--transfer_from`` names the models of another dataset)
+DEFAULT_STAGES = STAGES[:-2]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -342,6 +348,43 @@ def stage_rerank(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
     return out
 
 
+def transfer_models(folder: str) -> tuple[str, str | None]:
+    """The ZEMEL (``zemel``, else ``zemel_bm25``) and the reranker (``rerank``, or None) of a quality.py work dir."""
+    zemel = next((os.path.join(folder, t) for t in ("zemel", "zemel_bm25")
+                  if os.path.isfile(os.path.join(folder, t, "config.json"))), None)
+    if zemel is None:
+        raise SystemExit(f"quality.py: --transfer_from {folder!r} holds no trained ZEMEL (zemel/ or zemel_bm25/ with a "
+                         "config.json); give the --work_dir of a quality.py run of the zemel or zemel_bm25 stage")
+    rerank = os.path.join(folder, "rerank")
+    return zemel, rerank if os.path.isfile(os.path.join(rerank, "config.json")) else None
+
+
+def trained_on(model_dir: str) -> str | None:
+    """The corpus a model was trained on (``config.training_dataset``, recorded by the training scripts)."""
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f).get("training_dataset")
+
+
+def stage_transfer(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
+    """Zero-shot transfer: the ZEMEL and reranker of another dataset's quality.py run (``--transfer_from``) index this
+    dataset's KB and link its dev split; no training on this dataset."""
+    if not args.transfer_from:
+        raise SystemExit("quality.py: the transfer stage needs --transfer_from DIR (another dataset's --work_dir)")
+    zemel, rerank = transfer_models(args.transfer_from)
+    out: dict[str, Any] = {"zemel": mel_link_metrics(zemel, work, "transfer_zemel", data, dense=True,
+                                                     images=image_options(args, data))}
+    out["zemel"].update(model=zemel, trained_on=trained_on(zemel))
+    if rerank is None:
+        print(f"quality.py: no reranker in {args.transfer_from} (rerank/): the transfer stage links with ZEMEL only",
+              flush=True)
+    else:
+        out["rerank"] = mel_link_metrics(rerank, work, "transfer_rerank", data, dense=False,
+                                         retriever=os.path.join(work, "transfer_zemel_index"),
+                                         retriever_k=args.rerank_link_k, images=image_options(args, data))
+        out["rerank"].update(model=rerank, trained_on=trained_on(rerank), link_retriever_k=args.rerank_link_k)
+    return out
+
+
 def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
     """Fine-tune the PFMEL NSP linker over name-rule candidates (text only), then ``mel link`` (name rule)."""
     model_dir = args.pfmel_model or os.path.join(work, "pfmel")
@@ -409,6 +452,12 @@ def markdown(result: dict[str, Any]) -> str:
             r = s[key]
             lines.append(f"| {label} | {hits(r)} | - | {_fmt(r.get('train_minutes'), 1)} | "
                          f"{_fmt(r.get('mentions_per_s'), 1)} |")
+    for key, label in (("zemel", "ZEMEL trained on {} (transfer, no training here), `mel index` + `mel link`"),
+                       ("rerank", "retrieve-then-rerank trained on {} (transfer, no training here), `mel link --retriever`")):
+        r = s.get("transfer", {}).get(key)
+        if r:
+            lines.append(f"| {label.format(r.get('trained_on') or r.get('model'))} | {hits(r)} | - | - | "
+                         f"{_fmt(r.get('mentions_per_s'), 1)} |")
     lines.append("")
     lines.append(f"Total wall time {result['minutes']:.1f} min. Command: `{result['command']}`")
     return "\n".join(lines) + "\n"
@@ -447,6 +496,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="mel link --retriever_k: dense candidates per mention at link time (8: same dev H@1 as "
                              "the 10 of training, 23.2 against 18.6 mentions/s; 0: the reranker's config.retriever_k)")
     parser.add_argument("--rerank_model", default=None, help="evaluate this reranker folder instead of training one")
+    parser.add_argument("--transfer_from", default=None,
+                        help="the --work_dir of a quality.py run on another dataset: its ZEMEL and reranker link this "
+                             "dataset's dev split, untrained on it (adds the transfer stage)")
     parser.add_argument("--holdout_mentions", type=int, default=1000,
                         help="the last N train mentions: never trained on by ZEMEL or the reranker; they choose the "
                              "reranker's retriever-score weight (finetune_linking.py --calibration_mentions)")
@@ -462,6 +514,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if args.transfer_from and "transfer" not in stages:
+        stages.append("transfer")
+    if "transfer" in stages and not (args.transfer_from and os.path.isdir(args.transfer_from)):
+        parser.error(f"the transfer stage needs --transfer_from DIR, a quality.py --work_dir (got {args.transfer_from!r})")
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir {args.data_dir!r} is not a folder")
     import tempfile
@@ -491,6 +547,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = stage_zemel(args, data, work, negatives="bm25")
         elif stage == "pfmel":
             out = stage_pfmel(args, data, work)
+        elif stage == "transfer":
+            out = stage_transfer(args, data, work)
         else:
             out = stage_rerank(args, data, work)
         out["stage_minutes"] = round((time.perf_counter() - t0) / 60, 2)

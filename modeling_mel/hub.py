@@ -453,10 +453,15 @@ def training_text(config: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
             size = (f" on {facts['train_mentions']:,} mentions against a KB of {facts.get('train_kb', 0):,} entities, "
                     f"{facts.get('global_step')} optimisation steps, final training loss {facts.get('train_loss', 0):.4f}")
         k = facts.get("num_candidates")
+        mixing = config.get("backbone_mixing")
+        mixed = (f" After training, each text-stream weight was mixed with the backbone's ({float(mixing):g} * trained "
+                 f"+ {1 - float(mixing):g} * backbone, `--backbone_mixing {float(mixing):g}`)."
+                 if mixing is not None and float(mixing) < 1 else "")
         return (f"Trained on {corpus}{size}: cross-entropy of each mention over its gold entity and "
                 + (f"{int(k) - 1} negatives from " if k else "its negatives from ") + neg
                 + ", plus the candidates of the other mentions of the batch (in-batch negatives, other copies of the "
-                "gold masked). Entities of the evaluation KB are unseen in training where the split is zero-shot.")
+                "gold masked). Entities of the evaluation KB are unseen in training where the split is zero-shot."
+                + mixed)
     parts = [f"A next-sentence-prediction cross-encoder fine-tuned on {corpus}"]
     if facts.get("mentions"):
         parts.append(f" ({facts['mentions']:,} mentions, {facts.get('pairs', 0):,} pairs, {facts.get('loss')} loss, "

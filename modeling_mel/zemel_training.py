@@ -470,6 +470,11 @@ class ZemelModelArguments:
     config_overrides: str | None = field(
         default=None, metadata={"help": 'JSON dict of further ZemelConfig settings, e.g. \'{"fusion": "sum"}\''}
     )
+    backbone_mixing: float = field(
+        default=1.0,
+        metadata={"help": "after training, mix each text-stream weight with the backbone's: alpha * trained + "
+                  "(1 - alpha) * backbone (weight-space ensembling, modeling_mel.backbone_interpolation); 1: off"},
+    )
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORING_MODES:
@@ -484,6 +489,9 @@ class ZemelModelArguments:
             raise ValueError(f"--config_overrides {self.config_overrides!r} is not valid JSON: {err}") from err
         if not isinstance(self.overrides, dict):
             raise ValueError(f"--config_overrides must be a JSON object, got {self.config_overrides!r}")
+        if not 0.0 <= float(self.backbone_mixing) <= 1.0:
+            raise ValueError(f"--backbone_mixing must be in [0, 1] (1: the trained weights, 0: the backbone's), got "
+                             f"{self.backbone_mixing!r}")
 
     def config_kwargs(self, feature_dim: int) -> dict:
         kwargs = {"scoring": self.scoring, "poly_m": self.poly_m, "max_regions": self.max_regions, "v_feature_dim": feature_dim}
@@ -696,6 +704,11 @@ def run_zemel_training(
     #    negatives and the corpus it was trained with (the model card states them).
     model.config.training_negatives = data_args.negatives if k > 1 else "none"
     model.config.training_dataset = data_args.dataset
+    if float(model_args.backbone_mixing) < 1.0:  # weight-space ensembling with the backbone it started from
+        from .backbone_interpolation import interpolate_with_backbone
+
+        interpolate_with_backbone(model, model_args.backbone_mixing, model_args.backbone, processor)
+        model.config.backbone_mixing = float(model_args.backbone_mixing)
     trainer.save_model(train_args.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     train_results = {"train_loss": train_output.training_loss, "global_step": train_output.global_step, "losses": losses,

@@ -191,7 +191,9 @@ def test_card_claims_follow_the_config(hub_dirs, tmp_path):
     card = _render(hub_dirs["zemel"], tmp_path, dict(zemel, training_negatives="dense", scoring="bi"))
     assert "hard negatives mined with the model being trained" in card and "(`--negatives bm25`, the" not in card
     assert "a bi-encoder head" in card and "poly codes" not in card
-    assert "a corpus that was not recorded" not in card
+    assert "a corpus that was not recorded" not in card and "mixed with the backbone" not in card
+    card = _render(hub_dirs["zemel"], tmp_path, dict(zemel, backbone_mixing=0.5))
+    assert "0.5 * trained + 0.5 * backbone, `--backbone_mixing 0.5`" in card
 
     nsp = dict(nsp_head_pretrained=False, max_candidates=32, training_dataset="twitter_mel")
     card = _render(hub_dirs["nsp"], tmp_path, nsp)

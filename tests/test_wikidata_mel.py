@@ -185,3 +185,25 @@ def test_quality_benchmark_counts_every_gold_mention(wikimel_dir, tmp_path):
     links = [json.loads(line) for line in open(tmp_path / "work" / "zemel_zero_shot_links.jsonl")]
     assert len(links) == 5 and all(r["predictions"] for r in links)
     assert "| ZEMEL untrained (bi)" in (tmp_path / "q.md").read_text()
+
+    # --transfer_from: another run's ZEMEL links this split untrained on it; given the same model, the same ranking
+    import shutil
+
+    other = tmp_path / "other_run"
+    shutil.copytree(tmp_path / "work" / "zemel_zero_shot", other / "zemel")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "benchmarks", "quality.py"), "--data_dir", wikimel_dir, "--stages", "",
+         "--transfer_from", str(other), "--work_dir", str(tmp_path / "work2"), "--out_dir", str(tmp_path), "--name", "t"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no reranker in" in proc.stdout  # the missing reranker is said, not skipped silently
+    transfer = json.load(open(tmp_path / "t.json"))["stages"]["transfer"]
+    assert "rerank" not in transfer and transfer["zemel"]["model"] == str(other / "zemel")
+    assert {k: transfer["zemel"][k] for k in ("H@1", "H@10", "MRR", "n")} == {k: zs[k] for k in ("H@1", "H@10", "MRR", "n")}
+    moved = [json.loads(line)["predictions"] for line in open(tmp_path / "work2" / "transfer_zemel_links.jsonl")]
+    assert moved == [r["predictions"] for r in links]
+    assert "(transfer, no training here)" in (tmp_path / "t.md").read_text()
+    bad = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "quality.py"), "--data_dir", wikimel_dir,
+                          "--stages", "transfer"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "--transfer_from" in bad.stderr
