@@ -107,17 +107,21 @@ class CrossLinker:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="scoring candidates", unit="batch")
+        fast = getattr(self.model, "inference_scores", None)  # BertForMultimodalNSP's inference path
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                for idx in batches:
-                    batch = dict(collate([features[j] for j in idx]))
-                    batch.pop("labels", None)
-                    batch.pop("task_ids", None)
-                    batch = {k: v.to(self.device) for k, v in batch.items()}
-                    logits = self.model(**batch).logits
-                    scores[torch.tensor(idx)] = self.model.link_scores(logits).float().cpu()
+            for idx in batches:
+                batch = dict(collate([features[j] for j in idx]))
+                batch.pop("labels", None)
+                batch.pop("task_ids", None)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                if fast is not None:
+                    out = fast(**batch, autocast_dtype=torch.bfloat16 if self.bf16 else None)
+                else:
+                    with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                        out = self.model.link_scores(self.model(**batch).logits)
+                scores[torch.tensor(idx)] = out.float().cpu()
         finally:
             self.model.train(was_training)
         return scores

@@ -31,6 +31,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_zemel import ZemelConfig, config_hash
+from .low_precision import autocast_context as _autocast
+from .low_precision import low_precision_copy
 from .modeling_zemel_layers import (  # noqa: F401 - the layers' names stay importable from this module
     ZemelAttention,
     ZemelCoAttentionLayer,
@@ -101,20 +103,6 @@ class ZemelOutput(ModelOutput):
     scores: torch.FloatTensor | None = None
     context_embeddings: torch.FloatTensor | None = None
     candidate_embeddings: torch.FloatTensor | None = None
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Inference helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _autocast(dtype: torch.dtype | None, device: torch.device | str):
-    """`torch.autocast` for `dtype` on `device`'s type, or a no-op context when `dtype` is None / float32."""
-    import contextlib
-
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -435,24 +423,8 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         return out
 
     def _low_precision_copy(self, name: str, dtype: torch.dtype) -> nn.Module:
-        """Inference copy of submodule `name` with its `nn.Linear` weights in `dtype` (what autocast would cast them
-        to), run under autocast. Kept outside the module tree (not saved, not trained); rebuilt when any parameter of
-        the original changes (tensor, device or in-place version)."""
-        import copy
-
-        module = getattr(self, name)
-        key = (dtype, tuple((p.data_ptr(), p._version) for p in module.parameters()))
-        store = self.__dict__.setdefault("_low_precision_copies", {})
-        hit = store.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        with torch.no_grad():
-            low = copy.deepcopy(module).requires_grad_(False).eval()
-            for sub in low.modules():
-                if isinstance(sub, nn.Linear):
-                    sub.to(dtype)
-        store[name] = (key, low)
-        return low
+        """Inference copy of submodule `name` with its `nn.Linear` weights in `dtype` (`low_precision.low_precision_copy`)."""
+        return low_precision_copy(self, name, dtype)
 
     def inference_context(
         self,

@@ -153,7 +153,8 @@ def test_save_load_auto_classes(tmp_path):
     inputs = tester.inputs()
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {"model.safetensors", "config.json", "modeling_multimodal_nsp.py", "configuration_multimodal_nsp.py"} <= files
+    assert {"model.safetensors", "config.json", "modeling_multimodal_nsp.py", "configuration_multimodal_nsp.py",
+            "low_precision.py"} <= files
     assert not any(f.endswith(".bin") for f in files)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModel"].endswith("modeling_multimodal_nsp.BertForMultimodalNSP")
@@ -177,11 +178,41 @@ from transformers import AutoModel
 m = AutoModel.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True).eval()
 assert "modeling_mel" not in sys.modules, "the package was imported"
 assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
-torch.save(m(**torch.load({str(tmp_path / 'inputs.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})
+x = torch.load({str(tmp_path / 'inputs.pt')!r})
+torch.save((m(**x).logits, m.inference_scores(**x, autocast_dtype=torch.bfloat16)), {str(tmp_path / 'out.pt')!r})
 """
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"))
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path)
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected)
+    logits, fast = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(fast, model.inference_scores(**inputs, autocast_dtype=torch.bfloat16), rtol=0, atol=0)
+
+
+def test_inference_scores_equal_the_forward_and_follow_weight_updates():
+    # the inference path of the cross linker: fp32 equals link_scores(forward); bf16 runs a copy with linear weights
+    # cast once and (CPU) eager attention, within bf16 rounding of the autocast forward, rebuilt after an update
+    torch.manual_seed(0)
+    model = BertForMultimodalNSP(tester.config()).eval()
+    inputs = tester.inputs()
+    before = model.bert.config._attn_implementation
+    with torch.no_grad():
+        plain = model.link_scores(model(**inputs).logits)
+        torch.testing.assert_close(model.inference_scores(**inputs), plain, rtol=0, atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model.link_scores(model(**inputs).logits)
+    fast = model.inference_scores(**inputs, autocast_dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32 and fast.shape == plain.shape
+    torch.testing.assert_close(fast, autocast, rtol=0, atol=0.05)
+    copy = model.__dict__["_low_precision_copies"]["bert"][1]
+    assert copy.config._attn_implementation == "eager" and copy.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert model.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32  # the model is untouched
+    assert model.bert.config._attn_implementation == before
+    with torch.no_grad():
+        model.cls.seq_relationship.bias.add_(torch.tensor([2.0, -2.0]))  # outside BERT: used as is
+        model.bert.pooler.dense.weight.mul_(0.0)  # inside BERT: the copy is rebuilt
+        changed = model.link_scores(model(**inputs).logits)
+    torch.testing.assert_close(model.inference_scores(**inputs, autocast_dtype=torch.bfloat16), changed, rtol=0, atol=0.05)
+    assert model.__dict__["_low_precision_copies"]["bert"][1] is not copy
 
 
 def test_from_pretrained_minilm_loads_encoder_weights(minilm_path):

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from modeling_mel import modeling_zemel, modeling_zemel_layers
+from modeling_mel import low_precision, modeling_zemel, modeling_zemel_layers
 from modeling_mel.configuration_zemel import ZemelConfig
 from modeling_mel.modeling_zemel import ZemelContextOutput, ZemelPolyEncoder
 from modeling_mel.registry import register_all
@@ -219,10 +219,10 @@ def test_save_and_auto_model_load(tmp_path):
     x = inputs()
     ref = m(**x).scores
     m.save_pretrained(tmp_path)
-    assert {"configuration_zemel.py", "modeling_zemel.py", "modeling_zemel_layers.py", "config.json"} <= set(
-        os.listdir(tmp_path))
-    # the layers module ships with the model file that imports it, as it is in the package
-    for module in (modeling_zemel, modeling_zemel_layers):
+    assert {"configuration_zemel.py", "modeling_zemel.py", "modeling_zemel_layers.py", "low_precision.py",
+            "config.json"} <= set(os.listdir(tmp_path))
+    # the layers and low-precision modules ship with the model file that imports them, as they are in the package
+    for module in (modeling_zemel, modeling_zemel_layers, low_precision):
         shipped = (tmp_path / os.path.basename(module.__file__)).read_text(encoding="utf-8")
         assert shipped == open(module.__file__, encoding="utf-8").read()
     remote = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
