@@ -271,3 +271,41 @@ def test_same_seed_same_model(tiny_backbone, zemeld_raw, tmp_path):
     assert all(torch.equal(first["weights"][k], again["weights"][k]) for k in first["weights"])
     assert first["loss"] == again["loss"]
     assert any(not torch.equal(first["weights"][k], other["weights"][k]) for k in first["weights"])
+
+
+def test_backbone_mixing_mixes_the_saved_text_streams(tiny_backbone, zemeld_raw, tmp_path):
+    """``--backbone_mixing 0.5``: the saved model's text-stream weights are the midpoint of the trained ones and the
+    backbone's; the other weights (poly codes, heads) are the trained ones; the config records it."""
+    from safetensors.torch import load_file
+    from transformers import HfArgumentParser
+
+    from modeling_mel.zemel_training import (
+        ZemelDataArguments, ZemelModelArguments, ZemelTrainingArguments, run_zemel_training)
+
+    data_dir = _mel_jsonl_from_zemeld(zemeld_raw, tmp_path / "jsonl")
+    parser = HfArgumentParser((ZemelDataArguments, ZemelModelArguments, ZemelTrainingArguments))
+
+    def run(name: str, *extra: str) -> dict:
+        argv = ["--dataset", "mel_jsonl", "--data_dir", data_dir, "--output_dir", str(tmp_path / name),
+                "--backbone", tiny_backbone, "--dataset_cache_dir", str(tmp_path / "cache"), "--max_steps", "3",
+                "--learning_rate", "1e-2", "--eval_splits", "", "--image_features", "none", "--seed", "0",
+                *TINY_MODEL_ARGS, *extra]
+        run_zemel_training(*parser.parse_args_into_dataclasses(args=argv))
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    trained, mixed = run("plain"), run("mixed", "--backbone_mixing", "0.5")
+    backbone = load_file(os.path.join(tiny_backbone, "model.safetensors"))
+    config = json.load(open(tmp_path / "mixed" / "config.json"))
+    assert config["backbone_mixing"] == 0.5 and "backbone_mixing" not in json.load(open(tmp_path / "plain" / "config.json"))
+    n_text = moved = 0
+    for key, value in mixed.items():
+        encoder, _, rest = key.partition(".")
+        start = backbone.get(rest) if encoder in ("context_encoder", "candidate_encoder") else None
+        if start is None or rest.endswith("position_ids"):
+            assert torch.equal(value, trained[key]), key  # not a text-stream weight: as trained
+            continue
+        rows = start.shape[0]
+        moved += not torch.equal(trained[key][:rows], start)
+        torch.testing.assert_close(value[:rows], (trained[key][:rows] + start) / 2, rtol=0, atol=1e-6)
+        n_text += 1
+    assert n_text > 20 and moved > n_text // 2  # most text weights were moved by training, then mixed
