@@ -199,3 +199,31 @@ def test_device_check_dry_run(tmp_path):
         proc = subprocess.run([sys.executable, script, "--out_dir", str(tmp_path / "none")], cwd=BENCH_DIR, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "no accelerator" in proc.stderr and not proc.stdout.strip()
+
+
+def test_context_precision_on_a_tiny_zemel(tmp_path):
+    """benchmarks/context_precision.py on a tiny ZEMEL and its index: both context precisions run and their speeds are
+    written (no timing threshold)."""
+    from inference_fixtures import mentions, tiny_zemel, write_kb
+    from modeling_mel.cli import main as mel
+
+    model, processor = tiny_zemel()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    kb = write_kb(str(tmp_path))
+    assert mel(["index", "--model", str(tmp_path / "model"), "--kb", kb, "--out", str(tmp_path / "index"),
+                "--no_images"]) == 0
+    rows = [dict(m, entity_id="nasa") for m in mentions(str(tmp_path)) if m.get("mention")]
+    with open(tmp_path / "m.jsonl", "w") as f:
+        f.writelines(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n" for r in rows)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, os.path.join(BENCH_DIR, "context_precision.py"), "--model", str(tmp_path / "model"),
+           "--index", str(tmp_path / "index"), "--input", str(tmp_path / "m.jsonl"), "--repeats", "1",
+           "--batch_size", "2", "--out_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    payload = json.load(open(tmp_path / "out" / "context_precision.json"))
+    assert set(payload["median"]) == {"bf16", "float32"}
+    assert_positive_finite(payload["median"], ["bf16", "float32"])
+    assert payload["args"]["mentions"] == 600 and len(rows) == 4
+    assert "bf16 / float32 contexts" in (tmp_path / "out" / "context_precision.md").read_text()
