@@ -17,10 +17,14 @@ score pairs through :class:`CrossLinker`:
   a log-probability is at most 0, so ``weight * retriever score`` bounds a fused score): the same ``top_k``, with the
   same scores, for fewer forward passes;
 * the evaluation, ``mel link`` and ``pipeline()`` batch the same pairs differently (all of a split's pairs at once,
-  a batch of mentions, pruning waves), so a pair's score must not depend on its batch: a batch holds pairs of one
+  a batch of mentions, pruning waves), so a pair's score should not depend on its batch: a batch holds pairs of one
   padded width, and no pair is ever padded beyond its own width (under bf16 the padding width changes a score's
-  rounding by up to 0.03 on the WikiMEL reranker; with one width per batch, bf16 scores on CPU are bitwise the same
-  for any batch size and order).
+  rounding by up to 0.03 on the WikiMEL reranker). What remains under bf16 is the kernels' rounding with the number
+  of pairs in a batch: none on small models (``tests/test_linking_cross.py``), up to 0.017 on the MiniLM reranker,
+  where 2 of 300 WikiMEL dev mentions swap two near-tied neighbours between the evaluation and ``mel link``. In
+  float32 every path ranks alike (``benchmarks/eval_equals_product.py``).
+* a model with ``inference_scores`` (``BertForMultimodalNSP``) is run through it: under bf16 a copy of its encoder
+  with the linear weights cast once and, on CPU, eager attention (faster than SDPA's bf16 CPU kernel).
 """
 
 from __future__ import annotations

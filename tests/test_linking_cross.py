@@ -153,7 +153,8 @@ def test_top_k_linking_scores_fewer_pairs_and_returns_the_same_top_k(nsp):
 
 def test_bf16_scores_do_not_depend_on_the_batch(nsp):
     # issue 26: the evaluation, mel link and pipeline() batch the same pairs differently; one padded width per batch
-    # keeps a pair's bf16 score bitwise the same in any batch (padding it wider changes its bf16 rounding)
+    # keeps a pair's bf16 score bitwise the same in any batch of this small model (padding it wider changes its bf16
+    # rounding; on the MiniLM reranker the kernels also round with the batch size: see linking_cross's docstring)
     import random
 
     model, processor = nsp
