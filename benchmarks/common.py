@@ -136,6 +136,17 @@ def write_results(name: str, payload: dict[str, Any], tables: dict[str, str], ou
     return path
 
 
+def write_lines(out_dir: str, name: str, payload: dict[str, Any], lines: list[str]) -> None:
+    """``<name>.json`` (``payload`` plus the machine facts) and ``<name>.md`` (``lines``) into ``out_dir``; prints the
+    markdown (the benchmarks on trained models, which write their table as lines)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, name + ".json"), "w") as f:
+        json.dump(dict(payload, machine=machine_info()), f, indent=2)
+    with open(os.path.join(out_dir, name + ".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def setup_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

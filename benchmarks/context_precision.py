@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
-from common import RESULTS_DIR, machine_info  # noqa: E402  (sets sys.path and the offline env)
+from common import RESULTS_DIR, write_lines  # noqa: E402  (sets sys.path and the offline env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,13 +61,8 @@ def main(argv: list[str] | None = None) -> int:
              f"| float32 | {median['float32']:.1f} | {accuracy['float32']:.4f} |", "",
              f"bf16 / float32 contexts: **{median['bf16'] / median['float32']:.2f}x**", "",
              "Command: `python benchmarks/context_precision.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, args.name + ".json"), "w") as f:
-        json.dump({"machine": machine_info(), "speed": speed, "median": median, "accuracy": accuracy,
-                   "args": vars(args)}, f, indent=2)
-    with open(os.path.join(args.out_dir, args.name + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_lines(args.out_dir, args.name, {"speed": speed, "median": median, "accuracy": accuracy, "args": vars(args)},
+                lines)
     return 0
 
 

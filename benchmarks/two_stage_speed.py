@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import REPO_ROOT, RESULTS_DIR, machine_info  # noqa: E402  (sets sys.path and the offline env)
+from common import REPO_ROOT, RESULTS_DIR, write_lines  # noqa: E402  (sets sys.path and the offline env)
 
 
 def run_link(repo: str, args: argparse.Namespace, top_k: int, out: str) -> dict:
@@ -73,12 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['top_k']} | {r['old_mentions_per_s']:.1f} | {r['new_mentions_per_s']:.1f} | "
                      f"**{r['ratio']:.2f}x** | {r['old_accuracy@1']:.4f} | {r['new_accuracy@1']:.4f} |")
     lines += ["", "Command: `python benchmarks/two_stage_speed.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, args.name + ".json"), "w") as f:
-        json.dump({"machine": machine_info(), "rows": rows, "args": vars(args)}, f, indent=2)
-    with open(os.path.join(args.out_dir, args.name + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_lines(args.out_dir, args.name, {"rows": rows, "args": vars(args)}, lines)
     return 0
 
 

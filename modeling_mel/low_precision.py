@@ -23,6 +23,20 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device | str):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode for the block, the module's mode restored after; ``train()`` / ``eval()`` walk every submodule (about
+    a millisecond a call on these models), so only when the module was training."""
+    was_training = module.training
+    if was_training:
+        module.eval()
+    try:
+        yield module
+    finally:
+        if was_training:
+            module.train()
+
+
 def low_precision_copy(
     owner: nn.Module, name: str, dtype: torch.dtype, prepare: Callable[[nn.Module], None] | None = None
 ) -> nn.Module:
@@ -46,4 +60,4 @@ def low_precision_copy(
     return low
 
 
-__all__ = ["autocast_context", "low_precision_copy"]
+__all__ = ["autocast_context", "evaluating", "low_precision_copy"]

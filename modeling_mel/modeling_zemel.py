@@ -32,7 +32,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_zemel import ZemelConfig, config_hash
 from .low_precision import autocast_context as _autocast
-from .low_precision import low_precision_copy
+from .low_precision import evaluating, low_precision_copy
 from .modeling_zemel_layers import (  # noqa: F401 - the layers' names stay importable from this module
     ZemelAttention,
     ZemelCoAttentionLayer,
@@ -389,10 +389,7 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
             return out
         pad = self.config.text_config.pad_token_id or 0
         order = sorted(range(n), key=lambda i: lengths[i])
-        was_training = self.training
-        if was_training:  # train()/eval() walk every submodule: ~ms per call on this model, so only when needed
-            self.eval()
-        try:
+        with evaluating(self):
             encoder = self.candidate_encoder
             if cache_low_precision_weights and autocast_dtype not in (None, torch.float32):
                 encoder = self._low_precision_copy("candidate_encoder", autocast_dtype)
@@ -417,9 +414,6 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
                         ids.to(device), mask.to(device), None if types is None else types.to(device), *visual
                     )
                     out[sel.to(device)] = pooled.float()
-        finally:
-            if was_training:
-                self.train()
         return out
 
     def _low_precision_copy(self, name: str, dtype: torch.dtype) -> nn.Module:
@@ -445,24 +439,17 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         a parameter changes (in-place update, new tensor or device); the results are those of plain autocast.
         """
         device = self.device
-        was_training = self.training
-        if was_training:  # train()/eval() walk every submodule: ~ms per call on this model, so only when needed
-            self.eval()
-        try:
-            with torch.inference_mode():
-                encoder = self.context_encoder
-                if cache_low_precision_weights and autocast_dtype not in (None, torch.float32):
-                    encoder = self._low_precision_copy("context_encoder", autocast_dtype)
-                with _autocast(autocast_dtype, device):
-                    pooled, sequence, mask = encoder(
-                        input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask
-                    )
-                sequence, pooled = sequence.float(), pooled.float()
-                codes = self._poly_attend(sequence, mask) if self.config.scoring == "poly" else None
-                return ZemelContextOutput(sequence_output=sequence, attention_mask=mask, poly_codes=codes, pooled_output=pooled)
-        finally:
-            if was_training:
-                self.train()
+        with evaluating(self), torch.inference_mode():
+            encoder = self.context_encoder
+            if cache_low_precision_weights and autocast_dtype not in (None, torch.float32):
+                encoder = self._low_precision_copy("context_encoder", autocast_dtype)
+            with _autocast(autocast_dtype, device):
+                pooled, sequence, mask = encoder(
+                    input_ids, attention_mask, token_type_ids, visual_features, visual_spatial, visual_attention_mask
+                )
+            sequence, pooled = sequence.float(), pooled.float()
+            codes = self._poly_attend(sequence, mask) if self.config.scoring == "poly" else None
+            return ZemelContextOutput(sequence_output=sequence, attention_mask=mask, poly_codes=codes, pooled_output=pooled)
 
     def link(
         self,

@@ -47,3 +47,19 @@ def test_copy_is_rebuilt_when_a_weight_changes():
     torch.testing.assert_close(again[2].weight, owner.body[2].weight.to(torch.bfloat16))
     owner.body[0].weight = nn.Parameter(torch.zeros(16, 8))  # a new tensor
     assert low_precision_copy(owner, "body", torch.bfloat16)[0].weight.abs().sum() == 0
+
+
+def test_evaluating_restores_the_mode():
+    from modeling_mel.low_precision import evaluating
+
+    owner = Owner().train()
+    with evaluating(owner) as m:
+        assert m is owner and not owner.training and not owner.body[0].training
+    assert owner.training and owner.body[0].training
+    owner.eval()
+    try:
+        with evaluating(owner):
+            raise RuntimeError("inside")
+    except RuntimeError:
+        pass
+    assert not owner.training  # an eval-mode module stays in eval mode, an exception does not change it
