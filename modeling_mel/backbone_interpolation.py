@@ -35,33 +35,17 @@ def backbone_state(backbone: str) -> dict[str, torch.Tensor]:
 
 
 def _start_rows(model: Any, processor: Any | None, start: torch.Tensor, rows: int) -> torch.Tensor:
-    """Word embeddings as they were before training: the backbone's rows, then each added token's ``special_token_init``
-    row (the token the new row was copied from)."""
+    """Word embeddings as they were before training: the backbone's rows, then the rows the model added, as
+    ``resize_for_processor`` started them (``ZemelPolyEncoder.special_token_rows``: copies of existing tokens)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer is None or not hasattr(model, "special_token_rows"):
+        raise ValueError(f"the model has {rows - start.shape[0]} word embeddings beyond the backbone's "
+                         f"{start.shape[0]}: pass the model's processor to tell what they started as")
     out = start.new_zeros((rows, start.shape[1]))
     out[: start.shape[0]] = start
-    init = dict(getattr(model.config, "special_token_init", None) or {})
-    if rows > start.shape[0] and not init:
-        raise ValueError(f"the model has {rows - start.shape[0]} word embeddings beyond the backbone's {start.shape[0]} "
-                         "and no config.special_token_init to say what they started as")
-    tokenizer = getattr(processor, "tokenizer", None)
-    for token, source in init.items():
-        token_id = getattr(model.config, _token_id_key(model.config, token), None)
-        if token_id is None and tokenizer is not None:
-            token_id = tokenizer.convert_tokens_to_ids(token)
-        source_ids = tokenizer(source, add_special_tokens=False)["input_ids"] if tokenizer is not None else []
-        if token_id is None or not source_ids:
-            raise ValueError(f"cannot tell the starting row of added token {token!r} (init {source!r}): pass the "
-                             "model's processor")
-        if token_id >= start.shape[0]:
-            out[token_id] = start[source_ids].mean(dim=0)
+    for token_id, source_id in model.special_token_rows(tokenizer, start.shape[0]).items():
+        out[token_id] = start[source_id]
     return out
-
-
-def _token_id_key(config: Any, token: str) -> str:
-    for key in ("mention_start_token", "mention_end_token", "entity_token"):
-        if getattr(config, key, None) == token:
-            return f"{key}_id"
-    return ""
 
 
 @torch.no_grad()

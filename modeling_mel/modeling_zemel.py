@@ -223,12 +223,12 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
         self.config.text_config.vocab_size = new_num_tokens
         return self.get_input_embeddings()
 
-    def resize_for_processor(self, processor) -> None:
-        """Make the vocabulary match `processor.tokenizer` (with `[M]`, `[/M]`, `[ENT]`) and record the token ids."""
-        tokenizer = getattr(processor, "tokenizer", processor)
-        old_size = self.get_input_embeddings().num_embeddings
-        self.resize_token_embeddings(len(tokenizer))
+    def special_token_rows(self, tokenizer, old_size: int) -> dict[int, int]:
+        """`{new row: source row}` of the added special tokens (`[M]`, `[/M]`, `[ENT]`) that start as a copy of an
+        existing token's embedding (`config.special_token_init`), for a vocabulary of `old_size` rows before them.
+        Records each special token's id in the config."""
         init = getattr(self.config, "special_token_init", None) or {}
+        rows = {}
         for attr in ("mention_start_token", "mention_end_token", "entity_token"):
             token = getattr(self.config, attr)
             token_id = tokenizer.convert_tokens_to_ids(token)
@@ -243,10 +243,20 @@ class ZemelPolyEncoder(ZemelPreTrainedModel):
                         f"special_token_init maps {token!r} to {source!r}, which is not a token of the backbone's "
                         "vocabulary; give an existing token (e.g. '\"' or '.') or remove the entry"
                     )
-                with torch.no_grad():
-                    for encoder in (self.context_encoder, self.candidate_encoder):
-                        weight = encoder.embeddings.word_embeddings.weight
-                        weight[token_id] = weight[source_id]
+                rows[int(token_id)] = int(source_id)
+        return rows
+
+    def resize_for_processor(self, processor) -> None:
+        """Make the vocabulary match `processor.tokenizer` (with `[M]`, `[/M]`, `[ENT]`) and record the token ids."""
+        tokenizer = getattr(processor, "tokenizer", processor)
+        old_size = self.get_input_embeddings().num_embeddings
+        self.resize_token_embeddings(len(tokenizer))
+        rows = self.special_token_rows(tokenizer, old_size)
+        with torch.no_grad():
+            for encoder in (self.context_encoder, self.candidate_encoder):
+                weight = encoder.embeddings.word_embeddings.weight
+                for token_id, source_id in rows.items():
+                    weight[token_id] = weight[source_id]
 
     # -- encoding --------------------------------------------------------------------------------------------------
     def _poly_attend(self, sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
