@@ -24,7 +24,7 @@ score pairs through :class:`CrossLinker`:
   where 2 of 300 WikiMEL dev mentions swap two near-tied neighbours between the evaluation and ``mel link``. In
   float32 every path ranks alike (``benchmarks/eval_equals_product.py``).
 * a model with ``inference_scores`` (``BertForMultimodalNSP``) is run through it: under bf16 a copy of its encoder
-  with the linear weights cast once and, on CPU, eager attention (faster than SDPA's bf16 CPU kernel).
+  wholly in bf16 (made once), run without autocast, so that no activation is cast between two operations.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ from .ranking import rank_by_score
 
 #: padded tokens per pair of the batch budget (a batch holds at most ``pair_batch_size * TOKENS_PER_PAIR`` tokens)
 TOKENS_PER_PAIR = 64
+
+#: bf16 on CPU: the fewest token rows (pairs x padded width) a forward pass runs; smaller batches are filled with
+#: copies of their first pair. Below about 512 rows the CPU's bf16 matrix kernels round a row differently with the
+#: number of rows; from 512 on, a pair's score is bitwise the same in any batch (MiniLM reranker, this project's
+#: AMX CPU: 0 of 35 (width, batch size) cases differ from a batch of 64 pairs, 23 of 35 without the fill).
+MIN_BF16_CPU_ROWS = 512
 
 
 class CrossLinker:
@@ -96,6 +102,13 @@ class CrossLinker:
             last_width = width
         return out
 
+    def _fill(self, pairs: int, length: int) -> int:
+        """Copies of a batch's first pair that bring it to :data:`MIN_BF16_CPU_ROWS` token rows (bf16 on CPU only)."""
+        if not self.bf16 or self.device.type != "cpu":
+            return 0
+        width = -(-int(length) // 8) * 8
+        return max(0, -(-MIN_BF16_CPU_ROWS // width) - pairs)
+
     def score_features(
         self, features: Sequence[Mapping[str, Any]], collate: Callable[[list], Mapping[str, Any]] | None = None,
         progress: bool = False,
@@ -116,7 +129,9 @@ class CrossLinker:
         self.model.eval()
         try:
             for idx in batches:
-                batch = dict(collate([features[j] for j in idx]))
+                chosen = [features[j] for j in idx]
+                fill = self._fill(len(chosen), len(chosen[0]["input_ids"]))
+                batch = dict(collate(chosen + [chosen[0]] * fill))
                 batch.pop("labels", None)
                 batch.pop("task_ids", None)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -125,7 +140,7 @@ class CrossLinker:
                 else:
                     with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                         out = self.model.link_scores(self.model(**batch).logits)
-                scores[torch.tensor(idx)] = out.float().cpu()
+                scores[torch.tensor(idx)] = out.float().cpu()[: len(idx)]
         finally:
             self.model.train(was_training)
         return scores
@@ -241,4 +256,4 @@ class CrossLinker:
                          first_stage, weight=weight)
 
 
-__all__ = ["CrossLinker", "TOKENS_PER_PAIR"]
+__all__ = ["CrossLinker", "MIN_BF16_CPU_ROWS", "TOKENS_PER_PAIR"]

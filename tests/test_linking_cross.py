@@ -11,7 +11,7 @@ import torch
 from transformers import pipeline
 
 from inference_fixtures import KB_ROWS, mentions, tiny_nsp, write_kb
-from modeling_mel.linking_cross import CrossLinker
+from modeling_mel.linking_cross import MIN_BF16_CPU_ROWS, CrossLinker
 from modeling_mel.pipeline_entity_linking import TASK
 from test_linking_dense import _files_matching
 
@@ -175,6 +175,40 @@ def test_bf16_scores_do_not_depend_on_the_batch(nsp):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         padded = model.link_scores(model(**processor.pad(features, return_tensors="pt")).logits).float()
     assert not torch.equal(padded, want)
+
+def test_bf16_cpu_batches_are_filled_to_the_row_floor(nsp):
+    # bf16 on CPU: a forward pass runs at least MIN_BF16_CPU_ROWS token rows (copies of its first pair), the size from
+    # which the CPU's bf16 matrix kernels round a row alike in any batch; the copies' scores are dropped, fp32 is never
+    # filled
+    model, processor = nsp
+    pairs = [(i, p) for i in range(2) for p in range(len(KB_ROWS))]
+    features = CrossLinker(model, processor).pair_features(MENTION_SIDES, pairs, entity_side(processor))
+    seen = []
+    original = model.inference_scores
+
+    def recording(**batch):
+        seen.append(tuple(batch["input_ids"].shape))
+        return original(**batch)
+
+    model.inference_scores = recording
+    try:
+        for bf16 in (True, False):
+            seen.clear()
+            linker = CrossLinker(model, processor, bf16=bf16, pair_batch_size=3)
+            got = linker.score_features(features)
+            want = torch.cat([original(**{k: v for k, v in processor.pad([f], return_tensors="pt",
+                                                                         pad_to_multiple_of=8).items()},
+                                       autocast_dtype=torch.bfloat16 if bf16 else None) for f in features])
+            # each pair's own score, whatever filled its batch (this small model's bf16 scores do not depend on the
+            # batch; float32 ones round with it, at 1e-7)
+            torch.testing.assert_close(got, want, rtol=0, atol=0 if bf16 else 1e-6)
+            sizes = [len(idx) for idx in linker.batches([len(f["input_ids"]) for f in features])]
+            floor = [max(k, -(-MIN_BF16_CPU_ROWS // w)) if bf16 else k for (_, w), k in zip(seen, sizes)]
+            assert [n for n, _ in seen] == floor  # filled to the floor under bf16 only
+            assert (sum(n for n, _ in seen) > len(features)) == bf16
+    finally:
+        del model.inference_scores
+
 
 def test_bf16_pipeline_ranks_alike_whatever_the_pair_batch(nsp, tmp_path):
     model, processor = nsp

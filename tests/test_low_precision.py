@@ -37,6 +37,21 @@ def test_copy_casts_linear_weights_once_and_equals_plain_autocast():
     assert low_precision_copy(owner, "body", torch.bfloat16, prepare=prepared.append) is low and len(prepared) == 1
 
 
+def test_whole_copy_is_all_low_precision_and_a_separate_cache_entry():
+    owner = Owner().eval()
+    linear_only = low_precision_copy(owner, "body", torch.bfloat16)
+    whole = low_precision_copy(owner, "body", torch.bfloat16, whole=True)
+    assert whole is not linear_only  # the two kinds of copy never stand in for each other
+    assert all(p.dtype == torch.bfloat16 for p in whole.parameters())  # the layer norm too
+    assert owner.body[1].weight.dtype == torch.float32
+    x = torch.randn(5, 8)
+    with torch.inference_mode():
+        out = whole(x.to(torch.bfloat16))  # runs without autocast, bf16 in and out
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), owner.body(x), rtol=0, atol=0.05)  # within bf16 rounding
+    assert low_precision_copy(owner, "body", torch.bfloat16, whole=True) is whole
+
+
 def test_copy_is_rebuilt_when_a_weight_changes():
     owner = Owner().eval()
     low = low_precision_copy(owner, "body", torch.bfloat16)

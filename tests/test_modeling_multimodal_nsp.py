@@ -189,8 +189,8 @@ torch.save((m(**x).logits, m.inference_scores(**x, autocast_dtype=torch.bfloat16
 
 
 def test_inference_scores_equal_the_forward_and_follow_weight_updates():
-    # the inference path of the cross linker: fp32 equals link_scores(forward); bf16 runs a copy with linear weights
-    # cast once and (CPU) eager attention, within bf16 rounding of the autocast forward, rebuilt after an update
+    # the inference path of the cross linker: fp32 equals link_scores(forward); bf16 runs a copy of BERT wholly in
+    # bf16 (SDPA attention, no autocast), within bf16 rounding of the autocast forward, rebuilt after an update
     torch.manual_seed(0)
     model = BertForMultimodalNSP(tester.config()).eval()
     inputs = tester.inputs()
@@ -204,7 +204,8 @@ def test_inference_scores_equal_the_forward_and_follow_weight_updates():
     assert fast.dtype == torch.float32 and fast.shape == plain.shape
     torch.testing.assert_close(fast, autocast, rtol=0, atol=0.05)
     copy = model.__dict__["_low_precision_copies"]["bert"][1]
-    assert copy.config._attn_implementation == "eager" and copy.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert copy.config._attn_implementation == "sdpa" and copy.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert copy.embeddings.LayerNorm.weight.dtype == torch.bfloat16  # wholly bf16: no cast between operations
     assert model.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32  # the model is untouched
     assert model.bert.config._attn_implementation == before
     with torch.no_grad():
