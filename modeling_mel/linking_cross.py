@@ -19,10 +19,12 @@ score pairs through :class:`CrossLinker`:
 * the evaluation, ``mel link`` and ``pipeline()`` batch the same pairs differently (all of a split's pairs at once,
   a batch of mentions, pruning waves), so a pair's score should not depend on its batch: a batch holds pairs of one
   padded width, and no pair is ever padded beyond its own width (under bf16 the padding width changes a score's
-  rounding by up to 0.03 on the WikiMEL reranker). What remains under bf16 is the kernels' rounding with the number
-  of pairs in a batch: none on small models (``tests/test_linking_cross.py``), up to 0.017 on the MiniLM reranker,
-  where 2 of 300 WikiMEL dev mentions swap two near-tied neighbours between the evaluation and ``mel link``. In
-  float32 every path ranks alike (``benchmarks/eval_equals_product.py``).
+  rounding by up to 0.03 on the WikiMEL reranker). The CPU's bf16 matrix kernels also round a row with the number
+  of rows below about 512 (on the MiniLM reranker the same pairs in batches of 1 to 16 differed from a batch of 64 by
+  up to 4e-3 in 23 of 35 cases): under bf16 on CPU every forward pass is filled to :data:`MIN_BF16_CPU_ROWS` token
+  rows with copies of its first pair (their scores dropped), after which none differed. Small requests pay for the
+  fill (a few hundred token rows a width); in float32 nothing is filled, and every path ranks alike
+  (``benchmarks/eval_equals_product.py``).
 * a model with ``inference_scores`` (``BertForMultimodalNSP``) is run through it: under bf16 a copy of its encoder
   wholly in bf16 (made once), run without autocast, so that no activation is cast between two operations.
 """

@@ -227,3 +227,22 @@ def test_context_precision_on_a_tiny_zemel(tmp_path):
     assert_positive_finite(payload["median"], ["bf16", "float32"])
     assert payload["args"]["mentions"] == 600 and len(rows) == 4
     assert "bf16 / float32 contexts" in (tmp_path / "out" / "context_precision.md").read_text()
+
+
+def test_bf16_batch_invariance_on_a_tiny_reranker(tmp_path):
+    """benchmarks/bf16_batch_invariance.py on a tiny NSP model: both batchings are counted over every (width, batch
+    size) case; with the fill no case differs (this small model's bf16 scores do not depend on the batch anyway)."""
+    from inference_fixtures import tiny_nsp
+
+    model, processor = tiny_nsp()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, os.path.join(BENCH_DIR, "bf16_batch_invariance.py"), "--model", str(tmp_path / "model"),
+           "--widths", "16", "40", "--batch_sizes", "1", "3", "--pairs", "8", "--out_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    payload = json.load(open(tmp_path / "out" / "bf16_batch_invariance.json"))
+    assert [r["cases"] for r in payload["rows"]] == [4, 4]
+    assert payload["rows"][1]["differ"] == 0 and payload["rows"][1]["worst"] == 0.0
+    assert "filled to 512 token rows (default)" in (tmp_path / "out" / "bf16_batch_invariance.md").read_text()
