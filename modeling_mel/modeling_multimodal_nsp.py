@@ -197,8 +197,9 @@ class BertForMultimodalNSP(BertPreTrainedModel):
         In low precision the BERT encoder runs as a copy wholly in that dtype (`low_precision.low_precision_copy`,
         `whole=True`: weights, layer norms and softmaxes; built once, rebuilt after a weight update), without autocast
         and with SDPA attention, and so does the NSP head (as under autocast: a head in float32 would round with the
-        number of pairs in the batch). No activation is cast between two operations: on this project's CPU about 1.25x faster than autocast over a copy with bf16 linear weights and
-        eager attention (the previous path), at the same distance to the float32 scores (bf16 rounding).
+        number of pairs in the batch). No activation is cast between two operations: on this project's CPU about 1.25x
+        faster than autocast over a copy with bf16 linear weights and eager attention (the previous path), at the same
+        distance to the float32 scores (bf16 rounding).
         """
         with evaluating(self), torch.inference_mode():
             if autocast_dtype in (None, torch.float32):
