@@ -80,6 +80,6 @@ def test_bad_alpha_and_wrong_backbone_are_named(trained, backbone):
 def test_training_argument_is_checked():
     from modeling_mel.zemel_training import ZemelModelArguments
 
-    assert ZemelModelArguments().backbone_mixing == 1.0  # off by default
+    assert ZemelModelArguments().backbone_mixing == 0.75  # the default that holds on WikiMEL and RichpediaMEL
     with pytest.raises(ValueError, match="--backbone_mixing must be in"):
         ZemelModelArguments(backbone_mixing=-0.1)

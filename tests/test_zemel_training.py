@@ -275,7 +275,8 @@ def test_same_seed_same_model(tiny_backbone, zemeld_raw, tmp_path):
 
 def test_backbone_mixing_mixes_the_saved_text_streams(tiny_backbone, zemeld_raw, tmp_path):
     """``--backbone_mixing 0.5``: the saved model's text-stream weights are the midpoint of the trained ones and the
-    backbone's; the other weights (poly codes, heads) are the trained ones; the config records it."""
+    backbone's; the other weights (poly codes, heads) are the trained ones; the config records it (also the default,
+    0.75, when no flag is given; ``1`` turns it off)."""
     from safetensors.torch import load_file
     from transformers import HfArgumentParser
 
@@ -293,7 +294,11 @@ def test_backbone_mixing_mixes_the_saved_text_streams(tiny_backbone, zemeld_raw,
         run_zemel_training(*parser.parse_args_into_dataclasses(args=argv))
         return load_file(str(tmp_path / name / "model.safetensors"))
 
-    trained, mixed = run("plain"), run("mixed", "--backbone_mixing", "0.5")
+    trained, mixed = run("plain", "--backbone_mixing", "1"), run("mixed", "--backbone_mixing", "0.5")
+    by_default = run("default")  # no flag: the default mixing, 0.75
+    assert json.load(open(tmp_path / "default" / "config.json"))["backbone_mixing"] == 0.75
+    assert not torch.equal(by_default["context_encoder.encoder.layer.0.attention.self.query.weight"],
+                           trained["context_encoder.encoder.layer.0.attention.self.query.weight"])
     backbone = load_file(os.path.join(tiny_backbone, "model.safetensors"))
     config = json.load(open(tmp_path / "mixed" / "config.json"))
     assert config["backbone_mixing"] == 0.5 and "backbone_mixing" not in json.load(open(tmp_path / "plain" / "config.json"))
