@@ -21,10 +21,10 @@ score pairs through :class:`CrossLinker`:
   padded width, and no pair is ever padded beyond its own width (under bf16 the padding width changes a score's
   rounding by up to 0.03 on the WikiMEL reranker). The CPU's bf16 matrix kernels also round a row with the number
   of rows below about 512 (on the MiniLM reranker the same pairs in batches of 1 to 16 differed from a batch of 64 by
-  up to 4e-3 in 23 of 35 cases): under bf16 on CPU every forward pass is filled to :data:`MIN_BF16_CPU_ROWS` token
-  rows with copies of its first pair (their scores dropped), after which none differed. Small requests pay for the
-  fill (a few hundred token rows a width); in float32 nothing is filled, and every path ranks alike
-  (``benchmarks/eval_equals_product.py``).
+  up to 4e-3 in 25 of 35 cases, ``benchmarks/bf16_batch_invariance.py``): under bf16 on CPU every forward pass is
+  filled to :data:`MIN_BF16_CPU_ROWS` token rows with copies of its first pair (their scores dropped), after which
+  none differed. Small requests pay for the fill (a few hundred token rows a width); in float32 nothing is filled,
+  and every path ranks alike (``benchmarks/eval_equals_product.py``).
 * a model with ``inference_scores`` (``BertForMultimodalNSP``) is run through it: under bf16 a copy of its encoder
   wholly in bf16 (made once), run without autocast, so that no activation is cast between two operations.
 """
@@ -44,7 +44,7 @@ TOKENS_PER_PAIR = 64
 #: bf16 on CPU: the fewest token rows (pairs x padded width) a forward pass runs; smaller batches are filled with
 #: copies of their first pair. Below about 512 rows the CPU's bf16 matrix kernels round a row differently with the
 #: number of rows; from 512 on, a pair's score is bitwise the same in any batch (MiniLM reranker, this project's
-#: AMX CPU: 0 of 35 (width, batch size) cases differ from a batch of 64 pairs, 23 of 35 without the fill).
+#: AMX CPU: 0 of 35 (width, batch size) cases differ from a batch of 64 pairs, 25 of 35 without the fill).
 MIN_BF16_CPU_ROWS = 512
 
 

@@ -474,7 +474,7 @@ class ZemelModelArguments:
         default=0.75,
         metadata={"help": "after training, mix each text-stream weight with the backbone's: alpha * trained + "
                   "(1 - alpha) * backbone (weight-space ensembling, modeling_mel.backbone_interpolation); 1: off. "
-                  "0.75 (default) serves both WikiMEL and RichpediaMEL in domain and transfers to the other (docs/results.md)"},
+                  "0.75 (default) serves WikiMEL and RichpediaMEL in domain and transfers to the other (docs/results.md)"},
     )
 
     def __post_init__(self) -> None:
