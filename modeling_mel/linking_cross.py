@@ -48,6 +48,11 @@ TOKENS_PER_PAIR = 64
 MIN_BF16_CPU_ROWS = 512
 
 
+def padded_width(length: int) -> int:
+    """A pair's padded width: its length rounded up to a multiple of 8 (one width per batch)."""
+    return -(-int(length) // 8) * 8
+
+
 class CrossLinker:
     """Scores (mention, entity) pairs with an NSP cross-encoder and ranks each mention's candidates.
 
@@ -96,7 +101,7 @@ class CrossLinker:
         out: list[list[int]] = []
         last_width = None
         for j in order:
-            width = -(-int(lengths[j]) // 8) * 8  # padded to a multiple of 8
+            width = padded_width(lengths[j])
             if out and width == last_width and len(out[-1]) < self.pair_batch_size and (len(out[-1]) + 1) * width <= budget:
                 out[-1].append(j)
             else:
@@ -108,8 +113,7 @@ class CrossLinker:
         """Copies of a batch's first pair that bring it to :data:`MIN_BF16_CPU_ROWS` token rows (bf16 on CPU only)."""
         if not self.bf16 or self.device.type != "cpu":
             return 0
-        width = -(-int(length) // 8) * 8
-        return max(0, -(-MIN_BF16_CPU_ROWS // width) - pairs)
+        return max(0, -(-MIN_BF16_CPU_ROWS // padded_width(length)) - pairs)
 
     def score_features(
         self, features: Sequence[Mapping[str, Any]], collate: Callable[[list], Mapping[str, Any]] | None = None,
