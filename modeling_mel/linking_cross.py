@@ -15,7 +15,8 @@ score pairs through :class:`CrossLinker`:
   package's tie rule (score, then KB position: :func:`modeling_mel.ranking.rank_by_score`);
 * when only the ``top_k`` best are asked for, pairs that cannot reach them are not scored (:meth:`CrossLinker.link`:
   a log-probability is at most 0, so ``weight * retriever score`` bounds a fused score): the same ``top_k``, with the
-  same scores, for fewer forward passes;
+  same scores, for fewer forward passes (in two waves, when each mention's ``top_k`` are at most a third of its
+  pairs: :data:`PRUNE_FIRST_WAVE`);
 * the evaluation, ``mel link`` and ``pipeline()`` batch the same pairs differently (all of a split's pairs at once,
   a batch of mentions, pruning waves), so a pair's score should not depend on its batch: a batch holds pairs of one
   padded width, and no pair is ever padded beyond its own width (under bf16 the padding width changes a score's
@@ -46,6 +47,13 @@ TOKENS_PER_PAIR = 64
 #: number of rows; from 512 on, a pair's score is bitwise the same in any batch (MiniLM reranker, this project's
 #: AMX CPU: 0 of 35 (width, batch size) cases differ from a batch of 64 pairs, 25 of 35 without the fill).
 MIN_BF16_CPU_ROWS = 512
+
+
+#: ``CrossLinker.link`` with ``top_k`` prunes in two waves only when the first (each mention's ``top_k`` candidates of
+#: highest bound) holds at most this share of the pairs; else every pair is scored at once. Measured on WikiMEL dev
+#: (8.7 candidates a mention, ``benchmarks/two_stage_speed.py``): ``--top_k 1`` (11% of the pairs first) gains from
+#: the waves, ``--top_k 5`` (57%) ran slower in two waves than scoring every pair (21.1 against 24.6 mentions/s).
+PRUNE_FIRST_WAVE = 1 / 3
 
 
 def padded_width(length: int) -> int:
@@ -213,8 +221,10 @@ class CrossLinker:
         never scored: a pair's score is a log-probability (at most 0), so a candidate's fused score is at most
         ``weight * retriever score``. The ``top_k`` candidates of highest bound are scored first; a remaining
         candidate whose bound is below the ``top_k``-th best fused score found is left out (it can only rank lower),
-        the others are scored too. The returned scores and order are those of scoring every pair (a pair's score does
-        not depend on its batch: :meth:`batches`)."""
+        the others are scored too. That second wave holds few pairs of each width, so it pays only when the first
+        wave is small: when the ``top_k`` of every mention make more than :data:`PRUNE_FIRST_WAVE` of the pairs,
+        every pair is scored in one wave. The returned scores and order are those of scoring every pair (a pair's
+        score does not depend on its batch: :meth:`batches`)."""
         weight = self.weight if weight is None else float(weight)
         rows = [list(dict.fromkeys(row)) for row in candidates]
         prior = [{p: weight * first_stage[i].get(p, 0.0) if first_stage is not None and weight else 0.0 for p in row}
@@ -226,7 +236,8 @@ class CrossLinker:
                 for (i, p), s in zip(pairs, score_pairs(pairs).tolist()):
                     fused[i][p] = s + prior[i][p]
 
-        if top_k is None or first_stage is None or weight <= 0:
+        first_wave = sum(min(int(top_k), len(row)) for row in rows) if top_k is not None else 0
+        if top_k is None or first_stage is None or weight <= 0 or first_wave > PRUNE_FIRST_WAVE * sum(map(len, rows)):
             score([(i, p) for i, row in enumerate(rows) for p in row])
         else:
             k = int(top_k)
@@ -262,4 +273,4 @@ class CrossLinker:
                          first_stage, weight=weight)
 
 
-__all__ = ["CrossLinker", "MIN_BF16_CPU_ROWS", "TOKENS_PER_PAIR"]
+__all__ = ["CrossLinker", "MIN_BF16_CPU_ROWS", "PRUNE_FIRST_WAVE", "TOKENS_PER_PAIR"]

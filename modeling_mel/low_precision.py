@@ -6,6 +6,10 @@ a parameter of the original changes: either with its linear weights already in t
 cast them to: the results are those of plain autocast), or wholly in the low dtype (``whole=True``: every floating
 parameter and buffer, run without autocast; no cast of an activation between two operations, so faster again, and
 layer norms and softmaxes round in bf16 too).
+
+:class:`FusedBertEncoder` runs such a wholly-bf16 BERT copy on CPU through oneDNN's fused linear kernels (the
+product with its bias and a GELU, tanh or residual add in one call, the query, key and value products as one):
+no activation is written out between a product and its pointwise step.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import copy
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -67,4 +72,85 @@ def low_precision_copy(
     return low
 
 
-__all__ = ["autocast_context", "evaluating", "low_precision_copy"]
+def _fused_linear_op() -> Callable | None:
+    """oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) where this build and CPU run it in bf16."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return None
+    return op if supported else None
+
+
+class FusedBertEncoder:
+    """Inference forward of a wholly-bf16 ``BertModel`` on CPU, through oneDNN's fused linear kernels.
+
+    Each layer runs as four fused products: query, key and value in one (weights concatenated once), the attention
+    output with the residual add, the intermediate product with its GELU, the output with the residual add; attention
+    is PyTorch's SDPA with the padding mask, layer norms as in BERT. The pooler's product runs with its tanh. The
+    arithmetic is BERT's; only the bf16 rounding points move (a pointwise step now runs on the float32 accumulator),
+    so scores agree with the module's own bf16 forward to bf16 precision (``tests/test_low_precision.py``) and, like
+    it, do not depend on the batch from 512 token rows on (``benchmarks/bf16_batch_invariance.py``); two-stage
+    ``mel link`` speed: ``benchmarks/two_stage_speed.py``. Built by :meth:`build`, which returns None for a model it
+    does not cover.
+    """
+
+    def __init__(self, bert: nn.Module, linear: Callable) -> None:
+        self.bert = bert
+        self.linear = linear
+        self.layers = []
+        for layer in bert.encoder.layer:
+            att = layer.attention.self
+            qkv_w = torch.cat([att.query.weight, att.key.weight, att.value.weight]).contiguous()
+            qkv_b = torch.cat([att.query.bias, att.key.bias, att.value.bias]).contiguous()
+            self.layers.append((qkv_w, qkv_b, int(att.num_attention_heads), layer))
+
+    @classmethod
+    def build(cls, bert: nn.Module) -> "FusedBertEncoder | None":
+        """The fused forward of ``bert`` (a ``BertModel`` whose floating parameters are all bf16): None where the
+        kernels are missing (no oneDNN bf16 on this build or CPU) or the model is not a plain BERT encoder (absolute
+        positions, exact GELU, no decoder or cross-attention, a pooler)."""
+        linear = _fused_linear_op()
+        config = getattr(bert, "config", None)
+        layers = getattr(getattr(bert, "encoder", None), "layer", None)
+        if linear is None or config is None or layers is None or getattr(bert, "pooler", None) is None:
+            return None
+        if (getattr(config, "hidden_act", None) != "gelu" or getattr(config, "is_decoder", False)
+                or getattr(config, "add_cross_attention", False)
+                or getattr(config, "position_embedding_type", "absolute") != "absolute"):
+            return None
+        if any(p.is_floating_point() and p.dtype != torch.bfloat16 for p in bert.parameters()):
+            return None
+        try:
+            return cls(bert, linear)
+        except AttributeError:  # not BERT's layer layout
+            return None
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The pooled output ``(B, H)`` (bf16) of a batch, as ``bert(...).pooler_output``."""
+        lin = self.linear
+        x = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+        batch, width, hidden = x.shape
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = x.reshape(batch * width, hidden)
+        for qkv_w, qkv_b, heads, layer in self.layers:
+            qkv = lin(x, qkv_w, qkv_b, "none", [], "").view(batch, width, 3, heads, hidden // heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, head size)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(batch * width, hidden)
+            out = layer.attention.output
+            x = out.LayerNorm(lin.binary(ctx, x, out.dense.weight, out.dense.bias, "add"))
+            inter = lin(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias, "gelu", [], "none")
+            out = layer.output
+            x = out.LayerNorm(lin.binary(inter, x, out.dense.weight, out.dense.bias, "add"))
+        first = x.view(batch, width, hidden)[:, 0]
+        pooler = self.bert.pooler.dense
+        return lin(first, pooler.weight, pooler.bias, "tanh", [], "")
+
+
+__all__ = ["FusedBertEncoder", "autocast_context", "evaluating", "low_precision_copy"]

@@ -18,10 +18,12 @@ import torch
 from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.models.bert.modeling_bert import BertOnlyNSPHead
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_multimodal_nsp import MultimodalNSPConfig
-from .low_precision import evaluating, low_precision_copy
+from .low_precision import FusedBertEncoder, evaluating, low_precision_copy
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -43,6 +45,13 @@ class MultimodalNSPOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _prepare_low_precision_bert(low: nn.Module) -> None:
+    """The wholly low-precision inference copy of the BERT encoder: SDPA attention, and its fused CPU forward
+    (``fused_cpu_forward``: a :class:`~modeling_mel.low_precision.FusedBertEncoder`, None where not supported)."""
+    low.set_attn_implementation("sdpa")
+    low.__dict__["fused_cpu_forward"] = FusedBertEncoder.build(low)
 
 
 class BertForMultimodalNSP(BertPreTrainedModel):
@@ -199,26 +208,34 @@ class BertForMultimodalNSP(BertPreTrainedModel):
         and with SDPA attention, and so does the NSP head (as under autocast: a head in float32 would round with the
         number of pairs in the batch). No activation is cast between two operations: on this project's CPU about 1.25x
         faster than autocast over a copy with bf16 linear weights and eager attention (the previous path), at the same
-        distance to the float32 scores (bf16 rounding).
+        distance to the float32 scores (bf16 rounding). On CPU, where oneDNN runs bf16, the copy's forward is
+        `low_precision.FusedBertEncoder` (each product fused with its bias and GELU, tanh or residual add).
         """
         with evaluating(self), torch.inference_mode():
             if autocast_dtype in (None, torch.float32):
                 logits = self(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               image_features=image_features).logits
                 return self.link_scores(logits)
-            bert = low_precision_copy(
-                self, "bert", autocast_dtype, whole=True, prepare=lambda low: low.set_attn_implementation("sdpa")
-            )
+            bert = low_precision_copy(self, "bert", autocast_dtype, whole=True, prepare=_prepare_low_precision_bert)
             inputs_embeds = self.embed(input_ids, image_features)
-            outputs = bert(
-                input_ids=None if inputs_embeds is not None else input_ids,
-                inputs_embeds=None if inputs_embeds is None else inputs_embeds.to(autocast_dtype),
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                return_dict=True,
-            )
+            inputs = {
+                "input_ids": None if inputs_embeds is not None else input_ids,
+                "inputs_embeds": None if inputs_embeds is None else inputs_embeds.to(autocast_dtype),
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+            }
+            fused = bert.__dict__.get("fused_cpu_forward")
+            pooled = None
+            if fused is not None and input_ids.device.type == "cpu":
+                try:
+                    pooled = fused(**inputs)
+                except (RuntimeError, TypeError) as err:  # a torch whose oneDNN op differs: BERT's forward from now on
+                    logger.warning("fused bf16 CPU forward unavailable (%s); using BERT's own forward", err)
+                    bert.__dict__["fused_cpu_forward"] = None
+            if pooled is None:
+                pooled = bert(**inputs, return_dict=True).pooler_output
             head = low_precision_copy(self, "cls", autocast_dtype, whole=True)
-            return self.link_scores(head(outputs.pooler_output))
+            return self.link_scores(head(pooled))
 
     def link_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Linking score of each pair: log-probability that B follows A (`log_softmax(logits)[:, 0]`), shape (B,)."""

@@ -150,6 +150,30 @@ def test_top_k_linking_scores_fewer_pairs_and_returns_the_same_top_k(nsp):
     assert pruned_any
 
 
+def test_pruning_waves_only_when_the_first_wave_is_small(nsp):
+    # two waves pay only when the top_k are a small share of the pairs (PRUNE_FIRST_WAVE); else one wave, every pair
+    from modeling_mel.linking_cross import PRUNE_FIRST_WAVE
+
+    model, processor = nsp
+    linker = CrossLinker(model, processor)
+    cands = [list(range(9)), list(range(10, 19))]
+    first = [{p: 1.0 - 0.1 * (p % 10) for p in row} for row in cands]  # falling bounds: most pairs prunable
+    calls: list = []
+
+    def score_pairs(pairs):
+        calls.append(list(pairs))
+        return torch.tensor([-0.01 if p % 10 == 0 else -50.0 for _, p in pairs])
+
+    # k 1: the first wave (2 of 18 pairs) prunes every other pair; k 3: a second wave (the third best is low);
+    # k 4 and 5: more than a third of the pairs in the first wave, so one wave of every pair
+    for k, n_calls, n_scored in ((1, 1, 2), (3, 2, 18), (4, 1, 18), (5, 1, 18)):
+        calls.clear()
+        got = linker.link(cands, score_pairs, first, top_k=k, weight=1.0)
+        assert (len(calls), sum(map(len, calls))) == (n_calls, n_scored), (k, calls)
+        assert (2 * k <= PRUNE_FIRST_WAVE * 18) == (len(calls[0]) == 2 * k)
+        assert [[p for p, _ in row] for row in got] == [row[:k] for row in cands]  # same top k either way
+
+
 
 def test_bf16_scores_do_not_depend_on_the_batch(nsp):
     # issue 26: the evaluation, mel link and pipeline() batch the same pairs differently; one padded width per batch

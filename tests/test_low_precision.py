@@ -78,3 +78,65 @@ def test_evaluating_restores_the_mode():
     except RuntimeError:
         pass
     assert not owner.training  # an eval-mode module stays in eval mode, an exception does not change it
+
+
+def _tiny_bert(**kw):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
+    bert = BertModel(config).eval()
+    low = low_precision_copy(nn.ModuleDict({"bert": bert}), "bert", torch.bfloat16, whole=True)
+    return bert, low
+
+
+def _pair_batch(batch=6, width=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 97, (batch, width), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, -5:] = 0  # two padded rows
+    mask[4, -2:] = 0
+    types = torch.zeros_like(ids)
+    types[:, width // 2:] = 1
+    return ids, mask, types
+
+
+def test_fused_bert_forward_is_berts_pooled_output_in_bf16():
+    from modeling_mel.low_precision import FusedBertEncoder, _fused_linear_op
+
+    bert, low = _tiny_bert()
+    fused = FusedBertEncoder.build(low)
+    if _fused_linear_op() is None:  # no oneDNN bf16 on this build or CPU: the model's own forward is used instead
+        assert fused is None
+        return
+    ids, mask, types = _pair_batch()
+    with torch.inference_mode():
+        out = fused(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        reference = bert(input_ids=ids, attention_mask=mask, token_type_ids=types).pooler_output  # float32
+        copy_forward = low(input_ids=ids, attention_mask=mask, token_type_ids=types).pooler_output  # bf16, unfused
+        assert out.dtype == torch.bfloat16 and out.shape == reference.shape
+        torch.testing.assert_close(out.float(), reference, rtol=0, atol=0.03)
+        torch.testing.assert_close(out.float(), copy_forward.float(), rtol=0, atol=0.03)
+        assert (out.float() - reference).abs().mean() < 0.01
+        # padding is masked: a padded row scores as that row alone, unpadded (to bf16 rounding)
+        alone = fused(input_ids=ids[1:2, :-5], attention_mask=mask[1:2, :-5], token_type_ids=types[1:2, :-5])
+        torch.testing.assert_close(out[1:2].float(), alone.float(), rtol=0, atol=0.02)
+        # image pairs enter as embeddings: the same result as the ids they stand for
+        embeds = low.embeddings.word_embeddings(ids)
+        torch.testing.assert_close(fused(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types), out,
+                                   rtol=0, atol=0)
+
+
+def test_fused_bert_forward_only_for_what_it_covers():
+    from modeling_mel.low_precision import FusedBertEncoder, _fused_linear_op
+
+    if _fused_linear_op() is None:
+        assert FusedBertEncoder.build(_tiny_bert()[1]) is None
+        return
+    assert FusedBertEncoder.build(_tiny_bert()[1]) is not None
+    assert FusedBertEncoder.build(_tiny_bert(hidden_act="relu")[1]) is None
+    assert FusedBertEncoder.build(_tiny_bert(position_embedding_type="relative_key")[1]) is None
+    assert FusedBertEncoder.build(_tiny_bert(is_decoder=True)[1]) is None
+    assert FusedBertEncoder.build(_tiny_bert()[0]) is None  # float32 weights: only the wholly-bf16 copy
+    assert FusedBertEncoder.build(nn.Linear(4, 4)) is None

@@ -208,6 +208,24 @@ def test_inference_scores_equal_the_forward_and_follow_weight_updates():
     assert copy.embeddings.LayerNorm.weight.dtype == torch.bfloat16  # wholly bf16: no cast between operations
     assert model.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32  # the model is untouched
     assert model.bert.config._attn_implementation == before
+    # on CPU with oneDNN bf16 the copy runs through the fused forward (low_precision.FusedBertEncoder)
+    from modeling_mel.low_precision import _fused_linear_op
+
+    fused = copy.__dict__["fused_cpu_forward"]
+    assert (fused is None) == (_fused_linear_op() is None)
+    if fused is not None:
+        calls = []
+        copy.__dict__["fused_cpu_forward"] = lambda **kw: calls.append(kw) or fused(**kw)
+        torch.testing.assert_close(model.inference_scores(**inputs, autocast_dtype=torch.bfloat16), fast, rtol=0, atol=0)
+        assert len(calls) == 1 and calls[0]["inputs_embeds"].dtype == torch.bfloat16  # image pairs: embeddings
+        # a torch whose fused op fails: BERT's own forward, from then on
+        def broken(**kw):
+            raise RuntimeError("mkldnn::_linear_pointwise: no such overload")
+
+        copy.__dict__["fused_cpu_forward"] = broken
+        unfused = model.inference_scores(**inputs, autocast_dtype=torch.bfloat16)
+        assert copy.__dict__["fused_cpu_forward"] is None
+        torch.testing.assert_close(unfused, fast, rtol=0, atol=0.05)
     with torch.no_grad():
         model.cls.seq_relationship.bias.add_(torch.tensor([2.0, -2.0]))  # outside BERT: used as is
         model.bert.pooler.dense.weight.mul_(0.0)  # inside BERT: the copy is rebuilt
