@@ -8,6 +8,12 @@ For each ``--top_k`` it runs ``mel link --retriever`` of the old checkout (``PYT
 alternately (``--repeats`` pairs), on the same input, and reports mentions/s (``mel link``'s own timing: model
 loading excluded, KB and index loading included), the new/old ratio of the medians and ``accuracy@1`` of both. Writes
 ``benchmarks/results/<name>.{json,md}``.
+
+With ``--chunk N`` the two ``mel link`` processes run side by side instead, each built once as ``mel link`` builds it
+(same arguments, same pipeline) and then linking the input ``N`` mentions at a time through ``mel link``'s own
+``link_file``, old and new alternating chunk by chunk (the first of each pair alternating too): the machine's speed
+changes within minutes here (up to 1.8x), and chunks of a few seconds see the same machine on both sides. Mentions/s
+are then the lines over the summed ``link_file`` seconds of each side (loading excluded), the ratio theirs.
 """
 
 from __future__ import annotations
@@ -37,6 +43,87 @@ def run_link(repo: str, args: argparse.Namespace, top_k: int, out: str) -> dict:
     raise SystemExit(f"two_stage_speed.py: mel link of {repo} failed ({done.returncode}): {done.stderr[-800:]}")
 
 
+#: the ``mel link`` of a worker: its ``link_file`` (``cli_link``, or ``cli_inference`` in older checkouts) replaced by
+#: a loop that links the chunk files named on stdin with the pipeline ``mel link`` built, one JSON line each
+WORKER = r"""
+import json, os, sys, time
+import modeling_mel
+from modeling_mel import cli
+here = os.path.dirname(modeling_mel.__file__)  # this checkout's package (an editable install may map other modules)
+for name in ("modeling_mel.cli_link", "modeling_mel.cli_inference"):
+    try:
+        module = __import__(name, fromlist=["link_file"])
+    except ImportError:
+        continue
+    if hasattr(module, "link_file") and os.path.dirname(module.__file__) == here:
+        break
+original = module.link_file
+
+def serve(pipe, input_path, output_path, batch_size=8, resume=False, fingerprint=None, **call):
+    for line in sys.stdin:
+        paths = line.split()
+        if not paths:
+            break
+        start = time.perf_counter()
+        counts = original(pipe, paths[0], paths[1], batch_size=batch_size, **call)
+        print(json.dumps(dict(counts, seconds=time.perf_counter() - start)), flush=True)
+    return {"lines": 0, "linked": 0, "errors": 0, "correct@1": 0, "with_gold": 0}
+
+module.link_file = serve
+sys.exit(cli.main())
+"""
+
+
+def run_chunks(args: argparse.Namespace, top_k: int, tmp: str) -> dict[str, dict]:
+    """Old and new ``mel link`` side by side, linking the input ``--chunk`` mentions at a time, alternately; per side
+    the summed counts and ``link_file`` seconds, and the per-chunk seconds."""
+    with open(args.input, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    chunks = []
+    for n in range(0, len(lines), args.chunk):
+        path = os.path.join(tmp, f"chunk_{n // args.chunk}.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(lines[n:n + args.chunk])
+        chunks.append(path)
+    procs, logs = {}, {}
+    for name, repo in (("old", os.path.abspath(args.old_repo)), ("new", REPO_ROOT)):
+        env = dict(os.environ, PYTHONPATH=repo, HF_HUB_OFFLINE="1")
+        cmd = [sys.executable, "-c", WORKER, "link", "--model", args.model, "--kb", args.kb, "--retriever",
+               args.retriever, "--retriever_k", str(args.retriever_k), "--input", chunks[0], "--output",
+               os.path.join(tmp, f"{name}_{top_k}_unused.jsonl"), "--top_k", str(top_k), "--batch_size",
+               str(args.batch_size), "--no_images"]
+        logs[name] = open(os.path.join(tmp, f"{name}_{top_k}.log"), "w", encoding="utf-8")
+        procs[name] = subprocess.Popen(cmd, cwd=repo, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=logs[name], text=True)
+    totals = {n: {"lines": 0, "correct@1": 0, "with_gold": 0, "seconds": 0.0, "chunks": []} for n in procs}
+    try:
+        for c, path in enumerate(chunks):
+            for name in (("old", "new") if c % 2 == 0 else ("new", "old")):
+                proc = procs[name]
+                proc.stdin.write(f"{path} {os.path.join(tmp, f'{name}_{top_k}_{c}.jsonl')}\n")
+                proc.stdin.flush()
+                while True:
+                    line = proc.stdout.readline()
+                    if not line:
+                        logs[name].flush()
+                        with open(logs[name].name, encoding="utf-8") as f:
+                            raise SystemExit(f"two_stage_speed.py: the {name} mel link stopped: {f.read()[-800:]}")
+                    if line.startswith("{") and '"seconds"' in line:
+                        break
+                got = json.loads(line)
+                for key in ("lines", "correct@1", "with_gold", "seconds"):
+                    totals[name][key] += got[key]
+                totals[name]["chunks"].append(got["seconds"])
+    finally:
+        for name, proc in procs.items():
+            proc.stdin.close()
+            proc.wait()
+            logs[name].close()
+    for t in totals.values():
+        t["accuracy@1"] = t["correct@1"] / t["with_gold"] if t["with_gold"] else None
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old_repo", required=True, help="a checkout of the commit to compare with (git worktree)")
@@ -48,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retriever_k", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1, help="old/new pairs per top_k")
+    parser.add_argument("--chunk", type=int, default=0,
+                        help="N > 0: old and new side by side, alternating every N mentions (see above)")
     parser.add_argument("--name", default="two_stage_speed")
     parser.add_argument("--out_dir", default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -55,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.top_k:
+            if args.chunk > 0:
+                totals = run_chunks(args, k, tmp)
+                speed = {n: t["lines"] / t["seconds"] for n, t in totals.items()}
+                pairs = [n / o for o, n in zip(totals["old"]["chunks"], totals["new"]["chunks"])]
+                print(f"top_k {k}: {speed}, chunk ratios (old s / new s) {[round(1 / p, 2) for p in pairs]}", flush=True)
+                rows.append({"top_k": k, "old_mentions_per_s": speed["old"], "new_mentions_per_s": speed["new"],
+                             "ratio": speed["new"] / speed["old"], "old_accuracy@1": totals["old"]["accuracy@1"],
+                             "new_accuracy@1": totals["new"]["accuracy@1"], "lines": totals["new"]["lines"],
+                             "median_chunk_ratio": statistics.median(1 / p for p in pairs),
+                             "old_chunk_seconds": totals["old"]["chunks"], "new_chunk_seconds": totals["new"]["chunks"]})
+                continue
             runs: dict[str, list[dict]] = {"old": [], "new": []}
             for r in range(args.repeats):
                 for name, repo in (("old", os.path.abspath(args.old_repo)), ("new", REPO_ROOT)):
@@ -65,13 +165,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"top_k": k, "old_mentions_per_s": speed["old"], "new_mentions_per_s": speed["new"],
                          "ratio": speed["new"] / speed["old"], "old_accuracy@1": runs["old"][0]["accuracy@1"],
                          "new_accuracy@1": runs["new"][0]["accuracy@1"], "lines": runs["new"][0]["lines"]})
+    how = (f"side by side, alternating every {args.chunk} mentions (`link_file` seconds, loading excluded)"
+           if args.chunk > 0 else f"median of {args.repeats} alternated pair(s)")
     lines = [f"two-stage `mel link --retriever --retriever_k {args.retriever_k}` (batch {args.batch_size}), "
-             f"{rows[0]['lines']} mentions, old = {args.old_repo}, median of {args.repeats} alternated pair(s)", "",
+             f"{rows[0]['lines']} mentions, old = {args.old_repo}, {how}", "",
              "| --top_k | old mentions/s | new mentions/s | new / old | old accuracy@1 | new accuracy@1 |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['top_k']} | {r['old_mentions_per_s']:.1f} | {r['new_mentions_per_s']:.1f} | "
                      f"**{r['ratio']:.2f}x** | {r['old_accuracy@1']:.4f} | {r['new_accuracy@1']:.4f} |")
+    for r in rows:
+        if "median_chunk_ratio" in r:
+            lines.append(f"\n--top_k {r['top_k']}: median of the per-chunk ratios {r['median_chunk_ratio']:.2f}x")
     lines += ["", "Command: `python benchmarks/two_stage_speed.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
     write_lines(args.out_dir, args.name, {"rows": rows, "args": vars(args)}, lines)
     return 0

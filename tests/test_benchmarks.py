@@ -246,3 +246,39 @@ def test_bf16_batch_invariance_on_a_tiny_reranker(tmp_path):
     assert [r["cases"] for r in payload["rows"]] == [4, 4]
     assert payload["rows"][1]["differ"] == 0 and payload["rows"][1]["worst"] == 0.0
     assert "filled to 512 token rows (default)" in (tmp_path / "out" / "bf16_batch_invariance.md").read_text()
+
+
+def test_two_stage_speed_on_tiny_models(tmp_path):
+    """benchmarks/two_stage_speed.py (this checkout against itself) on a tiny ZEMEL index and NSP reranker, in whole
+    runs and side by side in chunks: every --top_k row, both sides linking the same mentions alike."""
+    from inference_fixtures import mentions, tiny_nsp, tiny_zemel, write_kb
+    from modeling_mel.cli import main as mel
+
+    for name, (model, processor) in (("zemel", tiny_zemel()), ("nsp", tiny_nsp())):
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    kb = write_kb(str(tmp_path))
+    assert mel(["index", "--model", str(tmp_path / "zemel"), "--kb", kb, "--out", str(tmp_path / "index"),
+                "--no_images"]) == 0
+    rows = [dict(m, entity_id="nasa") for m in mentions(str(tmp_path)) if m.get("mention")]
+    with open(tmp_path / "m.jsonl", "w") as f:
+        f.writelines(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n" for r in rows)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for chunk in ("0", "3"):
+        cmd = [sys.executable, os.path.join(BENCH_DIR, "two_stage_speed.py"), "--old_repo", os.path.dirname(BENCH_DIR),
+               "--model", str(tmp_path / "nsp"), "--kb", kb, "--retriever", str(tmp_path / "index"), "--input",
+               str(tmp_path / "m.jsonl"), "--top_k", *(["1", "3"] if chunk != "0" else ["3"]), "--batch_size", "2",
+               "--chunk", chunk,
+               "--name", f"speed{chunk}", "--out_dir", str(tmp_path / "out")]
+        proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        payload = json.load(open(tmp_path / "out" / f"speed{chunk}.json"))
+        assert [r["top_k"] for r in payload["rows"]] == ([1, 3] if chunk != "0" else [3])
+        for r in payload["rows"]:
+            assert r["lines"] == len(rows) == 4
+            assert r["old_accuracy@1"] == r["new_accuracy@1"]  # the same code on both sides
+            assert_positive_finite(r, ["old_mentions_per_s", "new_mentions_per_s", "ratio"])
+            if chunk == "3":  # 4 mentions in chunks of 3: two chunks a side
+                assert len(r["old_chunk_seconds"]) == len(r["new_chunk_seconds"]) == 2
+        text = (tmp_path / "out" / f"speed{chunk}.md").read_text()
+        assert ("alternating every 3 mentions" in text) == (chunk == "3")
