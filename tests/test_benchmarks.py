@@ -201,21 +201,28 @@ def test_device_check_dry_run(tmp_path):
         assert proc.returncode == 2 and "no accelerator" in proc.stderr and not proc.stdout.strip()
 
 
-def test_context_precision_on_a_tiny_zemel(tmp_path):
-    """benchmarks/context_precision.py on a tiny ZEMEL and its index: both context precisions run and their speeds are
-    written (no timing threshold)."""
+def tiny_index_and_mentions(tmp_path, name: str) -> tuple[str, list[dict]]:
+    """A tiny ZEMEL saved in ``tmp_path/name``, the test KB, its index (``mel index`` into ``tmp_path/index``) and the
+    text-only mentions written to ``tmp_path/m.jsonl`` (gold ``nasa``): the KB path and the mention rows."""
     from inference_fixtures import mentions, tiny_zemel, write_kb
     from modeling_mel.cli import main as mel
 
     model, processor = tiny_zemel()
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
+    model.save_pretrained(tmp_path / name)
+    processor.save_pretrained(tmp_path / name)
     kb = write_kb(str(tmp_path))
-    assert mel(["index", "--model", str(tmp_path / "model"), "--kb", kb, "--out", str(tmp_path / "index"),
+    assert mel(["index", "--model", str(tmp_path / name), "--kb", kb, "--out", str(tmp_path / "index"),
                 "--no_images"]) == 0
     rows = [dict(m, entity_id="nasa") for m in mentions(str(tmp_path)) if m.get("mention")]
     with open(tmp_path / "m.jsonl", "w") as f:
         f.writelines(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n" for r in rows)
+    return kb, rows
+
+
+def test_context_precision_on_a_tiny_zemel(tmp_path):
+    """benchmarks/context_precision.py on a tiny ZEMEL and its index: both context precisions run and their speeds are
+    written (no timing threshold)."""
+    _, rows = tiny_index_and_mentions(tmp_path, "model")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, os.path.join(BENCH_DIR, "context_precision.py"), "--model", str(tmp_path / "model"),
            "--index", str(tmp_path / "index"), "--input", str(tmp_path / "m.jsonl"), "--repeats", "1",
@@ -251,18 +258,12 @@ def test_bf16_batch_invariance_on_a_tiny_reranker(tmp_path):
 def test_two_stage_speed_on_tiny_models(tmp_path):
     """benchmarks/two_stage_speed.py (this checkout against itself) on a tiny ZEMEL index and NSP reranker, in whole
     runs and side by side in chunks: every --top_k row, both sides linking the same mentions alike."""
-    from inference_fixtures import mentions, tiny_nsp, tiny_zemel, write_kb
-    from modeling_mel.cli import main as mel
+    from inference_fixtures import tiny_nsp
 
-    for name, (model, processor) in (("zemel", tiny_zemel()), ("nsp", tiny_nsp())):
-        model.save_pretrained(tmp_path / name)
-        processor.save_pretrained(tmp_path / name)
-    kb = write_kb(str(tmp_path))
-    assert mel(["index", "--model", str(tmp_path / "zemel"), "--kb", kb, "--out", str(tmp_path / "index"),
-                "--no_images"]) == 0
-    rows = [dict(m, entity_id="nasa") for m in mentions(str(tmp_path)) if m.get("mention")]
-    with open(tmp_path / "m.jsonl", "w") as f:
-        f.writelines(json.dumps({k: v for k, v in r.items() if k != "image"}) + "\n" for r in rows)
+    model, processor = tiny_nsp()
+    model.save_pretrained(tmp_path / "nsp")
+    processor.save_pretrained(tmp_path / "nsp")
+    kb, rows = tiny_index_and_mentions(tmp_path, "zemel")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     for chunk in ("0", "3"):
         cmd = [sys.executable, os.path.join(BENCH_DIR, "two_stage_speed.py"), "--old_repo", os.path.dirname(BENCH_DIR),
