@@ -25,18 +25,27 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from common import REPO_ROOT, RESULTS_DIR, write_lines  # noqa: E402  (sets sys.path and the offline env)
 
 
+def link_command(program: str, args: argparse.Namespace, top_k: int, input_path: str, out: str) -> list[str]:
+    """``python -c PROGRAM link ...``: the two-stage ``mel link`` of this benchmark's arguments."""
+    return [sys.executable, "-c", program, "link", "--model", args.model, "--kb", args.kb, "--retriever", args.retriever,
+            "--retriever_k", str(args.retriever_k), "--input", input_path, "--output", out, "--top_k", str(top_k),
+            "--batch_size", str(args.batch_size), "--no_images"]
+
+
+def checkout_env(repo: str) -> dict[str, str]:
+    """The environment that imports the package of the checkout at ``repo``, offline."""
+    return dict(os.environ, PYTHONPATH=repo, HF_HUB_OFFLINE="1")
+
+
 def run_link(repo: str, args: argparse.Namespace, top_k: int, out: str) -> dict:
     """One ``mel link`` run of the checkout at ``repo``; its summary line (seconds, accuracy@1, ...)."""
-    env = dict(os.environ, PYTHONPATH=repo, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-c", "import sys; from modeling_mel.cli import main; sys.exit(main())", "link",
-           "--model", args.model, "--kb", args.kb, "--retriever", args.retriever, "--retriever_k", str(args.retriever_k),
-           "--input", args.input, "--output", out, "--top_k", str(top_k), "--batch_size", str(args.batch_size),
-           "--no_images"]
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    cmd = link_command("import sys; from modeling_mel.cli import main; sys.exit(main())", args, top_k, args.input, out)
+    done = subprocess.run(cmd, cwd=repo, env=checkout_env(repo), capture_output=True, text=True)
     for line in done.stdout.splitlines()[::-1]:
         if line.startswith("{") and '"seconds"' in line:
             return json.loads(line)
@@ -57,6 +66,8 @@ for name in ("modeling_mel.cli_link", "modeling_mel.cli_inference"):
         continue
     if hasattr(module, "link_file") and os.path.dirname(module.__file__) == here:
         break
+else:
+    sys.exit(f"no link_file in the mel link modules of {here}")
 original = module.link_file
 
 def serve(pipe, input_path, output_path, batch_size=8, resume=False, fingerprint=None, **call):
@@ -87,14 +98,10 @@ def run_chunks(args: argparse.Namespace, top_k: int, tmp: str) -> dict[str, dict
         chunks.append(path)
     procs, logs = {}, {}
     for name, repo in (("old", os.path.abspath(args.old_repo)), ("new", REPO_ROOT)):
-        env = dict(os.environ, PYTHONPATH=repo, HF_HUB_OFFLINE="1")
-        cmd = [sys.executable, "-c", WORKER, "link", "--model", args.model, "--kb", args.kb, "--retriever",
-               args.retriever, "--retriever_k", str(args.retriever_k), "--input", chunks[0], "--output",
-               os.path.join(tmp, f"{name}_{top_k}_unused.jsonl"), "--top_k", str(top_k), "--batch_size",
-               str(args.batch_size), "--no_images"]
+        cmd = link_command(WORKER, args, top_k, chunks[0], os.path.join(tmp, f"{name}_{top_k}_unused.jsonl"))
         logs[name] = open(os.path.join(tmp, f"{name}_{top_k}.log"), "w", encoding="utf-8")
-        procs[name] = subprocess.Popen(cmd, cwd=repo, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=logs[name], text=True)
+        procs[name] = subprocess.Popen(cmd, cwd=repo, env=checkout_env(repo), stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=logs[name], text=True)
     totals = {n: {"lines": 0, "correct@1": 0, "with_gold": 0, "seconds": 0.0, "chunks": []} for n in procs}
     try:
         for c, path in enumerate(chunks):
@@ -124,6 +131,14 @@ def run_chunks(args: argparse.Namespace, top_k: int, tmp: str) -> dict[str, dict
     return totals
 
 
+def result_row(top_k: int, speed: dict[str, float], old_accuracy: float, new_accuracy: float, lines: int,
+               **extra: Any) -> dict[str, Any]:
+    """One ``--top_k`` row of the result: both sides' mentions/s, their ratio, accuracy@1, plus ``extra``."""
+    return {"top_k": top_k, "old_mentions_per_s": speed["old"], "new_mentions_per_s": speed["new"],
+            "ratio": speed["new"] / speed["old"], "old_accuracy@1": old_accuracy, "new_accuracy@1": new_accuracy,
+            "lines": lines, **extra}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old_repo", required=True, help="a checkout of the commit to compare with (git worktree)")
@@ -147,13 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.chunk > 0:
                 totals = run_chunks(args, k, tmp)
                 speed = {n: t["lines"] / t["seconds"] for n, t in totals.items()}
-                pairs = [n / o for o, n in zip(totals["old"]["chunks"], totals["new"]["chunks"])]
-                print(f"top_k {k}: {speed}, chunk ratios (old s / new s) {[round(1 / p, 2) for p in pairs]}", flush=True)
-                rows.append({"top_k": k, "old_mentions_per_s": speed["old"], "new_mentions_per_s": speed["new"],
-                             "ratio": speed["new"] / speed["old"], "old_accuracy@1": totals["old"]["accuracy@1"],
-                             "new_accuracy@1": totals["new"]["accuracy@1"], "lines": totals["new"]["lines"],
-                             "median_chunk_ratio": statistics.median(1 / p for p in pairs),
-                             "old_chunk_seconds": totals["old"]["chunks"], "new_chunk_seconds": totals["new"]["chunks"]})
+                ratios = [o / n for o, n in zip(totals["old"]["chunks"], totals["new"]["chunks"])]  # old s / new s
+                print(f"top_k {k}: {speed}, chunk ratios (old s / new s) {[round(r, 2) for r in ratios]}", flush=True)
+                rows.append(result_row(k, speed, totals["old"]["accuracy@1"], totals["new"]["accuracy@1"],
+                                       totals["new"]["lines"], median_chunk_ratio=statistics.median(ratios),
+                                       old_chunk_seconds=totals["old"]["chunks"],
+                                       new_chunk_seconds=totals["new"]["chunks"]))
                 continue
             runs: dict[str, list[dict]] = {"old": [], "new": []}
             for r in range(args.repeats):
@@ -162,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].append(run_link(repo, args, k, out))
                     print(f"top_k {k} {name}: {runs[name][-1]}", flush=True)
             speed = {n: statistics.median(x["lines"] / x["seconds"] for x in v) for n, v in runs.items()}
-            rows.append({"top_k": k, "old_mentions_per_s": speed["old"], "new_mentions_per_s": speed["new"],
-                         "ratio": speed["new"] / speed["old"], "old_accuracy@1": runs["old"][0]["accuracy@1"],
-                         "new_accuracy@1": runs["new"][0]["accuracy@1"], "lines": runs["new"][0]["lines"]})
+            rows.append(result_row(k, speed, runs["old"][0]["accuracy@1"], runs["new"][0]["accuracy@1"],
+                                   runs["new"][0]["lines"]))
     how = (f"side by side, alternating every {args.chunk} mentions (`link_file` seconds, loading excluded)"
            if args.chunk > 0 else f"median of {args.repeats} alternated pair(s)")
     lines = [f"two-stage `mel link --retriever --retriever_k {args.retriever_k}` (batch {args.batch_size}), "

@@ -269,8 +269,7 @@ def test_two_stage_speed_on_tiny_models(tmp_path):
         cmd = [sys.executable, os.path.join(BENCH_DIR, "two_stage_speed.py"), "--old_repo", os.path.dirname(BENCH_DIR),
                "--model", str(tmp_path / "nsp"), "--kb", kb, "--retriever", str(tmp_path / "index"), "--input",
                str(tmp_path / "m.jsonl"), "--top_k", *(["1", "3"] if chunk != "0" else ["3"]), "--batch_size", "2",
-               "--chunk", chunk,
-               "--name", f"speed{chunk}", "--out_dir", str(tmp_path / "out")]
+               "--chunk", chunk, "--name", f"speed{chunk}", "--out_dir", str(tmp_path / "out")]
         proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         payload = json.load(open(tmp_path / "out" / f"speed{chunk}.json"))
