@@ -35,6 +35,10 @@ mention images with ``M``; without it (or without images) every stage is text on
   ZEMEL (``DIR/zemel``, else ``DIR/zemel_bm25``) indexes this dataset's KB and links its dev split, and that run's
   reranker (``DIR/rerank``, when present) reranks it, through the same ``mel index`` / ``mel link`` commands; nothing
   is trained on this dataset. Compare with ``zemel_zero_shot``, the untrained backbone on the same split.
+* ``mixing`` (with ``--mixing A [A ...]``): the trained ZEMEL (``--zemel_model``, else the ``zemel`` stage's) with its
+  text streams brought to each ``--backbone_mixing A`` (``remix_with_backbone``: from the mixing its config records,
+  no retraining; what ``mel train-zemel --backbone_mixing A`` would have saved), each through ``mel index`` +
+  ``mel link``: the curve behind ZEMEL's default mixing.
 
 The last ``--holdout_mentions`` (1000) train mentions are trained on by neither ZEMEL nor the reranker; they choose
 the reranker's retriever-score weight (``finetune_linking.py --calibration_mentions``), where the retriever's
@@ -50,6 +54,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,10 +62,10 @@ from typing import Any, Sequence
 
 from common import REPO_ROOT, RESULTS_DIR, machine_info  # noqa: E402  (sets sys.path and the offline env)
 
-STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank", "zemel_bm25", "transfer")
+STAGES = ("candidates", "st", "zemel_zero_shot", "zemel", "pfmel", "rerank", "zemel_bm25", "transfer", "mixing")
 #: the stages of a plain run (zemel_bm25, ZEMEL trained with the paper's BM25 + rule negatives, on request; transfer
-#: when ``--transfer_from`` names the models of another dataset)
-DEFAULT_STAGES = STAGES[:-2]
+#: when ``--transfer_from`` names the models of another dataset; mixing when ``--mixing`` names alphas)
+DEFAULT_STAGES = STAGES[:-3]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -385,6 +390,32 @@ def stage_transfer(args: argparse.Namespace, data: dict[str, Any], work: str) ->
     return out
 
 
+def stage_mixing(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
+    """The trained ZEMEL remixed with its backbone to each ``--mixing`` alpha, each through ``mel index`` + ``mel
+    link``: ``{"model": the source, "alphas": {alpha: metrics}}``."""
+    import modeling_mel  # noqa: F401 - registers the Auto classes
+    from transformers import AutoModel, AutoProcessor
+
+    from modeling_mel.backbone_interpolation import backbone_state, remix_with_backbone
+
+    source = args.zemel_model or os.path.join(work, "zemel")
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise SystemExit(f"quality.py: the mixing stage needs a trained ZEMEL: --zemel_model, or the zemel stage in the "
+                         f"same --work_dir (no config.json in {source!r})")
+    out: dict[str, Any] = {"model": source, "alphas": {}}
+    state = backbone_state("minilm")  # the backbone every ZEMEL of quality.py starts from
+    for alpha in args.mixing:
+        model = AutoModel.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source)
+        remix_with_backbone(model, alpha, processor=processor, state=state)
+        tag = f"zemel_mixed{alpha:g}"
+        folder = os.path.join(work, tag)
+        shutil.copytree(source, folder, dirs_exist_ok=True)  # the shipped code files beside the weights
+        model.save_pretrained(folder)
+        out["alphas"][f"{alpha:g}"] = mel_link_metrics(folder, work, tag, data, dense=True, images=image_options(args, data))
+    return out
+
+
 def stage_pfmel(args: argparse.Namespace, data: dict[str, Any], work: str) -> dict[str, Any]:
     """Fine-tune the PFMEL NSP linker over name-rule candidates (text only), then ``mel link`` (name rule)."""
     model_dir = args.pfmel_model or os.path.join(work, "pfmel")
@@ -458,6 +489,9 @@ def markdown(result: dict[str, Any]) -> str:
         if r:
             lines.append(f"| {label.format(r.get('trained_on') or r.get('model'))} | {hits(r)} | - | - | "
                          f"{_fmt(r.get('mentions_per_s'), 1)} |")
+    for alpha, r in s.get("mixing", {}).get("alphas", {}).items():
+        lines.append(f"| ZEMEL trained, remixed to `--backbone_mixing {alpha}`, `mel index` + `mel link` | {hits(r)} | "
+                     f"- | - | {_fmt(r.get('mentions_per_s'), 1)} |")
     lines.append("")
     lines.append(f"Total wall time {result['minutes']:.1f} min. Command: `{result['command']}`")
     return "\n".join(lines) + "\n"
@@ -499,6 +533,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--transfer_from", default=None,
                         help="the --work_dir of a quality.py run on another dataset: its ZEMEL and reranker link this "
                              "dataset's dev split, untrained on it (adds the transfer stage)")
+    parser.add_argument("--mixing", type=float, nargs="+", default=None, metavar="ALPHA",
+                        help="link with the trained ZEMEL remixed to each --backbone_mixing ALPHA (adds the mixing "
+                             "stage; the model: --zemel_model, else the zemel stage's)")
     parser.add_argument("--holdout_mentions", type=int, default=1000,
                         help="the last N train mentions: never trained on by ZEMEL or the reranker; they choose the "
                              "reranker's retriever-score weight (finetune_linking.py --calibration_mentions)")
@@ -516,6 +553,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if args.transfer_from and "transfer" not in stages:
         stages.append("transfer")
+    if args.mixing and "mixing" not in stages:
+        stages.append("mixing")
+    if "mixing" in stages and not args.mixing:
+        parser.error("the mixing stage needs --mixing ALPHA [ALPHA ...]")
+    bad = [a for a in args.mixing or () if not 0.0 <= a <= 1.0]
+    if bad:
+        parser.error(f"--mixing: each alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {bad}")
     if "transfer" in stages and not (args.transfer_from and os.path.isdir(args.transfer_from)):
         parser.error(f"the transfer stage needs --transfer_from DIR, a quality.py --work_dir (got {args.transfer_from!r})")
     if not os.path.isdir(args.data_dir):
@@ -549,6 +593,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = stage_pfmel(args, data, work)
         elif stage == "transfer":
             out = stage_transfer(args, data, work)
+        elif stage == "mixing":
+            out = stage_mixing(args, data, work)
         else:
             out = stage_rerank(args, data, work)
         out["stage_minutes"] = round((time.perf_counter() - t0) / 60, 2)

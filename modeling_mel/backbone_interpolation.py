@@ -48,17 +48,11 @@ def _start_rows(model: Any, processor: Any | None, start: torch.Tensor, rows: in
     return out
 
 
-@torch.no_grad()
-def interpolate_with_backbone(model: Any, alpha: float, backbone: str = "minilm", processor: Any | None = None,
-                              state: dict[str, torch.Tensor] | None = None) -> int:
-    """Replace, in place, each text-stream tensor ``w`` of both encoders of ``model`` by ``alpha * w + (1 - alpha) *
-    w0`` (``w0`` its value in ``backbone``; ``state``: those weights already loaded). ``alpha=1`` leaves the model
-    as it is, ``alpha=0`` gives the backbone's text streams back. Returns how many tensors were mixed."""
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {alpha!r}")
+def _text_stream_pairs(model: Any, backbone: str, processor: Any | None,
+                       state: dict[str, torch.Tensor] | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight, backbone value)`` of every text-stream tensor of both encoders, each shape checked first."""
     state = backbone_state(backbone) if state is None else state
-    pairs = []  # every shape is checked before any weight changes
+    pairs = []
     for name in ENCODERS:
         encoder = getattr(model, name)
         for key, weight in encoder.state_dict().items():
@@ -73,11 +67,49 @@ def interpolate_with_backbone(model: Any, alpha: float, backbone: str = "minilm"
             pairs.append((weight, start))
     if not pairs:
         raise ValueError(f"no text-stream tensor of the model matches backbone {backbone!r}")
+    return pairs
+
+
+@torch.no_grad()
+def _mix(pairs: list[tuple[torch.Tensor, torch.Tensor]], coefficient: float) -> int:
+    """``w <- coefficient * w + (1 - coefficient) * w0`` in place for each pair; how many tensors."""
     for weight, start in pairs:
-        weight.mul_(alpha).add_(start.to(weight.dtype), alpha=1.0 - alpha)
-    mixed = len(pairs)
+        weight.mul_(coefficient).add_(start.to(weight.dtype), alpha=1.0 - coefficient)
+    return len(pairs)
+
+
+def interpolate_with_backbone(model: Any, alpha: float, backbone: str = "minilm", processor: Any | None = None,
+                              state: dict[str, torch.Tensor] | None = None) -> int:
+    """Replace, in place, each text-stream tensor ``w`` of both encoders of ``model`` by ``alpha * w + (1 - alpha) *
+    w0`` (``w0`` its value in ``backbone``; ``state``: those weights already loaded). ``alpha=1`` leaves the model
+    as it is, ``alpha=0`` gives the backbone's text streams back. Returns how many tensors were mixed."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {alpha!r}")
+    mixed = _mix(_text_stream_pairs(model, backbone, processor, state), alpha)  # every shape checked before any change
     logger.info("mixed %d text-stream tensors: %.2f * trained + %.2f * %s", mixed, alpha, 1 - alpha, backbone)
     return mixed
 
 
-__all__ = ["backbone_state", "interpolate_with_backbone"]
+def remix_with_backbone(model: Any, alpha: float, backbone: str = "minilm", processor: Any | None = None,
+                        state: dict[str, torch.Tensor] | None = None) -> int:
+    """Bring a saved ZEMEL to another mixing, ``alpha * trained + (1 - alpha) * backbone``, without retraining: its
+    recorded ``config.backbone_mixing`` ``a0`` (absent: 1, the plain trained model) says where it stands, so the
+    trained weights are ``(w - (1 - a0) * w0) / a0`` and the new ones ``(alpha / a0) * w + (1 - alpha / a0) * w0``
+    (exact up to float rounding). Sets ``config.backbone_mixing`` to ``alpha``. Returns how many tensors changed."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {alpha!r}")
+    recorded = getattr(model.config, "backbone_mixing", None)
+    now = 1.0 if recorded is None else float(recorded)
+    if now <= 0.0:
+        raise ValueError("the model was mixed with alpha 0 (its text streams are the backbone's): its trained "
+                         "weights cannot be recovered; remix the model saved before mixing")
+    mixed = _mix(_text_stream_pairs(model, backbone, processor, state), alpha / now)
+    model.config.backbone_mixing = alpha
+    logger.info("remixed %d text-stream tensors from %.2f to %.2f * trained + %.2f * %s", mixed, now, alpha,
+                1 - alpha, backbone)
+    return mixed
+
+
+__all__ = ["backbone_state", "interpolate_with_backbone", "remix_with_backbone"]

@@ -471,10 +471,10 @@ class ZemelModelArguments:
         default=None, metadata={"help": 'JSON dict of further ZemelConfig settings, e.g. \'{"fusion": "sum"}\''}
     )
     backbone_mixing: float = field(
-        default=0.75,
+        default=0.65,
         metadata={"help": "after training, mix each text-stream weight with the backbone's: alpha * trained + "
                   "(1 - alpha) * backbone (weight-space ensembling, modeling_mel.backbone_interpolation); 1: off. "
-                  "0.75 (default) serves WikiMEL and RichpediaMEL in domain and transfers to the other (docs/results.md)"},
+                  "0.65 (default) serves WikiMEL and RichpediaMEL in domain and transfers to the other (docs/results.md)"},
     )
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from modeling_mel.backbone_interpolation import backbone_state, interpolate_with_backbone
+from modeling_mel.backbone_interpolation import backbone_state, interpolate_with_backbone, remix_with_backbone
 from modeling_mel.modeling_zemel import ZemelPolyEncoder
 from modeling_mel.processing_zemel import ZemelProcessor
 
@@ -63,6 +63,35 @@ def test_alpha_half_is_the_midpoint_and_alpha_one_changes_nothing(trained, backb
         torch.testing.assert_close(now[key], (moved[key] + start[key]) / 2, rtol=0, atol=1e-6)
 
 
+def test_remix_brings_a_mixed_model_to_another_alpha(trained, backbone):
+    """A model saved mixed at 0.75 remixed to 0.5 is the trained model mixed at 0.5; remixed to 1, the trained
+    model back (what benchmarks/quality.py --mixing does with a saved ZEMEL)."""
+    model, processor, start, moved = trained
+    keys = _text_keys(model)
+    interpolate_with_backbone(model, 0.75, processor=processor, state=backbone)
+    model.config.backbone_mixing = 0.75  # as run_zemel_training records it
+    assert remix_with_backbone(model, 0.5, processor=processor, state=backbone) == len(keys)
+    assert model.config.backbone_mixing == 0.5
+    now = model.state_dict()
+    for key in keys:
+        torch.testing.assert_close(now[key], 0.5 * moved[key] + 0.5 * start[key], rtol=0, atol=1e-5)
+    others = [k for k in now if k not in keys and now[k].is_floating_point()]
+    assert all(torch.equal(now[k], moved[k]) for k in others)
+    remix_with_backbone(model, 1.0, processor=processor, state=backbone)
+    now = model.state_dict()
+    for key in keys:
+        torch.testing.assert_close(now[key], moved[key], rtol=0, atol=1e-5)
+    del model.config.backbone_mixing  # a plain model (no record) is at 1: remix is plain mixing
+    remix_with_backbone(model, 0.25, processor=processor, state=backbone)
+    for key in keys:
+        torch.testing.assert_close(model.state_dict()[key], 0.25 * moved[key] + 0.75 * start[key], rtol=0, atol=1e-5)
+    model.config.backbone_mixing = 0.0
+    with pytest.raises(ValueError, match="cannot be recovered"):
+        remix_with_backbone(model, 0.5, processor=processor, state=backbone)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\].*2\.0"):
+        remix_with_backbone(model, 2.0, processor=processor, state=backbone)
+
+
 def test_bad_alpha_and_wrong_backbone_are_named(trained, backbone):
     model, processor, _, before = trained
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\].*1\.5"):
@@ -80,6 +109,6 @@ def test_bad_alpha_and_wrong_backbone_are_named(trained, backbone):
 def test_training_argument_is_checked():
     from modeling_mel.zemel_training import ZemelModelArguments
 
-    assert ZemelModelArguments().backbone_mixing == 0.75  # the default that holds on WikiMEL and RichpediaMEL
+    assert ZemelModelArguments().backbone_mixing == 0.65  # the default that holds on WikiMEL and RichpediaMEL
     with pytest.raises(ValueError, match="--backbone_mixing must be in"):
         ZemelModelArguments(backbone_mixing=-0.1)

@@ -207,3 +207,20 @@ def test_quality_benchmark_counts_every_gold_mention(wikimel_dir, tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "quality.py"), "--data_dir", wikimel_dir,
                           "--stages", "transfer"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "--transfer_from" in bad.stderr
+
+    # --mixing: the model's text streams remixed with the backbone (the untrained model is the backbone, so any
+    # alpha gives it back: the same ranking), recorded in the saved config
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "benchmarks", "quality.py"), "--data_dir", wikimel_dir, "--stages", "",
+         "--zemel_model", str(other / "zemel"), "--mixing", "0.5", "--work_dir", str(tmp_path / "work3"),
+         "--out_dir", str(tmp_path), "--name", "m"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    mixing = json.load(open(tmp_path / "m.json"))["stages"]["mixing"]["alphas"]
+    assert {k: mixing["0.5"][k] for k in ("H@1", "H@10", "MRR", "n")} == {k: zs[k] for k in ("H@1", "H@10", "MRR", "n")}
+    assert json.load(open(tmp_path / "work3" / "zemel_mixed0.5" / "config.json"))["backbone_mixing"] == 0.5
+    assert "remixed to `--backbone_mixing 0.5`" in (tmp_path / "m.md").read_text()
+    bad = subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "quality.py"), "--data_dir", wikimel_dir,
+                          "--mixing", "1.5"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "--mixing" in bad.stderr and "1.5" in bad.stderr

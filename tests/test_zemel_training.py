@@ -295,8 +295,8 @@ def test_backbone_mixing_mixes_the_saved_text_streams(tiny_backbone, zemeld_raw,
         return load_file(str(tmp_path / name / "model.safetensors"))
 
     trained, mixed = run("plain", "--backbone_mixing", "1"), run("mixed", "--backbone_mixing", "0.5")
-    by_default = run("default")  # no flag: the default mixing, 0.75
-    assert json.load(open(tmp_path / "default" / "config.json"))["backbone_mixing"] == 0.75
+    by_default = run("default")  # no flag: the default mixing, 0.65
+    assert json.load(open(tmp_path / "default" / "config.json"))["backbone_mixing"] == 0.65
     assert not torch.equal(by_default["context_encoder.encoder.layer.0.attention.self.query.weight"],
                            trained["context_encoder.encoder.layer.0.attention.self.query.weight"])
     backbone = load_file(os.path.join(tiny_backbone, "model.safetensors"))
