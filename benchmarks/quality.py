@@ -404,13 +404,14 @@ def stage_mixing(args: argparse.Namespace, data: dict[str, Any], work: str) -> d
                          f"same --work_dir (no config.json in {source!r})")
     out: dict[str, Any] = {"model": source, "alphas": {}}
     state = backbone_state("minilm")  # the backbone every ZEMEL of quality.py starts from
+    processor = AutoProcessor.from_pretrained(source)
     for alpha in args.mixing:
-        model = AutoModel.from_pretrained(source)
-        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)  # fresh each time: remixing works from the recorded mixing
         remix_with_backbone(model, alpha, processor=processor, state=state)
         tag = f"zemel_mixed{alpha:g}"
         folder = os.path.join(work, tag)
-        shutil.copytree(source, folder, dirs_exist_ok=True)  # the shipped code files beside the weights
+        # the processor, shipped code and config beside the new weights (save_pretrained writes both of the latter)
+        shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors"))
         model.save_pretrained(folder)
         out["alphas"][f"{alpha:g}"] = mel_link_metrics(folder, work, tag, data, dense=True, images=image_options(args, data))
     return out

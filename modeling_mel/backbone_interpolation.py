@@ -78,14 +78,20 @@ def _mix(pairs: list[tuple[torch.Tensor, torch.Tensor]], coefficient: float) -> 
     return len(pairs)
 
 
+def _checked_alpha(alpha: float) -> float:
+    """``alpha`` as a float, refused outside [0, 1] with the value named."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {alpha!r}")
+    return alpha
+
+
 def interpolate_with_backbone(model: Any, alpha: float, backbone: str = "minilm", processor: Any | None = None,
                               state: dict[str, torch.Tensor] | None = None) -> int:
     """Replace, in place, each text-stream tensor ``w`` of both encoders of ``model`` by ``alpha * w + (1 - alpha) *
     w0`` (``w0`` its value in ``backbone``; ``state``: those weights already loaded). ``alpha=1`` leaves the model
     as it is, ``alpha=0`` gives the backbone's text streams back. Returns how many tensors were mixed."""
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {alpha!r}")
+    alpha = _checked_alpha(alpha)
     mixed = _mix(_text_stream_pairs(model, backbone, processor, state), alpha)  # every shape checked before any change
     logger.info("mixed %d text-stream tensors: %.2f * trained + %.2f * %s", mixed, alpha, 1 - alpha, backbone)
     return mixed
@@ -97,9 +103,7 @@ def remix_with_backbone(model: Any, alpha: float, backbone: str = "minilm", proc
     recorded ``config.backbone_mixing`` ``a0`` (absent: 1, the plain trained model) says where it stands, so the
     trained weights are ``(w - (1 - a0) * w0) / a0`` and the new ones ``(alpha / a0) * w + (1 - alpha / a0) * w0``
     (exact up to float rounding). Sets ``config.backbone_mixing`` to ``alpha``. Returns how many tensors changed."""
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (1: the trained model, 0: the backbone), got {alpha!r}")
+    alpha = _checked_alpha(alpha)
     recorded = getattr(model.config, "backbone_mixing", None)
     now = 1.0 if recorded is None else float(recorded)
     if now <= 0.0:
