@@ -7,7 +7,8 @@
 For each ``--top_k`` it runs ``mel link --retriever`` of the old checkout (``PYTHONPATH=OLD_REPO``) and of this one,
 alternately (``--repeats`` pairs), on the same input, and reports mentions/s (``mel link``'s own timing: model
 loading excluded, KB and index loading included), the new/old ratio of the medians and ``accuracy@1`` of both. Writes
-``benchmarks/results/<name>.{json,md}``.
+``benchmarks/results/<name>.{json,md}``. Without ``--batch_size`` each side links with its own ``mel link`` default
+(what a user runs: 8 mentions a batch in older checkouts, 64 now); with it, both with that one.
 
 With ``--chunk N`` the two ``mel link`` processes run side by side instead, each built once as ``mel link`` builds it
 (same arguments, same pipeline) and then linking the input ``N`` mentions at a time through ``mel link``'s own
@@ -32,9 +33,10 @@ from common import REPO_ROOT, RESULTS_DIR, write_lines  # noqa: E402  (sets sys.
 
 def link_command(program: str, args: argparse.Namespace, top_k: int, input_path: str, out: str) -> list[str]:
     """``python -c PROGRAM link ...``: the two-stage ``mel link`` of this benchmark's arguments."""
+    batch = ["--batch_size", str(args.batch_size)] if args.batch_size else []  # else each checkout's default
     return [sys.executable, "-c", program, "link", "--model", args.model, "--kb", args.kb, "--retriever", args.retriever,
             "--retriever_k", str(args.retriever_k), "--input", input_path, "--output", out, "--top_k", str(top_k),
-            "--batch_size", str(args.batch_size), "--no_images"]
+            *batch, "--no_images"]
 
 
 def checkout_env(repo: str) -> dict[str, str]:
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="mentions JSONL (with entity_id for accuracy@1)")
     parser.add_argument("--top_k", type=int, nargs="+", default=[1, 5, 100])
     parser.add_argument("--retriever_k", type=int, default=8)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="mentions per batch on both sides (default: each checkout's own `mel link` default)")
     parser.add_argument("--repeats", type=int, default=1, help="old/new pairs per top_k")
     parser.add_argument("--chunk", type=int, default=0,
                         help="N > 0: old and new side by side, alternating every N mentions (see above)")
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                                    runs["new"][0]["lines"]))
     how = (f"side by side, alternating every {args.chunk} mentions (`link_file` seconds, loading excluded)"
            if args.chunk > 0 else f"median of {args.repeats} alternated pair(s)")
-    lines = [f"two-stage `mel link --retriever --retriever_k {args.retriever_k}` (batch {args.batch_size}), "
+    batch = f"batch {args.batch_size}" if args.batch_size else "each checkout's default --batch_size"
+    lines = [f"two-stage `mel link --retriever --retriever_k {args.retriever_k}` ({batch}), "
              f"{rows[0]['lines']} mentions, old = {args.old_repo}, {how}", "",
              "| --top_k | old mentions/s | new mentions/s | new / old | old accuracy@1 | new accuracy@1 |",
              "|---|---|---|---|---|---|"]

@@ -30,6 +30,11 @@ from .cli_inference import (
 
 logger = logging.getLogger(__name__)
 
+#: ``mel link``'s mentions per pipeline batch: the reranker's pairs of a batch are scored together, and bf16 CPU
+#: forward passes are filled to 512 token rows (``linking_cross.MIN_BF16_CPU_ROWS``), so small batches waste work:
+#: token rows computed per real token 1.435 at 8 mentions, 1.137 at 32, 1.076 at 128 (WikiMEL dev, docs/results.md)
+DEFAULT_LINK_BATCH_SIZE = 64
+
 #: ``mel link`` writes ``<output>.partial`` line by line and renames it onto ``<output>`` when every line is done.
 PARTIAL_SUFFIX = ".partial"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -326,7 +331,7 @@ def check_output_writable(output: str, what: str) -> None:
 
 
 def link_file(
-    pipe: Any, input_path: str, output_path: str, batch_size: int = 8, resume: bool = False,
+    pipe: Any, input_path: str, output_path: str, batch_size: int = DEFAULT_LINK_BATCH_SIZE, resume: bool = False,
     fingerprint: dict | None = None, **call_kwargs: Any,
 ) -> dict[str, int]:
     """Link every line of a mentions.jsonl; write one output line per input line, in order (``error`` on a bad line).
@@ -504,7 +509,9 @@ def link_main(argv: list[str]) -> int:
     parser.add_argument("--resume", action="store_true",
                         help=f"keep the complete lines of OUTPUT{PARTIAL_SUFFIX} of a killed run; link the rest")
     parser.add_argument("--top_k", type=int, default=5, help="predictions per mention")
-    parser.add_argument("--batch_size", type=int, default=8, help="mentions per batch")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_LINK_BATCH_SIZE,
+                        help="mentions per batch; 8 batches are linked and written at a time (a killed run resumes "
+                             "from the last written one)")
     parser.add_argument("--candidates", choices=("auto", "rule", "bm25", "dense", "all"), default=None,
                         help="ZEMEL candidate source (default auto: BM25+rules and dense)")
     parser.add_argument("--num_candidates", type=int, default=None, help="candidates per source before reranking")

@@ -49,6 +49,11 @@ TOKENS_PER_PAIR = 64
 MIN_BF16_CPU_ROWS = 512
 
 
+#: bf16 on CPU: first-token states (``inference_pair_states``) are finished together once this many have gathered
+#: (and at the end of a call); each such pass runs at least :data:`MIN_BF16_CPU_ROWS` rows
+MAX_TAIL_ROWS = 8192
+
+
 #: ``CrossLinker.link`` with ``top_k`` prunes in two waves only when the first (each mention's ``top_k`` candidates of
 #: highest bound) holds at most this share of the pairs; else every pair is scored at once. Measured on WikiMEL dev
 #: (8.7 candidates a mention, ``benchmarks/two_stage_speed.py``): ``--top_k 1`` (11% of the pairs first) gains from
@@ -117,9 +122,13 @@ class CrossLinker:
             last_width = width
         return out
 
+    def _filled(self) -> bool:
+        """bf16 on CPU: forward passes are filled to :data:`MIN_BF16_CPU_ROWS` rows."""
+        return self.bf16 and self.device.type == "cpu"
+
     def _fill(self, pairs: int, length: int) -> int:
         """Copies of a batch's first pair that bring it to :data:`MIN_BF16_CPU_ROWS` token rows (bf16 on CPU only)."""
-        if not self.bf16 or self.device.type != "cpu":
+        if not self._filled():
             return 0
         return max(0, -(-MIN_BF16_CPU_ROWS // padded_width(length)) - pairs)
 
@@ -139,6 +148,23 @@ class CrossLinker:
 
             batches = tqdm(batches, desc="scoring candidates", unit="batch")
         fast = getattr(self.model, "inference_scores", None)  # BertForMultimodalNSP's inference path
+        # bf16 on CPU: each batch stops at its pairs' first-token states (the rest of the last layer reads that
+        # token alone) and every state of the call is finished in one pass, filled to the row floor
+        split = getattr(self.model, "inference_pair_states", None) if self._filled() else None
+        states: list[torch.Tensor] = []
+        state_rows: list[int] = []
+
+        def finish() -> None:  # the states so far, in one pass of at least MIN_BF16_CPU_ROWS rows
+            if states:
+                stacked = torch.cat(states)
+                n = stacked.shape[0]
+                if n < MIN_BF16_CPU_ROWS:
+                    stacked = torch.cat([stacked, stacked[:1].expand(MIN_BF16_CPU_ROWS - n, -1)])
+                out = self.model.inference_state_scores(stacked, torch.bfloat16)
+                scores[torch.tensor(state_rows)] = out.float().cpu()[:n]
+                states.clear()
+                state_rows.clear()
+
         was_training = self.model.training
         self.model.eval()
         try:
@@ -149,12 +175,22 @@ class CrossLinker:
                 batch.pop("labels", None)
                 batch.pop("task_ids", None)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
+                if split is not None:
+                    state = split(**batch, autocast_dtype=torch.bfloat16)
+                    if state is not None:
+                        states.append(state[: len(idx)])
+                        state_rows += idx
+                        if len(state_rows) >= MAX_TAIL_ROWS:
+                            finish()
+                        continue
+                    split = None  # this model or CPU has no split path: whole batches from here on
                 if fast is not None:
                     out = fast(**batch, autocast_dtype=torch.bfloat16 if self.bf16 else None)
                 else:
                     with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                         out = self.model.link_scores(self.model(**batch).logits)
                 scores[torch.tensor(idx)] = out.float().cpu()[: len(idx)]
+            finish()
         finally:
             self.model.train(was_training)
         return scores
@@ -273,4 +309,4 @@ class CrossLinker:
                          first_stage, weight=weight)
 
 
-__all__ = ["CrossLinker", "MIN_BF16_CPU_ROWS", "PRUNE_FIRST_WAVE", "TOKENS_PER_PAIR"]
+__all__ = ["CrossLinker", "MAX_TAIL_ROWS", "MIN_BF16_CPU_ROWS", "PRUNE_FIRST_WAVE", "TOKENS_PER_PAIR"]

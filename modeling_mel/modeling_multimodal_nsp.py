@@ -209,33 +209,82 @@ class BertForMultimodalNSP(BertPreTrainedModel):
         number of pairs in the batch). No activation is cast between two operations: on this project's CPU about 1.25x
         faster than autocast over a copy with bf16 linear weights and eager attention (the previous path), at the same
         distance to the float32 scores (bf16 rounding). On CPU, where oneDNN runs bf16, the copy's forward is
-        `low_precision.FusedBertEncoder` (each product fused with its bias and GELU, tanh or residual add).
+        `low_precision.FusedBertEncoder` (each product fused with its bias and GELU, tanh or residual add), in two
+        steps: :meth:`inference_pair_states` then :meth:`inference_state_scores`.
         """
         with evaluating(self), torch.inference_mode():
             if autocast_dtype in (None, torch.float32):
                 logits = self(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               image_features=image_features).logits
                 return self.link_scores(logits)
-            bert = low_precision_copy(self, "bert", autocast_dtype, whole=True, prepare=_prepare_low_precision_bert)
-            inputs_embeds = self.embed(input_ids, image_features)
-            inputs = {
-                "input_ids": None if inputs_embeds is not None else input_ids,
-                "inputs_embeds": None if inputs_embeds is None else inputs_embeds.to(autocast_dtype),
-                "attention_mask": attention_mask,
-                "token_type_ids": token_type_ids,
-            }
-            fused = bert.__dict__.get("fused_cpu_forward")
-            pooled = None
-            if fused is not None and input_ids.device.type == "cpu":
-                try:
-                    pooled = fused(**inputs)
-                except (RuntimeError, TypeError) as err:  # a torch whose oneDNN op differs: BERT's forward from now on
-                    logger.warning("fused bf16 CPU forward unavailable (%s); using BERT's own forward", err)
-                    bert.__dict__["fused_cpu_forward"] = None
-            if pooled is None:
-                pooled = bert(**inputs, return_dict=True).pooler_output
+            states = self.inference_pair_states(input_ids=input_ids, attention_mask=attention_mask,
+                                                token_type_ids=token_type_ids, image_features=image_features,
+                                                autocast_dtype=autocast_dtype)
+            if states is not None:
+                return self.inference_state_scores(states, autocast_dtype)
+            bert, inputs = self._low_precision_inputs(input_ids, attention_mask, token_type_ids, image_features,
+                                                      autocast_dtype)
+            pooled = bert(**inputs, return_dict=True).pooler_output
             head = low_precision_copy(self, "cls", autocast_dtype, whole=True)
             return self.link_scores(head(pooled))
+
+    def inference_pair_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        autocast_dtype: torch.dtype | None = torch.bfloat16,
+    ) -> torch.Tensor | None:
+        """The first step of :meth:`inference_scores` on CPU in bf16, for pairs of several batches finished together:
+        each pair's first-token state ``(B, 2H)`` (`low_precision.FusedBertEncoder.trunk`), which
+        :meth:`inference_state_scores` turns into scores, one batch or many stacked. None where that path does not
+        run (float32, another device, no oneDNN bf16 on this CPU or build, not a plain BERT): use
+        :meth:`inference_scores`."""
+        if autocast_dtype in (None, torch.float32) or input_ids.device.type != "cpu":
+            return None
+        with evaluating(self), torch.inference_mode():
+            bert, inputs = self._low_precision_inputs(input_ids, attention_mask, token_type_ids, image_features,
+                                                      autocast_dtype)
+            fused = bert.__dict__.get("fused_cpu_forward")
+            if fused is None:
+                return None
+            try:
+                return fused.trunk(**inputs)
+            except (RuntimeError, TypeError) as err:  # a torch whose oneDNN op differs: BERT's forward from now on
+                logger.warning("fused bf16 CPU forward unavailable (%s); using BERT's own forward", err)
+                bert.__dict__["fused_cpu_forward"] = None
+                return None
+
+    def inference_state_scores(self, states: torch.Tensor, autocast_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """:meth:`link_scores` (float32, shape (N,)) of first-token states from :meth:`inference_pair_states` (of one
+        batch or stacked from several): the last layer's tail, the pooler and the NSP head, in ``autocast_dtype``."""
+        with evaluating(self), torch.inference_mode():
+            bert = low_precision_copy(self, "bert", autocast_dtype, whole=True, prepare=_prepare_low_precision_bert)
+            fused = bert.__dict__.get("fused_cpu_forward")
+            if fused is None:
+                raise RuntimeError("inference_state_scores needs the fused bf16 CPU forward that made the states "
+                                   "(inference_pair_states returned None: use inference_scores)")
+            head = low_precision_copy(self, "cls", autocast_dtype, whole=True)
+            return self.link_scores(head(fused.tail(states)))
+
+    def _low_precision_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        image_features: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> tuple[nn.Module, dict]:
+        """The wholly low-precision copy of the encoder and its inputs (image tokens as embeddings in ``dtype``)."""
+        bert = low_precision_copy(self, "bert", dtype, whole=True, prepare=_prepare_low_precision_bert)
+        inputs_embeds = self.embed(input_ids, image_features)
+        return bert, {
+            "input_ids": None if inputs_embeds is not None else input_ids,
+            "inputs_embeds": None if inputs_embeds is None else inputs_embeds.to(dtype),
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
 
     def link_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Linking score of each pair: log-probability that B follows A (`log_softmax(logits)[:, 0]`), shape (B,)."""

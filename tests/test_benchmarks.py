@@ -268,7 +268,8 @@ def test_two_stage_speed_on_tiny_models(tmp_path):
     for chunk in ("0", "3"):
         cmd = [sys.executable, os.path.join(BENCH_DIR, "two_stage_speed.py"), "--old_repo", os.path.dirname(BENCH_DIR),
                "--model", str(tmp_path / "nsp"), "--kb", kb, "--retriever", str(tmp_path / "index"), "--input",
-               str(tmp_path / "m.jsonl"), "--top_k", *(["1", "3"] if chunk != "0" else ["3"]), "--batch_size", "2",
+               str(tmp_path / "m.jsonl"), "--top_k", *(["1", "3"] if chunk != "0" else ["3"]),
+               *(["--batch_size", "2"] if chunk == "0" else []),  # side by side: each checkout's default batch
                "--chunk", chunk, "--name", f"speed{chunk}", "--out_dir", str(tmp_path / "out")]
         proc = subprocess.run(cmd, cwd=BENCH_DIR, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -282,3 +283,4 @@ def test_two_stage_speed_on_tiny_models(tmp_path):
                 assert len(r["old_chunk_seconds"]) == len(r["new_chunk_seconds"]) == 2
         text = (tmp_path / "out" / f"speed{chunk}.md").read_text()
         assert ("alternating every 3 mentions" in text) == (chunk == "3")
+        assert ("(batch 2)" in text) == (chunk == "0") and ("each checkout's default --batch_size" in text) == (chunk == "3")

@@ -203,26 +203,41 @@ def test_bf16_scores_do_not_depend_on_the_batch(nsp):
 def test_bf16_cpu_batches_are_filled_to_the_row_floor(nsp):
     # bf16 on CPU: a forward pass runs at least MIN_BF16_CPU_ROWS token rows (copies of its first pair), the size from
     # which the CPU's bf16 matrix kernels round a row alike in any batch; the copies' scores are dropped, fp32 is never
-    # filled
+    # filled. Where the fused CPU forward runs, each batch stops at its pairs' first-token states and the states of
+    # the whole call are finished in one pass, itself filled to MIN_BF16_CPU_ROWS rows
+    from modeling_mel.low_precision import _fused_linear_op
+
     model, processor = nsp
     pairs = [(i, p) for i in range(2) for p in range(len(KB_ROWS))]
     features = CrossLinker(model, processor).pair_features(MENTION_SIDES, pairs, entity_side(processor))
-    seen = []
-    original = model.inference_scores
+    split = _fused_linear_op() is not None
+    seen, finished = [], []
+    entries = {name: getattr(model, name) for name in ("inference_scores", "inference_pair_states",
+                                                       "inference_state_scores")}
 
     def recording(**batch):
         seen.append(tuple(batch["input_ids"].shape))
-        return original(**batch)
+        return entries["inference_scores"](**batch)
 
-    model.inference_scores = recording
+    def recording_states(**batch):
+        seen.append(tuple(batch["input_ids"].shape))
+        return entries["inference_pair_states"](**batch)
+
+    def recording_finish(states, dtype):
+        finished.append(states.shape[0])
+        return entries["inference_state_scores"](states, dtype)
+
+    model.inference_scores, model.inference_pair_states = recording, recording_states
+    model.inference_state_scores = recording_finish
     try:
         for bf16 in (True, False):
+            want = torch.cat([entries["inference_scores"](
+                **{k: v for k, v in processor.pad([f], return_tensors="pt", pad_to_multiple_of=8).items()},
+                autocast_dtype=torch.bfloat16 if bf16 else None) for f in features])
             seen.clear()
+            finished.clear()
             linker = CrossLinker(model, processor, bf16=bf16, pair_batch_size=3)
             got = linker.score_features(features)
-            want = torch.cat([original(**{k: v for k, v in processor.pad([f], return_tensors="pt",
-                                                                         pad_to_multiple_of=8).items()},
-                                       autocast_dtype=torch.bfloat16 if bf16 else None) for f in features])
             # each pair's own score, whatever filled its batch (this small model's bf16 scores do not depend on the
             # batch; float32 ones round with it, at 1e-7)
             torch.testing.assert_close(got, want, rtol=0, atol=0 if bf16 else 1e-6)
@@ -230,8 +245,41 @@ def test_bf16_cpu_batches_are_filled_to_the_row_floor(nsp):
             floor = [max(k, -(-MIN_BF16_CPU_ROWS // w)) if bf16 else k for (_, w), k in zip(seen, sizes)]
             assert [n for n, _ in seen] == floor  # filled to the floor under bf16 only
             assert (sum(n for n, _ in seen) > len(features)) == bf16
+            # the 16 pairs' states (6 batches) finished in one pass of MIN_BF16_CPU_ROWS rows
+            assert finished == ([MIN_BF16_CPU_ROWS] if bf16 and split else [])
     finally:
-        del model.inference_scores
+        for name in entries:
+            del model.__dict__[name]
+
+
+def test_first_token_states_are_finished_together_in_passes_of_the_row_floor(nsp, monkeypatch):
+    # more states than linking_cross.MAX_TAIL_ROWS: finished in several passes as they gather, each of at least
+    # MIN_BF16_CPU_ROWS rows; every pair keeps its own score (that of the pair alone)
+    from modeling_mel import linking_cross
+    from modeling_mel.low_precision import _fused_linear_op
+
+    model, processor = nsp
+    if _fused_linear_op() is None:  # no oneDNN bf16 here: the linker runs whole batches (the test above covers it)
+        assert model.inference_pair_states(torch.ones(1, 8, dtype=torch.long)) is None
+        return
+    pairs = [(i, p) for i in range(2) for p in range(len(KB_ROWS))]
+    features = CrossLinker(model, processor).pair_features(MENTION_SIDES, pairs, entity_side(processor))
+    features = features * 3  # 48 pairs
+    finished = []
+    finish = model.inference_state_scores
+
+    def recording_finish(states, dtype):
+        finished.append(states.shape[0])
+        return finish(states, dtype)
+
+    monkeypatch.setattr(model, "inference_state_scores", recording_finish)
+    monkeypatch.setattr(linking_cross, "MAX_TAIL_ROWS", 10)
+    got = CrossLinker(model, processor, bf16=True, pair_batch_size=4).score_features(features)
+    assert len(finished) > 1 and all(n == MIN_BF16_CPU_ROWS for n in finished)
+    alone = torch.cat([model.inference_scores(**processor.pad([f], return_tensors="pt", pad_to_multiple_of=8),
+                                              autocast_dtype=torch.bfloat16) for f in features])
+    torch.testing.assert_close(got, alone, rtol=0, atol=0)
+    assert torch.equal(got[:16], got[16:32]) and torch.equal(got[:16], got[32:])
 
 
 def test_bf16_pipeline_ranks_alike_whatever_the_pair_batch(nsp, tmp_path):

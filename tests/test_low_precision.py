@@ -126,6 +126,15 @@ def test_fused_bert_forward_is_berts_pooled_output_in_bf16():
         embeds = low.embeddings.word_embeddings(ids)
         torch.testing.assert_close(fused(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types), out,
                                    rtol=0, atol=0)
+        # the two steps: first-token states (B, 2H) of every batch, finished together, give each batch's own output
+        states = fused.trunk(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        assert states.shape == (ids.shape[0], 2 * low.config.hidden_size) and states.dtype == torch.bfloat16
+        other = _pair_batch(batch=5, width=ids.shape[1] + 8, seed=1)
+        other_states = fused.trunk(input_ids=other[0], attention_mask=other[1], token_type_ids=other[2])
+        together = fused.tail(torch.cat([states, other_states]))
+        torch.testing.assert_close(together[: len(ids)], out, rtol=0, atol=0)
+        torch.testing.assert_close(together[len(ids):], fused(input_ids=other[0], attention_mask=other[1],
+                                                              token_type_ids=other[2]), rtol=0, atol=0)
 
 
 def test_fused_bert_forward_only_for_what_it_covers():

@@ -215,14 +215,26 @@ def test_inference_scores_equal_the_forward_and_follow_weight_updates():
     assert (fused is None) == (_fused_linear_op() is None)
     if fused is not None:
         calls = []
-        copy.__dict__["fused_cpu_forward"] = lambda **kw: calls.append(kw) or fused(**kw)
-        torch.testing.assert_close(model.inference_scores(**inputs, autocast_dtype=torch.bfloat16), fast, rtol=0, atol=0)
-        assert len(calls) == 1 and calls[0]["inputs_embeds"].dtype == torch.bfloat16  # image pairs: embeddings
-        # a torch whose fused op fails: BERT's own forward, from then on
-        def broken(**kw):
-            raise RuntimeError("mkldnn::_linear_pointwise: no such overload")
 
-        copy.__dict__["fused_cpu_forward"] = broken
+        class Recording:  # the fused forward's two steps: the batch's first-token states, then their tail
+            def trunk(self, **kw):
+                calls.append(kw)
+                return fused.trunk(**kw)
+
+            def tail(self, states):
+                calls.append(states.shape)
+                return fused.tail(states)
+
+        copy.__dict__["fused_cpu_forward"] = Recording()
+        torch.testing.assert_close(model.inference_scores(**inputs, autocast_dtype=torch.bfloat16), fast, rtol=0, atol=0)
+        assert len(calls) == 2 and calls[0]["inputs_embeds"].dtype == torch.bfloat16  # image pairs: embeddings
+        assert calls[1] == (inputs["input_ids"].shape[0], 2 * model.config.hidden_size)
+
+        class Broken:  # a torch whose fused op fails: BERT's own forward, from then on
+            def trunk(self, **kw):
+                raise RuntimeError("mkldnn::_linear_pointwise: no such overload")
+
+        copy.__dict__["fused_cpu_forward"] = Broken()
         unfused = model.inference_scores(**inputs, autocast_dtype=torch.bfloat16)
         assert copy.__dict__["fused_cpu_forward"] is None
         torch.testing.assert_close(unfused, fast, rtol=0, atol=0.05)
