@@ -154,27 +154,26 @@ class FusedBertEncoder:
                 ctx = F.scaled_dot_product_attention(q[:, :, :1], k, v, attn_mask=mask).reshape(batch, hidden)
                 return torch.cat([ctx, x.view(batch, width, hidden)[:, 0]], dim=1)
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(batch * width, hidden)
-            out = layer.attention.output
-            x = out.LayerNorm(lin.binary(ctx, x, out.dense.weight, out.dense.bias, "add"))
-            inter = lin(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias, "gelu", [], "none")
-            out = layer.output
-            x = out.LayerNorm(lin.binary(inter, x, out.dense.weight, out.dense.bias, "add"))
+            x = self._after_attention(layer, ctx, x)
         raise ValueError("FusedBertEncoder needs at least one layer")
 
-    def tail(self, states: torch.Tensor) -> torch.Tensor:
-        """The pooled output ``(N, H)`` (bf16) of first-token states (:meth:`trunk`, of one batch or stacked from
-        several): the last layer's attention output, residual add and layer norm, its feed-forward, the pooler."""
+    def _after_attention(self, layer: nn.Module, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A layer past its attention, row by row: the output product with the residual add and layer norm, then the
+        feed-forward (intermediate product with its GELU, output product with the residual add) and layer norm."""
         lin = self.linear
-        hidden = states.shape[1] // 2
-        ctx, x = states[:, :hidden], states[:, hidden:]
-        layer = self.layers[-1][3]
         out = layer.attention.output
         x = out.LayerNorm(lin.binary(ctx, x, out.dense.weight, out.dense.bias, "add"))
         inter = lin(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias, "gelu", [], "none")
         out = layer.output
-        x = out.LayerNorm(lin.binary(inter, x, out.dense.weight, out.dense.bias, "add"))
+        return out.LayerNorm(lin.binary(inter, x, out.dense.weight, out.dense.bias, "add"))
+
+    def tail(self, states: torch.Tensor) -> torch.Tensor:
+        """The pooled output ``(N, H)`` (bf16) of first-token states (:meth:`trunk`, of one batch or stacked from
+        several): the last layer's attention output, residual add and layer norm, its feed-forward, the pooler."""
+        hidden = states.shape[1] // 2
+        x = self._after_attention(self.layers[-1][3], states[:, :hidden], states[:, hidden:])
         pooler = self.bert.pooler.dense
-        return lin(x, pooler.weight, pooler.bias, "tanh", [], "")
+        return self.linear(x, pooler.weight, pooler.bias, "tanh", [], "")
 
     def __call__(
         self,
