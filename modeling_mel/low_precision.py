@@ -175,16 +175,10 @@ class FusedBertEncoder:
         pooler = self.bert.pooler.dense
         return self.linear(x, pooler.weight, pooler.bias, "tanh", [], "")
 
-    def __call__(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The pooled output ``(B, H)`` (bf16) of a batch, as ``bert(...).pooler_output``: :meth:`tail` of its
-        :meth:`trunk`."""
-        return self.tail(self.trunk(input_ids, attention_mask, token_type_ids, inputs_embeds))
+    def __call__(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """The pooled output ``(B, H)`` (bf16) of a batch (:meth:`trunk`'s keyword inputs), as
+        ``bert(...).pooler_output``: :meth:`tail` of its :meth:`trunk`."""
+        return self.tail(self.trunk(**inputs))
 
 
 __all__ = ["FusedBertEncoder", "autocast_context", "evaluating", "low_precision_copy"]
