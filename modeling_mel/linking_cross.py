@@ -27,7 +27,12 @@ score pairs through :class:`CrossLinker`:
   none differed. Small requests pay for the fill (a few hundred token rows a width); in float32 nothing is filled,
   and every path ranks alike (``benchmarks/eval_equals_product.py``).
 * a model with ``inference_scores`` (``BertForMultimodalNSP``) is run through it: under bf16 a copy of its encoder
-  wholly in bf16 (made once), run without autocast, so that no activation is cast between two operations.
+  wholly in bf16 (made once), run without autocast, so that no activation is cast between two operations. Where its
+  fused bf16 CPU forward runs, each batch stops at its pairs' first-token states (``inference_pair_states``: the
+  pooler reads that token alone, so the last layer needs the other tokens only for its keys and values) and the
+  states of a whole call are finished together (``inference_state_scores``) in passes of at least
+  :data:`MIN_BF16_CPU_ROWS` rows (up to :data:`MAX_TAIL_ROWS` a pass), so that a score still does not depend on its
+  batch.
 """
 
 from __future__ import annotations
