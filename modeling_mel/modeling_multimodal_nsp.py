@@ -217,13 +217,11 @@ class BertForMultimodalNSP(BertPreTrainedModel):
                 logits = self(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               image_features=image_features).logits
                 return self.link_scores(logits)
-            states = self.inference_pair_states(input_ids=input_ids, attention_mask=attention_mask,
-                                                token_type_ids=token_type_ids, image_features=image_features,
-                                                autocast_dtype=autocast_dtype)
-            if states is not None:
-                return self.inference_state_scores(states, autocast_dtype)
             bert, inputs = self._low_precision_inputs(input_ids, attention_mask, token_type_ids, image_features,
                                                       autocast_dtype)
+            states = self._fused_trunk(bert, inputs) if input_ids.device.type == "cpu" else None
+            if states is not None:
+                return self.inference_state_scores(states, autocast_dtype)
             pooled = bert(**inputs, return_dict=True).pooler_output
             head = low_precision_copy(self, "cls", autocast_dtype, whole=True)
             return self.link_scores(head(pooled))
@@ -246,15 +244,7 @@ class BertForMultimodalNSP(BertPreTrainedModel):
         with evaluating(self), torch.inference_mode():
             bert, inputs = self._low_precision_inputs(input_ids, attention_mask, token_type_ids, image_features,
                                                       autocast_dtype)
-            fused = bert.__dict__.get("fused_cpu_forward")
-            if fused is None:
-                return None
-            try:
-                return fused.trunk(**inputs)
-            except (RuntimeError, TypeError) as err:  # a torch whose oneDNN op differs: BERT's forward from now on
-                logger.warning("fused bf16 CPU forward unavailable (%s); using BERT's own forward", err)
-                bert.__dict__["fused_cpu_forward"] = None
-                return None
+            return self._fused_trunk(bert, inputs)
 
     def inference_state_scores(self, states: torch.Tensor, autocast_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """:meth:`link_scores` (float32, shape (N,)) of first-token states from :meth:`inference_pair_states` (of one
@@ -267,6 +257,20 @@ class BertForMultimodalNSP(BertPreTrainedModel):
                                    "(inference_pair_states returned None: use inference_scores)")
             head = low_precision_copy(self, "cls", autocast_dtype, whole=True)
             return self.link_scores(head(fused.tail(states)))
+
+    @staticmethod
+    def _fused_trunk(bert: nn.Module, inputs: dict) -> torch.Tensor | None:
+        """The first-token states of the low-precision copy's fused CPU forward, or None without one (or when its
+        oneDNN op fails on this torch: BERT's own forward from then on)."""
+        fused = bert.__dict__.get("fused_cpu_forward")
+        if fused is None:
+            return None
+        try:
+            return fused.trunk(**inputs)
+        except (RuntimeError, TypeError) as err:
+            logger.warning("fused bf16 CPU forward unavailable (%s); using BERT's own forward", err)
+            bert.__dict__["fused_cpu_forward"] = None
+            return None
 
     def _low_precision_inputs(
         self,
